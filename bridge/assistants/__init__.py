@@ -1,0 +1,1 @@
+"""Assistant backends: something that turns a conversation's history into a reply."""

@@ -1,0 +1,319 @@
+"""Settings: one frozen dataclass built from the environment or a TOML file; nothing else reads env.
+
+Secrets never come from the command line (they would show in `ps`): each secret is read from
+the environment (`BRIDGE_APP_SECRET`), from a file named by `<NAME>_FILE`, or from a systemd
+credential (`$CREDENTIALS_DIRECTORY/<name>`, or `<slug>.<name>` in a multi-profile TOML setup).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import ConfigError
+
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+ASSISTANT_KINDS = ("echo", "openai", "http")
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
+DEFAULT_GRAPH_VERSION = "v21.0"
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantConfig:
+    """Which assistant backend answers, and how long we wait for it."""
+
+    kind: str = "echo"
+    url: str | None = None
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    system_prompt: str | None = None
+    timeout: float = 30.0
+    # Sent when the backend fails; None means the user gets no reply (the failure is logged).
+    fallback_reply: str | None = None
+    # How many recent messages go to the backend as context.
+    history_limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """One WhatsApp number (or tenant) with its secrets, assistant and state directory."""
+
+    slug: str
+    state_dir: Path
+    verify_token: str | None = field(default=None, repr=False)
+    app_secret: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    phone_number_id: str | None = None
+    graph_url: str = DEFAULT_GRAPH_URL
+    graph_version: str = DEFAULT_GRAPH_VERSION
+    assistant: AssistantConfig = AssistantConfig()
+    port: int | None = None
+    retention_days: int = 365
+    max_messages: int = 250
+    # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
+    key: str | None = field(default=None, repr=False)
+    key_file: Path | None = None
+
+    def require_secrets(self) -> None:
+        """Fail with one clear line when a webhook secret is missing."""
+        for name in ("verify_token", "app_secret"):
+            if not getattr(self, name):
+                env = f"BRIDGE_{name.upper()}"
+                raise ConfigError(
+                    f"profile {self.slug!r}: missing secret {name} "
+                    f"(set {env}, {env}_FILE or a systemd credential, or run with --dev)"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one bridge process needs, resolved once at start."""
+
+    profiles: tuple[ProfileConfig, ...]
+    var_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Meta's deliveries are a few KiB; a megabyte leaves room for large batches.
+    max_body_bytes: int = 1024 * 1024
+    snapshot_interval: float = 300.0
+    shutdown_timeout: float = 10.0
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def profile(self, slug: str) -> ProfileConfig:
+        for p in self.profiles:
+            if p.slug == slug:
+                return p
+        known = ", ".join(p.slug for p in self.profiles)
+        raise ConfigError(f"unknown profile {slug!r} (configured: {known})")
+
+
+def validate_slug(slug: str) -> str:
+    if not SLUG_RE.fullmatch(slug):
+        raise ConfigError(
+            f"invalid profile name {slug!r}: use 1-32 of a-z, 0-9 and '-', starting with a "
+            "letter or digit"
+        )
+    return slug
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} from {path}: {exc.strerror}") from None
+
+
+def _secret(
+    name: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    env_name: str,
+    cred_names: tuple[str, ...],
+) -> str | None:
+    """Resolve one secret: TOML value, TOML `<name>_file`, env var, env `_FILE`, credential."""
+    if table.get(name):
+        return str(table[name])
+    if table.get(f"{name}_file"):
+        return _read_secret_file(str(table[f"{name}_file"]), name)
+    if env.get(env_name):
+        return env[env_name]
+    if env.get(f"{env_name}_FILE"):
+        return _read_secret_file(env[f"{env_name}_FILE"], env_name)
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        for cred in cred_names:
+            path = Path(cred_dir) / cred
+            if path.is_file():
+                return _read_secret_file(str(path), cred)
+    return None
+
+
+def _env_prefix(slug: str, prefixed: bool) -> str:
+    """`BRIDGE_` for the env-configured profile, `BRIDGE_<SLUG>_` for a TOML profile."""
+    return f"BRIDGE_{slug.upper().replace('-', '_')}_" if prefixed else "BRIDGE_"
+
+
+def _int(value: Any, what: str, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{what} must be {bound}, got {number}")
+    return number
+
+
+def _float(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{what} must be positive, got {number}")
+    return number
+
+
+def _assistant(
+    env: Mapping[str, str], table: Mapping[str, Any], slug: str, prefixed: bool
+) -> AssistantConfig:
+    """Build the assistant settings from `[profiles.X.assistant]` or BRIDGE_ASSISTANT*."""
+
+    def get(name: str) -> Any:
+        if name in table:
+            return table[name]
+        return None if prefixed else env.get(f"BRIDGE_ASSISTANT_{name.upper()}")
+
+    kind = str(table.get("kind") or (None if prefixed else env.get("BRIDGE_ASSISTANT")) or "echo")
+    if kind not in ASSISTANT_KINDS:
+        raise ConfigError(
+            f"profile {slug!r}: unknown assistant {kind!r} (choose {', '.join(ASSISTANT_KINDS)})"
+        )
+    url = get("url")
+    if kind in ("openai", "http") and not url:
+        raise ConfigError(
+            f"profile {slug!r}: assistant {kind!r} needs a URL (BRIDGE_ASSISTANT_URL)"
+        )
+    prefix = _env_prefix(slug, prefixed)
+    creds = (f"{slug}.assistant_api_key",) if prefixed else ("assistant_api_key",)
+    api_key = _secret("api_key", table, env, f"{prefix}ASSISTANT_API_KEY", creds)
+    timeout = get("timeout")
+    history = get("history_limit")
+    fallback = get("fallback_reply")
+    return AssistantConfig(
+        kind=kind,
+        url=str(url) if url else None,
+        model=str(get("model")) if get("model") else None,
+        api_key=api_key,
+        system_prompt=str(get("system_prompt")) if get("system_prompt") else None,
+        timeout=_float(timeout, "assistant timeout") if timeout is not None else 30.0,
+        fallback_reply=str(fallback) if fallback else None,
+        history_limit=_int(history, "assistant history_limit", 1, 250) if history else 50,
+    )
+
+
+def _profile(
+    env: Mapping[str, str], slug: str, table: Mapping[str, Any], var_dir: Path, prefixed: bool
+) -> ProfileConfig:
+    validate_slug(slug)
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"profile {slug!r} must be a TOML table")
+
+    def get(name: str) -> Any:
+        if name in table:
+            return table[name]
+        return None if prefixed else env.get(f"BRIDGE_{name.upper()}")
+
+    prefix = _env_prefix(slug, prefixed)
+
+    def secret(name: str) -> str | None:
+        creds = (f"{slug}.{name}",) if prefixed else (name,)
+        return _secret(name, table, env, f"{prefix}{name.upper()}", creds)
+
+    port = get("port")
+    retention = get("retention_days")
+    max_messages = get("max_messages")
+    key_file = get("key_file")
+    assistant_table = table.get("assistant", {})
+    if not isinstance(assistant_table, Mapping):
+        raise ConfigError(f"profile {slug!r}: [assistant] must be a table")
+    return ProfileConfig(
+        slug=slug,
+        state_dir=var_dir / "profiles" / slug,
+        verify_token=secret("verify_token"),
+        app_secret=secret("app_secret"),
+        access_token=secret("access_token"),
+        phone_number_id=str(get("phone_number_id")) if get("phone_number_id") else None,
+        graph_url=str(get("graph_url") or DEFAULT_GRAPH_URL).rstrip("/"),
+        graph_version=str(get("graph_version") or DEFAULT_GRAPH_VERSION),
+        assistant=_assistant(env, assistant_table, slug, prefixed),
+        port=_int(port, f"profile {slug!r} port", 1, 65535) if port else None,
+        retention_days=_int(retention, "retention_days", 1) if retention else 365,
+        max_messages=_int(max_messages, "max_messages", 1) if max_messages else 250,
+        key=secret("key"),
+        key_file=Path(str(key_file)) if key_file else None,
+    )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    selected: tuple[str, ...] = (),
+    host: str | None = None,
+    port: int | None = None,
+    var_dir: Path | None = None,
+) -> Settings:
+    """Resolve the settings: explicit arguments beat the TOML file, which beats the environment."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if config_path is None and env.get("BRIDGE_CONFIG"):
+        config_path = Path(env["BRIDGE_CONFIG"])
+    if config_path is not None:
+        data = load_toml(config_path)
+    resolved_var = var_dir or Path(str(data.get("var_dir") or env.get("BRIDGE_VAR_DIR") or "var"))
+    if data.get("profiles"):
+        tables = data["profiles"]
+        if not isinstance(tables, Mapping):
+            raise ConfigError(f"{config_path}: [profiles] must be a table of profiles")
+        profiles = [
+            _profile(env, slug, tbl, resolved_var, prefixed=True) for slug, tbl in tables.items()
+        ]
+    else:
+        slug = str(env.get("BRIDGE_PROFILE") or "default")
+        profiles = [_profile(env, slug, {}, resolved_var, prefixed=False)]
+    if selected:
+        by_slug = {p.slug: p for p in profiles}
+        for slug in selected:
+            validate_slug(slug)
+            if slug not in by_slug:
+                if config_path is None and len(profiles) == 1:
+                    # One env-configured profile: `--profile X` names it.
+                    profiles = [
+                        replace(profiles[0], slug=slug, state_dir=resolved_var / "profiles" / slug)
+                    ]
+                    by_slug = {slug: profiles[0]}
+                    continue
+                raise ConfigError(f"unknown profile {slug!r} (configured: {', '.join(by_slug)})")
+        profiles = [by_slug[s] for s in selected]
+    ids = [p.phone_number_id for p in profiles if p.phone_number_id]
+    if len(ids) != len(set(ids)):
+        raise ConfigError("two profiles share one phone_number_id; each number needs its own")
+    port_value = (
+        port
+        or data.get("port")
+        or env.get("BRIDGE_PORT")
+        or (profiles[0].port if len(profiles) == 1 and profiles[0].port else 8080)
+    )
+    interval = data.get("snapshot_interval") or env.get("BRIDGE_SNAPSHOT_INTERVAL")
+    return Settings(
+        profiles=tuple(profiles),
+        var_dir=resolved_var,
+        host=host or str(data.get("host") or env.get("BRIDGE_HOST") or "127.0.0.1"),
+        port=_int(port_value, "port", 0, 65535),
+        max_body_bytes=_int(
+            data.get("max_body_bytes") or env.get("BRIDGE_MAX_BODY_BYTES") or 1024 * 1024,
+            "max_body_bytes",
+            1024,
+        ),
+        snapshot_interval=_float(interval, "snapshot_interval") if interval else 300.0,
+        log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),
+        log_level=str(data.get("log_level") or env.get("BRIDGE_LOG_LEVEL") or "info").lower(),
+    )

@@ -1,0 +1,175 @@
+"""Conversations in memory: per user, capped, in the seed's JSON shape when written out.
+
+The seed stored `{"messages": [{"role", "content", "timestamp"}], "lastActivity",
+"firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status)
+that the seed's tools ignore.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+# Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
+# statuses out of order (a "delivered" after a "read"); we never move a message backwards.
+STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+TERMINAL_STATUSES = ("failed", "expired", "undeliverable")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One history entry; frozen so views can share it without copying."""
+
+    role: str  # "user" or "assistant"
+    content: str
+    timestamp: int  # ms since the epoch
+    id: str | None = None  # inbound wamid, or our local id for an assistant reply
+    type: str | None = None  # WhatsApp message type of an inbound message
+    status: str | None = None  # delivery state of an assistant reply
+    error: str | None = None  # why a reply failed, e.g. "131047: Re-engagement message"
+    wamids: tuple[str, ...] = ()  # Meta's ids of the sent parts of a reply
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's three fields first, optional ones only when set."""
+        out: dict[str, Any] = {
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp,
+        }
+        if self.id is not None:
+            out["id"] = self.id
+        if self.type is not None:
+            out["type"] = self.type
+        if self.status is not None:
+            out["status"] = self.status
+        if self.error is not None:
+            out["error"] = self.error
+        if self.wamids:
+            out["wamids"] = list(self.wamids)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        return cls(
+            role=str(data["role"]),
+            content=str(data["content"]),
+            timestamp=int(data["timestamp"]),
+            id=data.get("id"),
+            type=data.get("type"),
+            status=data.get("status"),
+            error=data.get("error"),
+            wamids=tuple(data.get("wamids", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    """A read-only copy handed out by the store; later changes do not show through it."""
+
+    key: str
+    messages: tuple[Message, ...]
+    first_interaction: int
+    last_activity: int
+    last_user_message: int | None
+    contact_name: str | None
+
+
+class Conversation:
+    """The mutable per-user record inside the store; never handed out directly."""
+
+    __slots__ = (
+        "contact_name",
+        "first_interaction",
+        "key",
+        "last_activity",
+        "last_user_message",
+        "messages",
+        "seq",
+    )
+
+    def __init__(self, key: str, cap: int, now_ms: int) -> None:
+        self.key = key
+        self.messages: deque[Message] = deque(maxlen=cap)
+        self.first_interaction = now_ms
+        self.last_activity = now_ms
+        self.last_user_message: int | None = None
+        self.contact_name: str | None = None
+        # Sequence number of the last change applied; replay skips changes at or below it.
+        self.seq = 0
+
+    def append(self, message: Message) -> None:
+        """Add a message; the deque's maxlen drops the oldest past the cap."""
+        self.messages.append(message)
+        self.last_activity = max(self.last_activity, message.timestamp)
+        self.first_interaction = min(self.first_interaction, message.timestamp)
+        if message.role == "user":
+            # The 24-hour customer service window opens/renews on each user message.
+            self.last_user_message = max(self.last_user_message or 0, message.timestamp)
+
+    def update_status(
+        self, message_id: str, status: str, error: str | None, wamids: tuple[str, ...]
+    ) -> bool:
+        """Move a reply's delivery state forward; search from the end, where replies are."""
+        for index in range(len(self.messages) - 1, -1, -1):
+            message = self.messages[index]
+            if message.id != message_id:
+                continue
+            new_status = message.status
+            if status in TERMINAL_STATUSES or STATUS_RANK.get(status, -1) > STATUS_RANK.get(
+                message.status or "", -1
+            ):
+                new_status = status
+            if message.status in TERMINAL_STATUSES and status not in TERMINAL_STATUSES:
+                new_status = message.status
+            self.messages[index] = Message(
+                role=message.role,
+                content=message.content,
+                timestamp=message.timestamp,
+                id=message.id,
+                type=message.type,
+                status=new_status,
+                error=error or message.error,
+                wamids=message.wamids + tuple(w for w in wamids if w not in message.wamids),
+            )
+            return True
+        return False
+
+    def view(self) -> ConversationView:
+        return ConversationView(
+            key=self.key,
+            messages=tuple(self.messages),
+            first_interaction=self.first_interaction,
+            last_activity=self.last_activity,
+            last_user_message=self.last_user_message,
+            contact_name=self.contact_name,
+        )
+
+    def to_seed(self) -> dict[str, Any]:
+        """The seed's conversation object, plus our optional fields."""
+        out: dict[str, Any] = {
+            "messages": [m.to_dict() for m in self.messages],
+            "lastActivity": self.last_activity,
+            "firstInteraction": self.first_interaction,
+        }
+        if self.last_user_message is not None:
+            out["lastUserMessage"] = self.last_user_message
+        if self.contact_name is not None:
+            out["name"] = self.contact_name
+        if self.seq:
+            out["seq"] = self.seq
+        return out
+
+    @classmethod
+    def from_seed(cls, key: str, data: dict[str, Any], cap: int) -> Conversation:
+        messages = [Message.from_dict(m) for m in data.get("messages", [])]
+        first = int(data.get("firstInteraction") or (messages[0].timestamp if messages else 0))
+        conv = cls(key, cap, first)
+        conv.messages.extend(messages)
+        conv.last_activity = int(data.get("lastActivity") or first)
+        user_times = [m.timestamp for m in messages if m.role == "user"]
+        last_user = data.get("lastUserMessage")
+        conv.last_user_message = int(last_user) if last_user else max(user_times, default=None)
+        conv.contact_name = data.get("name")
+        conv.seq = int(data.get("seq") or 0)
+        return conv

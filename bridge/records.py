@@ -1,0 +1,117 @@
+"""Change records: every mutation of a profile's state is one of these.
+
+The same records are applied to memory and appended to the journal, so replaying the journal
+over a snapshot rebuilds exactly what was in memory. Records that touch a conversation carry
+the store's sequence number; replay skips those a snapshot already contains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bridge.conversations import Message
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAdded:
+    """A user message received or an assistant reply produced."""
+
+    key: str
+    message: Message
+    contact_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """A reply's delivery state moved (our send, or Meta's status webhook)."""
+
+    message_id: str  # our local id or one of Meta's wamids of the reply
+    status: str
+    error: str | None = None
+    wamids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationDeleted:
+    """One user's conversation erased (operator's `delete`, retention, a data request)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A reply waiting to be sent; it stays queued until sent or failed for good."""
+
+    id: str  # the assistant message's local id
+    key: str  # conversation key
+    to: str  # recipient: phone, else the business-scoped user id
+    text: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxQueued:
+    item: OutboxItem
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxDone:
+    item_id: str
+
+
+Record = MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """A compact JSON-able dict with a one-letter kind tag."""
+    match record:
+        case MessageAdded(key, message, contact_name):
+            out: dict[str, Any] = {"t": "m", "k": key, "m": message.to_dict()}
+            if contact_name:
+                out["n"] = contact_name
+            return out
+        case StatusChanged(message_id, status, error, wamids):
+            return {"t": "s", "i": message_id, "s": status, "e": error, "w": list(wamids)}
+        case ConversationDeleted(key):
+            return {"t": "d", "k": key}
+        case OutboxQueued(item):
+            return {
+                "t": "q",
+                "i": item.id,
+                "k": item.key,
+                "to": item.to,
+                "x": item.text,
+                "c": item.created_ms,
+            }
+        case OutboxDone(item_id):
+            return {"t": "o", "i": item_id}
+    raise TypeError(f"not a record: {record!r}")
+
+
+def record_from_dict(data: dict[str, Any]) -> Record:
+    """Inverse of record_to_dict; KeyError/ValueError/TypeError mean a corrupt record."""
+    kind = data["t"]
+    if kind == "m":
+        return MessageAdded(data["k"], Message.from_dict(data["m"]), data.get("n"))
+    if kind == "s":
+        return StatusChanged(data["i"], data["s"], data.get("e"), tuple(data.get("w", ())))
+    if kind == "d":
+        return ConversationDeleted(data["k"])
+    if kind == "q":
+        return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
+    if kind == "o":
+        return OutboxDone(data["i"])
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def encode(seq: int, record: Record) -> bytes:
+    """One journal payload: the sequence number and the record, as JSON."""
+    return orjson.dumps({"q": seq, **record_to_dict(record)})
+
+
+def decode(payload: bytes) -> tuple[int, Record]:
+    data = orjson.loads(payload)
+    return int(data["q"]), record_from_dict(data)

@@ -1,0 +1,139 @@
+"""A profile's whole state in memory, changed only by applying records.
+
+Applying is pure bookkeeping with no I/O, so the same code serves live traffic, journal replay
+and tests. Every record kind is idempotent or guarded by a sequence number, which lets a
+snapshot be taken in slices while traffic goes on ("fuzzy" checkpoint): replaying the journal
+from the snapshot's start over it yields the exact final state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bridge.conversations import Conversation, ConversationView, Message
+from bridge.records import (
+    ConversationDeleted,
+    MessageAdded,
+    OutboxDone,
+    OutboxItem,
+    OutboxQueued,
+    Record,
+    StatusChanged,
+)
+
+# Meta redelivers an unacknowledged delivery for up to 7 days; remember ids a day longer.
+SEEN_TTL_MS = 8 * 24 * 3600 * 1000
+
+
+class State:
+    """Conversations, the seen-set of message ids, and the outbox of one profile."""
+
+    def __init__(self, max_messages: int = 250) -> None:
+        self.max_messages = max_messages
+        self.conversations: dict[str, Conversation] = {}
+        self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
+        self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
+        # A reply's local id and each of its wamids -> (conversation key, local id), so that
+        # Meta's status webhooks, which name wamids, find the reply.
+        self.replies: dict[str, tuple[str, str]] = {}
+        self.seq = 0  # last sequence number applied
+
+    # -- mutation -------------------------------------------------------------------------
+
+    def apply(self, seq: int, record: Record) -> None:
+        """Apply one record; a conversation record at or below its conversation's seq is skipped."""
+        self.seq = max(self.seq, seq)
+        match record:
+            case MessageAdded(key, message, contact_name):
+                self._add_message(seq, key, message, contact_name)
+            case StatusChanged(message_id, status, error, wamids):
+                ref = self.replies.get(message_id)
+                conv = self.conversations.get(ref[0]) if ref is not None else None
+                if ref is None or conv is None:
+                    return  # a status for a message we no longer hold (deleted, or not ours)
+                if conv.update_status(ref[1], status, error, wamids):
+                    for wamid in wamids:
+                        self.replies[wamid] = ref
+            case ConversationDeleted(key):
+                conv = self.conversations.pop(key, None)
+                if conv is not None:
+                    for message in conv.messages:
+                        self._forget_reply(message)
+            case OutboxQueued(item):
+                self.outbox[item.id] = item
+            case OutboxDone(item_id):
+                self.outbox.pop(item_id, None)
+
+    def _add_message(self, seq: int, key: str, message: Message, contact_name: str | None) -> None:
+        if message.role == "user" and message.id is not None:
+            self.seen.setdefault(message.id, message.timestamp)
+        conv = self.conversations.get(key)
+        if conv is None:
+            conv = Conversation(key, self.max_messages, message.timestamp)
+            self.conversations[key] = conv
+        elif seq and seq <= conv.seq:
+            return  # already in the snapshot this journal is replayed over
+        if len(conv.messages) == conv.messages.maxlen:
+            self._forget_reply(conv.messages[0])
+        conv.append(message)
+        if seq:
+            conv.seq = seq
+        if contact_name:
+            conv.contact_name = contact_name
+        self._index_reply(key, message)
+
+    def _index_reply(self, key: str, message: Message) -> None:
+        if message.role == "assistant" and message.id is not None:
+            ref = (key, message.id)
+            self.replies[message.id] = ref
+            for wamid in message.wamids:
+                self.replies[wamid] = ref
+
+    def _forget_reply(self, message: Message) -> None:
+        if message.role != "assistant" or message.id is None:
+            return
+        self.replies.pop(message.id, None)
+        for wamid in message.wamids:
+            self.replies.pop(wamid, None)
+
+    def add_conversation(self, conv: Conversation) -> None:
+        """Install a conversation loaded from a snapshot or an import."""
+        self.conversations[conv.key] = conv
+        for message in conv.messages:
+            self._index_reply(conv.key, message)
+        self.seq = max(self.seq, conv.seq)
+
+    def prune_seen(self, now_ms: int) -> int:
+        """Forget ids older than Meta's redelivery horizon; returns how many were dropped."""
+        cutoff = now_ms - SEEN_TTL_MS
+        stale = [wamid for wamid, ts in self.seen.items() if ts < cutoff]
+        for wamid in stale:
+            del self.seen[wamid]
+        return len(stale)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def has_seen(self, message_id: str) -> bool:
+        return message_id in self.seen
+
+    def get(self, key: str) -> ConversationView | None:
+        conv = self.conversations.get(key)
+        return conv.view() if conv is not None else None
+
+    def keys(self) -> list[str]:
+        return list(self.conversations)
+
+    def views(self) -> Iterator[ConversationView]:
+        for conv in list(self.conversations.values()):
+            yield conv.view()
+
+    def message_count(self) -> int:
+        return sum(len(c.messages) for c in self.conversations.values())
+
+    def expired_keys(self, now_ms: int, retention_ms: int) -> list[str]:
+        """Conversations idle longer than the retention period."""
+        cutoff = now_ms - retention_ms
+        return [k for k, c in self.conversations.items() if c.last_activity < cutoff]
+
+    def pending_outbox(self) -> list[OutboxItem]:
+        return list(self.outbox.values())

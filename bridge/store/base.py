@@ -1,0 +1,37 @@
+"""The store interface: the webhook, replier and outbox change state only through `commit`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from bridge.records import Record
+from bridge.state import State
+
+
+class Store(ABC):
+    """Owns one profile's `State`; `commit` makes records durable, then applies them.
+
+    Readers use `state` directly (it is only ever changed on the event loop, between awaits);
+    writers must go through `commit` so nothing reaches memory that is not also durable.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def open(self) -> None:
+        """Load what a previous run left; called once before serving."""
+
+    async def close(self) -> None:
+        """Flush and release; called once at shutdown, after the last commit."""
+
+    @abstractmethod
+    async def commit(self, records: Sequence[Record]) -> None:
+        """Make `records` durable, then apply them in order; StorageError if that failed."""
+
+    async def snapshot(self) -> None:
+        """Write a full snapshot now (a no-op where nothing is on disk)."""
+
+    def _apply(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self.state.apply(self.state.seq + 1, record)

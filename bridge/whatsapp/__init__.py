@@ -1,0 +1,1 @@
+"""Everything that speaks Meta's WhatsApp Cloud API: webhook payloads, signatures, Graph sends."""

@@ -1,0 +1,71 @@
+"""The sender interface for outgoing WhatsApp messages, and a log-only sender for development."""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+
+from bridge.errors import BridgeError
+from bridge.logs import get_logger, mask
+
+# WhatsApp's limit for a text message body.
+MAX_TEXT = 4096
+
+
+class SendError(BridgeError):
+    """A send failed. `retryable`: try again later; else record the failure and drop it.
+
+    `auth` marks an expired or invalid token (Graph error 190): keep the reply queued and alert.
+    """
+
+    def __init__(
+        self, message: str, code: int | None = None, retryable: bool = False, auth: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+        self.auth = auth
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Split a long reply into parts of at most `limit` characters, at a paragraph, line or
+    word break when one falls in the second half of the part."""
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = -1
+        for sep in ("\n\n", "\n", " "):
+            cut = rest.rfind(sep, limit // 2, limit)
+            if cut != -1:
+                break
+        if cut == -1:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+class Sender(ABC):
+    """Sends one text reply (split as needed); returns Meta's message id of each part."""
+
+    @abstractmethod
+    async def send_text(self, to: str, text: str) -> list[str]: ...
+
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+
+
+class LogSender(Sender):
+    """Used when no access token is configured: replies are recorded and logged, not sent."""
+
+    def __init__(self, profile: str) -> None:
+        self._log = get_logger(profile=profile, sender="log")
+        self._ids = itertools.count(1)
+
+    async def send_text(self, to: str, text: str) -> list[str]:
+        parts = split_text(text)
+        ids = [f"wamid.log-{next(self._ids)}" for _ in parts]
+        self._log.info("reply_not_sent_no_token", to=mask(to), parts=len(parts), chars=len(text))
+        return ids
