@@ -84,6 +84,12 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
+    # Bearer token required by /metrics; None leaves it open (bind to localhost then).
+    metrics_token: str | None = field(default=None, repr=False)
+    # systemd's notify socket and watchdog period, when run as a Type=notify service.
+    notify_socket: str | None = None
+    watchdog_usec: str | None = None
+    watchdog_pid: str | None = None
 
     def profile(self, slug: str) -> ProfileConfig:
         for p in self.profiles:
@@ -102,9 +108,10 @@ def validate_slug(slug: str) -> str:
     return slug
 
 
-def _read_secret_file(path: str, what: str) -> str:
+def _read_secret_file(path: str, what: str) -> str | None:
+    """A secret file's content, stripped; an empty file counts as no secret."""
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        return Path(path).read_text(encoding="utf-8").strip() or None
     except OSError as exc:
         raise ConfigError(f"cannot read {what} from {path}: {exc.strerror}") from None
 
@@ -124,7 +131,7 @@ def _secret(
     if env.get(env_name):
         return env[env_name]
     if env.get(f"{env_name}_FILE"):
-        return _read_secret_file(env[f"{env_name}_FILE"], env_name)
+        return _read_secret_file(env[f"{env_name}_FILE"], f"{env_name}_FILE")
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         for cred in cred_names:
@@ -216,7 +223,7 @@ def _profile(
         creds = (f"{slug}.{name}",) if prefixed else (name,)
         return _secret(name, table, env, f"{prefix}{name.upper()}", creds)
 
-    port = get("port")
+    port = table.get("port")  # the env-configured profile uses BRIDGE_PORT for the server
     retention = get("retention_days")
     max_messages = get("max_messages")
     key_file = get("key_file")
@@ -316,4 +323,10 @@ def load_settings(
         snapshot_interval=_float(interval, "snapshot_interval") if interval else 300.0,
         log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),
         log_level=str(data.get("log_level") or env.get("BRIDGE_LOG_LEVEL") or "info").lower(),
+        metrics_token=_secret(
+            "metrics_token", data, env, "BRIDGE_METRICS_TOKEN", ("metrics_token",)
+        ),
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+        watchdog_usec=env.get("WATCHDOG_USEC") or None,
+        watchdog_pid=env.get("WATCHDOG_PID") or None,
     )

@@ -1,0 +1,34 @@
+# whatsapp-bridge: `make run` starts a development bridge, `make test` runs the test suite.
+# Both set everything up from scratch (virtualenv, packages) on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the bridge on 127.0.0.1:8080 with a development profile (no account, no network).
+run: $(STAMP)
+	$(BIN)/bridge serve --dev
+
+## Run the whole test suite (real servers on 127.0.0.1, real files).
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## ruff (lint + format check) and mypy --strict over code and tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""`sessions-admin`: the operator's command line over a profile's encrypted store.
+
+Read commands load snapshot + journal without the profile lock, so they see the current state
+even while the bridge runs. Commands that write take the lock through `DurableStore`; while a
+running bridge holds it they refuse, naming the process, and write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from admin import commands
+from bridge import logs
+from bridge.errors import BridgeError
+
+EPILOG = """\
+examples:
+  sessions-admin list --limit 20                 most recently active conversations
+  sessions-admin show 34600000001                one conversation, readable
+  sessions-admin stats --all-profiles
+  sessions-admin backup --keep 14                encrypted archive into var/profiles/<p>/backups/
+  sessions-admin verify                          decrypt and check the live store (exit 1 on problems)
+  sessions-admin export 34600000001 > data.json  a user's data request (plaintext JSON!)
+  sessions-admin import sessions.json            merge the old system's plaintext file
+  sessions-admin --profile shop delete 34600000001
+
+Reads work while the bridge runs. Writes (restore, import, delete, prune, rotate-key) need
+the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 failure, 2 usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=None, metavar="SLUG", help="profile (default: default)")
+    common.add_argument("--var-dir", type=Path, help="state directory (default ./var or BRIDGE_VAR_DIR)")
+    common.add_argument("--config", type=Path, help="the bridge's TOML file")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(
+        prog="sessions-admin",
+        description="Inspect and manage the bridge's encrypted conversation store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = add("list", "one row per conversation, most recently active first", commands.cmd_list)
+    p.add_argument("--limit", type=int, help="show at most N conversations")
+    p.add_argument("--since", help="only active since: 7d, 24h, 30m or a date 2026-11-01")
+
+    p = add("show", "a whole conversation: time, role, text", commands.cmd_show)
+    p.add_argument("key", help="phone number (digits) or user id")
+
+    p = add("stats", "counts, activity range, sizes on disk, outbox", commands.cmd_stats)
+    p.add_argument("--all-profiles", action="store_true", help="every profile under the var dir")
+
+    p = add("backup", "write a consistent encrypted archive (works while running)", commands.cmd_backup)
+    p.add_argument("--to", type=Path, help="directory (default var/profiles/<slug>/backups)")
+    p.add_argument("--keep", type=int, default=14, help="keep the newest N archives (default 14)")
+
+    p = add("restore", "replace the store with an archive (bridge stopped)", commands.cmd_restore)
+    p.add_argument("archive", type=Path)
+
+    p = add("verify", "decrypt and check the store or an archive; exit 1 on a problem", commands.cmd_verify)
+    p.add_argument("archive", type=Path, nargs="?")
+
+    p = add("export", "plaintext JSON in the seed's format on stdout", commands.cmd_export)
+    p.add_argument("key", nargs="?", help="only this conversation")
+
+    p = add("import", "merge the seed's plaintext sessions.json (bridge stopped)", commands.cmd_import)
+    p.add_argument("file", type=Path)
+
+    p = add("delete", "erase one user's conversation (bridge stopped)", commands.cmd_delete)
+    p.add_argument("key")
+
+    p = add("prune", "erase conversations idle for more than DAYS (bridge stopped)", commands.cmd_prune)
+    p.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+
+    add("rotate-key", "re-encrypt everything under a new key (bridge stopped)", commands.cmd_rotate_key)
+
+    p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
+    p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")
+    p.add_argument("slug", nargs="?", help="profile for show/create")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure("console", "warning")
+    try:
+        result: int = args.func(args)
+    except BridgeError as exc:
+        print(f"sessions-admin: error: {exc}", file=sys.stderr)
+        return 2 if exc.exit_code == 2 and isinstance(exc, commands.UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `sessions-admin list | head`
+        return 0
+    return result

@@ -1,0 +1,388 @@
+"""The sessions-admin commands; each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from admin import render
+from bridge.config import ProfileConfig, load_settings, validate_slug
+from bridge.conversations import Conversation, Message
+from bridge.errors import BridgeError, ConfigError, ProfileLockedError
+from bridge.records import ConversationDeleted, MessageAdded, Record
+from bridge.state import State
+from bridge.store.durable import DurableStore, load_state
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class UsageError(ConfigError):
+    """Bad arguments: exit code 2."""
+
+
+# -- profiles and stores ----------------------------------------------------------------------
+
+
+def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
+    """The profile named by --profile, from the TOML file or the environment."""
+    selected = (args.profile,) if args.profile else ()
+    settings = load_settings(config_path=args.config, selected=selected, var_dir=args.var_dir)
+    profile = settings.profiles[0]
+    if not profile.state_dir.is_dir():
+        raise BridgeError(
+            f"no store for profile {profile.slug!r} at {profile.state_dir} (has the bridge run "
+            "with this profile? is --var-dir right?)"
+        )
+    return profile
+
+
+def read_state(profile: ProfileConfig) -> State:
+    """Snapshot + journal as of now; no lock taken, nothing written."""
+    return load_state(profile)
+
+
+def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitable[None]]) -> None:
+    """Open the store with its lock, apply `change` through journaled commits, close.
+
+    Closing takes a snapshot, so the change is durable in the same form the bridge writes.
+    """
+
+    async def run() -> None:
+        store = DurableStore(profile)
+        try:
+            await store.open()
+        except ProfileLockedError as exc:
+            raise BridgeError(
+                f"{exc}; stop the bridge for this profile first "
+                f"(e.g. systemctl stop whatsapp-bridge@{profile.slug}); nothing was changed"
+            ) from None
+        try:
+            await change(store)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def parse_since(text: str, now_ms: int) -> int:
+    """`7d`, `24h`, `30m` ago, or an ISO date/time (UTC), as ms since the epoch."""
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if match:
+        unit = {"d": DAY_MS, "h": 3600_000, "m": 60_000}[match.group(2)]
+        return now_ms - int(match.group(1)) * unit
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r}: use 7d, 24h, 30m or a date like 2026-11-01") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def seed_entry(conv: Conversation) -> list[Any]:
+    """One `[key, conversation]` pair of the seed's sessions.json, without internal fields."""
+    data = conv.to_seed()
+    data.pop("seq", None)
+    return [conv.key, data]
+
+
+# -- read commands ----------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    profile = resolve_profile(args)
+    state = read_state(profile)
+    views = sorted(state.views(), key=lambda v: v.last_activity, reverse=True)
+    if args.since:
+        cutoff = parse_since(args.since, now_ms())
+        views = [v for v in views if v.last_activity >= cutoff]
+    if args.limit is not None:
+        if args.limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        views = views[: args.limit]
+    if args.json:
+        render.emit_json([render.conversation_summary(v) for v in views])
+    elif views:
+        print(render.list_table(views))
+    else:
+        print(f"no conversations in profile {profile.slug!r}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    profile = resolve_profile(args)
+    view = read_state(profile).get(args.key)
+    if view is None:
+        raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+    if args.json:
+        render.emit_json(
+            {**render.conversation_summary(view), "messages": [m.to_dict() for m in view.messages]}
+        )
+    else:
+        print(render.conversation_text(view))
+    return 0
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
+    from bridge.persistence import layout
+
+    state = read_state(profile)
+    roles = {"user": 0, "assistant": 0}
+    for conv in state.conversations.values():
+        for message in conv.messages:
+            roles[message.role] = roles.get(message.role, 0) + 1
+    activity = [c.last_activity for c in state.conversations.values()]
+    snapshot = layout.snapshot_path(profile.state_dir)
+    snapshot_age = (
+        round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
+    )
+    return {
+        "profile": profile.slug,
+        "conversations": len(state.conversations),
+        "messages": sum(roles.values()),
+        "by_role": roles,
+        "oldest_activity": min(activity, default=None),
+        "newest_activity": max(activity, default=None),
+        "outbox": len(state.outbox),
+        "seen_ids": len(state.seen),
+        "store_bytes": _dir_size(profile.state_dir) - _dir_size(profile.state_dir / "backups"),
+        "snapshot_bytes": snapshot.stat().st_size if snapshot.exists() else 0,
+        "snapshot_age_seconds": snapshot_age,
+        "journal_bytes": _dir_size(layout.journal_dir(profile.state_dir)),
+        "running": layout.lock_holder(profile.state_dir) is not None,
+    }
+
+
+def _stats_text(stats: dict[str, Any]) -> str:
+    age = stats["snapshot_age_seconds"]
+    rows = [
+        ("profile", stats["profile"] + (" (running)" if stats["running"] else " (stopped)")),
+        ("conversations", stats["conversations"]),
+        ("messages", f"{stats['messages']} (user {stats['by_role']['user']}, "
+                     f"assistant {stats['by_role']['assistant']})"),
+        ("oldest activity", render.when(stats["oldest_activity"])),
+        ("newest activity", render.when(stats["newest_activity"])),
+        ("outbox", f"{stats['outbox']} repl{'y' if stats['outbox'] == 1 else 'ies'} waiting"),
+        ("store on disk", f"{stats['store_bytes']:,} bytes"),
+        ("snapshot", f"{stats['snapshot_bytes']:,} bytes, "
+                     + (f"{age} s old" if age is not None else "none yet")),
+        ("journal", f"{stats['journal_bytes']:,} bytes"),
+    ]
+    return "\n".join(f"{k + ':':<17}{v}" for k, v in rows)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    if args.all_profiles:
+        settings = load_settings(config_path=args.config, var_dir=args.var_dir)
+        root = settings.var_dir / "profiles"
+        slugs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        configured = {p.slug: p for p in settings.profiles}
+        profiles = [
+            configured.get(s) or replace(settings.profiles[0], slug=s, state_dir=root / s, key=None, key_file=None)
+            for s in slugs
+        ]
+    else:
+        profiles = [resolve_profile(args)]
+    all_stats = [profile_stats(p) for p in profiles]
+    if args.json:
+        render.emit_json(all_stats if args.all_profiles else all_stats[0])
+    else:
+        print("\n\n".join(_stats_text(s) for s in all_stats) or "no profiles")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    profile = resolve_profile(args)
+    state = read_state(profile)
+    if args.key is not None:
+        conv = state.conversations.get(args.key)
+        if conv is None:
+            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+        convs = [conv]
+    else:
+        convs = list(state.conversations.values())
+    render.emit_json([seed_entry(c) for c in convs])
+    return 0
+
+
+# -- write commands ---------------------------------------------------------------------------
+
+
+def load_seed_file(path: Path) -> list[tuple[str, list[Message]]]:
+    """Read the seed's plaintext sessions.json: `[[key, {"messages": [...]}], ...]` (or an
+    object keyed by phone). Every problem is one line naming the entry."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise BridgeError(f"cannot read {path}: {exc}") from None
+    pairs = list(data.items()) if isinstance(data, dict) else data
+    if not isinstance(pairs, list):
+        raise BridgeError(f"{path}: expected a list of [key, conversation] pairs")
+    out: list[tuple[str, list[Message]]] = []
+    for index, pair in enumerate(pairs):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[1], dict)):
+            raise BridgeError(f"{path}: entry {index} is not a [key, conversation] pair")
+        key, conv = str(pair[0]), pair[1]
+        try:
+            messages = [Message.from_dict(m) for m in conv.get("messages", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BridgeError(f"{path}: conversation {key!r} has a malformed message ({exc})") from None
+        bad = [m.role for m in messages if m.role not in ("user", "assistant")]
+        if bad:
+            raise BridgeError(f"{path}: conversation {key!r} has a message with role {bad[0]!r}")
+        out.append((key, messages))
+    return out
+
+
+def merge_records(state: State, key: str, incoming: list[Message]) -> list[Record]:
+    """Records that make `key` hold the union of its messages and `incoming`, in time order.
+
+    A message counts as present when its id matches, or (for the seed's id-less messages) its
+    role, timestamp and text all do, so importing the same file twice changes nothing.
+    """
+    existing = list(state.conversations[key].messages) if key in state.conversations else []
+    ids = {m.id for m in existing if m.id}
+    triples = {(m.role, m.timestamp, m.content) for m in existing}
+    new = [
+        m
+        for m in incoming
+        if not (m.id and m.id in ids) and (m.role, m.timestamp, m.content) not in triples
+    ]
+    if not new:
+        return []
+    merged = sorted(existing + new, key=lambda m: m.timestamp)[-state.max_messages :]
+    records: list[Record] = [ConversationDeleted(key)] if existing else []
+    records.extend(MessageAdded(key, m) for m in merged)
+    return records
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    profile = resolve_profile(args)
+    conversations = load_seed_file(args.file)
+    counts = {"conversations": 0, "messages": 0}
+
+    async def change(store: DurableStore) -> None:
+        for key, messages in conversations:
+            before = len(store.state.conversations[key].messages) if key in store.state.conversations else 0
+            records = merge_records(store.state, key, messages)
+            if records:
+                await store.commit(records)
+                counts["conversations"] += 1
+                counts["messages"] += len(store.state.conversations[key].messages) - before
+
+    write_store(profile, change)
+    if args.json:
+        render.emit_json({"imported": counts, "file": str(args.file)})
+    else:
+        print(
+            f"imported {counts['messages']} new message(s) into {counts['conversations']} "
+            f"conversation(s) of profile {profile.slug!r} from {args.file}"
+        )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    profile = resolve_profile(args)
+
+    async def change(store: DurableStore) -> None:
+        if args.key not in store.state.conversations:
+            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+        await store.commit([ConversationDeleted(args.key)])
+
+    write_store(profile, change)
+    print(f"deleted conversation {args.key} from profile {profile.slug!r}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than < 1:
+        raise UsageError("--older-than must be at least 1 day")
+    profile = resolve_profile(args)
+    deleted: list[str] = []
+
+    async def change(store: DurableStore) -> None:
+        keys = store.state.expired_keys(now_ms(), args.older_than * DAY_MS)
+        if keys:
+            await store.commit([ConversationDeleted(k) for k in keys])
+        deleted.extend(keys)
+
+    write_store(profile, change)
+    if args.json:
+        render.emit_json({"deleted": len(deleted)})
+    else:
+        print(f"pruned {len(deleted)} conversation(s) idle for more than {args.older_than} days")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from bridge.persistence import layout
+
+    settings = load_settings(config_path=args.config, var_dir=args.var_dir)
+    root = settings.var_dir / "profiles"
+    configured = {p.slug: p for p in settings.profiles if args.config or p.state_dir.is_dir()}
+    on_disk = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    if args.action == "create":
+        if not args.slug:
+            raise UsageError("profiles create needs a SLUG")
+        slug = validate_slug(args.slug)
+        state_dir = root / slug
+        if state_dir.exists():
+            raise BridgeError(f"profile {slug!r} already exists at {state_dir}")
+        layout.create_profile_dir(replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None))
+        print(f"created profile {slug!r} at {state_dir} (back up its key file: {state_dir / 'key'})")
+        return 0
+    slugs = sorted(set(configured) | on_disk)
+    if args.action == "show":
+        if not args.slug or args.slug not in slugs:
+            raise BridgeError(f"unknown profile {args.slug!r} (known: {', '.join(slugs) or 'none'})")
+        slugs = [args.slug]
+    rows = []
+    for slug in slugs:
+        config = configured.get(slug)
+        state_dir = config.state_dir if config else root / slug
+        holder = layout.lock_holder(state_dir)
+        rows.append(
+            {
+                "profile": slug,
+                "directory": str(state_dir),
+                "phone_number_id": config.phone_number_id if config else None,
+                "port": (config.port if config and config.port else settings.port) if config else None,
+                "status": f"running (pid {holder})" if holder else "stopped",
+                "bytes": _dir_size(state_dir),
+            }
+        )
+    if args.json:
+        render.emit_json(rows if args.action == "list" else rows[0])
+    elif rows:
+        print(
+            render.table(
+                ("PROFILE", "STATUS", "PHONE NUMBER ID", "PORT", "BYTES", "DIRECTORY"),
+                [
+                    (r["profile"], r["status"], r["phone_number_id"] or "-", r["port"] or "-",
+                     f"{r['bytes']:,}", r["directory"])
+                    for r in rows
+                ],
+            )
+        )
+    else:
+        print(f"no profiles under {root}")
+    return 0

@@ -1,0 +1,72 @@
+"""Turn state into what an operator reads: terminal tables, or JSON for scripts."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bridge.conversations import ConversationView
+
+
+def when(ms: int | None) -> str:
+    """Milliseconds since the epoch as UTC, to the second."""
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table; the last column is left unpadded so long text can wrap."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def conversation_summary(view: ConversationView) -> dict[str, Any]:
+    return {
+        "key": view.key,
+        "name": view.contact_name,
+        "messages": len(view.messages),
+        "firstInteraction": view.first_interaction,
+        "lastActivity": view.last_activity,
+        "lastUserMessage": view.last_user_message,
+    }
+
+
+def list_table(views: Sequence[ConversationView]) -> str:
+    rows = [
+        (v.key, v.contact_name or "-", len(v.messages), when(v.first_interaction), when(v.last_activity))
+        for v in views
+    ]
+    return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY"), rows)
+
+
+def conversation_text(view: ConversationView, width: int = 100) -> str:
+    """The whole conversation, one line per message: time, role, delivery state, text."""
+    head = [
+        f"conversation {view.key}" + (f" ({view.contact_name})" if view.contact_name else ""),
+        f"messages {len(view.messages)}, first {when(view.first_interaction)}, "
+        f"last activity {when(view.last_activity)}, last user message {when(view.last_user_message)}",
+        "",
+    ]
+    lines = []
+    for m in view.messages:
+        state = f" [{m.status}{': ' + m.error if m.error else ''}]" if m.status else ""
+        text = " ".join(m.content.split()) if m.content else ""
+        if len(text) > width:
+            text = text[: width - 1] + "…"
+        lines.append(f"{when(m.timestamp)}  {m.role:<9}{state} {text}")
+    return "\n".join(head + lines)

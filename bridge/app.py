@@ -1,0 +1,47 @@
+"""`create_app`: the aiohttp application for a set of profile runtimes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from bridge import health, webhook
+from bridge.config import Settings
+from bridge.metrics import Metrics
+from bridge.runtime import ProfileRuntime
+
+
+def create_app(
+    settings: Settings, runtimes: Sequence[ProfileRuntime], metrics: Metrics | None = None
+) -> web.Application:
+    """Routes and lifecycle: profiles start before the first request and stop after the last.
+
+    Starting a profile loads its state; stopping it lets replies finish, stops the outbox and
+    takes the final snapshot. aiohttp runs cleanup only for contexts whose start finished.
+    """
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[webhook.RUNTIMES] = {r.slug: r for r in runtimes}
+    app[health.READY] = {}
+    metrics = metrics or Metrics()
+    metrics.watch(lambda: app[webhook.RUNTIMES])
+    app[webhook.METRICS] = metrics
+    app[health.METRICS_TOKEN] = settings.metrics_token
+    webhook.add_routes(app)
+    health.add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        started: list[ProfileRuntime] = []
+        try:
+            for runtime in runtimes:
+                await runtime.start()
+                started.append(runtime)
+                app[health.READY][runtime.slug] = True
+            yield
+        finally:
+            for runtime in reversed(started):
+                app[health.READY][runtime.slug] = False
+                await runtime.stop(settings.shutdown_timeout)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

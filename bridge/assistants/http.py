@@ -1,0 +1,237 @@
+"""A generic HTTP assistant, and the JSON-over-HTTP transport every network backend shares.
+
+The transport (`JsonEndpoint`) owns one `aiohttp.ClientSession` per backend and turns every
+way a call can fail (timeout, refused connection, non-2xx status, oversized body) into an
+`AssistantError` whose message is safe to log: it never carries the API key, message text or
+the conversation key.
+
+The HTTP protocol, for a backend of your own:
+    POST <url>   Authorization: Bearer <api key>   (only when a key is configured)
+    {"conversation": "<key>", "messages": [{"role": "user", "content": "..."}, ...]}
+answered with JSON `{"reply": "..."}` (`"text"` or `"content"` are accepted too) or with a
+`text/plain` body that is the reply. An empty reply, `null` or 204 No Content means "no reply".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from bridge.assistants.base import Assistant, Turn
+from bridge.config import AssistantConfig
+from bridge.errors import AssistantError, ConfigError
+
+# A chat reply is a few KiB; the cap stops a misbehaving backend from filling our memory.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Enough of a provider's error message to diagnose it in one log line.
+ERROR_EXCERPT_CHARS = 200
+# Keys the HTTP protocol accepts for the reply, in order of preference.
+REPLY_FIELDS = ("reply", "text", "content")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful (2xx) answer, read in full: the backend decides how to parse it."""
+
+    status: int
+    content_type: str
+    charset: str | None
+    body: bytes
+
+    @property
+    def is_json(self) -> bool:
+        # `application/json` and the structured-syntax suffix `+json` (RFC 6839).
+        return self.content_type == "application/json" or self.content_type.endswith("+json")
+
+    def json(self, what: str) -> Any:
+        """The decoded body; JSON is UTF-8 by definition (RFC 8259), whatever the charset says."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            raise AssistantError(f"{what} returned invalid JSON") from None
+
+    def text(self) -> str:
+        try:
+            return self.body.decode(self.charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.body.decode("utf-8", errors="replace")
+
+
+def parse_url(raw: str | None, what: str) -> URL:
+    """Validate a configured backend URL once, at construction, so a typo fails at start-up."""
+    if not raw:
+        raise ConfigError(f"{what} needs a URL")
+    url = URL(raw.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{what}: URL must be http:// or https:// with a host, got {raw!r}")
+    return url
+
+
+def recent(history: Sequence[Turn], limit: int) -> Sequence[Turn]:
+    """The last `limit` turns: context costs tokens and latency, and old turns matter least."""
+    return history[-limit:] if limit > 0 else history
+
+
+def as_messages(history: Sequence[Turn]) -> list[dict[str, str]]:
+    """Turns as the `{"role", "content"}` objects both HTTP protocols use."""
+    return [{"role": turn.role, "content": turn.content} for turn in history]
+
+
+class JsonEndpoint:
+    """POSTs JSON to one URL with one lazily created, reused `ClientSession`.
+
+    The session is created on first use rather than in `__init__` because aiohttp binds a
+    session to the running event loop, and backends are constructed before the loop starts.
+    """
+
+    def __init__(self, url: URL, *, api_key: str | None, timeout: float, what: str) -> None:
+        self.url = url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._what = what
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise AssistantError(f"{self._what} is closed")
+        if self._session is None:
+            # No await between the check and the assignment, so concurrent first calls share one.
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
+        return self._session
+
+    async def post(self, payload: object) -> Response:
+        """Send `payload` as JSON; return a 2xx response or raise `AssistantError`."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/plain"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        session = self._get_session()
+        try:
+            async with session.post(self.url, data=orjson.dumps(payload), headers=headers) as resp:
+                body = await self._read(resp)
+                status, content_type, charset = resp.status, resp.content_type, resp.charset
+        except TimeoutError:
+            # aiohttp's own timeout errors subclass TimeoutError (asyncio.TimeoutError in 3.11).
+            raise AssistantError(f"{self._what} timed out after {self._timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            detail = self._redact(str(exc) or type(exc).__name__)
+            raise AssistantError(f"{self._what} request failed: {detail}") from None
+        if not 200 <= status < 300:
+            excerpt = self._error_excerpt(content_type, body)
+            suffix = f": {excerpt}" if excerpt else ""
+            raise AssistantError(f"{self._what} returned HTTP {status}{suffix}")
+        return Response(status=status, content_type=content_type, charset=charset, body=body)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+            raise AssistantError(f"{self._what} response too large ({resp.content_length} bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise AssistantError(
+                    f"{self._what} response larger than {MAX_RESPONSE_BYTES} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _error_excerpt(self, content_type: str, body: bytes) -> str:
+        """The provider's own error message, short and on one line.
+
+        OpenAI-compatible servers answer `{"error": {"message": ...}}`; others use `{"error":
+        "..."}`, `{"message": ...}` or FastAPI's `{"detail": ...}`; a plain-text body is used
+        as is. HTML error pages (proxies) are skipped: their markup diagnoses nothing.
+        """
+        message = ""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if content_type.startswith("text/") and content_type != "text/html":
+                message = body.decode("utf-8", errors="replace")
+        else:
+            if isinstance(data, dict):
+                error = data.get("error")
+                if isinstance(error, dict):
+                    error = error.get("message")
+                for candidate in (error, data.get("message"), data.get("detail")):
+                    if isinstance(candidate, str) and candidate:
+                        message = candidate
+                        break
+        message = self._redact(" ".join(message.split()))
+        if len(message) > ERROR_EXCERPT_CHARS:
+            message = message[: ERROR_EXCERPT_CHARS - 1] + "…"
+        return message
+
+    def _redact(self, text: str) -> str:
+        # Some servers echo the credential they rejected; it must not reach the logs.
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def close(self) -> None:
+        """Close the session; idempotent, and later calls fail instead of leaking a new one."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+class HttpAssistant(Assistant):
+    """Any service that speaks the small HTTP protocol in this module's docstring."""
+
+    kind = "http"
+
+    def __init__(self, config: AssistantConfig) -> None:
+        self._history_limit = config.history_limit
+        self._endpoint = JsonEndpoint(
+            parse_url(config.url, "http assistant"),
+            api_key=config.api_key,
+            timeout=config.timeout,
+            what="http assistant",
+        )
+
+    @property
+    def url(self) -> URL:
+        return self._endpoint.url
+
+    async def reply(self, key: str, history: Sequence[Turn]) -> str:
+        payload = {
+            "conversation": key,
+            "messages": as_messages(recent(history, self._history_limit)),
+        }
+        response = await self._endpoint.post(payload)
+        return parse_reply(response)
+
+    async def close(self) -> None:
+        await self._endpoint.close()
+
+
+def parse_reply(response: Response) -> str:
+    """The reply text from a 2xx answer of the HTTP protocol."""
+    if response.status == 204 or not response.body.strip():
+        return ""
+    if response.is_json:
+        data = response.json("http assistant")
+        if isinstance(data, dict):
+            for name in REPLY_FIELDS:
+                if name in data:
+                    value = data[name]
+                    if value is None:
+                        return ""
+                    if isinstance(value, str):
+                        return value.strip()
+                    raise AssistantError(
+                        f"http assistant: {name!r} must be a string, got {type(value).__name__}"
+                    )
+        raise AssistantError(
+            "http assistant: JSON response has none of " + ", ".join(map(repr, REPLY_FIELDS))
+        )
+    if response.content_type == "text/plain":
+        return response.text().strip()
+    raise AssistantError(f"http assistant: unexpected content type {response.content_type!r}")

@@ -1,0 +1,102 @@
+"""An assistant backed by any OpenAI-compatible chat completions API.
+
+OpenAI itself, and the many servers that copy its protocol (Ollama, vLLM, llama.cpp,
+LiteLLM, OpenRouter, Groq...). Protocol: https://platform.openai.com/docs/api-reference/chat
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from yarl import URL
+
+from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.http import JsonEndpoint, as_messages, parse_url, recent
+from bridge.config import AssistantConfig
+from bridge.errors import AssistantError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+WHAT = "openai assistant"
+# A last path segment that names an API version: `v1`, `v1beta`, `v2`...
+_VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*")
+
+
+def chat_completions_url(base: URL) -> URL:
+    """Where to POST, from the URL an operator is likely to paste.
+
+    Providers document their base URL both with and without the version
+    (`http://localhost:11434` vs `http://localhost:11434/v1`), and some give the full endpoint;
+    all three work. Any other layout can be given as the full `.../chat/completions` URL.
+    The query string is kept (Azure-style gateways put `api-version` there).
+    """
+    path = base.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        new_path = path
+    elif _VERSION_SEGMENT.fullmatch(path.rpartition("/")[2]):
+        new_path = f"{path}/chat/completions"
+    else:
+        new_path = f"{path}/v1/chat/completions"
+    return base.with_path(new_path).with_query(base.query)
+
+
+class OpenAIAssistant(Assistant):
+    """Replies with the model's answer to the system prompt plus the recent history."""
+
+    kind = "openai"
+
+    def __init__(self, config: AssistantConfig) -> None:
+        self.model = config.model or DEFAULT_MODEL
+        self._system_prompt = config.system_prompt
+        self._history_limit = config.history_limit
+        self._endpoint = JsonEndpoint(
+            chat_completions_url(parse_url(config.url, WHAT)),
+            api_key=config.api_key,
+            timeout=config.timeout,
+            what=WHAT,
+        )
+
+    @property
+    def url(self) -> URL:
+        return self._endpoint.url
+
+    async def reply(self, key: str, history: Sequence[Turn]) -> str:
+        # `key` stays here: the conversation key is a phone number, not something to send a
+        # third-party provider.
+        messages = as_messages(recent(history, self._history_limit))
+        if self._system_prompt:
+            messages.insert(0, {"role": "system", "content": self._system_prompt})
+        response = await self._endpoint.post({"model": self.model, "messages": messages})
+        return parse_completion(response.json(WHAT))
+
+    async def close(self) -> None:
+        await self._endpoint.close()
+
+
+def parse_completion(data: Any) -> str:
+    """`choices[0].message.content` of a chat completion, as text.
+
+    `content` is usually a string; some servers send a list of content parts
+    (`[{"type": "text", "text": ...}]`), whose text parts are joined. A `null` content with
+    a `refusal` string is the model declining: the refusal is the reply.
+    """
+    try:
+        message = data["choices"][0]["message"]
+        content = message.get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise AssistantError(f"{WHAT}: response has no choices[0].message") from None
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        parts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return "".join(parts).strip()
+    refusal = message.get("refusal")
+    if content is None and isinstance(refusal, str):
+        return refusal.strip()
+    finish = data["choices"][0].get("finish_reason")
+    raise AssistantError(f"{WHAT}: response has no text content (finish_reason={finish!r})")

@@ -1,0 +1,166 @@
+"""The `bridge` command line: `serve` runs the webhook, `simulate` plays Meta against it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+from bridge import __version__, logs
+from bridge.config import Settings, load_settings
+from bridge.devsecrets import with_dev_secrets
+from bridge.errors import BridgeError, ConfigError
+
+EPILOG_SERVE = """\
+examples:
+  bridge serve --dev                      development profile, secrets generated into var/
+  BRIDGE_APP_SECRET=... BRIDGE_VERIFY_TOKEN=... BRIDGE_ACCESS_TOKEN=... \\
+  BRIDGE_PHONE_NUMBER_ID=... bridge serve one profile configured from the environment
+  bridge serve --config /etc/whatsapp-bridge/bridge.toml --profile shop
+
+Secrets come from BRIDGE_* variables, BRIDGE_*_FILE files or systemd credentials, never from
+the command line. The webhook is POST/GET /webhook (routed by phone_number_id) and
+/webhook/<profile>; /healthz and /readyz report health.
+"""
+
+EPILOG_SIMULATE = """\
+examples:
+  bridge simulate "Hola" --from 34600000001
+  bridge simulate "Hi" --from 34600000001 --url https://bridge.example.com/webhook
+
+Signs the delivery with the profile's app secret (BRIDGE_APP_SECRET, or the development secret
+written by `bridge serve --dev`). The reply shows in the bridge's log.
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file with one or more profiles")
+    parser.add_argument("--var-dir", type=Path, help="state directory (default ./var)")
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), help="log output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="WhatsApp Cloud API webhook bridge to an AI assistant.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the webhook server",
+        description="Serve the WhatsApp webhook for one or more profiles.",
+        epilog=EPILOG_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(serve)
+    serve.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="serve only this profile (repeatable; default: all configured)",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="generate missing webhook secrets into the profile directory (development only)",
+    )
+
+    sim = sub.add_parser(
+        "simulate",
+        help="post a signed test message to a running bridge",
+        description="Sign and post a realistic WhatsApp text delivery, as Meta would.",
+        epilog=EPILOG_SIMULATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(sim)
+    sim.add_argument("text", help="message text")
+    sim.add_argument(
+        "--from", dest="sender", default="34600000001", help="sender phone, digits only"
+    )
+    sim.add_argument("--name", default="Simulated User", help="sender's profile name")
+    sim.add_argument("--profile", metavar="SLUG", help="profile whose secret signs the delivery")
+    sim.add_argument("--url", help="webhook URL (default: the local bridge's /webhook)")
+    sim.add_argument("--wamid", help="message id (default: random; repeat one to test dedupe)")
+    return parser
+
+
+def _settings(args: argparse.Namespace, selected: Sequence[str]) -> Settings:
+    return load_settings(
+        config_path=args.config,
+        selected=tuple(selected),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        var_dir=args.var_dir,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bridge.metrics import Metrics
+    from bridge.runtime import ProfileRuntime, memory_store
+    from bridge.server import serve
+
+    settings = _settings(args, args.profile)
+    logs.configure(args.log_format or settings.log_format, settings.log_level)
+    profiles = [with_dev_secrets(p, generate=args.dev) for p in settings.profiles]
+    for profile in profiles:
+        profile.require_secrets()
+    metrics = Metrics()
+    runtimes = [
+        ProfileRuntime.build(p, store_factory=memory_store, metrics=metrics) for p in profiles
+    ]
+    asyncio.run(serve(settings, runtimes, metrics))
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from bridge.simulate import post_text
+
+    settings = _settings(args, [args.profile] if args.profile else [])
+    logs.configure(args.log_format or "console", "warning")
+    profile = with_dev_secrets(settings.profiles[0], generate=False)
+    if not profile.app_secret:
+        raise ConfigError(
+            f"profile {profile.slug!r}: no app secret to sign with (set BRIDGE_APP_SECRET, "
+            "or start `bridge serve --dev` once to generate one)"
+        )
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    path = "/webhook" if len(settings.profiles) == 1 else f"/webhook/{profile.slug}"
+    url = args.url or f"http://{host}:{settings.port}{path}"
+    try:
+        result = asyncio.run(
+            post_text(
+                url,
+                profile.app_secret,
+                args.text,
+                args.sender,
+                profile.phone_number_id or "100000000000001",
+                args.name,
+                args.wamid,
+            )
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise BridgeError(f"cannot reach {url}: {exc or 'timed out'}") from None
+    print(f"POST {url} -> {result.status} {result.body}  (message {result.wamid})")
+    return 0 if result.status == 200 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return run_serve(args)
+        return run_simulate(args)
+    except BridgeError as exc:
+        print(f"bridge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

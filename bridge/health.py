@@ -1,0 +1,53 @@
+"""Liveness, readiness and metrics endpoints for load balancers, monitors and operators."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from bridge.webhook import METRICS, RUNTIMES
+
+READY = web.AppKey("ready", dict[str, bool])
+METRICS_TOKEN = web.AppKey("metrics_token", str | None)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Every profile's state is loaded and it accepts deliveries; 503 until then."""
+    ready = request.app[READY]
+    profiles = {
+        slug: {
+            "ready": ready.get(slug, False),
+            "conversations": len(runtime.store.state.conversations),
+            "outbox": len(runtime.store.state.outbox),
+        }
+        for slug, runtime in request.app[RUNTIMES].items()
+    }
+    ok = bool(profiles) and all(p["ready"] for p in profiles.values())
+    return web.json_response(
+        {"status": "ready" if ok else "starting", "profiles": profiles}, status=200 if ok else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; behind a bearer token when one is configured."""
+    token = request.app[METRICS_TOKEN]
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.Response(status=401, text="metrics need a bearer token\n")
+    body = request.app[METRICS].render()
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

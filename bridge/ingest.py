@@ -1,0 +1,105 @@
+"""Record a profile's part of a delivery exactly once: dedupe by wamid, commit, then acknowledge.
+
+Meta delivers at least once: it retries a delivery that got no 200 and can deliver the same
+message twice, even concurrently. A message id is "taken" synchronously (no await between the
+check and the claim), so of two concurrent copies one commits and the other waits for that
+commit's outcome: both are acknowledged only if the message is durable, and both fail (503)
+if it is not, so Meta redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bridge.conversations import Message
+from bridge.errors import StorageError
+from bridge.records import MessageAdded, Record, StatusChanged
+from bridge.store.base import Store
+from bridge.whatsapp.models import InboundMessage, StatusUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    recorded: tuple[InboundMessage, ...]  # new messages, now durable and in memory
+    duplicates: int
+    status_names: tuple[str, ...]  # the states reported by status webhooks
+
+    @property
+    def statuses(self) -> int:
+        return len(self.status_names)
+
+
+class Ingestor:
+    """Turns parsed messages and statuses into committed records for one profile."""
+
+    def __init__(self, store: Store, observe_commit: Callable[[float], None] | None = None) -> None:
+        self._store = store
+        self._observe_commit = observe_commit
+        # wamid -> outcome of the commit that is recording it right now
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
+
+    async def ingest(
+        self, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate]
+    ) -> IngestResult:
+        """Commit what is new; returns only once it is durable (StorageError otherwise)."""
+        state = self._store.state
+        fresh: list[InboundMessage] = []
+        waits: list[asyncio.Future[None]] = []
+        claimed: set[str] = set()
+        for message in messages:
+            if state.has_seen(message.id) or message.id in claimed:
+                continue
+            pending = self._in_flight.get(message.id)
+            if pending is not None:
+                waits.append(pending)
+                continue
+            claimed.add(message.id)
+            fresh.append(message)
+        records: list[Record] = [_message_record(m) for m in fresh]
+        records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for message in fresh:
+            self._in_flight[message.id] = outcome
+        try:
+            if records:
+                started = time.monotonic()
+                await self._store.commit(records)
+                if self._observe_commit:
+                    self._observe_commit(time.monotonic() - started)
+        except BaseException as exc:
+            outcome.set_exception(
+                exc if isinstance(exc, StorageError) else StorageError("commit failed")
+            )
+            # Waiters (concurrent copies) see the failure; if nobody waits, mark it retrieved.
+            outcome.exception()
+            raise
+        else:
+            outcome.set_result(None)
+        finally:
+            for message in fresh:
+                self._in_flight.pop(message.id, None)
+        for other in waits:
+            # Another request is committing this message: answer only once it is durable.
+            await asyncio.shield(other)
+        return IngestResult(
+            recorded=tuple(fresh),
+            duplicates=len(messages) - len(fresh),
+            status_names=tuple(s.status for s in statuses),
+        )
+
+
+def _message_record(message: InboundMessage) -> MessageAdded:
+    return MessageAdded(
+        key=message.key,
+        message=Message(
+            role="user",
+            content=message.content,
+            timestamp=message.timestamp_ms,
+            id=message.id,
+            type=message.type,
+        ),
+        contact_name=message.contact_name,
+    )

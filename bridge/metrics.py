@@ -1,0 +1,140 @@
+"""Prometheus metrics: counters and histograms of the message path, gauges read from state.
+
+Each app gets its own registry (not prometheus_client's global one), so several bridges in one
+process (tests, one process serving many profiles) never collide. Gauges of what is in memory
+are computed at scrape time from the live state instead of being kept in sync by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bridge.whatsapp.sender import Sender, SendError
+
+if TYPE_CHECKING:
+    from bridge.runtime import ProfileRuntime
+
+PREFIX = "whatsapp_bridge"
+FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.deliveries = Counter(
+            f"{PREFIX}_deliveries", "Webhook POSTs by outcome", ["outcome"], registry=r
+        )
+        self.webhook_seconds = Histogram(
+            f"{PREFIX}_webhook_seconds", "Webhook POST handling time", buckets=FAST, registry=r
+        )
+        self.messages = Counter(
+            f"{PREFIX}_messages_recorded", "New user messages recorded", ["profile"], registry=r
+        )
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicates",
+            "Redelivered messages acknowledged again",
+            ["profile"],
+            registry=r,
+        )
+        self.statuses = Counter(
+            f"{PREFIX}_statuses", "Status webhooks by state", ["profile", "status"], registry=r
+        )
+        self.commit_seconds = Histogram(
+            f"{PREFIX}_commit_seconds",
+            "Time to make a delivery durable (journal group commit incl. fsync)",
+            ["profile"],
+            buckets=FAST,
+            registry=r,
+        )
+        self.assistant_seconds = Histogram(
+            f"{PREFIX}_assistant_seconds",
+            "Assistant reply latency",
+            ["profile"],
+            buckets=SLOW,
+            registry=r,
+        )
+        self.assistant_failures = Counter(
+            f"{PREFIX}_assistant_failures",
+            "Assistant calls that failed or timed out",
+            ["profile"],
+            registry=r,
+        )
+        self.sends = Counter(
+            f"{PREFIX}_sends",
+            "Graph API send attempts by result and error code",
+            ["profile", "result", "code"],
+            registry=r,
+        )
+        self.snapshot_seconds = Histogram(
+            f"{PREFIX}_snapshot_seconds", "Snapshot duration", ["profile"], buckets=SLOW, registry=r
+        )
+
+    def watch(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
+        """Expose in-memory sizes (conversations, messages, outbox) computed at scrape time."""
+        self.registry.register(StateCollector(runtimes))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    def __init__(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
+        self._runtimes = runtimes
+
+    def collect(self) -> Iterable[Metric]:
+        convs = GaugeMetricFamily(
+            f"{PREFIX}_conversations", "Conversations in memory", labels=["profile"]
+        )
+        msgs = GaugeMetricFamily(f"{PREFIX}_messages", "Messages in memory", labels=["profile"])
+        outbox = GaugeMetricFamily(
+            f"{PREFIX}_outbox", "Replies waiting to be sent", labels=["profile"]
+        )
+        for slug, runtime in self._runtimes().items():
+            state = runtime.store.state
+            convs.add_metric([slug], len(state.conversations))
+            msgs.add_metric([slug], state.message_count())
+            outbox.add_metric([slug], len(state.outbox))
+        return [convs, msgs, outbox]
+
+
+class MeteredSender(Sender):
+    """Counts every send attempt by result and Graph error code, around any Sender."""
+
+    def __init__(self, inner: Sender, metrics: Metrics, profile: str) -> None:
+        self._inner = inner
+        self._sends = metrics.sends
+        self._profile = profile
+
+    async def send_text(self, to: str, text: str) -> list[str]:
+        try:
+            ids = await self._inner.send_text(to, text)
+        except SendError as exc:
+            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            raise
+        self._sends.labels(self._profile, "ok", "").inc()
+        return ids
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Timer:
+    """`with Timer(histogram.labels(...)):` without prometheus' decorator magic."""
+
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+        self._start = 0.0
+
+    def __enter__(self) -> Timer:
+        self._start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._observe(time.monotonic() - self._start)

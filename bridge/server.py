@@ -1,0 +1,89 @@
+"""Run the bridge until SIGTERM/SIGINT, then stop in the order that loses nothing.
+
+Stop order: stop accepting connections, let in-flight webhook requests finish
+(`shutdown_timeout`), let replies in progress finish, stop the outbox (unsent replies stay in
+the durable outbox), take the final snapshot, release the profile locks, exit 0. Under
+systemd (`Type=notify`) READY=1 is sent once every profile is loaded and the port listens,
+STOPPING=1 when a stop signal arrives, and WATCHDOG=1 pings come from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from bridge.app import create_app
+from bridge.config import Settings
+from bridge.errors import ConfigError
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+from bridge.runtime import ProfileRuntime
+from bridge.schedule import start_scheduler
+from bridge.sdnotify import Notifier, watchdog_interval
+
+
+async def serve(
+    settings: Settings, runtimes: Sequence[ProfileRuntime], metrics: Metrics | None = None
+) -> None:
+    log = get_logger()
+    notifier = Notifier(settings.notify_socket)
+    interval = watchdog_interval(settings.watchdog_usec, settings.watchdog_pid)
+    app = create_app(settings, runtimes, metrics)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=None
+    )
+    async with notifier.watchdog_running(interval):
+        await runner.setup()  # starts the profiles: loads state, may refuse corrupt files
+        try:
+            await _serve_until_stopped(settings, runtimes, runner, notifier)
+        finally:
+            await runner.cleanup()
+    log.info("bridge_stopped")
+
+
+async def _serve_until_stopped(
+    settings: Settings,
+    runtimes: Sequence[ProfileRuntime],
+    runner: web.AppRunner,
+    notifier: Notifier,
+) -> None:
+    log = get_logger()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    scheduler = start_scheduler(runtimes, settings.snapshot_interval)
+    urls = [f"http://{host}:{port}" for host, port in _addresses(runner)]
+    log.info(
+        "bridge_listening",
+        urls=urls,
+        profiles=[r.slug for r in runtimes],
+        webhook=[f"{u}/webhook" for u in urls[:1]],
+    )
+    notifier.ready(f"serving {len(runtimes)} profile(s) on {', '.join(urls)}")
+    try:
+        await stop.wait()
+    finally:
+        log.info("bridge_stopping")
+        notifier.stopping("final snapshot")
+        scheduler.shutdown(wait=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
+    out = []
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            out.append((str(addr[0]), int(addr[1])))
+    return out

@@ -1,0 +1,1 @@
+"""Local stand-ins for services outside this machine, speaking their documented protocols."""
