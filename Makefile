@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean install-systemd
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+SYSTEMD_DIR ?= /etc/systemd/system
+
+## Copy the systemd units (as root); daemon-reload only when systemd is running.
+install-systemd:
+	install -d $(DESTDIR)$(SYSTEMD_DIR)
+	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service $(DESTDIR)$(SYSTEMD_DIR)/
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload; \
+	else \
+		echo "systemd is not running here: skipped systemctl daemon-reload"; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

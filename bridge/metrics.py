@@ -112,9 +112,9 @@ class MeteredSender(Sender):
         self._sends = metrics.sends
         self._profile = profile
 
-    async def send_text(self, to: str, text: str) -> list[str]:
+    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
         try:
-            ids = await self._inner.send_text(to, text)
+            ids = await self._inner.send_text(to, text, skip_parts)
         except SendError as exc:
             self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
             raise

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from bridge import simulate
+from bridge import logs, simulate
 from bridge.app import create_app
 from bridge.assistants.base import Assistant
 from bridge.config import AssistantConfig, ProfileConfig, Settings
@@ -20,6 +20,9 @@ from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
 from bridge.whatsapp.sender import Sender
+
+# In-process bridges log only problems; subprocess tests read the real JSON logs instead.
+logs.configure("console", "warning")
 
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"

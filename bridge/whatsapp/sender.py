@@ -48,10 +48,14 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
 
 
 class Sender(ABC):
-    """Sends one text reply (split as needed); returns Meta's message id of each part."""
+    """Sends one text reply (split as needed); returns Meta's message id of each part sent.
+
+    `skip_parts` resumes a reply whose first parts already went out, so a retry never sends a
+    part twice.
+    """
 
     @abstractmethod
-    async def send_text(self, to: str, text: str) -> list[str]: ...
+    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]: ...
 
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
@@ -64,8 +68,8 @@ class LogSender(Sender):
         self._log = get_logger(profile=profile, sender="log")
         self._ids = itertools.count(1)
 
-    async def send_text(self, to: str, text: str) -> list[str]:
-        parts = split_text(text)
+    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+        parts = split_text(text)[skip_parts:]
         ids = [f"wamid.log-{next(self._ids)}" for _ in parts]
         self._log.info("reply_not_sent_no_token", to=mask(to), parts=len(parts), chars=len(text))
         return ids
