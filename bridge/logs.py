@@ -50,4 +50,5 @@ def configure(log_format: str = "auto", level: str = "info", stream: Any = None)
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger().bind(**bound)
+    """A lazy logger: module-level loggers made before `configure` still use its settings."""
+    return structlog.get_logger(**bound)

@@ -21,8 +21,8 @@ from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
 from bridge.whatsapp.sender import Sender
 
-# In-process bridges log only problems; subprocess tests read the real JSON logs instead.
-logs.configure("console", "warning")
+# In-process bridges log to the console (pytest shows it for failing tests).
+logs.configure("console", "info")
 
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
