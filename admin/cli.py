@@ -34,8 +34,12 @@ the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 fa
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", default=None, metavar="SLUG", help="profile (default: default)")
-    common.add_argument("--var-dir", type=Path, help="state directory (default ./var or BRIDGE_VAR_DIR)")
+    common.add_argument(
+        "--profile", default=None, metavar="SLUG", help="profile (default: default)"
+    )
+    common.add_argument(
+        "--var-dir", type=Path, help="state directory (default ./var or BRIDGE_VAR_DIR)"
+    )
     common.add_argument("--config", type=Path, help="the bridge's TOML file")
     common.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def add(
+        name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(func=func)
         return p
@@ -63,29 +69,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stats", "counts, activity range, sizes on disk, outbox", commands.cmd_stats)
     p.add_argument("--all-profiles", action="store_true", help="every profile under the var dir")
 
-    p = add("backup", "write a consistent encrypted archive (works while running)", commands.cmd_backup)
+    p = add(
+        "backup", "write a consistent encrypted archive (works while running)", commands.cmd_backup
+    )
     p.add_argument("--to", type=Path, help="directory (default var/profiles/<slug>/backups)")
     p.add_argument("--keep", type=int, default=14, help="keep the newest N archives (default 14)")
 
     p = add("restore", "replace the store with an archive (bridge stopped)", commands.cmd_restore)
     p.add_argument("archive", type=Path)
 
-    p = add("verify", "decrypt and check the store or an archive; exit 1 on a problem", commands.cmd_verify)
+    p = add(
+        "verify",
+        "decrypt and check the store or an archive; exit 1 on a problem",
+        commands.cmd_verify,
+    )
     p.add_argument("archive", type=Path, nargs="?")
 
     p = add("export", "plaintext JSON in the seed's format on stdout", commands.cmd_export)
     p.add_argument("key", nargs="?", help="only this conversation")
 
-    p = add("import", "merge the seed's plaintext sessions.json (bridge stopped)", commands.cmd_import)
+    p = add(
+        "import", "merge the seed's plaintext sessions.json (bridge stopped)", commands.cmd_import
+    )
     p.add_argument("file", type=Path)
 
     p = add("delete", "erase one user's conversation (bridge stopped)", commands.cmd_delete)
     p.add_argument("key")
 
-    p = add("prune", "erase conversations idle for more than DAYS (bridge stopped)", commands.cmd_prune)
+    p = add(
+        "prune", "erase conversations idle for more than DAYS (bridge stopped)", commands.cmd_prune
+    )
     p.add_argument("--older-than", type=int, required=True, metavar="DAYS")
 
-    add("rotate-key", "re-encrypt everything under a new key (bridge stopped)", commands.cmd_rotate_key)
+    add(
+        "rotate-key",
+        "re-encrypt everything under a new key (bridge stopped)",
+        commands.cmd_rotate_key,
+    )
 
     p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
     p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")

@@ -150,9 +150,7 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
             roles[message.role] = roles.get(message.role, 0) + 1
     activity = [c.last_activity for c in state.conversations.values()]
     snapshot = layout.snapshot_path(profile.state_dir)
-    snapshot_age = (
-        round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
-    )
+    snapshot_age = round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
     return {
         "profile": profile.slug,
         "conversations": len(state.conversations),
@@ -175,14 +173,20 @@ def _stats_text(stats: dict[str, Any]) -> str:
     rows = [
         ("profile", stats["profile"] + (" (running)" if stats["running"] else " (stopped)")),
         ("conversations", stats["conversations"]),
-        ("messages", f"{stats['messages']} (user {stats['by_role']['user']}, "
-                     f"assistant {stats['by_role']['assistant']})"),
+        (
+            "messages",
+            f"{stats['messages']} (user {stats['by_role']['user']}, "
+            f"assistant {stats['by_role']['assistant']})",
+        ),
         ("oldest activity", render.when(stats["oldest_activity"])),
         ("newest activity", render.when(stats["newest_activity"])),
         ("outbox", f"{stats['outbox']} repl{'y' if stats['outbox'] == 1 else 'ies'} waiting"),
         ("store on disk", f"{stats['store_bytes']:,} bytes"),
-        ("snapshot", f"{stats['snapshot_bytes']:,} bytes, "
-                     + (f"{age} s old" if age is not None else "none yet")),
+        (
+            "snapshot",
+            f"{stats['snapshot_bytes']:,} bytes, "
+            + (f"{age} s old" if age is not None else "none yet"),
+        ),
         ("journal", f"{stats['journal_bytes']:,} bytes"),
     ]
     return "\n".join(f"{k + ':':<17}{v}" for k, v in rows)
@@ -195,7 +199,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         slugs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         configured = {p.slug: p for p in settings.profiles}
         profiles = [
-            configured.get(s) or replace(settings.profiles[0], slug=s, state_dir=root / s, key=None, key_file=None)
+            configured.get(s)
+            or replace(settings.profiles[0], slug=s, state_dir=root / s, key=None, key_file=None)
             for s in slugs
         ]
     else:
@@ -245,7 +250,9 @@ def load_seed_file(path: Path) -> list[tuple[str, list[Message]]]:
         try:
             messages = [Message.from_dict(m) for m in conv.get("messages", [])]
         except (KeyError, TypeError, ValueError) as exc:
-            raise BridgeError(f"{path}: conversation {key!r} has a malformed message ({exc})") from None
+            raise BridgeError(
+                f"{path}: conversation {key!r} has a malformed message ({exc})"
+            ) from None
         bad = [m.role for m in messages if m.role not in ("user", "assistant")]
         if bad:
             raise BridgeError(f"{path}: conversation {key!r} has a message with role {bad[0]!r}")
@@ -282,7 +289,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     async def change(store: DurableStore) -> None:
         for key, messages in conversations:
-            before = len(store.state.conversations[key].messages) if key in store.state.conversations else 0
+            before = (
+                len(store.state.conversations[key].messages)
+                if key in store.state.conversations
+                else 0
+            )
             records = merge_records(store.state, key, messages)
             if records:
                 await store.commit(records)
@@ -347,13 +358,19 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         state_dir = root / slug
         if state_dir.exists():
             raise BridgeError(f"profile {slug!r} already exists at {state_dir}")
-        layout.create_profile_dir(replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None))
-        print(f"created profile {slug!r} at {state_dir} (back up its key file: {state_dir / 'key'})")
+        layout.create_profile_dir(
+            replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None)
+        )
+        print(
+            f"created profile {slug!r} at {state_dir} (back up its key file: {state_dir / 'key'})"
+        )
         return 0
     slugs = sorted(set(configured) | on_disk)
     if args.action == "show":
         if not args.slug or args.slug not in slugs:
-            raise BridgeError(f"unknown profile {args.slug!r} (known: {', '.join(slugs) or 'none'})")
+            raise BridgeError(
+                f"unknown profile {args.slug!r} (known: {', '.join(slugs) or 'none'})"
+            )
         slugs = [args.slug]
     rows = []
     for slug in slugs:
@@ -365,7 +382,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
                 "profile": slug,
                 "directory": str(state_dir),
                 "phone_number_id": config.phone_number_id if config else None,
-                "port": (config.port if config and config.port else settings.port) if config else None,
+                "port": (config.port if config and config.port else settings.port)
+                if config
+                else None,
                 "status": f"running (pid {holder})" if holder else "stopped",
                 "bytes": _dir_size(state_dir),
             }
@@ -377,8 +396,14 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             render.table(
                 ("PROFILE", "STATUS", "PHONE NUMBER ID", "PORT", "BYTES", "DIRECTORY"),
                 [
-                    (r["profile"], r["status"], r["phone_number_id"] or "-", r["port"] or "-",
-                     f"{r['bytes']:,}", r["directory"])
+                    (
+                        r["profile"],
+                        r["status"],
+                        r["phone_number_id"] or "-",
+                        r["port"] or "-",
+                        f"{r['bytes']:,}",
+                        r["directory"],
+                    )
                     for r in rows
                 ],
             )

@@ -27,7 +27,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -48,7 +50,13 @@ def conversation_summary(view: ConversationView) -> dict[str, Any]:
 
 def list_table(views: Sequence[ConversationView]) -> str:
     rows = [
-        (v.key, v.contact_name or "-", len(v.messages), when(v.first_interaction), when(v.last_activity))
+        (
+            v.key,
+            v.contact_name or "-",
+            len(v.messages),
+            when(v.first_interaction),
+            when(v.last_activity),
+        )
         for v in views
     ]
     return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY"), rows)

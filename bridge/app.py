@@ -21,10 +21,11 @@ def create_app(
     takes the final snapshot. aiohttp runs cleanup only for contexts whose start finished.
     """
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[webhook.RUNTIMES] = {r.slug: r for r in runtimes}
+    by_slug = {r.slug: r for r in runtimes}
+    app[webhook.RUNTIMES] = by_slug
     app[health.READY] = {}
     metrics = metrics or Metrics()
-    metrics.watch(lambda: app[webhook.RUNTIMES])
+    metrics.watch(lambda: by_slug)
     app[webhook.METRICS] = metrics
     app[health.METRICS_TOKEN] = settings.metrics_token
     webhook.add_routes(app)

@@ -105,7 +105,7 @@ def _settings(args: argparse.Namespace, selected: Sequence[str]) -> Settings:
 
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.metrics import Metrics
-    from bridge.runtime import ProfileRuntime, memory_store
+    from bridge.runtime import ProfileRuntime, durable_store
     from bridge.server import serve
 
     settings = _settings(args, args.profile)
@@ -115,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
         profile.require_secrets()
     metrics = Metrics()
     runtimes = [
-        ProfileRuntime.build(p, store_factory=memory_store, metrics=metrics) for p in profiles
+        ProfileRuntime.build(p, store_factory=durable_store, metrics=metrics) for p in profiles
     ]
     asyncio.run(serve(settings, runtimes, metrics))
     return 0

@@ -17,14 +17,9 @@ import orjson
 from bridge.config import ProfileConfig
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
+from bridge.persistence.files import secure_dir
 
 FILENAME = "dev-secrets.json"
-
-
-def secure_dir(path: Path) -> None:
-    """Create a state directory readable by its owner only."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def _load(path: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from aiohttp import web
 from bridge.webhook import METRICS, RUNTIMES
 
 READY = web.AppKey("ready", dict[str, bool])
-METRICS_TOKEN = web.AppKey("metrics_token", str | None)
+METRICS_TOKEN: web.AppKey[str | None] = web.AppKey("metrics_token")
 
 
 async def healthz(request: web.Request) -> web.Response:

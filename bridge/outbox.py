@@ -77,7 +77,7 @@ class Outbox:
             raise
 
     def _delay(self, attempt: int) -> float:
-        delay = min(self._max_delay, self._base_delay * 2**attempt)
+        delay = min(self._max_delay, self._base_delay * 2.0**attempt)
         return delay * (0.5 + random.random() / 2)  # jitter: retries of many users spread out
 
     async def _deliver(self, item: OutboxItem) -> None:

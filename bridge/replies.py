@@ -53,27 +53,32 @@ class Replier:
         """Ask for a reply to a recorded user message; returns at once."""
         self._queues.setdefault(key, deque()).append((message_id, recipient))
         if key not in self._workers:
-            task = asyncio.create_task(self._work(key), name=f"reply:{mask(key)}")
-            self._workers[key] = task
-            task.add_done_callback(lambda _t, k=key: self._workers.pop(k, None))
+            self._workers[key] = asyncio.create_task(self._work(key), name=f"reply:{mask(key)}")
 
     @property
     def busy(self) -> int:
         return sum(len(q) for q in self._queues.values()) + len(self._workers)
 
     async def _work(self, key: str) -> None:
-        queue = self._queues[key]
-        while queue:
-            message_id, recipient = queue.popleft()
-            try:
-                await self._reply(key, message_id, recipient)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one bad reply must not stop this user's later ones
-                self._log.error(
-                    "reply_crashed", key=mask(key), message_id=message_id, error=repr(exc)
-                )
-        self._queues.pop(key, None)
+        try:
+            while True:
+                queue = self._queues.get(key)
+                if not queue:
+                    # Checked and deregistered in one step (no await in between): a message
+                    # enqueued after this finds no worker and starts a new one.
+                    self._queues.pop(key, None)
+                    del self._workers[key]
+                    return
+                message_id, recipient = queue.popleft()
+                try:
+                    await self._reply(key, message_id, recipient)
+                except Exception as exc:  # one bad reply must not stop this user's later ones
+                    self._log.error(
+                        "reply_crashed", key=mask(key), message_id=message_id, error=repr(exc)
+                    )
+        except BaseException:
+            self._workers.pop(key, None)
+            raise
 
     def _history(self, key: str, message_id: str) -> list[Turn]:
         view = self._store.state.get(key)

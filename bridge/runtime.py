@@ -31,6 +31,12 @@ def memory_store(profile: ProfileConfig) -> Store:
     return MemoryStore(State(profile.max_messages))
 
 
+def durable_store(profile: ProfileConfig) -> Store:
+    from bridge.store.durable import DurableStore
+
+    return DurableStore(profile)
+
+
 def default_sender(profile: ProfileConfig) -> Sender:
     """The Graph API when an access token is configured, else the log-only sender."""
     if profile.access_token and profile.phone_number_id:

@@ -1,0 +1,1 @@
+"""sessions-admin: the operator's command line over the encrypted conversation store."""

@@ -1,0 +1,1 @@
+"""Durable, encrypted state on disk: keys, journal, snapshots, the profile lock."""

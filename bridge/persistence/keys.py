@@ -1,0 +1,78 @@
+"""A profile's encryption keys: from the config (BRIDGE_KEY, a key file, a systemd
+credential), else generated once into the profile directory.
+
+Key file format: one URL-safe base64 key per line, the first line is the active key; later
+lines are older keys kept so data sealed before a rotation can still be read. `#` comments.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from bridge.config import ProfileConfig
+from bridge.errors import ConfigError
+from bridge.logs import get_logger
+from bridge.persistence.crypto import KEY_BYTES, Keyring
+from bridge.persistence.files import atomic_write, secure_dir
+from bridge.persistence.layout import key_path
+
+
+def encode_key(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode()
+
+
+def new_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def parse_keys(text: str, source: str) -> list[bytes]:
+    keys = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            key = base64.urlsafe_b64decode(line + "=" * (-len(line) % 4))
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"{source}: not URL-safe base64") from None
+        if len(key) != KEY_BYTES:
+            raise ConfigError(f"{source}: a key must be {KEY_BYTES} bytes, got {len(key)}")
+        keys.append(key)
+    if not keys:
+        raise ConfigError(f"{source}: no key found")
+    return keys
+
+
+def write_key_file(path: Path, keys: list[bytes]) -> None:
+    lines = [
+        "# whatsapp-bridge encryption keys: first line active, older ones below. BACK THIS UP:",
+        "# without it the conversations cannot be read.",
+        *(encode_key(k) for k in keys),
+    ]
+    atomic_write(path, [("\n".join(lines) + "\n").encode()])
+
+
+def load_keyring(profile: ProfileConfig, create: bool) -> Keyring:
+    """The profile's keyring; with `create`, a missing key is generated (and announced)."""
+    if profile.key:
+        return Keyring(parse_keys(profile.key, "BRIDGE_KEY"))
+    path = profile.key_file or key_path(profile.state_dir)
+    try:
+        return Keyring(parse_keys(path.read_text(), str(path)))
+    except FileNotFoundError:
+        if not create or profile.key_file:
+            raise ConfigError(f"profile {profile.slug!r}: key file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    secure_dir(path.parent)
+    key = new_key()
+    write_key_file(path, [key])
+    get_logger(profile=profile.slug).warning(
+        "encryption_key_generated",
+        path=str(path),
+        note="back this file up: without it the stored conversations cannot be read",
+    )
+    return Keyring([key])

@@ -1,0 +1,59 @@
+"""Where a profile's files live inside its state directory (`var/profiles/<slug>/`)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from bridge.persistence.files import secure_dir
+
+SNAPSHOT = "snapshot.wab"
+JOURNAL = "journal"
+LOCK = "lock"
+KEY = "key"
+BACKUPS = "backups"
+
+
+def snapshot_path(state_dir: Path) -> Path:
+    return state_dir / SNAPSHOT
+
+
+def journal_dir(state_dir: Path) -> Path:
+    return state_dir / JOURNAL
+
+
+def lock_path(state_dir: Path) -> Path:
+    return state_dir / LOCK
+
+
+def key_path(state_dir: Path) -> Path:
+    return state_dir / KEY
+
+
+def backups_dir(state_dir: Path) -> Path:
+    return state_dir / BACKUPS
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the process holding the profile lock, or None when nobody runs it."""
+    path = lock_path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def create_profile_dir(state_dir: Path) -> None:
+    secure_dir(state_dir)
+    secure_dir(journal_dir(state_dir))
