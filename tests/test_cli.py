@@ -47,11 +47,12 @@ class Served:
     port: int
     var_dir: Path
     env: dict[str, str]
+    log_path: Path
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, list[dict[str, Any]]]:
         self.proc.send_signal(sig)
-        _out, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, parse_log(err)
+        self.proc.wait(timeout=30)
+        return self.proc.returncode, parse_log(self.log_path.read_text())
 
 
 def parse_log(text: str) -> list[dict[str, Any]]:
@@ -62,13 +63,11 @@ def parse_log(text: str) -> list[dict[str, Any]]:
     return events
 
 
-def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+def wait_ready(port: int, proc: subprocess.Popen[str], log_path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(
-                f"bridge exited early: {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"bridge exited early: {log_path.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
                 if resp.status == 200:
@@ -79,17 +78,21 @@ def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 20) -> N
 
 
 def start_serve(var_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
-    port = free_port()
-    env = env or clean_env(BRIDGE_PORT=str(port), BRIDGE_VAR_DIR=str(var_dir))
-    proc = subprocess.Popen(
-        [*BRIDGE, "serve", "--log-format", "json", *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_ready(port, proc)
-    return Served(proc, port, var_dir, env)
+    if env is None:
+        env = clean_env(BRIDGE_PORT=str(free_port()), BRIDGE_VAR_DIR=str(var_dir))
+    port = int(env["BRIDGE_PORT"])
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the bridge's logging.
+    log_path = var_dir.parent / f"bridge-{port}-{time.monotonic_ns()}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*BRIDGE, "serve", "--log-format", "json", *extra],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+    wait_ready(port, proc, log_path)
+    return Served(proc, port, var_dir, env, log_path)
 
 
 @pytest.fixture
@@ -98,7 +101,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     yield server
     if server.proc.poll() is None:
         server.proc.kill()
-        server.proc.communicate()
+        server.proc.wait()
 
 
 def test_serve_and_simulate_round_trip(served: Served) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from bridge import simulate
+from bridge.persistence import journal as journal_module
 from bridge.records import Record
+from bridge.runtime import durable_store
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from tests.conftest import (
@@ -242,3 +248,25 @@ async def test_non_message_fields_are_acknowledged_and_ignored(bridge: Bridge) -
     resp = await bridge.post(body)
     assert resp.status == 200
     assert bridge.state().conversations == {}
+
+
+async def test_storage_failure_is_503_and_redelivery_records_once_healed(
+    start_bridge: StartBridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge = await start_bridge(store_factory=durable_store)
+    real_fsync = os.fsync
+
+    def read_only(fd: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    body = simulate.delivery(simulate.change_value([simulate.text_message("keep me", "999")]))
+    monkeypatch.setattr(journal_module.os, "fsync", read_only)
+    failed = await bridge.post(body)
+    assert failed.status == 503
+    assert bridge.state().get("999") is None
+    assert (await bridge.client.get("/healthz")).status == 200  # still serving
+    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    healed = await bridge.post(body)  # Meta's redelivery
+    assert await healed.json() == {"recorded": 1, "duplicates": 0}
+    conv = bridge.state().get("999")
+    assert conv is not None and [m.content for m in conv.messages][0] == "keep me"

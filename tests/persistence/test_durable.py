@@ -1,0 +1,333 @@
+"""The durable store on real files: round trips, crashes, corruption, failing disks, secrecy."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import ProfileConfig
+from bridge.conversations import Message
+from bridge.errors import ConfigError, CorruptStateError, ProfileLockedError, StorageError
+from bridge.persistence import journal as journal_module
+from bridge.persistence import layout
+from bridge.persistence.keys import encode_key, new_key
+from bridge.records import (
+    ConversationDeleted,
+    MessageAdded,
+    OutboxDone,
+    OutboxItem,
+    OutboxQueued,
+    Record,
+    StatusChanged,
+)
+from bridge.state import State
+from bridge.store.durable import DurableStore, load_state
+from tests.conftest import make_profile
+
+NOW = int(time.time() * 1000)
+
+
+def user(key: str, n: int, text: str | None = None, ts: int | None = None) -> MessageAdded:
+    return MessageAdded(
+        key,
+        Message("user", text or f"hello {n}", ts or NOW + n, id=f"wamid.{key}.{n}", type="text"),
+    )
+
+
+def reply(key: str, n: int) -> list[Record]:
+    rid = f"out.{key}.{n}"
+    return [
+        MessageAdded(key, Message("assistant", f"reply {n}", NOW + n, id=rid, status="pending")),
+        OutboxQueued(OutboxItem(rid, key, key, f"reply {n}", NOW + n)),
+    ]
+
+
+def snapshot_of(state: State) -> dict[str, Any]:
+    return {
+        "conversations": {k: c.to_seed() for k, c in state.conversations.items()},
+        "seen": dict(state.seen),
+        "outbox": dict(state.outbox),
+    }
+
+
+Opened = Callable[..., Awaitable[DurableStore]]
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
+    stores: list[DurableStore] = []
+
+    async def open_store(profile: ProfileConfig | None = None) -> DurableStore:
+        store = DurableStore(profile or make_profile(tmp_path))
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield open_store
+    for store in stores:
+        await store.close()
+
+
+async def crash(store: DurableStore) -> None:
+    """What kill -9 leaves: the journal file as written, the lock released by the kernel."""
+    journal = store.journal
+    await journal.close()
+    store._journal = None  # close() must not snapshot: a crash doesn't
+    store._lock.release()
+
+
+async def commit_everything(store: DurableStore) -> None:
+    await store.commit([user("34600000001", 1), user("34600000002", 2)])
+    await store.commit(reply("34600000001", 3))
+    await store.commit(
+        [
+            StatusChanged("out.34600000001.3", "sent", None, ("wamid.OUT1",)),
+            OutboxDone("out.34600000001.3"),
+        ]
+    )
+    await store.commit([StatusChanged("wamid.OUT1", "read")])
+    await store.commit(reply("34600000002", 4))  # stays in the outbox
+    await store.commit([user("34600000003", 5), ConversationDeleted("34600000003")])
+
+
+async def test_round_trip_through_close_and_reopen(opened: Opened, tmp_path: Path) -> None:
+    store = await opened()
+    await commit_everything(store)
+    before = snapshot_of(store.state)
+    await store.close()
+    again = await opened()
+    assert snapshot_of(again.state) == before
+    conv = again.state.get("34600000001")
+    assert conv is not None and conv.messages[-1].status == "read"
+    assert list(again.state.outbox) == ["out.34600000002.4"]
+    assert "34600000003" not in again.state.conversations
+    assert again.state.has_seen("wamid.34600000003.5")
+
+
+async def test_crash_recovers_everything_from_the_journal(opened: Opened) -> None:
+    store = await opened()
+    await commit_everything(store)
+    before = snapshot_of(store.state)
+    await crash(store)
+    assert not layout.snapshot_path(store.profile.state_dir).exists()
+    again = await opened()
+    assert snapshot_of(again.state) == before
+
+
+async def test_snapshot_then_more_commits_then_crash(opened: Opened) -> None:
+    store = await opened()
+    await commit_everything(store)
+    await store.snapshot()
+    await store.commit([user("34600000001", 10), user("34600000009", 11)])
+    before = snapshot_of(store.state)
+    await crash(store)
+    again = await opened()
+    assert snapshot_of(again.state) == before
+    assert again.state.seq == store.state.seq
+
+
+async def test_snapshot_drops_older_journal_segments(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.snapshot()
+    await store.commit([user("1", 2)])
+    await store.snapshot()
+    assert [p.name for p in sorted(layout.journal_dir(store.profile.state_dir).iterdir())] == [
+        "00000003.wal"
+    ]
+
+
+async def test_fuzzy_snapshot_during_concurrent_commits_reopens_exactly(opened: Opened) -> None:
+    store = await opened()
+    for i in range(200):
+        await store.commit([user(f"k{i % 40}", i)])
+
+    async def traffic() -> None:
+        for i in range(200, 600):
+            await store.commit([user(f"k{i % 40}", i)] + reply(f"k{i % 40}", i))
+
+    await asyncio.gather(traffic(), store.snapshot(), store.snapshot())
+    before = snapshot_of(store.state)
+    await crash(store)
+    again = await opened()
+    assert snapshot_of(again.state) == before
+
+
+async def test_torn_final_record_is_ignored(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.commit([user("1", 2)])
+    before = snapshot_of(store.state)
+    await crash(store)
+    (segment,) = layout.journal_dir(store.profile.state_dir).iterdir()
+    with segment.open("ab") as fh:
+        fh.write(b"\x00\x00\x01\x00partial-frame")
+    again = await opened()
+    assert snapshot_of(again.state) == before
+    await again.commit([user("1", 3)])  # appends after cutting the torn tail
+    await crash(again)
+    third = await opened()
+    assert [m.content for m in third.state.conversations["1"].messages] == [
+        "hello 1",
+        "hello 2",
+        "hello 3",
+    ]
+
+
+async def test_corrupted_middle_record_is_a_clear_error(opened: Opened, tmp_path: Path) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.commit([user("1", 2)])
+    await crash(store)
+    (segment,) = layout.journal_dir(store.profile.state_dir).iterdir()
+    data = bytearray(segment.read_bytes())
+    data[30] ^= 0xFF  # inside the first frame's ciphertext
+    segment.write_bytes(bytes(data))
+    with pytest.raises(
+        CorruptStateError, match=r"00000001\.wal: record at byte 0 does not decrypt"
+    ):
+        await opened()
+    assert segment.read_bytes() == bytes(data)
+
+
+async def test_wrong_key_is_refused_and_nothing_is_overwritten(
+    opened: Opened, tmp_path: Path
+) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.close()
+    snapshot = layout.snapshot_path(store.profile.state_dir)
+    original = snapshot.read_bytes()
+    other = make_profile(tmp_path, key=encode_key(new_key()))
+    with pytest.raises(
+        CorruptStateError, match="snapshot.wab: record 0 does not decrypt .*wrong key"
+    ):
+        await opened(other)
+    assert snapshot.read_bytes() == original
+    with pytest.raises(CorruptStateError):
+        load_state(other)
+
+
+async def test_corrupted_snapshot_is_refused_and_kept(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.close()
+    snapshot = layout.snapshot_path(store.profile.state_dir)
+    damaged = snapshot.read_bytes()[:-10]
+    snapshot.write_bytes(damaged)
+    with pytest.raises(CorruptStateError, match="snapshot.wab: truncated"):
+        await opened()
+    assert snapshot.read_bytes() == damaged
+
+
+async def test_failing_disk_answers_storage_error_and_recovers(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "fsync", disk_full)
+    with pytest.raises(StorageError, match="No space left on device"):
+        await store.commit([user("1", 2)])
+    assert [m.content for m in store.state.conversations["1"].messages] == ["hello 1"]
+    assert not store.state.has_seen("wamid.1.2")
+    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    await store.commit([user("1", 3)])
+    await crash(store)
+    again = await opened()
+    assert [m.content for m in again.state.conversations["1"].messages] == ["hello 1", "hello 3"]
+
+
+async def test_nothing_readable_reaches_the_disk(opened: Opened) -> None:
+    store = await opened()
+    marker, phone = "PLAINTEXT-MARKER-123", "34699999999"
+    await store.commit([user(phone, 1, text=f"my secret {marker}")] + reply(phone, 2))
+    await store.snapshot()
+    await store.commit([user(phone, 3, text=marker)])
+    await store.close()
+    files = [p for p in store.profile.state_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"snapshot.wab", "key", "lock"}
+    for path in files:
+        data = path.read_bytes()
+        assert marker.encode() not in data, path
+        assert phone.encode() not in data, path
+        assert b"hello" not in data, path
+
+
+async def test_files_are_private(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.close()
+    state_dir = store.profile.state_dir
+    assert state_dir.stat().st_mode & 0o777 == 0o700
+    assert layout.journal_dir(state_dir).stat().st_mode & 0o777 == 0o700
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+async def test_second_process_on_a_profile_is_refused(opened: Opened, tmp_path: Path) -> None:
+    await opened()
+    with pytest.raises(
+        ProfileLockedError, match=f"profile 'default' is in use .*pid {os.getpid()}"
+    ):
+        await opened()
+
+
+async def test_retention_drops_idle_conversations_for_good(opened: Opened, tmp_path: Path) -> None:
+    profile = make_profile(tmp_path, retention_days=30)
+    store = await opened(profile)
+    old = 1_600_000_000_000  # 2020: long idle
+    await store.commit([user("old", 1, ts=old), user("fresh", 2, ts=NOW)])
+    await store.snapshot()
+    assert list(store.state.conversations) == ["fresh"]
+    await crash(store)
+    again = await opened(profile)
+    assert list(again.state.conversations) == ["fresh"]
+
+
+async def test_concurrent_commits_share_fsyncs(opened: Opened) -> None:
+    store = await opened()
+    await asyncio.gather(*(store.commit([user(f"c{i}", i)]) for i in range(200)))
+    assert len(store.state.conversations) == 200
+    assert store.journal.fsyncs < 50
+
+
+async def test_load_state_reads_a_live_store_without_the_lock(opened: Opened) -> None:
+    store = await opened()
+    await commit_everything(store)
+    await store.snapshot()
+    await store.commit([user("34600000007", 7)])
+    seen = load_state(store.profile)
+    assert snapshot_of(seen) == snapshot_of(store.state)
+    await store.commit([user("34600000007", 8)])  # the store still works after the read
+
+
+async def test_generated_key_is_private_and_reused(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user("1", 1)])
+    await store.close()
+    key_file = layout.key_path(store.profile.state_dir)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key_before = key_file.read_bytes()
+    again = await opened()
+    assert key_file.read_bytes() == key_before
+    assert "1" in again.state.conversations
+
+
+def test_missing_key_for_a_reader_is_a_config_error(tmp_path: Path) -> None:
+    profile = make_profile(tmp_path)
+    profile.state_dir.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="key file .* not found"):
+        load_state(profile)

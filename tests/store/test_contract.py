@@ -1,0 +1,66 @@
+"""Every Store implementation honours one contract; a new backend must pass these too."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.conversations import Message
+from bridge.records import ConversationDeleted, MessageAdded, OutboxDone, OutboxItem, OutboxQueued
+from bridge.runtime import durable_store, memory_store
+from bridge.store.base import Store
+from tests.conftest import make_profile
+
+
+@pytest.fixture(params=["memory", "durable"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    factory = memory_store if request.param == "memory" else durable_store
+    opened = factory(make_profile(tmp_path, max_messages=3))
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def msg(n: int, role: str = "user") -> Message:
+    return Message(role, f"m{n}", 1_700_000_000_000 + n, id=f"w{n}")
+
+
+async def test_committed_messages_are_visible_in_order(store: Store) -> None:
+    await store.commit([MessageAdded("k", msg(1)), MessageAdded("k", msg(2))])
+    view = store.state.get("k")
+    assert view is not None and [m.content for m in view.messages] == ["m1", "m2"]
+    assert store.state.has_seen("w1") and store.state.has_seen("w2")
+
+
+async def test_cap_drops_the_oldest(store: Store) -> None:
+    await store.commit([MessageAdded("k", msg(n)) for n in range(5)])
+    view = store.state.get("k")
+    assert view is not None and [m.content for m in view.messages] == ["m2", "m3", "m4"]
+
+
+async def test_views_are_copies(store: Store) -> None:
+    await store.commit([MessageAdded("k", msg(1))])
+    view = store.state.get("k")
+    await store.commit([MessageAdded("k", msg(2))])
+    assert view is not None and len(view.messages) == 1
+
+
+async def test_deleted_conversation_is_gone_but_ids_stay_seen(store: Store) -> None:
+    await store.commit([MessageAdded("k", msg(1)), ConversationDeleted("k")])
+    assert store.state.get("k") is None
+    assert store.state.has_seen("w1")
+
+
+async def test_outbox_keeps_insertion_order_until_done(store: Store) -> None:
+    items = [OutboxItem(f"o{i}", "k", "k", f"t{i}", i) for i in range(3)]
+    await store.commit([OutboxQueued(i) for i in items])
+    await store.commit([OutboxDone("o1")])
+    assert [i.id for i in store.state.pending_outbox()] == ["o0", "o2"]
+
+
+async def test_empty_commit_is_a_no_op(store: Store) -> None:
+    seq = store.state.seq
+    await store.commit([])
+    assert store.state.seq == seq

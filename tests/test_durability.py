@@ -1,0 +1,165 @@
+"""Durability of a real `bridge serve` process: kill -9, SIGTERM, restarts, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bridge import simulate
+from bridge.config import ProfileConfig
+from bridge.state import State
+from bridge.store.durable import load_state
+from tests.conftest import APP_SECRET, eventually
+from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.threaded import serve_in_thread
+from tests.test_cli import clean_env, free_port, run, start_serve
+
+
+def stored(var_dir: Path) -> State:
+    return load_state(ProfileConfig(slug="default", state_dir=var_dir / "profiles" / "default"))
+
+
+def user_ids(state: State) -> list[str]:
+    return [
+        m.id for c in state.conversations.values() for m in c.messages if m.role == "user" and m.id
+    ]
+
+
+async def burst(port: int, count: int, concurrency: int = 20) -> list[str]:
+    """Post `count` signed single-message deliveries; returns the wamids that got a 200."""
+    acked: list[str] = []
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> None:
+            message = simulate.text_message(f"burst {i}", f"3461{i % 97:07d}")
+            raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+            async with sem:
+                try:
+                    async with session.post(
+                        f"http://127.0.0.1:{port}/webhook",
+                        data=raw,
+                        headers=simulate.signed_headers(raw, APP_SECRET),
+                    ) as resp:
+                        if resp.status == 200:
+                            acked.append(str(message["id"]))
+                except aiohttp.ClientError:
+                    pass
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+    return acked
+
+
+def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    env = clean_env(BRIDGE_APP_SECRET=APP_SECRET, BRIDGE_VERIFY_TOKEN="v", BRIDGE_VAR_DIR=str(var))
+    server = start_serve(var, env={**env, "BRIDGE_PORT": str(free_port())})
+    port = int(server.env["BRIDGE_PORT"])
+    acked = asyncio.run(burst(port, 300))
+    server.proc.kill()  # SIGKILL: no snapshot, no cleanup
+    server.proc.wait()
+    assert len(acked) == 300
+    ids = user_ids(stored(var))
+    assert sorted(ids) == sorted(acked), "every acknowledged message exactly once"
+    # The restarted bridge agrees, and the seen-set survived: a redelivery is a duplicate.
+    again = start_serve(var, env=server.env)
+    message = simulate.text_message("burst 0", "34610000000", wamid=acked[0])
+    raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+
+    async def redeliver() -> dict[str, int]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/webhook",
+                data=raw,
+                headers=simulate.signed_headers(raw, APP_SECRET),
+            ) as resp,
+        ):
+            return dict(await resp.json())
+
+    assert asyncio.run(redeliver()) == {"recorded": 0, "duplicates": 1}
+    code, _ = again.stop()
+    assert code == 0
+
+
+def test_sigterm_takes_a_final_snapshot(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "var", "--dev")
+    acked = asyncio.run(burst(server.port, 50))
+    code, events = server.stop(signal.SIGTERM)
+    assert code == 0
+    assert "snapshot_written" in [e["event"] for e in events]
+    state_dir = tmp_path / "var" / "profiles" / "default"
+    assert (state_dir / "snapshot.wab").exists()
+    segments = list((state_dir / "journal").iterdir())
+    assert len(segments) == 1 and segments[0].stat().st_size == 0  # everything is in the snapshot
+    assert sorted(user_ids(stored(tmp_path / "var"))) == sorted(acked)
+
+
+def test_unsent_reply_survives_a_crash_and_is_sent_after_restart(tmp_path: Path) -> None:
+    graph = FakeGraph()
+    graph.fail_all = (500, None)  # Graph is down: the reply stays in the outbox
+    with serve_in_thread(graph.app()) as graph_url:
+        env = clean_env(
+            BRIDGE_APP_SECRET=APP_SECRET,
+            BRIDGE_VERIFY_TOKEN="v",
+            BRIDGE_ACCESS_TOKEN=TOKEN,
+            BRIDGE_PHONE_NUMBER_ID="100000000000001",
+            BRIDGE_GRAPH_URL=graph_url,
+            BRIDGE_VAR_DIR=str(tmp_path / "var"),
+            BRIDGE_PORT=str(free_port()),
+        )
+        server = start_serve(tmp_path / "var", env=env)
+        result = run(["simulate", "Hola", "--from", "34600000001"], env)
+        assert result.returncode == 0, result.stderr
+
+        async def wait_attempt() -> None:
+            await eventually(lambda: len(graph.requests) >= 1, timeout=10, what="a send attempt")
+
+        asyncio.run(wait_attempt())
+        server.proc.kill()
+        server.proc.wait()
+        assert graph.sent == []
+        assert len(stored(tmp_path / "var").outbox) == 1
+        graph.fail_all = None  # Graph is back
+        again = start_serve(tmp_path / "var", env=env)
+
+        async def wait_sent() -> None:
+            await eventually(lambda: len(graph.sent) == 1, timeout=10, what="the reply to be sent")
+
+        asyncio.run(wait_sent())
+        time.sleep(0.3)
+        code, events = again.stop()
+    assert code == 0
+    assert graph.sent[0]["to"] == "34600000001"
+    assert graph.sent[0]["text"]["body"] == "Echo: Hola"
+    state = stored(tmp_path / "var")
+    assert not state.outbox
+    conv = state.conversations["34600000001"]
+    assert conv.messages[-1].status == "sent" and conv.messages[-1].wamids == ("wamid.FAKE000001",)
+
+
+def test_corrupt_snapshot_refuses_to_start_with_one_line(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "var", "--dev")
+    server.stop()
+    snapshot = tmp_path / "var" / "profiles" / "default" / "snapshot.wab"
+    snapshot.write_bytes(snapshot.read_bytes()[:-5])
+    result = run(["serve", "--dev"], server.env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"bridge: error: {snapshot}: truncated")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot.exists()
+
+
+def test_second_process_on_one_profile_is_refused(tmp_path: Path) -> None:
+    server = start_serve(tmp_path / "var", "--dev")
+    env = {**server.env, "BRIDGE_PORT": str(free_port())}
+    result = run(["serve", "--dev"], env)
+    assert result.returncode == 2
+    assert "profile 'default' is in use by another process" in result.stderr
+    assert "Traceback" not in result.stderr
+    code, _ = server.stop()
+    assert code == 0
