@@ -22,12 +22,16 @@ class FakeGraph:
     token: str = TOKEN
     sent: list[dict[str, Any]] = field(default_factory=list)  # accepted message bodies
     requests: list[dict[str, Any]] = field(default_factory=list)  # every POST body
-    failures: deque[tuple[int, int | None]] = field(default_factory=deque)  # (HTTP, code)
+    # Outcomes of the next requests, in order: (HTTP status, Graph code), or None for success.
+    failures: deque[tuple[int, int | None] | None] = field(default_factory=deque)
     fail_all: tuple[int, int | None] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail_next(self, status: int, code: int | None = None, times: int = 1) -> None:
         self.failures.extend([(status, code)] * times)
+
+    def succeed_next(self, times: int = 1) -> None:
+        self.failures.extend([None] * times)
 
     async def messages(self, request: web.Request) -> web.Response:
         body = await request.json()
