@@ -14,7 +14,7 @@ from pathlib import Path
 
 from admin import commands
 from bridge import logs
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, ConfigError
 
 EPILOG = """\
 examples:
@@ -121,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
     except BridgeError as exc:
         print(f"sessions-admin: error: {exc}", file=sys.stderr)
-        return 2 if exc.exit_code == 2 and isinstance(exc, commands.UsageError) else 1
+        # Usage and configuration mistakes are 2; everything else (corrupt data, a locked
+        # profile, a missing conversation) is a failure: 1.
+        return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sessions-admin list | head`

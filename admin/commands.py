@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -18,6 +19,13 @@ from admin import render
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
+from bridge.persistence import layout
+from bridge.persistence.crypto import Keyring
+from bridge.persistence.files import secure_dir
+from bridge.persistence.journal import list_segments, segment_path
+from bridge.persistence.keys import load_keyring, new_key, write_key_file
+from bridge.persistence.lock import ProfileLock
+from bridge.persistence.snapshot import read_snapshot, write_snapshot
 from bridge.records import ConversationDeleted, MessageAdded, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
@@ -141,8 +149,6 @@ def _dir_size(path: Path) -> int:
 
 
 def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
-    from bridge.persistence import layout
-
     state = read_state(profile)
     roles = {"user": 0, "assistant": 0}
     for conv in state.conversations.values():
@@ -345,8 +351,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    from bridge.persistence import layout
-
     settings = load_settings(config_path=args.config, var_dir=args.var_dir)
     root = settings.var_dir / "profiles"
     configured = {p.slug: p for p in settings.profiles if args.config or p.state_dir.is_dir()}
@@ -358,8 +362,10 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         state_dir = root / slug
         if state_dir.exists():
             raise BridgeError(f"profile {slug!r} already exists at {state_dir}")
-        layout.create_profile_dir(
-            replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None)
+        layout.create_profile_dir(state_dir)
+        load_keyring(
+            replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None),
+            create=True,
         )
         print(
             f"created profile {slug!r} at {state_dir} (back up its key file: {state_dir / 'key'})"
@@ -410,4 +416,140 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         )
     else:
         print(f"no profiles under {root}")
+    return 0
+
+
+# -- backups and keys -------------------------------------------------------------------------
+
+ARCHIVE_SUFFIX = ".wab"
+
+
+def _stamp() -> str:
+    return datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent archive of the current state (snapshot + journal as of now), encrypted
+    with the profile's active key, in the snapshot format so `verify`/`restore` read it."""
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    profile = resolve_profile(args)
+    keyring = load_keyring(profile, create=False)
+    state = read_state(profile)
+    target_dir = args.to or layout.backups_dir(profile.state_dir)
+    secure_dir(target_dir)
+    path = target_dir / f"{profile.slug}-{_stamp()}{ARCHIVE_SUFFIX}"
+    size = asyncio.run(write_snapshot(path, state, keyring, profile.slug, 0))
+    archives = sorted(target_dir.glob(f"{profile.slug}-*{ARCHIVE_SUFFIX}"))
+    removed = archives[: max(0, len(archives) - args.keep)]
+    for old in removed:
+        old.unlink()
+    if args.json:
+        render.emit_json(
+            {
+                "path": str(path),
+                "bytes": size,
+                "conversations": len(state.conversations),
+                "removed": [str(p) for p in removed],
+            }
+        )
+    else:
+        print(path)
+    return 0
+
+
+def _check_archive(profile: ProfileConfig, path: Path) -> State:
+    if not path.is_file():
+        raise UsageError(f"no such archive: {path}")
+    state = State(profile.max_messages)
+    read_snapshot(path, load_keyring(profile, create=False), profile.slug, state)
+    return state
+
+
+def _summary(state: State) -> dict[str, int]:
+    return {
+        "conversations": len(state.conversations),
+        "messages": state.message_count(),
+        "outbox": len(state.outbox),
+        "seen_ids": len(state.seen),
+    }
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Decrypt and parse everything; any problem is exit 1 with the file and the cause."""
+    profile = resolve_profile(args)
+    if args.archive is not None:
+        state, what = _check_archive(profile, args.archive), str(args.archive)
+    else:
+        state, what = read_state(profile), f"profile {profile.slug!r} store"
+    summary = _summary(state)
+    if args.json:
+        render.emit_json({"ok": True, "checked": what, **summary})
+    else:
+        print(
+            f"ok: {what}: {summary['conversations']} conversations, {summary['messages']} "
+            f"messages, {summary['outbox']} queued replies"
+        )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Replace the store with an archive. The current files are kept in backups/ first."""
+    profile = resolve_profile(args)
+    state = _check_archive(profile, args.archive)
+    lock = ProfileLock(profile.state_dir, profile.slug)
+    try:
+        lock.acquire()
+    except ProfileLockedError as exc:
+        raise BridgeError(
+            f"{exc}; stop the bridge for this profile first; nothing was changed"
+        ) from None
+    try:
+        keyring = load_keyring(profile, create=False)
+        journal = layout.journal_dir(profile.state_dir)
+        segments = list_segments(journal)
+        keep = layout.backups_dir(profile.state_dir) / f"pre-restore-{_stamp()}"
+        secure_dir(keep)
+        snapshot = layout.snapshot_path(profile.state_dir)
+        for path in [snapshot, *(segment_path(journal, s) for s in segments)]:
+            if path.exists():
+                shutil.copy2(path, keep / path.name)
+        # The new snapshot names a journal segment after every existing one, so the old
+        # segments no longer count even before they are deleted.
+        next_segment = max(segments, default=0) + 1
+        asyncio.run(write_snapshot(snapshot, state, keyring, profile.slug, next_segment))
+        for s in segments:
+            segment_path(journal, s).unlink()
+    finally:
+        lock.release()
+    print(
+        f"restored profile {profile.slug!r} from {args.archive}: "
+        f"{len(state.conversations)} conversations (previous store kept in {keep})"
+    )
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """New active key; the whole store re-encrypted under it; old keys kept for old backups."""
+    profile = resolve_profile(args)
+    if profile.key or profile.key_file:
+        raise BridgeError(
+            "this profile's key comes from BRIDGE_KEY / a key file / a credential: put a new "
+            "key first and the old one on the next line there, then run rotate-key again "
+            "with nothing to change (or use the generated key file in the profile directory)"
+        )
+    old = load_keyring(profile, create=False)
+
+    async def change(store: DurableStore) -> None:
+        keyring = Keyring([new_key(), *old.keys])
+        # Key file first: a crash after it still has every key needed to read everything.
+        write_key_file(layout.key_path(profile.state_dir), keyring.keys)
+        await store.rekey(keyring)
+
+    write_store(profile, change)
+    new = load_keyring(profile, create=False)
+    print(
+        f"profile {profile.slug!r}: now encrypted with key {new.active_id.decode()}; older keys "
+        f"kept in {layout.key_path(profile.state_dir)} for existing backups"
+    )
     return 0

@@ -29,7 +29,9 @@ class Rig:
         body = text or f"reply {n}"
         await self.store.commit(
             [
-                MessageAdded(key, Message("assistant", body, 1_700_000_000_000 + n, id=rid, status="pending")),
+                MessageAdded(
+                    key, Message("assistant", body, 1_700_000_000_000 + n, id=rid, status="pending")
+                ),
                 OutboxQueued(OutboxItem(rid, key, key, body, n)),
             ]
         )

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bridge import simulate
-from bridge.persistence import journal as journal_module
 from bridge.records import Record
 from bridge.runtime import durable_store
 from bridge.state import State
@@ -260,12 +259,12 @@ async def test_storage_failure_is_503_and_redelivery_records_once_healed(
         raise OSError(errno.EROFS, "Read-only file system")
 
     body = simulate.delivery(simulate.change_value([simulate.text_message("keep me", "999")]))
-    monkeypatch.setattr(journal_module.os, "fsync", read_only)
+    monkeypatch.setattr(os, "fsync", read_only)
     failed = await bridge.post(body)
     assert failed.status == 503
     assert bridge.state().get("999") is None
     assert (await bridge.client.get("/healthz")).status == 200  # still serving
-    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     healed = await bridge.post(body)  # Meta's redelivery
     assert await healed.json() == {"recorded": 1, "duplicates": 0}
     conv = bridge.state().get("999")

@@ -126,6 +126,10 @@ class Journal:
     def segment(self) -> int:
         return self._w.segment
 
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Seal from now on with `keyring`'s active key (key rotation)."""
+        self._keyring = keyring
+
     def start(self, segment: int, valid_size: int) -> None:
         """Append to `segment` from `valid_size` on (a torn tail beyond it is cut off)."""
         self._w = _WriterState(segment=segment, size=valid_size)

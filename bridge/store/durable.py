@@ -119,6 +119,13 @@ class DurableStore(Store):
             conversations=len(self.state.conversations),
         )
 
+    async def rekey(self, keyring: Keyring) -> None:
+        """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
+        replaces the old one and the journal continues in a new segment under it."""
+        self._keyring = keyring
+        self.journal.use_keyring(keyring)
+        await self.snapshot()
+
     async def commit(self, records: Sequence[Record]) -> None:
         if not records:
             return

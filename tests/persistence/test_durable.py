@@ -15,7 +15,6 @@ import pytest
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.errors import ConfigError, CorruptStateError, ProfileLockedError, StorageError
-from bridge.persistence import journal as journal_module
 from bridge.persistence import layout
 from bridge.persistence.keys import encode_key, new_key
 from bridge.records import (
@@ -237,12 +236,12 @@ async def test_failing_disk_answers_storage_error_and_recovers(
     def disk_full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(journal_module.os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(StorageError, match="No space left on device"):
         await store.commit([user("1", 2)])
     assert [m.content for m in store.state.conversations["1"].messages] == ["hello 1"]
     assert not store.state.has_seen("wamid.1.2")
-    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     await store.commit([user("1", 3)])
     await crash(store)
     again = await opened()
