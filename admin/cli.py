@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from admin import commands
 from bridge import logs
@@ -32,16 +33,30 @@ the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 fa
 """
 
 
+def _options(parser: argparse.ArgumentParser, default: Any, flag_default: Any) -> None:
+    """The options every command takes, before or after the command name."""
+    parser.add_argument(
+        "--profile", default=default, metavar="SLUG", help="profile (default: default)"
+    )
+    parser.add_argument(
+        "--var-dir",
+        type=Path,
+        default=default,
+        help="state directory (default ./var or BRIDGE_VAR_DIR)",
+    )
+    parser.add_argument("--config", type=Path, default=default, help="the bridge's TOML file")
+    parser.add_argument(
+        "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--profile", default=None, metavar="SLUG", help="profile (default: default)"
-    )
-    common.add_argument(
-        "--var-dir", type=Path, help="state directory (default ./var or BRIDGE_VAR_DIR)"
-    )
-    common.add_argument("--config", type=Path, help="the bridge's TOML file")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    _options(common, None, False)
+    # A subcommand's own defaults would overwrite what was given before the command name
+    # (`sessions-admin --profile shop list`), so there they are SUPPRESSed.
+    sub_common = argparse.ArgumentParser(add_help=False)
+    _options(sub_common, argparse.SUPPRESS, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(
         prog="sessions-admin",
@@ -55,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, help_text: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[sub_common])
         p.set_defaults(func=func)
         return p
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import time
@@ -291,15 +292,19 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
 def cmd_import(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
     conversations = load_seed_file(args.file)
-    counts = {"conversations": 0, "messages": 0}
+    cutoff = now_ms() - profile.retention_days * DAY_MS
+    # Conversations idle past the retention period would be pruned at the next snapshot.
+    expired = [
+        k for k, msgs in conversations if max((m.timestamp for m in msgs), default=0) < cutoff
+    ]
+    counts = {"conversations": 0, "messages": 0, "skipped_expired": len(expired)}
 
     async def change(store: DurableStore) -> None:
         for key, messages in conversations:
-            before = (
-                len(store.state.conversations[key].messages)
-                if key in store.state.conversations
-                else 0
-            )
+            if key in expired:
+                continue
+            conv = store.state.conversations.get(key)
+            before = len(conv.messages) if conv else 0
             records = merge_records(store.state, key, messages)
             if records:
                 await store.commit(records)
@@ -309,10 +314,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     write_store(profile, change)
     if args.json:
         render.emit_json({"imported": counts, "file": str(args.file)})
-    else:
+        return 0
+    print(
+        f"imported {counts['messages']} new message(s) into {counts['conversations']} "
+        f"conversation(s) of profile {profile.slug!r} from {args.file}"
+    )
+    if expired:
         print(
-            f"imported {counts['messages']} new message(s) into {counts['conversations']} "
-            f"conversation(s) of profile {profile.slug!r} from {args.file}"
+            f"skipped {len(expired)} conversation(s) idle for more than the retention period "
+            f"({profile.retention_days} days; raise BRIDGE_RETENTION_DAYS to keep them)"
         )
     return 0
 
@@ -518,6 +528,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         # segments no longer count even before they are deleted.
         next_segment = max(segments, default=0) + 1
         asyncio.run(write_snapshot(snapshot, state, keyring, profile.slug, next_segment))
+        fd = os.open(segment_path(journal, next_segment), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
         for s in segments:
             segment_path(journal, s).unlink()
     finally:
