@@ -9,6 +9,7 @@ writing, for the admin tool while the bridge runs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Sequence
 
@@ -102,7 +103,15 @@ class DurableStore(Store):
         try:
             self._keyring = load_keyring(self.profile, create=True)
             started = time.monotonic()
-            segment, size = replay(self.profile, self._keyring, self.state, strict_start=False)
+            # Loading allocates millions of objects, each batch triggering collections that
+            # traverse all the earlier ones; none of them form cycles.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                segment, size = replay(self.profile, self._keyring, self.state, strict_start=False)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             journal = Journal(
                 layout.journal_dir(self.profile.state_dir), self._keyring, self.profile.slug
             )
@@ -152,6 +161,10 @@ class DurableStore(Store):
             self.state.prune_seen(now_ms)
             segment = await self.journal.rotate()
             assert self._keyring is not None
+            # Slicing keeps each step short, but a full GC triggered by the many short-lived
+            # dicts would traverse the whole state at once; nothing here makes cycles.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
             try:
                 size = await write_snapshot(
                     layout.snapshot_path(self.profile.state_dir),
@@ -162,6 +175,9 @@ class DurableStore(Store):
                 )
             except OSError as exc:
                 raise StorageError(f"snapshot failed: {exc.strerror or exc}") from None
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             dropped = self.journal.drop_before(segment)
             self._log.info(
                 "snapshot_written",

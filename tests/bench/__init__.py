@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): run as scripts, never collected as tests."""

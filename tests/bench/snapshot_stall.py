@@ -1,0 +1,141 @@
+"""Snapshot and start-up of a large store, and how long the event loop stalls meanwhile.
+
+Builds 10,000 conversations x 250 messages in memory, then measures, in one run:
+- the longest event-loop stall while `DurableStore.snapshot()` runs (a 1 ms ticker records
+  how late it wakes up), the snapshot's duration and size;
+- the floor for the same data: orjson.dumps + one AES-GCM encrypt + write + fsync;
+- start-up (`DurableStore.open()`: read, decrypt, parse, rebuild) against its floor:
+  read + decrypt + orjson.loads;
+- RSS with the state loaded, against a plain list of dicts of the same messages.
+
+Usage: python -m tests.bench.snapshot_stall [--conversations N] [--messages M] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bridge.config import ProfileConfig
+from bridge.conversations import Conversation, Message
+from bridge.logs import configure
+from bridge.store.durable import DurableStore
+
+
+def build(store: DurableStore, conversations: int, messages: int) -> None:
+    now = int(time.time() * 1000)
+    state = store.state
+    for c in range(conversations):
+        key = f"34{c:09d}"
+        conv = Conversation(key, 250, now)
+        for m in range(messages):
+            role = "user" if m % 2 == 0 else "assistant"
+            conv.append(
+                Message(
+                    role,
+                    f"message {m} of conversation {c}: some typical text of a customer chat",
+                    now - (messages - m) * 1000,
+                    id=f"wamid.{c}.{m}" if role == "user" else f"out.{c}.{m}",
+                    type="text" if role == "user" else None,
+                    status=None if role == "user" else "read",
+                )
+            )
+        conv.seq = c + 1
+        state.add_conversation(conv)
+
+
+async def stalls_during(work: asyncio.Future[object] | asyncio.Task[object]) -> list[float]:
+    """Lateness (ms) of a 1 ms ticker until `work` is done."""
+    late: list[float] = []
+    loop = asyncio.get_running_loop()
+    while not work.done():
+        expected = loop.time() + 0.001
+        await asyncio.sleep(0.001)
+        late.append((loop.time() - expected) * 1000)
+    return late
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main(conversations: int, messages: int, out: Path | None) -> None:
+    configure("console", "warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = ProfileConfig(slug="bench", state_dir=Path(tmp) / "profiles" / "bench")
+        store = DurableStore(profile)
+        await store.open()
+        rss_before = rss_mb()
+        build(store, conversations, messages)
+        gc.collect()
+        rss_loaded = rss_mb()
+        total = store.state.message_count()
+
+        started = time.perf_counter()
+        task = asyncio.ensure_future(store.snapshot())
+        late = await stalls_during(task)
+        await task
+        snapshot_s = time.perf_counter() - started
+        size = (profile.state_dir / "snapshot.wab").stat().st_size
+
+        # Floor, same data: one dumps, one encrypt, one write + fsync.
+        dump = [[k, c.to_seed()] for k, c in store.state.conversations.items()]
+        key = AESGCM(os.urandom(32))
+        nonce = os.urandom(12)
+        floor_path = Path(tmp) / "floor.bin"
+        started = time.perf_counter()
+        plain = orjson.dumps([[k, c.to_seed()] for k, c in store.state.conversations.items()])
+        sealed = key.encrypt(nonce, plain, b"")
+        with floor_path.open("wb") as fh:
+            fh.write(sealed)
+            fh.flush()
+            os.fsync(fh.fileno())
+        floor_save_s = time.perf_counter() - started
+        started = time.perf_counter()
+        orjson.loads(key.decrypt(nonce, floor_path.read_bytes(), b""))
+        floor_load_s = time.perf_counter() - started
+        await store.close()
+        del store, dump, plain, sealed
+        gc.collect()
+
+        started = time.perf_counter()
+        reopened = DurableStore(profile)
+        await reopened.open()
+        load_s = time.perf_counter() - started
+        assert reopened.state.message_count() == total
+        await reopened.close()
+
+    rows = [
+        ("state", f"{conversations:,} conversations x {messages} messages = {total:,} messages"),
+        ("longest event-loop stall during snapshot", f"{max(late):.1f} ms"),
+        ("p99 / median ticker lateness", f"{statistics.quantiles(late, n=100)[98]:.2f} / {statistics.median(late):.2f} ms"),
+        ("snapshot (sliced, incl. fsync)", f"{snapshot_s:.2f} s, {size / 1e6:.0f} MB"),
+        ("floor: dumps + encrypt + write + fsync", f"{floor_save_s:.2f} s  (ratio {snapshot_s / floor_save_s:.2f}x)"),
+        ("start-up: open (read, decrypt, parse, rebuild)", f"{load_s:.2f} s"),
+        ("floor: read + decrypt + loads", f"{floor_load_s:.2f} s  (ratio {load_s / floor_load_s:.2f}x)"),
+        ("RSS growth with the state loaded", f"{rss_loaded - rss_before:.0f} MB"),
+    ]
+    table = "| measure | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--conversations", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=250)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    asyncio.run(main(args.conversations, args.messages, args.out))
