@@ -9,6 +9,7 @@ from aiohttp import web
 from bridge import health, webhook
 from bridge.config import Settings
 from bridge.metrics import Metrics
+from bridge.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
 
 
@@ -28,6 +29,7 @@ def create_app(
     metrics.watch(lambda: by_slug)
     app[webhook.METRICS] = metrics
     app[health.METRICS_TOKEN] = settings.metrics_token
+    app[health.MONITOR] = HealthMonitor(list(runtimes))
     webhook.add_routes(app)
     health.add_routes(app)
 

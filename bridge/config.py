@@ -81,6 +81,7 @@ class Settings:
     # Meta's deliveries are a few KiB; a megabyte leaves room for large batches.
     max_body_bytes: int = 1024 * 1024
     snapshot_interval: float = 300.0
+    health_interval: float = 120.0
     shutdown_timeout: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
@@ -310,6 +311,7 @@ def load_settings(
         or (profiles[0].port if len(profiles) == 1 and profiles[0].port else 8080)
     )
     interval = data.get("snapshot_interval") or env.get("BRIDGE_SNAPSHOT_INTERVAL")
+    health = data.get("health_interval") or env.get("BRIDGE_HEALTH_INTERVAL")
     return Settings(
         profiles=tuple(profiles),
         var_dir=resolved_var,
@@ -321,6 +323,7 @@ def load_settings(
             1024,
         ),
         snapshot_interval=_float(interval, "snapshot_interval") if interval else 300.0,
+        health_interval=_float(health, "health_interval") if health else 120.0,
         log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),
         log_level=str(data.get("log_level") or env.get("BRIDGE_LOG_LEVEL") or "info").lower(),
         metrics_token=_secret(

@@ -6,10 +6,12 @@ import hmac
 
 from aiohttp import web
 
+from bridge.monitor import HealthMonitor
 from bridge.webhook import METRICS, RUNTIMES
 
 READY = web.AppKey("ready", dict[str, bool])
 METRICS_TOKEN: web.AppKey[str | None] = web.AppKey("metrics_token")
+MONITOR = web.AppKey("monitor", HealthMonitor)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -18,11 +20,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Every profile's state is loaded and it accepts deliveries; 503 until then."""
+    """Every profile's state is loaded and it accepts deliveries; 503 until then. Each
+    profile's outbound health (Graph API, assistant) is reported but does not make the bridge
+    unready: deliveries are still recorded while replies wait in the outbox."""
     ready = request.app[READY]
+    monitor = request.app[MONITOR]
     profiles = {
         slug: {
             "ready": ready.get(slug, False),
+            "health": monitor.health[slug].as_json(),
             "conversations": len(runtime.store.state.conversations),
             "outbox": len(runtime.store.state.outbox),
         }

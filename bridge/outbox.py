@@ -41,6 +41,8 @@ class Outbox:
         self._workers: dict[str, asyncio.Task[None]] = {}  # conversation key -> its sender
         self._sent_parts: dict[str, list[str]] = {}  # item id -> wamids of parts already sent
         self._token_alerted = False
+        # Set (and replaced) by kick(): every retry waiting in a backoff wakes up at once.
+        self._kicked = asyncio.Event()
 
     def start(self) -> None:
         """Begin draining, including items a previous run left behind."""
@@ -51,6 +53,16 @@ class Outbox:
     def notify(self) -> None:
         """A new item was committed."""
         self._wake.set()
+
+    def kick(self) -> None:
+        """The outbound path is healthy again: retry everything now instead of after backoff."""
+        kicked, self._kicked = self._kicked, asyncio.Event()
+        kicked.set()
+        self._wake.set()
+
+    async def _backoff(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kicked.wait(), delay)
 
     async def _run(self) -> None:
         while True:
@@ -108,7 +120,7 @@ class Outbox:
                             "graph_token_invalid", item=item.id, code=exc.code, error=str(exc)
                         )
                         self._token_alerted = True
-                    await asyncio.sleep(self._max_delay * (0.5 + random.random() / 2))
+                    await self._backoff(self._max_delay * (0.5 + random.random() / 2))
                     continue
                 delay = self._delay(attempt)
                 self._log.info(
@@ -121,7 +133,7 @@ class Outbox:
                     error=str(exc),
                 )
                 attempt += 1
-                await asyncio.sleep(delay)
+                await self._backoff(delay)
                 continue
             self._token_alerted = False
             await self._finish(item, "sent", None)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bridge.errors import BridgeError
 from bridge.logs import get_logger
+from bridge.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
 
 
@@ -29,8 +31,23 @@ async def snapshot_job(runtime: ProfileRuntime) -> None:
         log.error("snapshot_failed", error=str(exc))
 
 
-def start_scheduler(runtimes: Sequence[ProfileRuntime], interval: float) -> AsyncIOScheduler:
+def start_scheduler(
+    runtimes: Sequence[ProfileRuntime],
+    interval: float,
+    monitor: HealthMonitor | None = None,
+    health_interval: float = 120.0,
+) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone="UTC")
+    if monitor is not None:
+        scheduler.add_job(
+            monitor.check_all,
+            IntervalTrigger(seconds=health_interval),
+            id="health",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=60,
+            next_run_time=datetime.now(tz=UTC),  # once at start, then every interval
+        )
     for runtime in runtimes:
         scheduler.add_job(
             snapshot_job,

@@ -18,6 +18,7 @@ from aiohttp import web
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
+from bridge.health import MONITOR
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
@@ -62,7 +63,9 @@ async def _serve_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = start_scheduler(runtimes, settings.snapshot_interval)
+    scheduler = start_scheduler(
+        runtimes, settings.snapshot_interval, runner.app[MONITOR], settings.health_interval
+    )
     urls = [f"http://{host}:{port}" for host, port in _addresses(runner)]
     log.info(
         "bridge_listening",

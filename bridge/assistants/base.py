@@ -27,5 +27,10 @@ class Assistant(ABC):
     @abstractmethod
     async def reply(self, key: str, history: Sequence[Turn]) -> str: ...
 
+    def health_url(self) -> str | None:
+        """Where the health monitor checks that the backend is reachable; None: nothing to
+        check (embedded)."""
+        return None
+
     async def close(self) -> None:
         """Release connections; called once at shutdown."""

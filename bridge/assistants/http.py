@@ -196,6 +196,9 @@ class HttpAssistant(Assistant):
             what="http assistant",
         )
 
+    def health_url(self) -> str | None:
+        return str(self.url)
+
     @property
     def url(self) -> URL:
         return self._endpoint.url

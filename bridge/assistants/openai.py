@@ -57,6 +57,9 @@ class OpenAIAssistant(Assistant):
             what=WHAT,
         )
 
+    def health_url(self) -> str | None:
+        return str(self.url)
+
     @property
     def url(self) -> URL:
         return self._endpoint.url

@@ -118,11 +118,20 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
     rows = [
         ("state", f"{conversations:,} conversations x {messages} messages = {total:,} messages"),
         ("longest event-loop stall during snapshot", f"{max(late):.1f} ms"),
-        ("p99 / median ticker lateness", f"{statistics.quantiles(late, n=100)[98]:.2f} / {statistics.median(late):.2f} ms"),
+        (
+            "p99 / median ticker lateness",
+            f"{statistics.quantiles(late, n=100)[98]:.2f} / {statistics.median(late):.2f} ms",
+        ),
         ("snapshot (sliced, incl. fsync)", f"{snapshot_s:.2f} s, {size / 1e6:.0f} MB"),
-        ("floor: dumps + encrypt + write + fsync", f"{floor_save_s:.2f} s  (ratio {snapshot_s / floor_save_s:.2f}x)"),
+        (
+            "floor: dumps + encrypt + write + fsync",
+            f"{floor_save_s:.2f} s  (ratio {snapshot_s / floor_save_s:.2f}x)",
+        ),
         ("start-up: open (read, decrypt, parse, rebuild)", f"{load_s:.2f} s"),
-        ("floor: read + decrypt + loads", f"{floor_load_s:.2f} s  (ratio {load_s / floor_load_s:.2f}x)"),
+        (
+            "floor: read + decrypt + loads",
+            f"{floor_load_s:.2f} s  (ratio {load_s / floor_load_s:.2f}x)",
+        ),
         ("RSS growth with the state loaded", f"{rss_loaded - rss_before:.0f} MB"),
     ]
     table = "| measure | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)

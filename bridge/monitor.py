@@ -1,0 +1,91 @@
+"""Health monitor: checks each profile's outbound path without sending any message.
+
+Every two minutes (APScheduler) and once at start: the Graph API token and phone number
+(an authenticated read of the number), and the assistant backend (any HTTP answer from its
+URL counts as reachable). A profile is `up` when every configured part answers, `degraded`
+otherwise; each change is logged once, and on the way back to `up` the outbox retries its
+queued replies at once instead of waiting out its backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from bridge.logs import get_logger
+from bridge.metrics import MeteredSender
+from bridge.runtime import ProfileRuntime
+from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.sender import Sender, SendError
+
+CHECK_TIMEOUT = 10.0
+
+
+@dataclass
+class ProfileHealth:
+    status: str = "unknown"  # up | degraded | unknown (not checked yet)
+    checks: dict[str, str] = field(default_factory=dict)  # part -> "ok" | error | "not configured"
+    checked_at: float | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"status": self.status, "checks": dict(self.checks), "checked_at": self.checked_at}
+
+
+def _graph_client(sender: Sender) -> GraphClient | None:
+    inner = sender._inner if isinstance(sender, MeteredSender) else sender  # noqa: SLF001
+    return inner if isinstance(inner, GraphClient) else None
+
+
+async def _reachable(url: str) -> str:
+    """ "ok" when the URL answers at all (any status): the server is up and routable."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHECK_TIMEOUT)) as session,
+            session.get(url) as resp,
+        ):
+            return "ok" if resp.status < 500 else f"HTTP {resp.status}"
+    except TimeoutError:
+        return f"timed out after {CHECK_TIMEOUT:g}s"
+    except aiohttp.ClientError as exc:
+        return f"unreachable: {exc}"
+
+
+class HealthMonitor:
+    def __init__(self, runtimes: list[ProfileRuntime]) -> None:
+        self._runtimes = runtimes
+        self.health: dict[str, ProfileHealth] = {r.slug: ProfileHealth() for r in runtimes}
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(r) for r in self._runtimes))
+
+    async def check(self, runtime: ProfileRuntime) -> ProfileHealth:
+        checks: dict[str, str] = {}
+        graph = _graph_client(runtime.sender)
+        if graph is None:
+            checks["graph"] = "not configured (replies are logged, not sent)"
+        else:
+            try:
+                await graph.check()
+                checks["graph"] = "ok"
+            except SendError as exc:
+                checks["graph"] = str(exc)
+        url = runtime.assistant.health_url()
+        checks["assistant"] = await _reachable(url) if url else "embedded"
+        failing = [part for part, result in checks.items() if result not in _HEALTHY]
+        status = "degraded" if failing else "up"
+        previous = self.health[runtime.slug]
+        current = ProfileHealth(status, checks, time.time())
+        self.health[runtime.slug] = current
+        if status != previous.status:
+            log = get_logger(profile=runtime.slug)
+            event = log.warning if status == "degraded" else log.info
+            event("health_changed", previous=previous.status, status=status, checks=checks)
+            if status == "up" and previous.status == "degraded":
+                runtime.outbox.kick()
+        return current
+
+
+_HEALTHY = ("ok", "embedded", "not configured (replies are logged, not sent)")
