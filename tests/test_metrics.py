@@ -1,0 +1,60 @@
+"""/metrics in Prometheus text format: it parses, counters move, the token is enforced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import simulate
+from tests.conftest import Bridge, StartBridge
+
+
+async def scrape(
+    bridge: Bridge, headers: dict[str, str] | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = await bridge.client.get("/metrics", headers=headers or {})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_counters_move_with_traffic(bridge: Bridge) -> None:
+    body = simulate.delivery(simulate.change_value([simulate.text_message("m", "34600000001")]))
+    await bridge.post(body)
+    await bridge.post(body)  # duplicate
+    await bridge.post(body, secret="wrong")
+    await bridge.post(b"{", secret="test-app-secret")
+    await bridge.settle()
+    m = await scrape(bridge)
+    p = (("profile", "default"),)
+    assert m[("whatsapp_bridge_deliveries_total", (("outcome", "ok"),))] == 2
+    assert m[("whatsapp_bridge_deliveries_total", (("outcome", "bad_signature"),))] == 1
+    assert m[("whatsapp_bridge_deliveries_total", (("outcome", "bad_request"),))] == 1
+    assert m[("whatsapp_bridge_messages_recorded_total", p)] == 1
+    assert m[("whatsapp_bridge_duplicates_total", p)] == 1
+    assert m[("whatsapp_bridge_webhook_seconds_count", ())] == 4
+    assert m[("whatsapp_bridge_assistant_seconds_count", p)] == 1
+    assert (
+        m[("whatsapp_bridge_sends_total", (("code", ""), ("profile", "default"), ("result", "ok")))]
+        == 1
+    )
+    assert m[("whatsapp_bridge_conversations", p)] == 1
+    assert m[("whatsapp_bridge_messages", p)] == 2
+    assert m[("whatsapp_bridge_outbox", p)] == 0
+
+
+async def test_metrics_token_is_required_when_configured(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    bridge = await start_bridge(metrics_token="s3cret")
+    assert (await bridge.client.get("/metrics")).status == 401
+    assert (
+        await bridge.client.get("/metrics", headers={"Authorization": "Bearer nope"})
+    ).status == 401
+    samples = await scrape(bridge, {"Authorization": "Bearer s3cret"})
+    assert ("whatsapp_bridge_outbox", (("profile", "default"),)) in samples
