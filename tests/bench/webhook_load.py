@@ -1,0 +1,195 @@
+"""Webhook throughput and latency under wrk: `bridge serve` (durable, encrypted) against a bare
+aiohttp handler that only reads the body and answers 200, measured side by side in one run.
+
+Deliveries are pre-generated and correctly signed, each with a unique message id, over 1,000
+phones; wrk cycles through them from a Lua script. The server is pinned to core 0 and wrk to
+core 1 (taskset), since the machine has two.
+
+Usage: python -m tests.bench.webhook_load [--seconds 10] [--connections 32] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bridge import simulate
+
+SECRET = "bench-app-secret"
+LUA = """
+local bodies, sigs = {}, {}
+for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
+for line in io.lines("%(sigs)s") do sigs[#sigs + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  local k = ((i - 1) %% #bodies) + 1
+  return wrk.format("POST", "/webhook",
+    {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sigs[k]}, bodies[k])
+end
+"""
+
+BARE = """
+import sys
+from aiohttp import web
+async def handle(request):
+    await request.read()
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_post("/webhook", handle)
+app.router.add_get("/readyz", lambda r: web.Response(text="ok"))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on {port} did not start")
+
+
+def write_deliveries(directory: Path, count: int) -> tuple[Path, Path]:
+    bodies, sigs = directory / "bodies.txt", directory / "sigs.txt"
+    with bodies.open("w") as b, sigs.open("w") as s:
+        for i in range(count):
+            message = simulate.text_message(f"order status for #{i}?", f"3460{i % 1000:07d}")
+            raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+            b.write(raw.decode() + "\n")
+            s.write(simulate.signed_headers(raw, SECRET)["X-Hub-Signature-256"] + "\n")
+    return bodies, sigs
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"\s50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"\s99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/webhook",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return parse_wrk(out)
+
+
+def measure(
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    script: Path,
+    seconds: int,
+    connections: int,
+    log: Path,
+) -> dict[str, float]:
+    with log.open("w") as fh:
+        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh)
+    try:
+        wait_ready(port)
+        run_wrk(port, script, 2, connections)  # warm-up
+        return run_wrk(port, script, seconds, connections)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--deliveries", type=int, default=60_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bodies, sigs = write_deliveries(tmp, args.deliveries)
+        script = tmp / "deliveries.lua"
+        script.write_text(LUA % {"bodies": bodies, "sigs": sigs})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        bare_port, bridge_port = free_port(), free_port()
+        bare = measure(
+            [sys.executable, "-c", BARE, str(bare_port)],
+            env,
+            bare_port,
+            script,
+            args.seconds,
+            args.connections,
+            tmp / "bare.log",
+        )
+        bridge_env = {
+            **env,
+            "BRIDGE_APP_SECRET": SECRET,
+            "BRIDGE_VERIFY_TOKEN": "v",
+            "BRIDGE_VAR_DIR": str(tmp / "var"),
+            "BRIDGE_PORT": str(bridge_port),
+            "BRIDGE_LOG_FORMAT": "json",
+            "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
+        }
+        bridge = measure(
+            [sys.executable, "-m", "bridge", "serve"],
+            bridge_env,
+            bridge_port,
+            script,
+            args.seconds,
+            args.connections,
+            tmp / "bridge.log",
+        )
+    rows = [
+        ("bare aiohttp handler (read body, 200)", bare),
+        ("bridge serve (verify, parse, dedupe, journal fsync, reply)", bridge),
+    ]
+    lines = ["| server | requests/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']:.0f} |"
+        for name, r in rows
+    ]
+    lines.append(f"| **ratio bridge / bare** | **{bridge['rps'] / bare['rps']:.2f}** | | | |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
