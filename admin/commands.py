@@ -449,7 +449,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     target_dir = args.to or layout.backups_dir(profile.state_dir)
     secure_dir(target_dir)
     path = target_dir / f"{profile.slug}-{_stamp()}{ARCHIVE_SUFFIX}"
-    size = asyncio.run(write_snapshot(path, state, keyring, profile.slug, 0))
+    size = asyncio.run(
+        write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
+    )
     archives = sorted(target_dir.glob(f"{profile.slug}-*{ARCHIVE_SUFFIX}"))
     removed = archives[: max(0, len(archives) - args.keep)]
     for old in removed:
@@ -556,7 +558,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         keyring = Keyring([new_key(), *old.keys])
         # Key file first: a crash after it still has every key needed to read everything.
         write_key_file(layout.key_path(profile.state_dir), keyring.keys)
-        await store.rekey(keyring)
+        await store.rekey(keyring, render.terminal_progress("re-encrypting"))
 
     write_store(profile, change)
     new = load_keyring(profile, create=False)

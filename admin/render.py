@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,19 +62,33 @@ def list_table(views: Sequence[ConversationView]) -> str:
     return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY"), rows)
 
 
-def conversation_text(view: ConversationView, width: int = 100) -> str:
-    """The whole conversation, one line per message: time, role, delivery state, text."""
+def conversation_text(view: ConversationView) -> str:
+    """The whole conversation, one entry per message: time, role, delivery state, full text
+    (continuation lines of a multi-line message indented under it)."""
     head = [
         f"conversation {view.key}" + (f" ({view.contact_name})" if view.contact_name else ""),
         f"messages {len(view.messages)}, first {when(view.first_interaction)}, "
         f"last activity {when(view.last_activity)}, last user message {when(view.last_user_message)}",
         "",
     ]
+    indent = " " * 31
     lines = []
     for m in view.messages:
         state = f" [{m.status}{': ' + m.error if m.error else ''}]" if m.status else ""
-        text = " ".join(m.content.split()) if m.content else ""
-        if len(text) > width:
-            text = text[: width - 1] + "…"
-        lines.append(f"{when(m.timestamp)}  {m.role:<9}{state} {text}")
+        first, *rest = (m.content or "").splitlines() or [""]
+        lines.append(f"{when(m.timestamp)}  {m.role:<9}{state} {first}")
+        lines.extend(indent + line for line in rest)
     return "\n".join(head + lines)
+
+
+def terminal_progress(what: str) -> Callable[[int, int], None] | None:
+    """A one-line progress counter on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{what}: {done:,}/{total:,} conversations{end}")
+        sys.stderr.flush()
+
+    return show

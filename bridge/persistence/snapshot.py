@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,20 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+Progress = Callable[[int, int], None]
+
+
 async def write_snapshot(
-    path: Path, state: State, keyring: Keyring, slug: str, segment: int
+    path: Path,
+    state: State,
+    keyring: Keyring,
+    slug: str,
+    segment: int,
+    progress: Progress | None = None,
 ) -> int:
-    """Write `state` to `path` atomically, yielding to the event loop every few ms."""
+    """Write `state` to `path` atomically, yielding to the event loop every few ms.
+
+    `progress(done, total)` is called after each slice of conversations (for a terminal)."""
     writer = _Writer(path, keyring, slug)
     try:
         writer.add(
@@ -97,7 +108,8 @@ async def write_snapshot(
         )
         batch: list[list[Any]] = []
         started = time.monotonic()
-        for key in list(state.conversations):
+        keys = list(state.conversations)
+        for done, key in enumerate(keys, 1):
             conv = state.conversations.get(key)
             if conv is None:
                 continue  # deleted while we were yielding
@@ -106,7 +118,11 @@ async def write_snapshot(
                 writer.add({"conversations": batch})
                 batch = []
                 await writer.flush()
+                if progress:
+                    progress(done, len(keys))
                 started = time.monotonic()
+        if progress:
+            progress(len(keys), len(keys))
         if batch:
             writer.add({"conversations": batch})
         seen = list(state.seen.items())

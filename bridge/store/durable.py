@@ -21,7 +21,7 @@ from bridge.persistence.crypto import Keyring
 from bridge.persistence.journal import Journal, list_segments, read_segment, segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
-from bridge.persistence.snapshot import read_snapshot, write_snapshot
+from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
 from bridge.records import ConversationDeleted, Record, decode, encode
 from bridge.state import State
 from bridge.store.base import Store
@@ -128,12 +128,12 @@ class DurableStore(Store):
             conversations=len(self.state.conversations),
         )
 
-    async def rekey(self, keyring: Keyring) -> None:
+    async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
         replaces the old one and the journal continues in a new segment under it."""
         self._keyring = keyring
         self.journal.use_keyring(keyring)
-        await self.snapshot()
+        await self.snapshot(progress)
 
     async def commit(self, records: Sequence[Record]) -> None:
         if not records:
@@ -149,7 +149,7 @@ class DurableStore(Store):
 
         await self.journal.append(payloads, apply)
 
-    async def snapshot(self) -> None:
+    async def snapshot(self, progress: Progress | None = None) -> None:
         """Retention, then a fuzzy snapshot; older journal segments go once it is durable."""
         async with self._snapshotting:
             started = time.monotonic()
@@ -172,6 +172,7 @@ class DurableStore(Store):
                     self._keyring,
                     self.profile.slug,
                     segment,
+                    progress,
                 )
             except OSError as exc:
                 raise StorageError(f"snapshot failed: {exc.strerror or exc}") from None

@@ -330,3 +330,12 @@ def test_missing_key_for_a_reader_is_a_config_error(tmp_path: Path) -> None:
     profile.state_dir.mkdir(parents=True)
     with pytest.raises(ConfigError, match="key file .* not found"):
         load_state(profile)
+
+
+async def test_snapshot_reports_progress_up_to_the_total(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user(f"p{i}", i) for i in range(30)])
+    calls: list[tuple[int, int]] = []
+    await store.snapshot(lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (30, 30)
+    assert all(total == 30 and 0 < done <= 30 for done, total in calls)
