@@ -8,7 +8,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +60,30 @@ def read_state(profile: ProfileConfig) -> State:
     return load_state(profile)
 
 
+def refusal(exc: ProfileLockedError, profile: ProfileConfig) -> BridgeError:
+    """Writes never go around a running bridge: say which process holds the profile."""
+    return BridgeError(
+        f"{exc}; stop the bridge for this profile first "
+        f"(e.g. systemctl stop whatsapp-bridge@{profile.slug}); nothing was changed"
+    )
+
+
+@contextmanager
+def exclusive(profile: ProfileConfig) -> Iterator[None]:
+    """Hold the profile lock for a write that does not go through DurableStore."""
+    lock = ProfileLock(profile.state_dir, profile.slug)
+    try:
+        lock.acquire()
+    except ProfileLockedError as exc:
+        raise refusal(exc, profile) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitable[None]]) -> None:
-    """Open the store with its lock, apply `change` through journaled commits, close.
+    """Open the store, apply `change` through journaled commits, close.
 
     Closing takes a snapshot, so the change is durable in the same form the bridge writes.
     """
@@ -68,12 +91,9 @@ def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitab
     async def run() -> None:
         store = DurableStore(profile)
         try:
-            await store.open()
+            await store.open()  # takes the profile lock
         except ProfileLockedError as exc:
-            raise BridgeError(
-                f"{exc}; stop the bridge for this profile first "
-                f"(e.g. systemctl stop whatsapp-bridge@{profile.slug}); nothing was changed"
-            ) from None
+            raise refusal(exc, profile) from None
         try:
             await change(store)
         finally:
@@ -509,14 +529,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Replace the store with an archive. The current files are kept in backups/ first."""
     profile = resolve_profile(args)
     state = _check_archive(profile, args.archive)
-    lock = ProfileLock(profile.state_dir, profile.slug)
-    try:
-        lock.acquire()
-    except ProfileLockedError as exc:
-        raise BridgeError(
-            f"{exc}; stop the bridge for this profile first; nothing was changed"
-        ) from None
-    try:
+    with exclusive(profile):
         keyring = load_keyring(profile, create=False)
         journal = layout.journal_dir(profile.state_dir)
         segments = list_segments(journal)
@@ -534,8 +547,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         os.close(fd)
         for s in segments:
             segment_path(journal, s).unlink()
-    finally:
-        lock.release()
     print(
         f"restored profile {profile.slug!r} from {args.archive}: "
         f"{len(state.conversations)} conversations (previous store kept in {keep})"

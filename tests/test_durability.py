@@ -16,6 +16,7 @@ from bridge.store.durable import load_state
 from tests.conftest import APP_SECRET, eventually
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
+from tests.load import post_text
 from tests.test_cli import clean_env, free_port, run, start_serve
 
 
@@ -36,19 +37,12 @@ async def burst(port: int, count: int, concurrency: int = 20) -> list[str]:
     async with aiohttp.ClientSession() as session:
 
         async def one(i: int) -> None:
-            message = simulate.text_message(f"burst {i}", f"3461{i % 97:07d}")
-            raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
             async with sem:
-                try:
-                    async with session.post(
-                        f"http://127.0.0.1:{port}/webhook",
-                        data=raw,
-                        headers=simulate.signed_headers(raw, APP_SECRET),
-                    ) as resp:
-                        if resp.status == 200:
-                            acked.append(str(message["id"]))
-                except aiohttp.ClientError:
-                    pass
+                wamid = await post_text(
+                    session, port, APP_SECRET, f"burst {i}", f"3461{i % 97:07d}"
+                )
+            if wamid:
+                acked.append(wamid)
 
         await asyncio.gather(*(one(i) for i in range(count)))
     return acked

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
 from bridge.config import AssistantConfig
-from tests.conftest import APP_SECRET, StartBridge, eventually, make_profile
+from tests.conftest import APP_SECRET, Bridge, StartBridge, eventually, make_profile
 from tests.fakes.llm import FakeLLM
 
 
@@ -135,12 +136,16 @@ async def test_failed_status_records_the_error(start_bridge: StartBridge) -> Non
     assert (conv.messages[-1].status, conv.messages[-1].error) == ("failed", "131047: error")
 
 
-async def test_deliveries_are_routed_by_phone_number_id(
-    start_bridge: StartBridge, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def shop_and_clinic(start_bridge: StartBridge, tmp_path: Path) -> Bridge:
+    """Two profiles of one Meta app (one app secret), numbers 111 and 222."""
     shop = make_profile(tmp_path, "shop", phone_number_id="111")
     clinic = make_profile(tmp_path, "clinic", phone_number_id="222")
-    bridge = await start_bridge([shop, clinic])
+    return await start_bridge([shop, clinic])
+
+
+async def test_deliveries_are_routed_by_phone_number_id(shop_and_clinic: Bridge) -> None:
+    bridge = shop_and_clinic
     body = simulate.delivery(
         simulate.change_value(
             [simulate.text_message("for shop", "34600000001")], phone_number_id="111"
@@ -178,12 +183,8 @@ async def test_profile_path_routes_explicitly(start_bridge: StartBridge, tmp_pat
     assert missing.status == 404
 
 
-async def test_unroutable_change_is_acknowledged_not_recorded(
-    start_bridge: StartBridge, tmp_path: Path
-) -> None:
-    shop = make_profile(tmp_path, "shop", phone_number_id="111")
-    clinic = make_profile(tmp_path, "clinic", phone_number_id="222")
-    bridge = await start_bridge([shop, clinic])
+async def test_unroutable_change_is_acknowledged_not_recorded(shop_and_clinic: Bridge) -> None:
+    bridge = shop_and_clinic
     body = simulate.delivery(
         simulate.change_value(
             [simulate.text_message("lost?", "34600000004")], phone_number_id="999"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.store.durable import load_state
 from tests.bench.webhook_load import free_port, wait_ready
+from tests.load import post_text
 
 SECRET = "crash-app-secret"
 
@@ -37,18 +37,9 @@ async def load(port: int, rate: float, stop_after: float, acked: list[str], coun
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(n: int) -> None:
-            message = simulate.text_message(f"crash test {n}", f"3465{n % 500:07d}")
-            raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
-            try:
-                async with session.post(
-                    f"http://127.0.0.1:{port}/webhook",
-                    data=raw,
-                    headers=simulate.signed_headers(raw, SECRET),
-                ) as resp:
-                    if resp.status == 200:
-                        acked.append(str(message["id"]))
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # killed mid-request: not acknowledged, Meta would redeliver
+            wamid = await post_text(session, port, SECRET, f"crash test {n}", f"3465{n % 500:07d}")
+            if wamid:
+                acked.append(wamid)
 
         while loop.time() < end:
             counter += 1

@@ -1,0 +1,25 @@
+"""Signed deliveries posted over real HTTP, shared by durability tests and benchmarks."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from bridge import simulate
+
+
+async def post_text(
+    session: aiohttp.ClientSession, port: int, secret: str, text: str, phone: str
+) -> str | None:
+    """Post one single-message delivery; the message id if it got a 200, else None (a
+    refused or interrupted request was not acknowledged: Meta would redeliver it)."""
+    message = simulate.text_message(text, phone)
+    raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+    try:
+        async with session.post(
+            f"http://127.0.0.1:{port}/webhook",
+            data=raw,
+            headers=simulate.signed_headers(raw, secret),
+        ) as resp:
+            return str(message["id"]) if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
