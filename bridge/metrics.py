@@ -112,6 +112,10 @@ class MeteredSender(Sender):
         self._sends = metrics.sends
         self._profile = profile
 
+    @property
+    def inner(self) -> Sender:
+        return self._inner
+
     async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
         try:
             ids = await self._inner.send_text(to, text, skip_parts)

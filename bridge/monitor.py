@@ -35,7 +35,7 @@ class ProfileHealth:
 
 
 def _graph_client(sender: Sender) -> GraphClient | None:
-    inner = sender._inner if isinstance(sender, MeteredSender) else sender  # noqa: SLF001
+    inner = sender.inner if isinstance(sender, MeteredSender) else sender
     return inner if isinstance(inner, GraphClient) else None
 
 

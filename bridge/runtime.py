@@ -105,7 +105,9 @@ class ProfileRuntime:
             outbox=len(state.outbox),
             replies_resumed=resumed,
             assistant=self.assistant.kind,
-            sender=type(self.sender).__name__,
+            sender=type(
+                self.sender.inner if isinstance(self.sender, MeteredSender) else self.sender
+            ).__name__,
         )
 
     def _resume_unanswered(self, now_ms: int) -> int:
