@@ -36,7 +36,9 @@ async def test_send_posts_meta_body_and_returns_wamid(graph: tuple[FakeGraph, Gr
     ]
 
 
-async def test_long_reply_is_split_into_4096_char_parts(graph: tuple[FakeGraph, GraphClient]) -> None:
+async def test_long_reply_is_split_into_4096_char_parts(
+    graph: tuple[FakeGraph, GraphClient],
+) -> None:
     fake, client = graph
     text = ("word " * 2000).strip()  # 9999 chars
     ids = await client.send_text("1", text)
