@@ -120,6 +120,7 @@ class Journal:
         self._writer: asyncio.Task[None] | None = None
         self._w = _WriterState(segment=1, size=0)
         self._log = get_logger(profile=slug)
+        self._writing = False  # a batch is between the queue and its callers being woken
         self.fsyncs = 0  # for tests and metrics: how many group commits hit the disk
 
     @property
@@ -183,27 +184,35 @@ class Journal:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch: list[_Append] = []
-                while self._queue and isinstance(self._queue[0], _Append):
-                    item = self._queue.popleft()
-                    assert isinstance(item, _Append)
-                    batch.append(item)
-                if batch:
-                    await self._commit(loop, batch)
-                if self._queue and isinstance(self._queue[0], _Rotate):
-                    rotate = self._queue.popleft()
-                    assert isinstance(rotate, _Rotate)
-                    try:
-                        await loop.run_in_executor(None, self._next_segment)
-                    except OSError as exc:
-                        if not rotate.future.done():
-                            rotate.future.set_exception(
-                                StorageError(f"cannot start a journal segment: {exc.strerror}")
-                            )
-                    else:
-                        if not rotate.future.done():
-                            rotate.future.set_result(self._w.segment)
+            self._writing = True
+            try:
+                await self._drain_queue(loop)
+            finally:
+                self._writing = False
+
+    async def _drain_queue(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write queued appends in batches and perform rotations, in queue order."""
+        while self._queue:
+            batch: list[_Append] = []
+            while self._queue and isinstance(self._queue[0], _Append):
+                item = self._queue.popleft()
+                assert isinstance(item, _Append)
+                batch.append(item)
+            if batch:
+                await self._commit(loop, batch)
+            if self._queue and isinstance(self._queue[0], _Rotate):
+                rotate = self._queue.popleft()
+                assert isinstance(rotate, _Rotate)
+                try:
+                    await loop.run_in_executor(None, self._next_segment)
+                except OSError as exc:
+                    if not rotate.future.done():
+                        rotate.future.set_exception(
+                            StorageError(f"cannot start a journal segment: {exc.strerror}")
+                        )
+                else:
+                    if not rotate.future.done():
+                        rotate.future.set_result(self._w.segment)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Append]) -> None:
         aad = frame_aad(self._slug, self._w.segment)
@@ -260,8 +269,8 @@ class Journal:
         fsync_dir(self._dir)
 
     async def close(self) -> None:
-        """Finish what is queued, then stop the writer and close the file."""
-        while self._queue:
+        """Finish what is queued and being written, then stop the writer and close the file."""
+        while self._queue or self._writing:
             await asyncio.sleep(0.001)
         if self._writer is not None:
             self._writer.cancel()
