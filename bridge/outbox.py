@@ -3,12 +3,18 @@
 Items live in the store (journaled), so a reply produced before a crash is sent after the
 restart. Replies to one user go out in order, one at a time: a later reply waits while an
 earlier one is retried. Different users proceed concurrently, up to `max_concurrency` sends.
+
+A reply longer than one WhatsApp message goes out as several parts. When a later part fails,
+the wamids of the parts already sent are kept (in memory, and committed to the store as the
+reply's wamids with status still `pending`), and the retry resumes after them with the
+sender's `skip_parts`: neither a retry nor a restart sends a part twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 
 from bridge.errors import BridgeError
@@ -18,8 +24,14 @@ from bridge.store.base import Store
 from bridge.whatsapp.graph import WINDOW_CLOSED, PartialSendError
 from bridge.whatsapp.sender import Sender, SendError
 
+# How long `stop` lets sends already on the wire finish and be recorded: cutting one off
+# would leave it queued, and the user would get it again after the restart.
+STOP_GRACE = 5.0
+
 
 class Outbox:
+    """Drains `store.state.outbox` through `sender`: one worker task per conversation key."""
+
     def __init__(
         self,
         store: Store,
@@ -30,6 +42,8 @@ class Outbox:
         max_delay: float = 300.0,
         max_concurrency: int = 8,
     ) -> None:
+        if not 0 < base_delay <= max_delay or max_concurrency < 1:
+            raise ValueError("need 0 < base_delay <= max_delay and max_concurrency >= 1")
         self._store = store
         self._sender = sender
         self._log = get_logger(profile=profile)
@@ -38,15 +52,20 @@ class Outbox:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._wake = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
-        self._workers: dict[str, asyncio.Task[None]] = {}  # conversation key -> its sender
+        self._workers: dict[str, asyncio.Task[None]] = {}  # conversation key -> its worker
         self._sent_parts: dict[str, list[str]] = {}  # item id -> wamids of parts already sent
         self._token_alerted = False
+        self._token_ok_at = 0.0  # loop time when the latest successful send started
+        self._stopping = False
         # Set (and replaced) by kick(): every retry waiting in a backoff wakes up at once.
         self._kicked = asyncio.Event()
+
+    # -- control --------------------------------------------------------------------------
 
     def start(self) -> None:
         """Begin draining, including items a previous run left behind."""
         if self._main is None:
+            self._stopping = False
             self._main = asyncio.create_task(self._run(), name="outbox")
             self._wake.set()
 
@@ -60,9 +79,37 @@ class Outbox:
         kicked.set()
         self._wake.set()
 
-    async def _backoff(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kicked.wait(), delay)
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is queued; False if `timeout` passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._store.state.outbox:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop sending; queued items stay in the store for the next start.
+
+        Sends in flight get `grace` seconds to finish and be recorded; waiting retries end now.
+        """
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+            self._main = None
+        self.kick()  # wakes every backoff; the workers see `_stopping` and return
+        workers = list(self._workers.values())
+        if workers:
+            _done, late = await asyncio.wait(workers, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._workers.clear()
+
+    # -- workers --------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
@@ -70,77 +117,135 @@ class Outbox:
             self._wake.clear()
             for item in list(self._store.state.outbox.values()):
                 if item.key not in self._workers:
-                    self._workers[item.key] = asyncio.create_task(
-                        self._work(item.key), name=f"outbox:{mask(item.key)}"
-                    )
+                    task = asyncio.create_task(self._work(item.key), name="outbox-worker")
+                    self._workers[item.key] = task
+                    task.add_done_callback(functools.partial(self._worker_done, item.key))
+
+    def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._workers.get(key) is task:
+            del self._workers[key]
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, not a send failure (those are handled in _deliver): say so, and try this
+        # user's replies again later rather than spin on the same fault.
+        self._log.error("outbox_worker_crashed", key=mask(key), exc_info=task.exception())
+        if not self._stopping:
+            asyncio.get_running_loop().call_later(self._max_delay, self._wake.set)
 
     async def _work(self, key: str) -> None:
-        try:
-            while True:
-                item = next((i for i in self._store.state.outbox.values() if i.key == key), None)
-                if item is None:
-                    # Checked and removed in one step (no await): a notify for this key after
-                    # this point finds no worker and starts a new one.
-                    del self._workers[key]
-                    return
-                await self._deliver(item)
-        except BaseException:
-            self._workers.pop(key, None)
-            raise
+        while not self._stopping:
+            item = next((i for i in self._store.state.outbox.values() if i.key == key), None)
+            if item is None:
+                break
+            await self._deliver(item)
+        # Checked and removed in one step (no await since the check): a notify for this key
+        # after this point finds no worker and starts a new one.
+        if self._workers.get(key) is asyncio.current_task():
+            del self._workers[key]
 
     def _delay(self, attempt: int) -> float:
         delay = min(self._max_delay, self._base_delay * 2.0**attempt)
-        return delay * (0.5 + random.random() / 2)  # jitter: retries of many users spread out
+        # Jitter: after an outage, the retries of many users spread out instead of bursting.
+        return delay * (0.5 + random.random() / 2)
+
+    async def _backoff(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kicked.wait(), delay)
+
+    def _already_sent(self, item: OutboxItem) -> list[str]:
+        """Wamids of the parts of `item` sent before: this run's, else those a previous run
+        recorded in the store (a reply's wamids are only ever set by the outbox)."""
+        sent = self._sent_parts.get(item.id)
+        if sent is None:
+            sent = []
+            view = self._store.state.get(item.key)
+            for message in reversed(view.messages if view is not None else ()):
+                if message.id == item.id:
+                    sent.extend(message.wamids)
+                    break
+            self._sent_parts[item.id] = sent
+        return sent
 
     async def _deliver(self, item: OutboxItem) -> None:
-        """Send one item until it is sent or has failed for good; never send a part twice."""
+        """Send one item until it is sent, has failed for good, or the outbox stops."""
         attempt = 0
-        while True:
-            sent = self._sent_parts.setdefault(item.id, [])
+        while not self._stopping and item.id in self._store.state.outbox:
+            sent = self._already_sent(item)
+            started = asyncio.get_running_loop().time()
             try:
                 async with self._slots:
+                    if self._stopping:
+                        return
                     sent.extend(await self._sender.send_text(item.to, item.text, len(sent)))
             except SendError as exc:
-                if isinstance(exc, PartialSendError):
-                    sent.extend(exc.sent_ids)
-                if not exc.retryable:
-                    await self._finish(
-                        item,
-                        "failed",
-                        f"{exc.code or 'error'}: {exc}" if exc.code is None else str(exc),
-                    )
-                    event = "reply_window_closed" if exc.code == WINDOW_CLOSED else "reply_failed"
-                    self._log.warning(
-                        event, item=item.id, to=mask(item.to), code=exc.code, error=str(exc)
-                    )
-                    return
-                if exc.auth:
-                    if not self._token_alerted:
-                        self._log.error(
-                            "graph_token_invalid", item=item.id, code=exc.code, error=str(exc)
-                        )
-                        self._token_alerted = True
-                    await self._backoff(self._max_delay * (0.5 + random.random() / 2))
-                    continue
-                delay = self._delay(attempt)
+                error = exc
+            except Exception as exc:
+                # A sender bug must not kill this user's queue: log it loudly, retry later.
+                self._log.error("reply_send_crashed", item=item.id, to=mask(item.to), exc_info=exc)
+                error = SendError(f"{type(exc).__name__}: {exc}", retryable=True)
+            else:
+                self._token_alerted = False
+                self._token_ok_at = max(self._token_ok_at, started)
+                await self._finish(item, "sent", None)
                 self._log.info(
-                    "reply_retry",
+                    "reply_sent",
                     item=item.id,
                     to=mask(item.to),
-                    code=exc.code,
+                    parts=len(sent),
                     attempt=attempt + 1,
-                    retry_in=round(delay, 2),
-                    error=str(exc),
                 )
-                attempt += 1
-                await self._backoff(delay)
-                continue
-            self._token_alerted = False
-            await self._finish(item, "sent", None)
+                return
+            if isinstance(error, PartialSendError):
+                sent.extend(error.sent_ids)
+                if error.retryable:
+                    await self._record_progress(item, sent)
+            if not error.retryable:
+                await self._finish(item, "failed", _failure_text(error))
+                self._log.warning(
+                    "reply_failed",
+                    item=item.id,
+                    to=mask(item.to),
+                    code=error.code,
+                    # 131047: the user's 24-hour window closed; only a template could reach them.
+                    reason="window_closed" if error.code == WINDOW_CLOSED else "rejected",
+                    attempt=attempt + 1,
+                    error=str(error),
+                )
+                return
+            attempt += 1
+            if error.auth:
+                # Every send fails the same way until the operator replaces the token: alert
+                # once, then probe at the slowest pace (the health monitor kicks us on repair).
+                # A 190 for a request older than a success is a leftover of the outage that
+                # success ended, not a new one.
+                if not self._token_alerted and started >= self._token_ok_at:
+                    self._token_alerted = True
+                    self._log.error(
+                        "graph_token_invalid", item=item.id, code=error.code, error=str(error)
+                    )
+                delay = self._max_delay * (0.5 + random.random() / 2)
+            else:
+                delay = self._delay(attempt - 1)
             self._log.info(
-                "reply_sent", item=item.id, to=mask(item.to), parts=len(sent), attempts=attempt + 1
+                "reply_retry",
+                item=item.id,
+                to=mask(item.to),
+                code=error.code,
+                attempt=attempt,
+                retry_in=round(delay, 2),
+                error=str(error),
             )
-            return
+            await self._backoff(delay)
+        if item.id not in self._store.state.outbox:
+            self._sent_parts.pop(item.id, None)  # dropped from the queue by someone else
+
+    async def _record_progress(self, item: OutboxItem, sent: list[str]) -> None:
+        """Commit the wamids of the parts sent so far, so a restart resumes after them."""
+        try:
+            await self._store.commit([StatusChanged(item.id, "pending", None, tuple(sent))])
+        except BridgeError as exc:
+            # Still known in memory: only a restart before the next success would re-send.
+            self._log.warning("reply_progress_not_recorded", item=item.id, error=str(exc))
 
     async def _finish(self, item: OutboxItem, status: str, error: str | None) -> None:
         """Record the outcome; if the store fails, keep trying without sending again."""
@@ -156,7 +261,9 @@ class Outbox:
                 self._log.error(
                     "reply_outcome_not_recorded",
                     item=item.id,
+                    status=status,
                     error=str(exc),
+                    attempt=attempt + 1,
                     retry_in=round(delay, 2),
                 )
                 attempt += 1
@@ -165,23 +272,10 @@ class Outbox:
             self._sent_parts.pop(item.id, None)
             return
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until nothing is queued; False if `timeout` passed first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._store.state.outbox:
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
 
-    async def stop(self) -> None:
-        """Stop sending; queued items stay in the store for the next start."""
-        tasks = [t for t in (self._main, *self._workers.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._main = None
-        self._workers.clear()
+def _failure_text(error: SendError) -> str:
+    """`<code>: <Meta's message>` as stored on the failed reply."""
+    text = str(error)
+    if error.code is None or text.startswith(f"{error.code}:"):
+        return text
+    return f"{error.code}: {text}"

@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpServer
+from structlog.testing import capture_logs
 
 from bridge.conversations import Message
+from bridge.errors import StorageError
 from bridge.outbox import Outbox
-from bridge.records import MessageAdded, OutboxItem, OutboxQueued
+from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.sender import Sender, split_text
 from tests.conftest import eventually
 from tests.fakes.graph import TOKEN, FakeGraph
+
+ANA = "34600000001"
+BEN = "34600000002"
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose next `failures` commits that finish an item raise StorageError."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(State())
+        self.failures = failures
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        if self.failures and any(isinstance(r, OutboxDone) for r in records):
+            self.failures -= 1
+            raise StorageError("disk full")
+        await super().commit(records)
 
 
 @dataclass
@@ -25,7 +47,8 @@ class Rig:
     outbox: Outbox
 
     async def queue(self, key: str, n: int, text: str | None = None) -> str:
-        rid = f"out.{key}.{n}"
+        """Commit an assistant reply and its outbox item, as the replier does."""
+        rid = f"reply-{n}"  # unique per test; real ids are random
         body = text or f"reply {n}"
         await self.store.commit(
             [
@@ -38,100 +61,310 @@ class Rig:
         self.outbox.notify()
         return rid
 
+    def last(self, key: str) -> Message:
+        view = self.store.state.get(key)
+        assert view is not None
+        return view.messages[-1]
+
     def status(self, key: str) -> list[tuple[str | None, str | None]]:
         view = self.store.state.get(key)
         assert view is not None
         return [(m.status, m.error) for m in view.messages]
 
 
-MakeRig = Callable[[], Awaitable[Rig]]
-
-
 @pytest.fixture
-async def rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Rig]:
+async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[..., Rig]]:
+    """Build outboxes over one fake Graph API; `store`/`sender` and Outbox options override."""
     fake = FakeGraph()
     server = await aiohttp_server(fake.app())
     client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
-    store = MemoryStore(State())
-    outbox = Outbox(store, client, profile="test", base_delay=0.01, max_delay=0.05)
-    rig = Rig(fake, store, outbox)
-    yield rig
-    await outbox.stop()
+    outboxes: list[Outbox] = []
+
+    def make(store: MemoryStore | None = None, sender: Sender | None = None, **options: Any) -> Rig:
+        store = store or MemoryStore(State())
+        options = {"base_delay": 0.01, "max_delay": 0.05} | options
+        outbox = Outbox(store, sender or client, profile="test", **options)
+        outboxes.append(outbox)
+        return Rig(fake, store, outbox)
+
+    yield make
+    for outbox in outboxes:
+        await outbox.stop()
     await client.close()
 
 
-async def test_sent_reply_is_marked_sent_with_its_wamid(rig: Rig) -> None:
+@pytest.fixture
+def rig(make_rig: Callable[..., Rig]) -> Rig:
+    return make_rig()
+
+
+async def test_sent_reply_is_marked_sent_with_its_wamid_and_leaves_the_queue(rig: Rig) -> None:
     rig.outbox.start()
-    await rig.queue("346", 1)
+    rid = await rig.queue(ANA, 1)
     assert await rig.outbox.drain(5)
-    view = rig.store.state.get("346")
-    assert view is not None
-    assert (view.messages[-1].status, view.messages[-1].wamids) == ("sent", ("wamid.FAKE000001",))
-    assert rig.fake.sent[0]["to"] == "346"
+    assert (rig.last(ANA).id, rig.last(ANA).status) == (rid, "sent")
+    assert rig.last(ANA).wamids == ("wamid.FAKE000001",)
+    assert rig.fake.sent[0]["to"] == ANA
+    assert rig.store.state.outbox == {}
 
 
 async def test_server_error_is_retried_and_sent_once(rig: Rig) -> None:
     rig.fake.fail_next(500, times=2)
     rig.outbox.start()
-    await rig.queue("346", 1)
+    await rig.queue(ANA, 1)
     assert await rig.outbox.drain(5)
     assert len(rig.fake.requests) == 3 and len(rig.fake.sent) == 1
-    assert rig.status("346") == [("sent", None)]
+    assert rig.status(ANA) == [("sent", None)]
 
 
 async def test_rate_limit_130429_is_retried(rig: Rig) -> None:
     rig.fake.fail_next(400, 130429)
     rig.outbox.start()
-    await rig.queue("346", 1)
+    await rig.queue(ANA, 1)
     assert await rig.outbox.drain(5)
-    assert rig.status("346") == [("sent", None)]
+    assert len(rig.fake.requests) == 2
+    assert rig.status(ANA) == [("sent", None)]
 
 
 async def test_closed_window_131047_fails_without_retry(rig: Rig) -> None:
     rig.fake.fail_next(400, 131047)
     rig.outbox.start()
-    await rig.queue("346", 1)
+    await rig.queue(ANA, 1)
     assert await rig.outbox.drain(5)
+    await asyncio.sleep(0.1)  # a retry, if any, would have happened by now
     assert len(rig.fake.requests) == 1
-    ((status, error),) = rig.status("346")
-    assert status == "failed" and error is not None and error.startswith("131047")
+    ((status, error),) = rig.status(ANA)
+    assert status == "failed" and error is not None
+    assert error.startswith("131047: Re-engagement message")
+
+
+async def test_closed_window_is_logged_as_window_closed(rig: Rig) -> None:
+    rig.fake.fail_next(400, 131047)
+    with capture_logs() as logs:
+        rig.outbox.start()
+        await rig.queue(ANA, 1)
+        assert await rig.outbox.drain(5)
+    failed = [e for e in logs if e["event"] == "reply_failed"]
+    assert [(e["code"], e["reason"], e["log_level"]) for e in failed] == [
+        (131047, "window_closed", "warning")
+    ]
+
+
+async def test_invalid_request_fails_with_its_code(rig: Rig) -> None:
+    rig.fake.fail_next(400, 100)
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    assert await rig.outbox.drain(5)
+    assert rig.status(ANA) == [("failed", "100: (#100) Invalid parameter")]
 
 
 async def test_expired_token_keeps_the_reply_queued(rig: Rig) -> None:
     rig.fake.token = "rotated"  # our token is no longer valid
     rig.outbox.start()
-    await rig.queue("346", 1)
+    await rig.queue(ANA, 1)
     await eventually(lambda: len(rig.fake.requests) >= 2, what="a retry after 190")
-    assert list(rig.store.state.outbox) == ["out.346.1"]
-    rig.fake.token = TOKEN  # operator fixed the token
+    assert list(rig.store.state.outbox) == ["reply-1"]
+    assert rig.status(ANA) == [("pending", None)]
+    rig.fake.token = TOKEN  # the operator fixed the token
     assert await rig.outbox.drain(5)
-    assert rig.status("346") == [("sent", None)]
+    assert rig.status(ANA) == [("sent", None)]
+
+
+async def test_expired_token_is_alerted_once_per_outage(rig: Rig) -> None:
+    rig.fake.token = "rotated"
+    with capture_logs() as logs:
+        rig.outbox.start()
+        await rig.queue(ANA, 1)
+        await rig.queue(BEN, 2)
+        await eventually(lambda: len(rig.fake.requests) >= 6, what="several 190s")
+        rig.fake.token = TOKEN
+        assert await rig.outbox.drain(5)
+        rig.fake.token = "rotated-again"  # a second outage alerts again
+        before = len(rig.fake.requests)
+        await rig.queue(ANA, 3)
+        await eventually(lambda: len(rig.fake.requests) >= before + 3, what="more 190s")
+    alerts = [e for e in logs if e["event"] == "graph_token_invalid"]
+    assert len(alerts) == 2 and all(e["log_level"] == "error" for e in alerts)
+
+
+async def test_kick_retries_at_once_instead_of_waiting_out_the_backoff(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(max_delay=60.0)
+    rig.fake.token = "rotated"
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await eventually(lambda: len(rig.fake.requests) == 1, what="the first attempt")
+    rig.fake.token = TOKEN
+    assert not await rig.outbox.drain(0.2)  # waiting out a backoff of 30-60 s
+    rig.outbox.kick()
+    assert await rig.outbox.drain(5)
 
 
 async def test_replies_to_one_user_stay_in_order_across_a_retry(rig: Rig) -> None:
     rig.fake.fail_next(500)
     rig.outbox.start()
     for n in range(3):
-        await rig.queue("346", n)
+        await rig.queue(ANA, n)
     assert await rig.outbox.drain(5)
-    assert [m["text"]["body"] for m in rig.fake.sent] == ["reply 0", "reply 1", "reply 2"]
+    assert rig.fake.bodies() == ["reply 0", "reply 1", "reply 2"]
+
+
+async def test_one_users_retries_do_not_hold_up_another_user(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(base_delay=0.05, max_delay=0.05)
+    rig.fake.fail_next(500, times=1000, to=ANA)
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await rig.queue(BEN, 2)
+    await eventually(lambda: rig.fake.bodies(BEN) == ["reply 2"], what="the other user's reply")
+    assert list(rig.store.state.outbox) == ["reply-1"]
+    rig.fake.failures_to.clear()
+    assert await rig.outbox.drain(5)
+
+
+class GateSender(Sender):
+    """Holds every send until released; records how many were in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
+        return [f"wamid.{to}"]
+
+
+async def test_different_users_are_sent_concurrently_up_to_max_concurrency(
+    make_rig: Callable[..., Rig],
+) -> None:
+    sender = GateSender()
+    rig = make_rig(sender=sender, max_concurrency=3)
+    rig.outbox.start()
+    for n in range(6):
+        await rig.queue(f"3460000001{n}", n)
+    await eventually(lambda: sender.in_flight == 3, what="three sends in flight")
+    await asyncio.sleep(0.05)  # room for a fourth, if the limit were not kept
+    sender.release.set()
+    assert await rig.outbox.drain(5)
+    assert sender.peak == 3
 
 
 async def test_items_left_by_a_previous_run_are_sent_on_start(rig: Rig) -> None:
-    await rig.queue("346", 1)
-    await rig.queue("347", 2)
-    assert rig.fake.requests == []
+    await rig.queue(ANA, 1)
+    await rig.queue(BEN, 2)
+    await asyncio.sleep(0.05)
+    assert rig.fake.requests == []  # nothing moves before start()
     rig.outbox.start()
     assert await rig.outbox.drain(5)
-    assert sorted(m["to"] for m in rig.fake.sent) == ["346", "347"]
+    assert sorted(m["to"] for m in rig.fake.sent) == [ANA, BEN]
 
 
 async def test_partial_failure_does_not_resend_sent_parts(rig: Rig) -> None:
     rig.fake.succeed_next()
     rig.fake.fail_next(500)
     rig.outbox.start()
-    await rig.queue("346", 1, text="a" * 4096 + "b" * 5)
+    await rig.queue(ANA, 1, text="a" * 4096 + "b" * 5)
     assert await rig.outbox.drain(5)
-    assert [m["text"]["body"] for m in rig.fake.sent] == ["a" * 4096, "b" * 5]
-    view = rig.store.state.get("346")
-    assert view is not None and view.messages[-1].wamids == ("wamid.FAKE000001", "wamid.FAKE000002")
+    assert rig.fake.bodies() == ["a" * 4096, "b" * 5]
+    assert rig.last(ANA).wamids == ("wamid.FAKE000001", "wamid.FAKE000002")
+
+
+async def test_sent_parts_are_not_resent_after_a_restart(make_rig: Callable[..., Rig]) -> None:
+    text = "a" * 4096 + "b" * 4096 + "c" * 5
+    first = make_rig()
+    first.fake.succeed_next()
+    first.fake.fail_next(500, times=1000)  # the rest fails until "the restart"
+    first.outbox.start()
+    await first.queue(ANA, 1, text=text)
+    await eventually(lambda: len(first.fake.requests) >= 3, what="retries of the second part")
+    await first.outbox.stop()
+    first.fake.failures.clear()
+    second = make_rig(store=first.store)  # a new process over the same durable state
+    second.outbox.start()
+    assert await second.outbox.drain(5)
+    assert first.fake.bodies() == split_text(text)
+    assert first.last(ANA).status == "sent"
+    assert first.last(ANA).wamids == ("wamid.FAKE000001", "wamid.FAKE000002", "wamid.FAKE000003")
+
+
+async def test_store_failure_after_a_send_retries_the_commit_not_the_send(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(store=FlakyStore(failures=3))
+    with capture_logs() as logs:
+        rig.outbox.start()
+        await rig.queue(ANA, 1)
+        assert await rig.outbox.drain(5)
+    assert len(rig.fake.requests) == 1
+    assert rig.status(ANA) == [("sent", None)]
+    events = [(e["event"], e["log_level"]) for e in logs if e["log_level"] == "error"]
+    assert events == [("reply_outcome_not_recorded", "error")] * 3
+
+
+async def test_stop_lets_a_send_in_flight_finish_and_be_recorded(rig: Rig) -> None:
+    rig.fake.delay = 0.3
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await eventually(lambda: len(rig.fake.received) == 1, what="the send to start")
+    await rig.outbox.stop()
+    assert rig.store.state.outbox == {}
+    assert rig.status(ANA) == [("sent", None)]
+
+
+async def test_stop_leaves_unsent_replies_queued_for_the_next_start(rig: Rig) -> None:
+    rig.fake.fail_all = (500, None)
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await eventually(lambda: len(rig.fake.requests) >= 2, what="a retry")
+    await rig.outbox.stop()
+    count = len(rig.fake.requests)
+    await asyncio.sleep(0.1)
+    assert len(rig.fake.requests) == count  # stopped means no more attempts
+    assert list(rig.store.state.outbox) == ["reply-1"]
+
+
+class CrashOnceSender(Sender):
+    """A sender with a bug that shows once: it raises something other than SendError."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("sender bug")
+        return ["wamid.ok"]
+
+
+async def test_unexpected_sender_exception_is_logged_and_retried(
+    make_rig: Callable[..., Rig],
+) -> None:
+    sender = CrashOnceSender()
+    rig = make_rig(sender=sender)
+    with capture_logs() as logs:
+        rig.outbox.start()
+        await rig.queue(ANA, 1)
+        assert await rig.outbox.drain(5)
+    assert sender.calls == 2 and rig.status(ANA) == [("sent", None)]
+    assert "reply_send_crashed" in [e["event"] for e in logs]
+
+
+async def test_logs_mask_the_recipient_and_omit_the_text(rig: Rig) -> None:
+    rig.fake.fail_next(500)
+    with capture_logs() as logs:
+        rig.outbox.start()
+        await rig.queue(ANA, 1, text="my secret diagnosis")
+        assert await rig.outbox.drain(5)
+    events = [e["event"] for e in logs]
+    assert "reply_retry" in events and "reply_sent" in events
+    sent = next(e for e in logs if e["event"] == "reply_sent")
+    assert sent["to"] == "346*****001" and sent["item"] == "reply-1"
+    everything = repr(logs)
+    assert "my secret diagnosis" not in everything
+    assert ANA not in everything

@@ -1,13 +1,24 @@
 """The WhatsApp Cloud API (Graph API) client: send text replies, check the number is reachable.
 
 `POST {graph}/{version}/{phone_number_id}/messages` with a bearer token; Meta answers
-`{"messages": [{"id": "wamid..."}]}` or `{"error": {"code", "message", ...}}`. Error codes
-(Meta's "Error codes" reference for the Cloud API):
-- 130429 throughput limit, 131056 pair rate limit, 80007/4/17/32/613 rate limits,
-  131000/131016 something went wrong / service unavailable: temporary, retry later.
-- 190 access token expired or invalid (also HTTP 401): keep the reply, alert the operator.
-- 131047 re-engagement: more than 24 h since the user's last message, free-form text is
-  refused; retrying cannot help.
+`{"messaging_product", "contacts": [...], "messages": [{"id": "wamid..."}]}` or
+`{"error": {"message", "type", "code", "error_subcode", "error_data": {"details"},
+"fbtrace_id"}}`. Error codes, from Meta's Cloud API "Error codes" reference:
+- 130429 throughput limit reached, 131056 (business, consumer) pair rate limit,
+  80007 WABA rate limit, 4 / 17 / 32 / 613 app, user, page and call-rate limits: retry later.
+- 2 API service temporarily down or overloaded, 131000 something went wrong, 131016 service
+  unavailable: temporary on Meta's side, retry later. (Code 1, "API unknown", may also mean a
+  malformed request, so it is retried only when the HTTP status is 5xx.)
+- 190 access token expired or invalid (also any HTTP 401): retrying with the same token will
+  not help until the operator replaces it, but the reply must not be lost: keep it queued.
+- 131047 re-engagement message: more than 24 h since the user last wrote, free-form text is
+  refused until they write again; retrying cannot help, record the failure.
+- Any other 4xx (e.g. 100 invalid parameter, 131026 undeliverable) is permanent.
+
+Partial failure of a split reply: parts go out one POST at a time, in order. When part k fails
+after parts 0..k-1 went out, `PartialSendError.sent_ids` holds their wamids and the caller
+retries with `skip_parts=len(sent_ids)`: the client is stateless about progress, the caller
+(the outbox, which owns the durable queue) owns it and can persist it.
 """
 
 from __future__ import annotations
@@ -20,16 +31,18 @@ import aiohttp
 from bridge.config import ProfileConfig
 from bridge.whatsapp.sender import Sender, SendError, split_text
 
-RETRYABLE_CODES = frozenset({130429, 131056, 80007, 4, 17, 32, 613, 131000, 131016, 2})
+RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
 WINDOW_CLOSED = 131047
+# Long enough for Meta's slowest normal answers, short enough that a stuck connection is retried.
+DEFAULT_TIMEOUT = 15.0
 
 
 class PartialSendError(SendError):
     """Some parts of a split reply were sent before a part failed.
 
-    `sent_ids` are the wamids of the parts that went out, in order; a retry passes
-    `skip_parts=len(sent_ids)` so the user never receives a part twice.
+    `sent_ids` are the wamids of the parts that went out in this call, in order; a retry passes
+    `skip_parts=<earlier skip> + len(sent_ids)` so the user never receives a part twice.
     """
 
     def __init__(self, cause: SendError, sent_ids: list[str]) -> None:
@@ -38,37 +51,51 @@ class PartialSendError(SendError):
 
 
 class GraphClient(Sender):
+    """Sends through one phone number of the Cloud API; one HTTP session, made on first use."""
+
     def __init__(
         self,
         base_url: str,
         version: str,
         phone_number_id: str,
         access_token: str,
-        timeout: float = 15.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
         self._token = access_token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @classmethod
-    def from_profile(cls, profile: ProfileConfig) -> GraphClient:
+    def from_profile(cls, profile: ProfileConfig, timeout: float = DEFAULT_TIMEOUT) -> GraphClient:
         if not profile.access_token or not profile.phone_number_id:
             raise ValueError("GraphClient needs an access token and a phone_number_id")
         return cls(
-            profile.graph_url, profile.graph_version, profile.phone_number_id, profile.access_token
+            profile.graph_url,
+            profile.graph_version,
+            profile.phone_number_id,
+            profile.access_token,
+            timeout,
         )
 
     def _client(self) -> aiohttp.ClientSession:
-        # Created on first use so it binds to the running loop.
-        if self._session is None or self._session.closed:
+        # Made on first use, inside the running loop, which the session binds to.
+        if self._closed:
+            # A send racing shutdown: keep the reply queued rather than open a session that
+            # nobody would close.
+            raise SendError("Graph client is closed", retryable=True)
+        if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, headers={"Authorization": f"Bearer {self._token}"}
             )
         return self._session
 
     async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
-        """Send each part of `text` in order; returns the wamid of every part sent now."""
+        """Send the parts of `text` from `skip_parts` on, in order; the wamid of each one sent.
+
+        Raises SendError when the first of them fails, PartialSendError when a later one does.
+        """
         sent: list[str] = []
         for part in split_text(text)[skip_parts:]:
             body = {
@@ -76,7 +103,8 @@ class GraphClient(Sender):
                 "recipient_type": "individual",
                 "to": to,
                 "type": "text",
-                "text": {"preview_url": False, "body": part},
+                # No link previews: a reply quoting a URL should not fetch it on the user's phone.
+                "text": {"body": part, "preview_url": False},
             }
             try:
                 sent.append(await self._post_message(body))
@@ -91,10 +119,12 @@ class GraphClient(Sender):
         try:
             return str(data["messages"][0]["id"])
         except (KeyError, IndexError, TypeError):
+            # Meta took the request but named no message: retrying could deliver it twice.
             raise SendError("Graph API answered without a message id", retryable=False) from None
 
     async def check(self) -> None:
-        """A cheap authenticated read of the phone number: token valid, number reachable."""
+        """A cheap authenticated read of the phone number (no message sent): the token is valid
+        and the number reachable. Raises SendError like a send would."""
         await self._request("GET", f"{self._url}?fields=id", None)
 
     async def _request(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
@@ -103,37 +133,54 @@ class GraphClient(Sender):
                 try:
                     data = await resp.json(content_type=None)
                 except ValueError:
-                    data = None
+                    data = None  # an HTML error page from a proxy: judged by status alone
                 if resp.status < 300 and isinstance(data, dict):
                     return data
                 raise _error(resp.status, data)
-        except SendError:
-            raise
+        except SendError as exc:
+            raise self._scrubbed(exc) from None
         except TimeoutError:
+            # The request may have reached Meta: a retry can duplicate a part, which is the
+            # lesser harm than dropping it (at-least-once out, as in).
             raise SendError("Graph API timed out", retryable=True) from None
         except aiohttp.ClientError as exc:
-            raise SendError(f"Graph API unreachable: {exc}", retryable=True) from None
+            raise self._scrubbed(
+                SendError(f"Graph API unreachable: {exc}", retryable=True)
+            ) from None
+
+    def _scrubbed(self, exc: SendError) -> SendError:
+        """Error text ends up in logs and in the stored message: never let the token in."""
+        if self._token in str(exc):
+            return SendError(
+                str(exc).replace(self._token, "[token]"), exc.code, exc.retryable, exc.auth
+            )
+        return exc
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
+            self._session = None
             # Let the connector's transports close before the loop goes (aiohttp's advice).
             await asyncio.sleep(0)
 
 
 def _error(status: int, data: Any) -> SendError:
+    """Map an HTTP status and Meta's error object to what the outbox should do about it."""
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
-        return SendError(f"Graph API HTTP {status}", retryable=status >= 500 or status == 429)
+        text = f"Graph API HTTP {status}"
+        if status == 401:
+            return SendError(text, retryable=True, auth=True)
+        return SendError(text, retryable=status >= 500 or status == 429)
     code = error.get("code")
-    code = code if isinstance(code, int) else None
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
     message = str(error.get("message") or "error")[:300]
-    details = (
-        error.get("error_data", {}).get("details")
-        if isinstance(error.get("error_data"), dict)
-        else None
-    )
-    text = f"{code}: {message}" + (f" ({details})" if details else "")
+    error_data = error.get("error_data")
+    details = error_data.get("details") if isinstance(error_data, dict) else None
+    text = f"{code if code is not None else f'HTTP {status}'}: {message}"
+    if details:
+        text += f" ({str(details)[:300]})"
     if code in AUTH_CODES or status == 401:
         return SendError(text, code, retryable=True, auth=True)
     retryable = status >= 500 or status == 429 or code in RETRYABLE_CODES

@@ -1,12 +1,16 @@
-"""A fake WhatsApp Cloud API (Graph API) `/{version}/{phone_number_id}/messages` endpoint.
+"""A fake WhatsApp Cloud API (Graph API): `/{version}/{phone_number_id}/messages` and the number.
 
 Speaks Meta's documented shapes: `{"messaging_product", "contacts", "messages": [{"id"}]}` on
-success and `{"error": {"message", "type", "code", "fbtrace_id"}}` on failure. Failures can be
-scripted per request; the bearer token is checked like Meta does (190 when wrong).
+success and `{"error": {"message", "type", "code", "error_subcode", "error_data": {"details"},
+"fbtrace_id"}}` on failure, with Meta's own wording for the codes the bridge handles. Records
+every request (method, path, headers, JSON); failures can be scripted per request, globally or
+per recipient; the bearer token is checked like Meta does (190 with HTTP 401 when wrong), and
+a body the real API would reject (missing fields, text over 4096 chars) gets error 100.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,33 +19,101 @@ from typing import Any
 from aiohttp import web
 
 TOKEN = "test-access-token"
+MAX_TEXT = 4096
+
+# Meta's messages (and details, where it sends some) for the codes the bridge treats specially,
+# from the Cloud API "Error codes" reference.
+META_ERRORS: dict[int, tuple[str, str | None]] = {
+    2: ("Service temporarily unavailable", None),
+    100: ("(#100) Invalid parameter", None),
+    190: ("Error validating access token: Session has expired.", None),
+    130429: ("(#130429) Rate limit hit", "Cloud API message throughput has been reached."),
+    131000: ("Something went wrong", "Message failed to send due to an unknown error."),
+    131016: ("Service unavailable", "A service is temporarily unavailable."),
+    131047: (
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer "
+        "last replied to this number.",
+    ),
+    131056: (
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Too many messages sent from the sender phone number to the same recipient phone "
+        "number in a short period of time.",
+    ),
+}
+
+Outcome = tuple[int, int | None] | None  # (HTTP status, Graph code), or None for success
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the fake saw it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
 
 
 @dataclass
 class FakeGraph:
     token: str = TOKEN
+    received: list[Received] = field(default_factory=list)  # every request, in order
+    requests: list[dict[str, Any]] = field(default_factory=list)  # every message POST body
     sent: list[dict[str, Any]] = field(default_factory=list)  # accepted message bodies
-    requests: list[dict[str, Any]] = field(default_factory=list)  # every POST body
-    # Outcomes of the next requests, in order: (HTTP status, Graph code), or None for success.
-    failures: deque[tuple[int, int | None] | None] = field(default_factory=deque)
-    fail_all: tuple[int, int | None] | None = None
+    # Outcomes of the next message POSTs, in order; per recipient ones are used first.
+    failures: deque[Outcome] = field(default_factory=deque)
+    failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
+    fail_all: tuple[int, int | None] | None = None  # every POST fails this way while set
+    delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def fail_next(self, status: int, code: int | None = None, times: int = 1) -> None:
-        self.failures.extend([(status, code)] * times)
+    def fail_next(
+        self, status: int, code: int | None = None, times: int = 1, to: str | None = None
+    ) -> None:
+        """The next `times` sends (to `to` only, if given) fail with this status and code."""
+        queue = self.failures if to is None else self.failures_to.setdefault(to, deque())
+        queue.extend([(status, code)] * times)
 
-    def succeed_next(self, times: int = 1) -> None:
-        self.failures.extend([None] * times)
+    def succeed_next(self, times: int = 1, to: str | None = None) -> None:
+        queue = self.failures if to is None else self.failures_to.setdefault(to, deque())
+        queue.extend([None] * times)
+
+    def bodies(self, to: str | None = None) -> list[str]:
+        """Texts of the accepted messages (to `to` only, if given), in order."""
+        return [m["text"]["body"] for m in self.sent if to is None or m["to"] == to]
+
+    async def _receive(self, request: web.Request) -> Any:
+        body = await request.json() if request.can_read_body else None
+        self.received.append(
+            Received(request.method, request.path, dict(request.query), dict(request.headers), body)
+        )
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return body
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.token}"
+
+    def _next_outcome(self, to: Any) -> Outcome:
+        if self.fail_all is not None:
+            return self.fail_all
+        own = self.failures_to.get(to) if isinstance(to, str) else None
+        if own:
+            return own.popleft()
+        return self.failures.popleft() if self.failures else None
 
     async def messages(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await self._receive(request)
         self.requests.append(body)
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._error(401, 190, "Error validating access token: Session has expired")
-        failure = self.fail_all or (self.failures.popleft() if self.failures else None)
-        if failure is not None:
-            status, code = failure
-            return self._error(status, code, "scripted failure")
+        if not self._authorized(request):
+            return self._error(401, 190)
+        if not _valid_text_message(body):
+            return self._error(400, 100)
+        outcome = self._next_outcome(body["to"])
+        if outcome is not None:
+            return self._error(*outcome)
         self.sent.append(body)
         wamid = f"wamid.FAKE{next(self._ids):06d}"
         return web.json_response(
@@ -53,19 +125,26 @@ class FakeGraph:
         )
 
     async def phone_number(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._error(401, 190, "Error validating access token")
+        await self._receive(request)
+        if not self._authorized(request):
+            return self._error(401, 190)
         return web.json_response({"id": request.match_info["phone"]})
 
     @staticmethod
-    def _error(status: int, code: int | None, message: str) -> web.Response:
+    def _error(status: int, code: int | None) -> web.Response:
+        if code is None:  # what a load balancer in front of the Graph API answers
+            return web.Response(status=status, text="<html>Server Error</html>")
+        message, details = META_ERRORS.get(code, ("scripted failure", None))
         error: dict[str, Any] = {
             "message": message,
             "type": "OAuthException",
-            "fbtrace_id": "Afake",
+            "code": code,
+            "fbtrace_id": "AFakeTraceId",
         }
-        if code is not None:
-            error["code"] = code
+        if code == 190:
+            error["error_subcode"] = 463  # "session has expired"
+        if details is not None:
+            error["error_data"] = {"messaging_product": "whatsapp", "details": details}
         return web.json_response({"error": error}, status=status)
 
     def app(self) -> web.Application:
@@ -73,3 +152,19 @@ class FakeGraph:
         app.router.add_post("/{version}/{phone}/messages", self.messages)
         app.router.add_get("/{version}/{phone}", self.phone_number)
         return app
+
+
+def _valid_text_message(body: Any) -> bool:
+    """What the real endpoint requires of a text message (it answers 100 otherwise)."""
+    if not isinstance(body, dict):
+        return False
+    text = body.get("text")
+    return (
+        body.get("messaging_product") == "whatsapp"
+        and body.get("type") == "text"
+        and isinstance(body.get("to"), str)
+        and bool(body["to"])
+        and isinstance(text, dict)
+        and isinstance(text.get("body"), str)
+        and 0 < len(text["body"]) <= MAX_TEXT
+    )
