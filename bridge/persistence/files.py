@@ -6,11 +6,18 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from bridge.logs import get_logger
+
 
 def secure_dir(path: Path) -> None:
     """Create a directory readable by its owner only (and tighten one that exists)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode != 0o700:
+        os.chmod(path, 0o700)
+        if mode & 0o077:
+            # Whatever was written while it was open to others may have been read.
+            get_logger().warning("state_dir_permissions_tightened", path=str(path), was=oct(mode))
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,6 +43,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     size = 0
     try:
+        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_TRUNC
         for chunk in chunks:
             write_all(fd, chunk)
             size += len(chunk)

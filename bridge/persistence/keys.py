@@ -17,7 +17,8 @@ from bridge.errors import ConfigError
 from bridge.logs import get_logger
 from bridge.persistence.crypto import KEY_BYTES, Keyring
 from bridge.persistence.files import atomic_write, secure_dir
-from bridge.persistence.layout import key_path
+from bridge.persistence.journal import list_segments, segment_path
+from bridge.persistence.layout import journal_dir, key_path, snapshot_path
 
 
 def encode_key(key: bytes) -> str:
@@ -55,6 +56,13 @@ def write_key_file(path: Path, keys: list[bytes]) -> None:
     atomic_write(path, [("\n".join(lines) + "\n").encode()])
 
 
+def _has_data(state_dir: Path) -> bool:
+    if snapshot_path(state_dir).exists():
+        return True
+    journal = journal_dir(state_dir)
+    return any(segment_path(journal, s).stat().st_size for s in list_segments(journal))
+
+
 def load_keyring(profile: ProfileConfig, create: bool) -> Keyring:
     """The profile's keyring; with `create`, a missing key is generated (and announced)."""
     if profile.key:
@@ -67,6 +75,13 @@ def load_keyring(profile: ProfileConfig, create: bool) -> Keyring:
             raise ConfigError(f"profile {profile.slug!r}: key file {path} not found") from None
     except OSError as exc:
         raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if _has_data(profile.state_dir):
+        # A new key could not read what is there, and the next snapshot would leave the old
+        # data behind for good: the key was lost or misplaced, the operator must bring it.
+        raise ConfigError(
+            f"profile {profile.slug!r}: {profile.state_dir} holds encrypted data but its key "
+            f"file {path} is missing; put the key back (or set BRIDGE_KEY / a key file)"
+        )
     secure_dir(path.parent)
     key = new_key()
     write_key_file(path, [key])

@@ -15,12 +15,15 @@ from bridge.persistence.layout import lock_path
 
 
 class ProfileLock:
+    """The exclusive lock on `<state_dir>/lock`; the holder's pid is written into the file."""
+
     def __init__(self, state_dir: Path, slug: str) -> None:
         self._path = lock_path(state_dir)
         self._slug = slug
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock or raise ProfileLockedError naming the holder's pid."""
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -31,8 +34,17 @@ class ProfileLock:
                 f"profile {self._slug!r} is in use by another process (pid {holder}, lock "
                 f"{self._path})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)  # closing drops the flock too
+            raise
         self._fd = fd
 
     def release(self) -> None:

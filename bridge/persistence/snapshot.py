@@ -1,28 +1,35 @@
 """Snapshots: the whole state of a profile in one encrypted file, written without stalling.
 
-File: `WABSNAP1` magic, a 16-hex snapshot id, then frames `length (4) | sealed record`, each
-sealed with associated data `wab-snapshot-v1|<profile>|<snapshot id>|<index>`, so a frame
-cannot be dropped, reordered or spliced in from another snapshot. Decrypted, the frames are
-JSON objects in this order:
+File: `WABSNAP1` magic, a 16-hex snapshot id, then frames `length (u32 BE) | sealed record`
+(sealed as in crypto.py: key id | nonce | ciphertext + tag), each sealed with associated
+data `wab-snapshot-v1|<profile>|<snapshot id>|<index>`, so a frame cannot be dropped,
+reordered or spliced in from another snapshot. Decrypted, the frames are JSON objects in
+this order:
 - `{"v": 1, "profile", "segment", "created"}`: the journal segment that continues it;
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
-- `{"seen": {wamid: ms, ...}}`, `{"outbox": [[id, key, to, text, created_ms], ...]}`;
+- `{"seen": {wamid: ms, ...}}` (as many as needed), `{"outbox": [[id, key, to, text,
+  created_ms], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
 traffic goes on. That is safe because the journal segment started just before the snapshot
 holds every later change, and replay skips what a conversation already contains (per
-conversation sequence numbers) or re-applies idempotent changes.
+conversation sequence numbers) or re-applies idempotent changes. The event loop only builds
+and serializes each slice; sealing, writing and fsync run in a thread of the snapshot's own,
+one slice behind, so the disk and the cipher overlap with serialization.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +39,18 @@ from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, write_all
-from bridge.persistence.journal import HEADER, MAX_FRAME
 from bridge.records import OutboxItem
 from bridge.state import State
 
 MAGIC = b"WABSNAP1"
 ID_LEN = 16
-SLICE_SECONDS = 0.004  # longest stretch of serialization between two yields to the loop
-SEEN_PER_FRAME = 20_000
+LENGTH = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+# Longest stretch of serialization (to_seed + orjson) on the loop between two yields. The
+# slice size adapts to it, so it holds whatever the conversations' sizes.
+SLICE_SECONDS = 0.003
+SEEN_PER_FRAME = 20_000  # ~2 ms to build and serialize
+SYNC_EVERY = 8 * 1024 * 1024
 
 
 def _aad(slug: str, snapshot_id: bytes, index: int) -> bytes:
@@ -47,7 +58,12 @@ def _aad(slug: str, snapshot_id: bytes, index: int) -> bytes:
 
 
 class _Writer:
-    """Streams frames into a temp file; the file appears under its name only when complete."""
+    """Streams frames into a temp file; the file appears under its name only when complete.
+
+    The file descriptor belongs to the writer's single thread: every job on it, including
+    the clean-up after a failure or a cancellation, runs there in order, so the descriptor
+    is never closed under a write still running (nor its number reused by another file).
+    """
 
     def __init__(self, path: Path, keyring: Keyring, slug: str) -> None:
         self.path = path
@@ -57,16 +73,38 @@ class _Writer:
         self.id = os.urandom(ID_LEN // 2).hex().encode()
         self.index = 0
         self.size = 0
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.pending: list[bytes] = [MAGIC + self.id]
+        self.unsynced = 0
+        self.fd = -1
+        self.pending: list[tuple[int, bytes]] = []
+        self.inflight: asyncio.Future[None] | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snapshot-{slug}")
 
     def add(self, record: dict[str, Any]) -> None:
-        sealed = self.keyring.seal(orjson.dumps(record), _aad(self.slug, self.id, self.index))
-        self.pending.append(HEADER.pack(len(sealed)) + sealed)
+        self.pending.append((self.index, orjson.dumps(record)))
         self.index += 1
 
-    def _flush_sync(self, data: bytes, finish: bool) -> None:
+    def _open_sync(self) -> None:
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(self.fd, 0o600)  # a leftover temp file of an earlier run keeps its mode
+        write_all(self.fd, MAGIC + self.id)
+        self.size += len(MAGIC) + len(self.id)
+
+    def _write_sync(self, records: list[tuple[int, bytes]], finish: bool) -> None:
+        if self.fd < 0:
+            self._open_sync()
+        out = []
+        for index, plaintext in records:
+            sealed = self.keyring.seal(plaintext, _aad(self.slug, self.id, index))
+            out.append(LENGTH.pack(len(sealed)) + sealed)
+        data = b"".join(out)
         write_all(self.fd, data)
+        self.size += len(data)
+        self.unsynced += len(data)
+        if self.unsynced >= SYNC_EVERY and not finish:
+            # Flush as we go: one fsync of hundreds of MB at the end would hold up the
+            # journal's fsyncs (ext4 commits them together) and so every commit behind them.
+            os.fdatasync(self.fd)
+            self.unsynced = 0
         if finish:
             os.fsync(self.fd)
             os.close(self.fd)
@@ -75,16 +113,30 @@ class _Writer:
             fsync_dir(self.path.parent)
 
     async def flush(self, finish: bool = False) -> None:
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.size += len(data)
-        await asyncio.get_running_loop().run_in_executor(None, self._flush_sync, data, finish)
+        """Hand the pending frames to the thread; waits for the previous hand-over only
+        (or for everything, with `finish`)."""
+        if self.inflight is not None:
+            await self.inflight
+        records, self.pending = self.pending, []
+        loop = asyncio.get_running_loop()
+        self.inflight = loop.run_in_executor(self.thread, self._write_sync, records, finish)
+        if finish:
+            await self.inflight
+            self.thread.shutdown(wait=False)
 
-    def abort(self) -> None:
+    def _abort_sync(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Queue the clean-up behind any write still running; do not wait for it."""
+        if self.inflight is not None:
+            # Mark its outcome as seen: the error being handled is what the caller gets.
+            self.inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.thread.submit(self._abort_sync)
+        self.thread.shutdown(wait=False)
 
 
 Progress = Callable[[int, int], None]
@@ -106,29 +158,37 @@ async def write_snapshot(
         writer.add(
             {"v": 1, "profile": slug, "segment": segment, "created": int(time.time() * 1000)}
         )
-        batch: list[list[Any]] = []
-        started = time.monotonic()
         keys = list(state.conversations)
-        for done, key in enumerate(keys, 1):
-            conv = state.conversations.get(key)
-            if conv is None:
-                continue  # deleted while we were yielding
-            batch.append([key, conv.to_seed()])
-            if time.monotonic() - started > SLICE_SECONDS:
-                writer.add({"conversations": batch})
-                batch = []
-                await writer.flush()
-                if progress:
-                    progress(done, len(keys))
-                started = time.monotonic()
-        if progress:
-            progress(len(keys), len(keys))
-        if batch:
+        per_slice = 16  # conversations per slice; adapted to SLICE_SECONDS as we go
+        done = 0
+        while done < len(keys):
+            started = time.perf_counter()
+            batch: list[list[Any]] = []
+            for key in keys[done : done + per_slice]:
+                conv = state.conversations.get(key)
+                if conv is not None:  # else deleted while we were yielding
+                    batch.append([key, conv.to_seed()])
             writer.add({"conversations": batch})
-        seen = list(state.seen.items())
-        for start in range(0, len(seen), SEEN_PER_FRAME):
-            writer.add({"seen": dict(seen[start : start + SEEN_PER_FRAME])})
+            done += per_slice
+            elapsed = time.perf_counter() - started
+            per_slice = max(
+                1, min(per_slice * 2, int(per_slice * SLICE_SECONDS / max(elapsed, 1e-6)))
+            )
             await writer.flush()
+            await asyncio.sleep(0)  # flush may not have suspended; let requests in
+            if progress:
+                progress(min(done, len(keys)), len(keys))
+        if progress and not keys:
+            progress(0, 0)
+        # Copying the dict is the one step that grows with the seen-set in one go (~20 ns an
+        # id, a C-level copy); it lets the frames below be cut from a stable view across
+        # yields, while new ids keep arriving in the live dict (the journal has those).
+        seen = state.seen.copy()
+        items = iter(seen.items())
+        for _ in range(0, len(seen), SEEN_PER_FRAME):
+            writer.add({"seen": dict(itertools.islice(items, SEEN_PER_FRAME))})
+            await writer.flush()
+            await asyncio.sleep(0)
         writer.add(
             {"outbox": [[i.id, i.key, i.to, i.text, i.created_ms] for i in state.outbox.values()]}
         )
@@ -158,12 +218,12 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
     segment: int | None = None
     ended = False
     while offset < len(data) and not ended:
-        if len(data) - offset < HEADER.size:
+        if len(data) - offset < LENGTH.size:
             raise CorruptStateError(f"{path}: truncated at byte {offset}")
-        length = HEADER.unpack_from(data, offset)[0]
-        if length == 0 or length > MAX_FRAME or offset + HEADER.size + length > len(data):
+        length = LENGTH.unpack_from(data, offset)[0]
+        if length == 0 or length > MAX_FRAME or offset + LENGTH.size + length > len(data):
             raise CorruptStateError(f"{path}: truncated or damaged record at byte {offset}")
-        sealed = data[offset + HEADER.size : offset + HEADER.size + length]
+        sealed = data[offset + LENGTH.size : offset + LENGTH.size + length]
         try:
             record = orjson.loads(keyring.open(sealed, _aad(slug, snapshot_id, index)))
         except DecryptError as exc:
@@ -190,10 +250,12 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                     raise CorruptStateError(f"{path}: record count does not match")
                 state.seq = max(state.seq, int(record["seq"]))
                 ended = True
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"{path}: record {index} is malformed ({exc!r})") from None
-        offset += HEADER.size + length
+        offset += LENGTH.size + length
         index += 1
     if not ended or segment is None:
         raise CorruptStateError(f"{path}: truncated (no end record)")
+    if offset != len(data):
+        raise CorruptStateError(f"{path}: {len(data) - offset} unexpected bytes after the end")
     return segment

@@ -18,7 +18,13 @@ from bridge.errors import BridgeError, CorruptStateError, StorageError
 from bridge.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.journal import Journal, list_segments, read_segment, segment_path
+from bridge.persistence.journal import (
+    Journal,
+    keep_torn_tail,
+    list_segments,
+    read_segment,
+    segment_path,
+)
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
@@ -29,21 +35,34 @@ from bridge.store.base import Store
 DAY_MS = 24 * 3600 * 1000
 
 
-def replay(
-    profile: ProfileConfig, keyring: Keyring, state: State, strict_start: bool
-) -> tuple[int, int]:
+class MissingSegment(CorruptStateError):
+    """A journal segment the snapshot or the order of segments calls for is not there.
+
+    For the service that is lost data; for a reader it usually means the service replaced
+    the snapshot and dropped old segments between two reads, so `load_state` retries."""
+
+
+def replay(profile: ProfileConfig, keyring: Keyring, state: State) -> tuple[int, int]:
     """Load snapshot + journal into `state`; returns (last segment, its valid size).
 
-    `strict_start`: the segment the snapshot names must exist (a reader racing a snapshot
-    that just deleted it retries instead of silently missing its records).
+    The segments from the one the snapshot names (or from 1, without a snapshot) must all be
+    there, one after the other: a missing one would silently lose acknowledged records.
     """
     snapshot = layout.snapshot_path(profile.state_dir)
-    first = read_snapshot(snapshot, keyring, profile.slug, state) if snapshot.exists() else 0
     directory = layout.journal_dir(profile.state_dir)
+    has_snapshot = snapshot.exists()
+    first = read_snapshot(snapshot, keyring, profile.slug, state) if has_snapshot else 1
     segments = [s for s in list_segments(directory) if s >= first]
-    if strict_start and first and (not segments or segments[0] != first):
-        raise FileNotFoundError(segment_path(directory, first))
-    last, size = (first or 1), 0
+    expected = list(range(first, first + len(segments)))
+    if segments != expected or (has_snapshot and not segments):
+        missing = next((e for e in expected if e not in segments), first)
+        after = f"after {snapshot.name}" if has_snapshot else "(and there is no snapshot)"
+        raise MissingSegment(
+            f"{segment_path(directory, missing)}: journal segment missing {after}; starting "
+            "would lose the records in it (put it back, or restore a backup with "
+            "sessions-admin restore)"
+        )
+    last, size = first, 0
     previous_seq = 0
     for i, segment in enumerate(segments):
         path = segment_path(directory, segment)
@@ -56,21 +75,30 @@ def replay(
             if seq <= previous_seq:
                 raise CorruptStateError(f"{path}: records out of order (seq {seq})")
             previous_seq = seq
-            state.apply(seq, record)
+            try:
+                state.apply(seq, record)
+            except Exception as exc:
+                raise CorruptStateError(
+                    f"{path}: record seq {seq} cannot be applied ({exc!r})"
+                ) from None
         last = segment
     return last, size
 
 
 def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
-    """The profile's current state, read-only: no lock taken, nothing written."""
+    """The profile's current state, read-only: no lock taken, nothing written.
+
+    Safe while the bridge runs: a record being appended right now is a torn tail and left
+    out; a snapshot replaced between two reads makes it start over."""
     keyring = load_keyring(profile, create=False)
     for attempt in range(attempts):
         state = State(profile.max_messages)
         try:
-            replay(profile, keyring, state, strict_start=True)
-        except FileNotFoundError:
-            # The running bridge replaced the snapshot and dropped a segment meanwhile.
+            replay(profile, keyring, state)
+        except (FileNotFoundError, MissingSegment) as exc:
             if attempt == attempts - 1:
+                if isinstance(exc, MissingSegment):
+                    raise
                 raise BridgeError(
                     f"profile {profile.slug!r}: store kept changing while read"
                 ) from None
@@ -81,6 +109,11 @@ def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
 
 
 class DurableStore(Store):
+    """A profile's state in memory, made durable by an encrypted journal and snapshots.
+
+    `open()` takes the profile lock and loads; `commit()` journals, then applies; `snapshot()`
+    checkpoints (retention first); `close()` snapshots and releases the lock."""
+
     def __init__(self, profile: ProfileConfig) -> None:
         super().__init__(State(profile.max_messages))
         self.profile = profile
@@ -94,7 +127,7 @@ class DurableStore(Store):
     @property
     def journal(self) -> Journal:
         if self._journal is None:
-            raise BridgeError(f"profile {self.profile.slug!r}: store is not open")
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
         return self._journal
 
     async def open(self) -> None:
@@ -108,10 +141,17 @@ class DurableStore(Store):
             gc_was_enabled = gc.isenabled()
             gc.disable()
             try:
-                segment, size = replay(self.profile, self._keyring, self.state, strict_start=False)
+                segment, size = replay(self.profile, self._keyring, self.state)
             finally:
                 if gc_was_enabled:
                     gc.enable()
+            path = segment_path(layout.journal_dir(self.profile.state_dir), segment)
+            if path.exists() and path.stat().st_size > size:
+                # A crash in the middle of an append that was never acknowledged.
+                torn, aside = keep_torn_tail(path, size)
+                self._log.warning(
+                    "journal_torn_tail_cut", file=str(path), bytes=torn, kept=str(aside or "-")
+                )
             journal = Journal(
                 layout.journal_dir(self.profile.state_dir), self._keyring, self.profile.slug
             )
@@ -138,6 +178,9 @@ class DurableStore(Store):
     async def commit(self, records: Sequence[Record]) -> None:
         if not records:
             return
+        records = tuple(records)  # the caller's list may change before the batch is applied
+        # Sequence numbers are taken now, in call order, which is also journal order and apply
+        # order. A failed batch leaves a gap; gaps are harmless, reuse would not be.
         first = self._next_seq
         self._next_seq += len(records)
         payloads = [encode(first + i, r) for i, r in enumerate(records)]
@@ -179,7 +222,12 @@ class DurableStore(Store):
             finally:
                 if gc_was_enabled:
                     gc.enable()
-            dropped = self.journal.drop_before(segment)
+            try:
+                dropped = await self.journal.drop_before(segment)
+            except OSError as exc:
+                # Harmless: replay starts at the snapshot's segment; the next snapshot retries.
+                dropped = 0
+                self._log.warning("journal_drop_failed", error=exc.strerror or str(exc))
             self._log.info(
                 "snapshot_written",
                 conversations=len(self.state.conversations),
@@ -193,11 +241,13 @@ class DurableStore(Store):
         if self._journal is None:
             return
         try:
-            await self.snapshot()
+            await self.snapshot()  # waits for pending commits: they precede its rotation
         except BridgeError as exc:
             # The journal still holds everything; the next start replays it.
             self._log.error("final_snapshot_failed", error=str(exc))
         finally:
-            await self._journal.close()
-            self._journal = None
-            self._lock.release()
+            try:
+                await self._journal.close()
+            finally:
+                self._journal = None
+                self._lock.release()

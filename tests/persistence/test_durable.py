@@ -5,81 +5,30 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bridge.config import ProfileConfig
-from bridge.conversations import Message
 from bridge.errors import ConfigError, CorruptStateError, ProfileLockedError, StorageError
 from bridge.persistence import layout
 from bridge.persistence.keys import encode_key, new_key
 from bridge.records import (
     ConversationDeleted,
-    MessageAdded,
     OutboxDone,
-    OutboxItem,
-    OutboxQueued,
     Record,
     StatusChanged,
 )
-from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 from tests.conftest import make_profile
-
-NOW = int(time.time() * 1000)
-
-
-def user(key: str, n: int, text: str | None = None, ts: int | None = None) -> MessageAdded:
-    return MessageAdded(
-        key,
-        Message("user", text or f"hello {n}", ts or NOW + n, id=f"wamid.{key}.{n}", type="text"),
-    )
-
-
-def reply(key: str, n: int) -> list[Record]:
-    rid = f"out.{key}.{n}"
-    return [
-        MessageAdded(key, Message("assistant", f"reply {n}", NOW + n, id=rid, status="pending")),
-        OutboxQueued(OutboxItem(rid, key, key, f"reply {n}", NOW + n)),
-    ]
-
-
-def snapshot_of(state: State) -> dict[str, Any]:
-    return {
-        "conversations": {k: c.to_seed() for k, c in state.conversations.items()},
-        "seen": dict(state.seen),
-        "outbox": dict(state.outbox),
-    }
-
-
-Opened = Callable[..., Awaitable[DurableStore]]
-
-
-@pytest.fixture
-async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
-    stores: list[DurableStore] = []
-
-    async def open_store(profile: ProfileConfig | None = None) -> DurableStore:
-        store = DurableStore(profile or make_profile(tmp_path))
-        await store.open()
-        stores.append(store)
-        return store
-
-    yield open_store
-    for store in stores:
-        await store.close()
-
-
-async def crash(store: DurableStore) -> None:
-    """What kill -9 leaves: the journal file as written, the lock released by the kernel."""
-    journal = store.journal
-    await journal.close()
-    store._journal = None  # close() must not snapshot: a crash doesn't
-    store._lock.release()
+from tests.persistence.support import (
+    NOW,
+    Opened,
+    crash,
+    reply,
+    snapshot_of,
+    split_frames,
+    user,
+)
 
 
 async def commit_everything(store: DurableStore) -> None:
@@ -166,8 +115,9 @@ async def test_torn_final_record_is_ignored(opened: Opened) -> None:
     before = snapshot_of(store.state)
     await crash(store)
     (segment,) = layout.journal_dir(store.profile.state_dir).iterdir()
+    last = split_frames(segment)[-1]
     with segment.open("ab") as fh:
-        fh.write(b"\x00\x00\x01\x00partial-frame")
+        fh.write(last[: len(last) // 2])  # the first half of an append, as a crash leaves it
     again = await opened()
     assert snapshot_of(again.state) == before
     await again.commit([user("1", 3)])  # appends after cutting the torn tail
@@ -339,3 +289,74 @@ async def test_snapshot_reports_progress_up_to_the_total(opened: Opened) -> None
     await store.snapshot(lambda done, total: calls.append((done, total)))
     assert calls[-1] == (30, 30)
     assert all(total == 30 and 0 < done <= 30 for done, total in calls)
+
+
+async def test_100_concurrent_commits_share_a_few_fsyncs(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await opened()
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    await asyncio.gather(*(store.commit([user(f"c{i}", i)]) for i in range(100)))
+    assert len(store.state.conversations) == 100
+    assert len(calls) <= 3
+
+
+async def test_a_commit_whose_caller_gave_up_is_still_applied_and_durable(
+    opened: Opened,
+) -> None:
+    store = await opened()
+    task = asyncio.ensure_future(store.commit([user("1", 1)]))
+    await asyncio.sleep(0)  # queued, being written
+    task.cancel()
+    await store.commit([user("1", 2)])
+    assert [m.content for m in store.state.conversations["1"].messages] == ["hello 1", "hello 2"]
+    before = snapshot_of(store.state)
+    await crash(store)
+    assert snapshot_of((await opened()).state) == before
+
+
+async def test_close_finishes_commits_in_flight(opened: Opened) -> None:
+    store = await opened()
+    tasks = [asyncio.ensure_future(store.commit([user(f"c{i}", i)])) for i in range(20)]
+    await store.close()
+    await asyncio.gather(*tasks)
+    assert len((await opened()).state.conversations) == 20
+
+
+async def test_a_commit_after_close_is_a_storage_error(opened: Opened) -> None:
+    store = await opened()
+    await store.close()
+    with pytest.raises(StorageError, match="not open"):
+        await store.commit([user("1", 1)])
+
+
+async def test_a_failing_apply_does_not_stop_the_journal(
+    opened: Opened, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await opened()
+    real_apply = store.state.apply
+
+    def buggy(seq: int, record: Record) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(store.state, "apply", buggy)
+    with pytest.raises(RuntimeError, match="bug"):
+        await store.commit([user("1", 1)])
+    monkeypatch.setattr(store.state, "apply", real_apply)
+    await store.commit([user("1", 2)])
+    assert "1" in store.state.conversations
+
+
+async def test_a_state_dir_open_to_others_is_tightened(tmp_path: Path, opened: Opened) -> None:
+    profile = make_profile(tmp_path)
+    profile.state_dir.mkdir(parents=True, mode=0o755)
+    os.chmod(profile.state_dir, 0o755)
+    await opened(profile)
+    assert profile.state_dir.stat().st_mode & 0o777 == 0o700
