@@ -109,7 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from bridge.server import serve
 
     settings = _settings(args, args.profile)
-    logs.configure(args.log_format or settings.log_format, settings.log_level)
+    logs.configure(args.log_format or settings.log_format, settings.log_level, cache=True)
     profiles = [with_dev_secrets(p, generate=args.dev) for p in settings.profiles]
     for profile in profiles:
         profile.require_secrets()

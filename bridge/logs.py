@@ -2,6 +2,11 @@
 
 Phone numbers are personal data: log them only through `mask`, and never log message text at
 info level.
+
+A busy bridge writes a few lines per message, so the JSON path is built for speed: orjson
+renders straight to bytes and each line is one write. `cache=True` (the server) lets each
+logger resolve its configuration once; tests leave it off so `capture_logs` and later
+`configure` calls still reach loggers created earlier.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 
@@ -22,14 +28,34 @@ def mask(identifier: str | None) -> str:
     return identifier[:3] + "*" * (len(identifier) - 6) + identifier[-3:]
 
 
-def configure(log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
+_stream: Any = None
+
+
+def _orjson_text(obj: Any, **kw: Any) -> str:
+    return orjson.dumps(obj, **kw).decode()
+
+
+def configure(
+    log_format: str = "auto", level: str = "info", stream: Any = None, *, cache: bool = False
+) -> None:
     """Set up structlog once per process; `auto` means JSON unless stderr is a terminal."""
-    stream = stream or sys.stderr
+    global _stream
+    # Writing goes to the binary buffer under `stream`; keeping `stream` referenced stops it
+    # from being collected, which would close that buffer.
+    stream = _stream = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    binary = getattr(stream, "buffer", None) if use_json else None
+    renderer: Any
+    if not use_json:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    elif binary is not None:
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    else:  # a text-only stream (tests): same JSON, as str
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
+    factory: Any = (
+        structlog.BytesLoggerFactory(file=binary)
+        if binary is not None
+        else structlog.PrintLoggerFactory(file=stream)
     )
     structlog.configure(
         processors=[
@@ -44,8 +70,8 @@ def configure(log_format: str = "auto", level: str = "info", stream: Any = None)
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
+        logger_factory=factory,
+        cache_logger_on_first_use=cache,
     )
 
 

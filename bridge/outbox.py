@@ -69,9 +69,12 @@ class Outbox:
             self._main = asyncio.create_task(self._run(), name="outbox")
             self._wake.set()
 
-    def notify(self) -> None:
-        """A new item was committed."""
-        self._wake.set()
+    def notify(self, key: str | None = None) -> None:
+        """A new item was committed (for conversation `key`, if given: no scan needed)."""
+        if key is None:
+            self._wake.set()
+        elif self._main is not None and not self._stopping:
+            self._ensure_worker(key)
 
     def kick(self) -> None:
         """The outbound path is healthy again: retry everything now instead of after backoff."""
@@ -115,11 +118,14 @@ class Outbox:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for item in list(self._store.state.outbox.values()):
-                if item.key not in self._workers:
-                    task = asyncio.create_task(self._work(item.key), name="outbox-worker")
-                    self._workers[item.key] = task
-                    task.add_done_callback(functools.partial(self._worker_done, item.key))
+            for key in self._store.state.outbox_keys():
+                self._ensure_worker(key)
+
+    def _ensure_worker(self, key: str) -> None:
+        if key not in self._workers:
+            task = asyncio.create_task(self._work(key), name="outbox-worker")
+            self._workers[key] = task
+            task.add_done_callback(functools.partial(self._worker_done, key))
 
     def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
         if self._workers.get(key) is task:
@@ -134,7 +140,7 @@ class Outbox:
 
     async def _work(self, key: str) -> None:
         while not self._stopping:
-            item = next((i for i in self._store.state.outbox.values() if i.key == key), None)
+            item = self._store.state.next_reply(key)
             if item is None:
                 break
             await self._deliver(item)

@@ -11,9 +11,9 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
@@ -37,7 +37,7 @@ class Replier:
         config: AssistantConfig,
         *,
         profile: str,
-        on_queued: Callable[[], None],
+        on_queued: Callable[[str], None],
         observe_assistant: Callable[[float, bool], None] | None = None,
     ) -> None:
         self._observe_assistant = observe_assistant
@@ -80,16 +80,21 @@ class Replier:
             self._workers.pop(key, None)
             raise
 
-    def _history(self, key: str, message_id: str) -> list[Turn]:
+    def _history(self, key: str, message_id: str) -> Sequence[TurnLike]:
+        """The last `history_limit` messages up to and including `message_id` (all of them
+        if it is gone), oldest first. Walks back from the newest: the message being answered
+        is almost always at the end."""
         view = self._store.state.get(key)
         if view is None:
-            return []
-        messages = list(view.messages)
-        for index in range(len(messages) - 1, -1, -1):
-            if messages[index].id == message_id:
-                messages = messages[: index + 1]
+            return ()
+        messages = view.messages
+        limit = self._config.history_limit
+        end = len(messages)
+        for index, message in enumerate(reversed(messages)):
+            if message.id == message_id:
+                end -= index
                 break
-        return [Turn(m.role, m.content) for m in messages[-self._config.history_limit :]]
+        return messages[max(0, end - limit) : end]
 
     async def _reply(self, key: str, message_id: str, recipient: str) -> None:
         history = self._history(key, message_id)
@@ -100,9 +105,8 @@ class Replier:
         try:
             # The backend enforces config.timeout itself with a clearer error; this outer
             # limit only guards against a backend that hangs past it.
-            text = await asyncio.wait_for(
-                self._assistant.reply(key, history), timeout=self._config.timeout + 1
-            )
+            async with asyncio.timeout(self._config.timeout + 1):
+                text = await self._assistant.reply(key, history)
         except (AssistantError, TimeoutError) as exc:
             reason = str(exc) or f"timed out after {self._config.timeout:g}s"
             self._log.warning(
@@ -146,7 +150,8 @@ class Replier:
                 "reply_not_recorded", key=mask(key), message_id=message_id, error=str(exc)
             )
             return
-        self._log.info(
+        # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
+        self._log.debug(
             "reply_queued",
             key=mask(key),
             message_id=message_id,
@@ -155,7 +160,7 @@ class Replier:
             assistant_ms=elapsed_ms,
             chars=len(text),
         )
-        self._on_queued()
+        self._on_queued(key)
 
     async def stop(self, timeout: float) -> None:
         """Let replies in progress finish for up to `timeout` seconds, then cancel the rest."""

@@ -33,6 +33,9 @@ class State:
         self.conversations: dict[str, Conversation] = {}
         self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
+        # The same items per conversation, so the sender finds a user's next reply without
+        # scanning a long queue (after an outage it can hold thousands).
+        self._outbox_by_key: dict[str, dict[str, OutboxItem]] = {}
         # A reply's local id and each of its wamids -> (conversation key, local id), so that
         # Meta's status webhooks, which name wamids, find the reply.
         self.replies: dict[str, tuple[str, str]] = {}
@@ -60,9 +63,23 @@ class State:
                     for message in conv.messages:
                         self._forget_reply(message)
             case OutboxQueued(item):
-                self.outbox[item.id] = item
+                self.queue_reply(item)
             case OutboxDone(item_id):
-                self.outbox.pop(item_id, None)
+                self._unqueue_reply(item_id)
+
+    def queue_reply(self, item: OutboxItem) -> None:
+        self.outbox[item.id] = item
+        self._outbox_by_key.setdefault(item.key, {})[item.id] = item
+
+    def _unqueue_reply(self, item_id: str) -> None:
+        item = self.outbox.pop(item_id, None)
+        if item is None:
+            return
+        queued = self._outbox_by_key.get(item.key)
+        if queued is not None:
+            queued.pop(item_id, None)
+            if not queued:
+                del self._outbox_by_key[item.key]
 
     def _add_message(self, seq: int, key: str, message: Message, contact_name: str | None) -> None:
         if message.role == "user" and message.id is not None:
@@ -137,3 +154,12 @@ class State:
 
     def pending_outbox(self) -> list[OutboxItem]:
         return list(self.outbox.values())
+
+    def next_reply(self, key: str) -> OutboxItem | None:
+        """The oldest queued reply to conversation `key`."""
+        queued = self._outbox_by_key.get(key)
+        return next(iter(queued.values())) if queued else None
+
+    def outbox_keys(self) -> list[str]:
+        """Conversations with replies queued, in the order their oldest reply was queued."""
+        return list(self._outbox_by_key)

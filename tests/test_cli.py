@@ -113,7 +113,7 @@ def test_serve_and_simulate_round_trip(served: Served) -> None:
     assert code == 0
     names = [e["event"] for e in events]
     assert names.count("dev_secrets_generated") == 1
-    assert "delivery_recorded" in names and "reply_queued" in names
+    assert "delivery_recorded" in names
     assert "reply_not_sent_no_token" in names
     assert names[-1] == "bridge_stopped"
     logged = json.dumps(events)

@@ -265,6 +265,32 @@ async def test_items_left_by_a_previous_run_are_sent_on_start(rig: Rig) -> None:
     assert sorted(m["to"] for m in rig.fake.sent) == [ANA, BEN]
 
 
+async def test_notify_for_one_user_sends_without_a_full_scan(rig: Rig) -> None:
+    rig.outbox.start()
+    assert await rig.outbox.drain(5)
+    body = "for ana"
+    await rig.store.commit(
+        [
+            MessageAdded(ANA, Message("assistant", body, 1, id="r1", status="pending")),
+            OutboxQueued(OutboxItem("r1", ANA, ANA, body, 1)),
+        ]
+    )
+    rig.outbox.notify(ANA)  # what the replier calls: starts ANA's worker directly
+    assert await rig.outbox.drain(5)
+    assert [m["to"] for m in rig.fake.sent] == [ANA]
+    assert rig.last(ANA).status == "sent"
+
+
+async def test_notify_for_a_user_before_start_waits_for_start(rig: Rig) -> None:
+    await rig.queue(ANA, 1)
+    rig.outbox.notify(ANA)
+    await asyncio.sleep(0.05)
+    assert rig.fake.requests == []
+    rig.outbox.start()
+    assert await rig.outbox.drain(5)
+    assert [m["to"] for m in rig.fake.sent] == [ANA]
+
+
 async def test_partial_failure_does_not_resend_sent_parts(rig: Rig) -> None:
     rig.fake.succeed_next()
     rig.fake.fail_next(500)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.base import Assistant, Turn, TurnLike
 from bridge.assistants.echo import EchoAssistant
 from bridge.assistants.http import HttpAssistant
 from bridge.assistants.openai import OpenAIAssistant
@@ -15,6 +15,7 @@ __all__ = [
     "HttpAssistant",
     "OpenAIAssistant",
     "Turn",
+    "TurnLike",
     "create_assistant",
 ]
 

@@ -5,11 +5,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class TurnLike(Protocol):
+    """What an assistant reads of a history entry. Stored messages qualify as they are, so
+    the replier hands over a slice of the conversation instead of copying every turn."""
+
+    @property
+    def role(self) -> str: ...  # "user" or "assistant"
+
+    @property
+    def content(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One history entry as the assistant sees it."""
+    """A history entry built by hand (tests, tools)."""
 
     role: str  # "user" or "assistant"
     content: str
@@ -25,7 +37,7 @@ class Assistant(ABC):
     kind: str = "?"
 
     @abstractmethod
-    async def reply(self, key: str, history: Sequence[Turn]) -> str: ...
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str: ...
 
     def health_url(self) -> str | None:
         """Where the health monitor checks that the backend is reachable; None: nothing to

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.base import Assistant, TurnLike
 
 
 class EchoAssistant(Assistant):
@@ -19,7 +19,7 @@ class EchoAssistant(Assistant):
     def __init__(self, prefix: str = "Echo: ") -> None:
         self.prefix = prefix
 
-    async def reply(self, key: str, history: Sequence[Turn]) -> str:
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
         # Scan from the end: the turn being answered is normally the last one.
         for turn in reversed(history):
             if turn.role == "user":

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
 from bridge.errors import AssistantError, ConfigError
 
@@ -72,12 +72,12 @@ def parse_url(raw: str | None, what: str) -> URL:
     return url
 
 
-def recent(history: Sequence[Turn], limit: int) -> Sequence[Turn]:
+def recent(history: Sequence[TurnLike], limit: int) -> Sequence[TurnLike]:
     """The last `limit` turns: context costs tokens and latency, and old turns matter least."""
     return history[-limit:] if limit > 0 else history
 
 
-def as_messages(history: Sequence[Turn]) -> list[dict[str, str]]:
+def as_messages(history: Sequence[TurnLike]) -> list[dict[str, str]]:
     """Turns as the `{"role", "content"}` objects both HTTP protocols use."""
     return [{"role": turn.role, "content": turn.content} for turn in history]
 
@@ -203,7 +203,7 @@ class HttpAssistant(Assistant):
     def url(self) -> URL:
         return self._endpoint.url
 
-    async def reply(self, key: str, history: Sequence[Turn]) -> str:
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
         payload = {
             "conversation": key,
             "messages": as_messages(recent(history, self._history_limit)),

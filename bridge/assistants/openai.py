@@ -12,7 +12,7 @@ from typing import Any
 
 from yarl import URL
 
-from bridge.assistants.base import Assistant, Turn
+from bridge.assistants.base import Assistant, TurnLike
 from bridge.assistants.http import JsonEndpoint, as_messages, parse_url, recent
 from bridge.config import AssistantConfig
 from bridge.errors import AssistantError
@@ -64,7 +64,7 @@ class OpenAIAssistant(Assistant):
     def url(self) -> URL:
         return self._endpoint.url
 
-    async def reply(self, key: str, history: Sequence[Turn]) -> str:
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
         # `key` stays here: the conversation key is a phone number, not something to send a
         # third-party provider.
         messages = as_messages(recent(history, self._history_limit))

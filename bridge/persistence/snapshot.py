@@ -244,7 +244,7 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                 state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
             elif "outbox" in record:
                 for item_id, key, to, text, created in record["outbox"]:
-                    state.outbox[item_id] = OutboxItem(item_id, key, to, text, int(created))
+                    state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
             elif record.get("end") is True:
                 if int(record["frames"]) != index + 1:
                     raise CorruptStateError(f"{path}: record count does not match")

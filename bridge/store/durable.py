@@ -13,6 +13,7 @@ import gc
 import time
 from collections.abc import Sequence
 
+from bridge import gcpolicy
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError, StorageError
 from bridge.logs import get_logger
@@ -145,6 +146,7 @@ class DurableStore(Store):
             finally:
                 if gc_was_enabled:
                     gc.enable()
+            gcpolicy.settle(collect=False)  # loading makes no garbage, only state
             path = segment_path(layout.journal_dir(self.profile.state_dir), segment)
             if path.exists() and path.stat().st_size > size:
                 # A crash in the middle of an append that was never acknowledged.
@@ -222,6 +224,7 @@ class DurableStore(Store):
             finally:
                 if gc_was_enabled:
                     gc.enable()
+            gcpolicy.settle()  # the state as of now: out of every later collection's way
             try:
                 dropped = await self.journal.drop_before(segment)
             except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 from pathlib import Path
 
@@ -79,6 +80,32 @@ async def test_snapshot_then_more_commits_then_crash(opened: Opened) -> None:
     again = await opened()
     assert snapshot_of(again.state) == before
     assert again.state.seq == store.state.seq
+
+
+async def test_queued_replies_are_found_per_user_after_a_snapshot_restart(
+    opened: Opened,
+) -> None:
+    store = await opened()
+    await commit_everything(store)
+    await store.snapshot()
+    await store.close()
+    again = await opened()
+    item = again.state.next_reply("34600000002")
+    assert item is not None and item.id == "out.34600000002.4"
+    assert again.state.outbox_keys() == ["34600000002"]
+    assert again.state.next_reply("34600000001") is None
+
+
+async def test_snapshot_hides_the_state_from_the_garbage_collector(opened: Opened) -> None:
+    store = await opened()
+    await store.commit([user(f"3460000{n:04d}", n) for n in range(200)])
+    gc.unfreeze()  # whatever earlier tests froze
+    await store.snapshot()
+    # The messages are now in the permanent generation, which collections never traverse.
+    assert gc.get_freeze_count() >= 200
+    message = next(iter(store.state.conversations.values())).messages[0]
+    assert gc.is_tracked(message)
+    assert all(message is not o for o in gc.get_objects())
 
 
 async def test_snapshot_drops_older_journal_segments(opened: Opened) -> None:

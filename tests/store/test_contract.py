@@ -60,6 +60,18 @@ async def test_outbox_keeps_insertion_order_until_done(store: Store) -> None:
     assert [i.id for i in store.state.pending_outbox()] == ["o0", "o2"]
 
 
+async def test_outbox_is_indexed_per_conversation(store: Store) -> None:
+    items = [OutboxItem(f"o{i}", key, key, f"t{i}", i) for i, key in enumerate("abab")]
+    await store.commit([OutboxQueued(i) for i in items])
+    assert store.state.outbox_keys() == ["a", "b"]
+    assert store.state.next_reply("a") == items[0]
+    await store.commit([OutboxDone("o0"), OutboxDone("o1")])
+    assert store.state.next_reply("a") == items[2] and store.state.next_reply("b") == items[3]
+    await store.commit([OutboxDone("o2")])
+    assert store.state.next_reply("a") is None
+    assert store.state.outbox_keys() == ["b"]
+
+
 async def test_empty_commit_is_a_no_op(store: Store) -> None:
     seq = store.state.seq
     await store.commit([])
