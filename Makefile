@@ -24,11 +24,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-## Benchmarks (results as markdown tables in var/bench/); installs wrk from Debian if missing.
+## Benchmarks (results as markdown tables in var/bench/, ~5 min, ~3 GB RAM); installs wrk if missing.
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m tests.bench.webhook_load --out var/bench/webhook.md
 	$(BIN)/python -m tests.bench.snapshot_stall --out var/bench/snapshot.md
+	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.

@@ -46,5 +46,10 @@ def create_app(
                 app[health.READY][runtime.slug] = False
                 await runtime.stop(settings.shutdown_timeout)
 
+    async def watch_loop(app: web.Application) -> AsyncIterator[None]:
+        async with metrics.loop.running():
+            yield
+
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(watch_loop)  # after loading: that one long stall is not news
     return app

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import Sender, SendError
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Metrics:
         self.snapshot_seconds = Histogram(
             f"{PREFIX}_snapshot_seconds", "Snapshot duration", ["profile"], buckets=SLOW, registry=r
         )
+        self.loop = LoopWatch(r)
 
     def watch(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
         """Expose in-memory sizes (conversations, messages, outbox) computed at scrape time."""

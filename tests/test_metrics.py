@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -58,3 +60,16 @@ async def test_metrics_token_is_required_when_configured(
     ).status == 401
     samples = await scrape(bridge, {"Authorization": "Bearer s3cret"})
     assert ("whatsapp_bridge_outbox", (("profile", "default"),)) in samples
+
+
+async def test_an_event_loop_stall_shows_in_metrics(bridge: Bridge) -> None:
+    await asyncio.sleep(0.05)  # the watch is ticking
+    time.sleep(0.08)  # block the loop, as a slow callback would
+    await asyncio.sleep(0.05)  # let the watch wake up late and record it
+    m = await scrape(bridge)
+    assert m[("whatsapp_bridge_event_loop_lag_max_seconds", ())] >= 0.07
+    assert m[("whatsapp_bridge_event_loop_lag_seconds_count", ())] >= 3
+    assert (
+        m[("whatsapp_bridge_event_loop_lag_seconds_bucket", (("le", "0.05"),))]
+        < m[("whatsapp_bridge_event_loop_lag_seconds_bucket", (("le", "0.1"),))]
+    )

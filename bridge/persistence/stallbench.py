@@ -57,7 +57,7 @@ class StallReport:
         ]
 
 
-def _build(store: DurableStore, conversations: int, messages: int, seen: int) -> None:
+def build_state(store: DurableStore, conversations: int, messages: int, seen: int) -> None:
     """Fill the state directly: committing 2.5 M records one by one would take minutes."""
     now = int(time.time() * 1000)
     state = store.state
@@ -109,7 +109,7 @@ async def measure(
         )
         store = DurableStore(profile)
         await store.open()
-        _build(store, conversations, messages, seen)
+        build_state(store, conversations, messages, seen)
         gc.collect()
         late: list[float] = []
         took: list[float] = []

@@ -19,6 +19,8 @@ import gc
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +65,38 @@ async def stalls_during(work: asyncio.Future[object] | asyncio.Task[object]) -> 
         await asyncio.sleep(0.001)
         late.append((loop.time() - expected) * 1000)
     return late
+
+
+PLAIN = """
+import resource, sys, time
+conversations, messages = int(sys.argv[1]), int(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+now = int(time.time() * 1000)
+plain = []
+for c in range(conversations):
+    for m in range(messages):
+        user = m % 2 == 0
+        plain.append({
+            "role": "user" if user else "assistant",
+            "content": f"message {m} of conversation {c}: some typical text of a customer chat",
+            "timestamp": now - (messages - m) * 1000,
+            "id": f"wamid.{c}.{m}" if user else f"out.{c}.{m}",
+            "type": "text" if user else None,
+            "status": None if user else "read",
+        })
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def plain_rss_mb(conversations: int, messages: int) -> float:
+    """RSS growth of the same messages as one plain list of dicts, in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(conversations), str(messages)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out)
 
 
 def rss_mb() -> float:
@@ -115,6 +149,7 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
         assert reopened.state.message_count() == total
         await reopened.close()
 
+    plain_mb = plain_rss_mb(conversations, messages)
     rows = [
         ("state", f"{conversations:,} conversations x {messages} messages = {total:,} messages"),
         ("longest event-loop stall during snapshot", f"{max(late):.1f} ms"),
@@ -133,6 +168,10 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
             f"{floor_load_s:.2f} s  (ratio {load_s / floor_load_s:.2f}x)",
         ),
         ("RSS growth with the state loaded", f"{rss_loaded - rss_before:.0f} MB"),
+        (
+            "same messages as a plain list of dicts (fresh process)",
+            f"{plain_mb:.0f} MB  (store / plain {(rss_loaded - rss_before) / plain_mb:.2f}x)",
+        ),
     ]
     table = "| measure | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     print(table)
