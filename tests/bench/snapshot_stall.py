@@ -68,9 +68,12 @@ async def stalls_during(work: asyncio.Future[object] | asyncio.Task[object]) -> 
 
 
 PLAIN = """
-import resource, sys, time
+import sys, time
+def rss_kb():  # current RSS: ru_maxrss would start at the parent's peak (kept across exec)
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 conversations, messages = int(sys.argv[1]), int(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss_kb()
 now = int(time.time() * 1000)
 plain = []
 for c in range(conversations):
@@ -84,7 +87,7 @@ for c in range(conversations):
             "type": "text" if user else None,
             "status": None if user else "read",
         })
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print((rss_kb() - before) / 1024)
 """
 
 
