@@ -28,7 +28,7 @@ from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import ConversationDeleted, MessageAdded, Record
+from bridge.records import MessageAdded, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 
@@ -125,6 +125,7 @@ def seed_entry(conv: Conversation) -> list[Any]:
     """One `[key, conversation]` pair of the seed's sessions.json, without internal fields."""
     data = conv.to_seed()
     data.pop("seq", None)
+    data.pop("appended", None)
     return [conv.key, data]
 
 
@@ -304,7 +305,8 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
     if not new:
         return []
     merged = sorted(existing + new, key=lambda m: m.timestamp)[-state.max_messages :]
-    records: list[Record] = [ConversationDeleted(key)] if existing else []
+    deletion = state.deletion(key)
+    records: list[Record] = [deletion] if deletion is not None else []
     records.extend(MessageAdded(key, m) for m in merged)
     return records
 
@@ -351,9 +353,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
 
     async def change(store: DurableStore) -> None:
-        if args.key not in store.state.conversations:
+        deletion = store.state.deletion(args.key)
+        if deletion is None:
             raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
-        await store.commit([ConversationDeleted(args.key)])
+        await store.commit([deletion])
 
     write_store(profile, change)
     print(f"deleted conversation {args.key} from profile {profile.slug!r}")
@@ -367,10 +370,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     deleted: list[str] = []
 
     async def change(store: DurableStore) -> None:
-        keys = store.state.expired_keys(now_ms(), args.older_than * DAY_MS)
-        if keys:
-            await store.commit([ConversationDeleted(k) for k in keys])
-        deleted.extend(keys)
+        erasures = store.state.expired(now_ms(), args.older_than * DAY_MS)
+        if erasures:
+            await store.commit(erasures)
+        deleted.extend(e.key for e in erasures)
 
     write_store(profile, change)
     if args.json:

@@ -79,6 +79,7 @@ class Conversation:
     """The mutable per-user record inside the store; never handed out directly."""
 
     __slots__ = (
+        "appended",
         "contact_name",
         "first_interaction",
         "key",
@@ -97,15 +98,26 @@ class Conversation:
         self.contact_name: str | None = None
         # Sequence number of the last change applied; replay skips changes at or below it.
         self.seq = 0
+        # Messages ever appended, including those the cap dropped: message i of `messages`
+        # is number `appended - len(messages) + i`. A bounded erasure names a count.
+        self.appended = 0
 
-    def append(self, message: Message) -> None:
-        """Add a message; the deque's maxlen drops the oldest past the cap."""
+    def append(self, message: Message, at_ms: int | None = None) -> None:
+        """Add a message received (or produced) at `at_ms` (default: its own timestamp); the
+        deque's maxlen drops the oldest past the cap."""
+        at = message.timestamp if at_ms is None else at_ms
         self.messages.append(message)
-        self.last_activity = max(self.last_activity, message.timestamp)
+        self.appended += 1
+        self.last_activity = max(self.last_activity, at)
         self.first_interaction = min(self.first_interaction, message.timestamp)
         if message.role == "user":
             # The 24-hour customer service window opens/renews on each user message.
-            self.last_user_message = max(self.last_user_message or 0, message.timestamp)
+            self.last_user_message = max(self.last_user_message or 0, at)
+
+    def erase_before(self, upto: int) -> list[Message]:
+        """Drop the messages numbered below `upto` (see `appended`); returns them."""
+        count = min(len(self.messages), upto - (self.appended - len(self.messages)))
+        return [self.messages.popleft() for _ in range(max(0, count))]
 
     def update_status(
         self, message_id: str, status: str, error: str | None, wamids: tuple[str, ...]
@@ -158,6 +170,8 @@ class Conversation:
             out["name"] = self.contact_name
         if self.seq:
             out["seq"] = self.seq
+        if self.appended != len(self.messages):
+            out["appended"] = self.appended
         return out
 
     @classmethod
@@ -172,4 +186,5 @@ class Conversation:
         conv.last_user_message = int(last_user) if last_user else max(user_times, default=None)
         conv.contact_name = data.get("name")
         conv.seq = int(data.get("seq") or 0)
+        conv.appended = max(len(conv.messages), int(data.get("appended") or 0))
         return conv

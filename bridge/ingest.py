@@ -58,7 +58,8 @@ class Ingestor:
                 continue
             claimed.add(message.id)
             fresh.append(message)
-        records: list[Record] = [_message_record(m) for m in fresh]
+        received_ms = int(time.time() * 1000)
+        records: list[Record] = [_message_record(m, received_ms) for m in fresh]
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
@@ -91,7 +92,7 @@ class Ingestor:
         )
 
 
-def _message_record(message: InboundMessage) -> MessageAdded:
+def _message_record(message: InboundMessage, received_ms: int) -> MessageAdded:
     return MessageAdded(
         key=message.key,
         message=Message(
@@ -102,4 +103,5 @@ def _message_record(message: InboundMessage) -> MessageAdded:
             type=message.type,
         ),
         contact_name=message.contact_name,
+        received_ms=received_ms,
     )

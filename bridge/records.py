@@ -17,11 +17,23 @@ from bridge.conversations import Message
 
 @dataclass(frozen=True, slots=True)
 class MessageAdded:
-    """A user message received or an assistant reply produced."""
+    """A user message received or an assistant reply produced.
+
+    `received_ms` is when the bridge received it (ms). Only that time decides anything (the
+    dedupe horizon, retention, the 24-hour window): the timestamp inside a delivery is the
+    sender's word, and a message stamped 1970 or 2100 must neither leave the seen-set early
+    nor keep a conversation from expiring. None (records of older versions, imports) means
+    the message's own timestamp.
+    """
 
     key: str
     message: Message
     contact_name: str | None = None
+    received_ms: int | None = None
+
+    @property
+    def at_ms(self) -> int:
+        return self.message.timestamp if self.received_ms is None else self.received_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +48,16 @@ class StatusChanged:
 
 @dataclass(frozen=True, slots=True)
 class ConversationDeleted:
-    """One user's conversation erased (operator's `delete`, retention, a data request)."""
+    """One user's conversation erased (operator's `delete`, retention, a data request).
+
+    `upto` bounds the erasure to what the decision saw: the first `upto` messages ever
+    appended to the conversation (its `appended` count when the decision was made). A
+    message acknowledged between the decision and this record reaching the journal comes
+    later in that count and survives it. None erases everything (records of older versions).
+    """
 
     key: str
+    upto: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +87,17 @@ Record = MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | Out
 def record_to_dict(record: Record) -> dict[str, Any]:
     """A compact JSON-able dict with a one-letter kind tag."""
     match record:
-        case MessageAdded(key, message, contact_name):
+        case MessageAdded(key, message, contact_name, received_ms):
             out: dict[str, Any] = {"t": "m", "k": key, "m": message.to_dict()}
             if contact_name:
                 out["n"] = contact_name
+            if received_ms is not None:
+                out["r"] = received_ms
             return out
         case StatusChanged(message_id, status, error, wamids):
             return {"t": "s", "i": message_id, "s": status, "e": error, "w": list(wamids)}
-        case ConversationDeleted(key):
-            return {"t": "d", "k": key}
+        case ConversationDeleted(key, upto):
+            return {"t": "d", "k": key} if upto is None else {"t": "d", "k": key, "u": upto}
         case OutboxQueued(item):
             return {
                 "t": "q",
@@ -95,11 +116,18 @@ def record_from_dict(data: dict[str, Any]) -> Record:
     """Inverse of record_to_dict; KeyError/ValueError/TypeError mean a corrupt record."""
     kind = data["t"]
     if kind == "m":
-        return MessageAdded(data["k"], Message.from_dict(data["m"]), data.get("n"))
+        received = data.get("r")
+        return MessageAdded(
+            data["k"],
+            Message.from_dict(data["m"]),
+            data.get("n"),
+            None if received is None else int(received),
+        )
     if kind == "s":
         return StatusChanged(data["i"], data["s"], data.get("e"), tuple(data.get("w", ())))
     if kind == "d":
-        return ConversationDeleted(data["k"])
+        upto = data.get("u")
+        return ConversationDeleted(data["k"], None if upto is None else int(upto))
     if kind == "q":
         return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
     if kind == "o":

@@ -48,7 +48,7 @@ class State:
         self.seq = max(self.seq, seq)
         match record:
             case MessageAdded(key, message, contact_name):
-                self._add_message(seq, key, message, contact_name)
+                self._add_message(seq, key, message, contact_name, record.at_ms)
             case StatusChanged(message_id, status, error, wamids):
                 ref = self.replies.get(message_id)
                 conv = self.conversations.get(ref[0]) if ref is not None else None
@@ -57,11 +57,8 @@ class State:
                 if conv.update_status(ref[1], status, error, wamids):
                     for wamid in wamids:
                         self.replies[wamid] = ref
-            case ConversationDeleted(key):
-                conv = self.conversations.pop(key, None)
-                if conv is not None:
-                    for message in conv.messages:
-                        self._forget_reply(message)
+            case ConversationDeleted(key, upto):
+                self._erase(seq, key, upto)
             case OutboxQueued(item):
                 self.queue_reply(item)
             case OutboxDone(item_id):
@@ -81,18 +78,42 @@ class State:
             if not queued:
                 del self._outbox_by_key[item.key]
 
-    def _add_message(self, seq: int, key: str, message: Message, contact_name: str | None) -> None:
+    def _erase(self, seq: int, key: str, upto: int | None) -> None:
+        """Erase what a deletion decided on; see `ConversationDeleted`.
+
+        Guarded by the conversation's seq like a message: a snapshot that already holds
+        changes after this record already reflects it, and a bounded erasure applied again
+        would cut into messages that came later.
+        """
+        conv = self.conversations.get(key)
+        if conv is None or (seq and seq <= conv.seq):
+            return
+        if upto is None or upto >= conv.appended:
+            del self.conversations[key]
+            erased = list(conv.messages)
+        else:
+            erased = conv.erase_before(upto)
+            if seq:
+                conv.seq = seq
+            if conv.messages:
+                conv.first_interaction = conv.messages[0].timestamp
+        for message in erased:
+            self._forget_reply(message)
+
+    def _add_message(
+        self, seq: int, key: str, message: Message, contact_name: str | None, at_ms: int
+    ) -> None:
         if message.role == "user" and message.id is not None:
-            self.seen.setdefault(message.id, message.timestamp)
+            self.seen.setdefault(message.id, at_ms)
         conv = self.conversations.get(key)
         if conv is None:
-            conv = Conversation(key, self.max_messages, message.timestamp)
+            conv = Conversation(key, self.max_messages, at_ms)
             self.conversations[key] = conv
         elif seq and seq <= conv.seq:
             return  # already in the snapshot this journal is replayed over
         if len(conv.messages) == conv.messages.maxlen:
             self._forget_reply(conv.messages[0])
-        conv.append(message)
+        conv.append(message, at_ms)
         if seq:
             conv.seq = seq
         if contact_name:
@@ -147,10 +168,20 @@ class State:
     def message_count(self) -> int:
         return sum(len(c.messages) for c in self.conversations.values())
 
-    def expired_keys(self, now_ms: int, retention_ms: int) -> list[str]:
-        """Conversations idle longer than the retention period."""
+    def expired(self, now_ms: int, retention_ms: int) -> list[ConversationDeleted]:
+        """Erasures of the conversations idle longer than the retention period, each bounded
+        to the messages it has now (a message acknowledged meanwhile survives)."""
         cutoff = now_ms - retention_ms
-        return [k for k, c in self.conversations.items() if c.last_activity < cutoff]
+        return [
+            ConversationDeleted(k, c.appended)
+            for k, c in self.conversations.items()
+            if c.last_activity < cutoff
+        ]
+
+    def deletion(self, key: str) -> ConversationDeleted | None:
+        """The erasure of everything `key` holds now, or None if there is no such conversation."""
+        conv = self.conversations.get(key)
+        return ConversationDeleted(key, conv.appended) if conv is not None else None
 
     def pending_outbox(self) -> list[OutboxItem]:
         return list(self.outbox.values())

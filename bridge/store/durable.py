@@ -29,7 +29,7 @@ from bridge.persistence.journal import (
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
-from bridge.records import ConversationDeleted, Record, decode, encode
+from bridge.records import Record, decode, encode
 from bridge.state import State
 from bridge.store.base import Store
 
@@ -199,9 +199,11 @@ class DurableStore(Store):
         async with self._snapshotting:
             started = time.monotonic()
             now_ms = int(time.time() * 1000)
-            expired = self.state.expired_keys(now_ms, self.profile.retention_days * DAY_MS)
+            # Decided from memory, applied in journal order: each erasure is bounded to the
+            # messages seen now, so one being acknowledged meanwhile is not erased with them.
+            expired = self.state.expired(now_ms, self.profile.retention_days * DAY_MS)
             if expired:
-                await self.commit([ConversationDeleted(k) for k in expired])
+                await self.commit(expired)
                 self._log.info("retention_pruned", conversations=len(expired))
             self.state.prune_seen(now_ms)
             segment = await self.journal.rotate()
