@@ -21,6 +21,10 @@ from bridge.logs import get_logger, mask
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
 
+# Backoff while a reply cannot be committed (seconds): quick at first, a gentle probe later.
+RECORD_RETRY_BASE = 0.5
+RECORD_RETRY_MAX = 30.0
+
 
 def new_reply_id() -> str:
     """Our id for a reply until Meta assigns wamids to its parts."""
@@ -127,28 +131,7 @@ class Replier:
             self._log.info("no_reply", key=mask(key), message_id=message_id)
             return
         reply_id = new_reply_id()
-        now_ms = int(time.time() * 1000)
-        item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
-        try:
-            await self._store.commit(
-                [
-                    MessageAdded(
-                        key,
-                        Message(
-                            role="assistant",
-                            content=text,
-                            timestamp=now_ms,
-                            id=reply_id,
-                            status="pending",
-                        ),
-                    ),
-                    OutboxQueued(item),
-                ]
-            )
-        except BridgeError as exc:
-            self._log.error(
-                "reply_not_recorded", key=mask(key), message_id=message_id, error=str(exc)
-            )
+        if not await self._record(key, message_id, recipient, reply_id, text):
             return
         # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
         self._log.debug(
@@ -161,6 +144,45 @@ class Replier:
             chars=len(text),
         )
         self._on_queued(key)
+
+    async def _record(
+        self, key: str, message_id: str, recipient: str, reply_id: str, text: str
+    ) -> bool:
+        """Commit the reply and its outbox item; while the store fails (a full disk), keep
+        the text and try again with backoff rather than drop an acknowledged user's answer.
+
+        Gives up only when the conversation was erased meanwhile (False). A stop cancels the
+        wait; the restart then asks the assistant again (`ProfileRuntime.start`)."""
+        attempt = 0
+        while True:
+            if key not in self._store.state.conversations:
+                self._log.info(
+                    "reply_dropped_conversation_erased", key=mask(key), reply_id=reply_id
+                )
+                return False
+            now_ms = int(time.time() * 1000)
+            item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
+            message = Message(
+                role="assistant", content=text, timestamp=now_ms, id=reply_id, status="pending"
+            )
+            try:
+                await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])
+            except BridgeError as exc:
+                delay = min(RECORD_RETRY_MAX, RECORD_RETRY_BASE * 2.0**attempt)
+                attempt += 1
+                self._log.error(
+                    "reply_not_recorded",
+                    key=mask(key),
+                    message_id=message_id,
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if attempt:
+                self._log.info("reply_recorded_after_retry", key=mask(key), attempts=attempt + 1)
+            return True
 
     async def stop(self, timeout: float) -> None:
         """Let replies in progress finish for up to `timeout` seconds, then cancel the rest."""

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import pytest
+
+from bridge import replies
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.records import MessageAdded
 from bridge.replies import Replier
+from bridge.runtime import ProfileRuntime
 from bridge.state import State
+from bridge.store.durable import DurableStore
 from bridge.store.memory import MemoryStore
-from tests.conftest import eventually
+from tests.conftest import StartBridge, eventually, make_profile
 
 
 class Recording(Assistant):
@@ -63,3 +73,77 @@ async def test_a_message_no_longer_held_gets_the_latest_history() -> None:
     replier.enqueue("k", "gone", "k")
     await eventually(lambda: bool(assistant.histories))
     assert assistant.histories == [[("assistant", "a2"), ("user", "u3")]]
+
+
+class Gated(Assistant):
+    """Answers only once the test opens the gate: the disk can fill while it 'thinks'."""
+
+    kind = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
+        self.asked.set()
+        await self.gate.wait()
+        return f"answer to {history[-1].content}"
+
+
+async def test_a_reply_whose_commit_fails_is_recorded_once_the_disk_recovers(
+    start_bridge: StartBridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's message is acknowledged; the disk fills while the assistant thinks; the
+    reply must not be dropped: it is committed and sent once space returns."""
+    monkeypatch.setattr(replies, "RECORD_RETRY_BASE", 0.02)
+    monkeypatch.setattr(replies, "RECORD_RETRY_MAX", 0.05)
+    assistant = Gated()
+    bridge = await start_bridge(store_factory=DurableStore, assistants={"default": assistant})
+    assert (await bridge.post_text("hola")).status == 200
+    await assistant.asked.wait()
+    real_fsync = os.fsync
+    failures = 0
+
+    def disk_full(fd: int) -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assistant.gate.set()
+    await eventually(lambda: failures >= 3, what="the reply's commit to be retried")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    await bridge.settle()
+    conv = bridge.state().get("34600000001")
+    assert conv is not None
+    assert [(m.role, m.content) for m in conv.messages] == [
+        ("user", "hola"),
+        ("assistant", "answer to hola"),
+    ]
+    assert conv.messages[-1].status == "sent"
+
+
+async def test_restart_answers_a_user_left_without_a_reply(tmp_path: Path) -> None:
+    """What a stop during a long disk outage leaves: the user's message, no reply. The next
+    start asks the assistant again."""
+    profile = make_profile(tmp_path)
+    store = DurableStore(profile)
+    await store.open()
+    await store.commit(
+        [
+            MessageAdded(
+                "34600000001",
+                Message("user", "¿abrís hoy?", 1000, id="wamid.A", type="text"),
+                received_ms=int(time.time() * 1000),
+            )
+        ]
+    )
+    await store.close()
+    runtime = ProfileRuntime.build(profile, store_factory=DurableStore)
+    await runtime.start()
+    try:
+        await eventually(lambda: not runtime.store.state.outbox and runtime.replier.busy == 0)
+        conv = runtime.store.state.get("34600000001")
+        assert conv is not None and [m.role for m in conv.messages] == ["user", "assistant"]
+    finally:
+        await runtime.stop(1.0)
