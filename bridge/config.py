@@ -55,6 +55,9 @@ class ProfileConfig:
     port: int | None = None
     retention_days: int = 365
     max_messages: int = 250
+    # How long a reply whose send may have reached Meta waits for Meta's status webhook
+    # naming it before it is sent again (see bridge/outbox.py).
+    send_reconcile_seconds: float = 20.0
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -227,6 +230,7 @@ def _profile(
     port = table.get("port")  # the env-configured profile uses BRIDGE_PORT for the server
     retention = get("retention_days")
     max_messages = get("max_messages")
+    reconcile = get("send_reconcile_seconds")
     key_file = get("key_file")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
@@ -244,6 +248,9 @@ def _profile(
         port=_int(port, f"profile {slug!r} port", 1, 65535) if port else None,
         retention_days=_int(retention, "retention_days", 1) if retention else 365,
         max_messages=_int(max_messages, "max_messages", 1) if max_messages else 250,
+        send_reconcile_seconds=(
+            _float(reconcile, "send_reconcile_seconds") if reconcile is not None else 20.0
+        ),
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
     )

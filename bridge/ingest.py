@@ -35,9 +35,17 @@ class IngestResult:
 class Ingestor:
     """Turns parsed messages and statuses into committed records for one profile."""
 
-    def __init__(self, store: Store, observe_commit: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        observe_commit: Callable[[float], None] | None = None,
+        on_confirmed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._store = store
         self._observe_commit = observe_commit
+        # Told (callback data, wamid) of each status that names one of our sends, once the
+        # status is durable: the outbox may be waiting to learn whether a send got through.
+        self._on_confirmed = on_confirmed
         # wamid -> outcome of the commit that is recording it right now
         self._in_flight: dict[str, asyncio.Future[None]] = {}
 
@@ -82,6 +90,10 @@ class Ingestor:
         finally:
             for message in fresh:
                 self._in_flight.pop(message.id, None)
+        if self._on_confirmed is not None:
+            for status in statuses:
+                if status.callback_data is not None:
+                    self._on_confirmed(status.callback_data, status.message_id)
         for other in waits:
             # Another request is committing this message: answer only once it is durable.
             await asyncio.shield(other)

@@ -114,13 +114,18 @@ class MeteredSender(Sender):
         self._sends = metrics.sends
         self._profile = profile
 
+        self.confirms_by_status = inner.confirms_by_status
+        self.timeout = inner.timeout
+
     @property
     def inner(self) -> Sender:
         return self._inner
 
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]:
         try:
-            ids = await self._inner.send_text(to, text, skip_parts)
+            ids = await self._inner.send_text(to, text, skip_parts, tag)
         except SendError as exc:
             self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
             raise

@@ -8,6 +8,14 @@ A reply longer than one WhatsApp message goes out as several parts. When a later
 the wamids of the parts already sent are kept (in memory, and committed to the store as the
 reply's wamids with status still `pending`), and the retry resumes after them with the
 sender's `skip_parts`: neither a retry nor a restart sends a part twice.
+
+A send whose outcome we never heard (a timeout, a connection lost after the request went
+out, a crash while sending) may have reached Meta. Each part carries
+`biz_opaque_callback_data` = `<reply id>:<part>`, which Meta echoes in its status webhooks,
+so such a reply is marked uncertain (durably: OutboxUncertain) and, before it is sent
+again, waits up to `reconcile_seconds` for a status that names its next part: a part Meta
+confirms is recorded, not repeated. Only a part Meta never reports within that window is
+sent a second time (at-least-once, with the window made small and stated in the README).
 """
 
 from __future__ import annotations
@@ -16,17 +24,22 @@ import asyncio
 import contextlib
 import functools
 import random
+from collections.abc import Iterable
 
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
-from bridge.records import OutboxDone, OutboxItem, StatusChanged
+from bridge.records import OutboxDone, OutboxItem, OutboxUncertain, StatusChanged
 from bridge.store.base import Store
 from bridge.whatsapp.graph import WINDOW_CLOSED, PartialSendError
-from bridge.whatsapp.sender import Sender, SendError
+from bridge.whatsapp.sender import Sender, SendError, parse_part_tag, split_text
 
-# How long `stop` lets sends already on the wire finish and be recorded: cutting one off
-# would leave it queued, and the user would get it again after the restart.
+# How long `stop` lets sends already on the wire finish and be recorded, at least; it is
+# raised above the sender's own timeout, so a send in flight ends by itself (sent, or known
+# to be uncertain) instead of being cut off and repeated after the restart.
 STOP_GRACE = 5.0
+# How long an uncertain reply waits for Meta's status webhook before it is sent again. Meta
+# reports `sent` within seconds of taking a message.
+RECONCILE_SECONDS = 20.0
 
 
 class Outbox:
@@ -41,6 +54,7 @@ class Outbox:
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         max_concurrency: int = 8,
+        reconcile_seconds: float = RECONCILE_SECONDS,
     ) -> None:
         if not 0 < base_delay <= max_delay or max_concurrency < 1:
             raise ValueError("need 0 < base_delay <= max_delay and max_concurrency >= 1")
@@ -59,6 +73,12 @@ class Outbox:
         self._stopping = False
         # Set (and replaced) by kick(): every retry waiting in a backoff wakes up at once.
         self._kicked = asyncio.Event()
+        self._reconcile_seconds = reconcile_seconds
+        self._confirmed: dict[str, dict[int, str]] = {}  # item id -> part -> wamid, from Meta
+        self._confirm_wake: dict[str, asyncio.Event] = {}  # items waiting for a confirmation
+        self._unsure: set[str] = set()  # uncertain in this run (also if not yet durable)
+        self._reconciled: set[str] = set()  # waited for since they last became uncertain
+        self._in_flight: set[str] = set()  # items whose send is awaiting the sender
 
     # -- control --------------------------------------------------------------------------
 
@@ -76,6 +96,18 @@ class Outbox:
         elif self._main is not None and not self._stopping:
             self._ensure_worker(key)
 
+    def confirm(self, callback_data: str, wamid: str) -> None:
+        """Meta's status webhook named one of our parts (its biz_opaque_callback_data): that
+        part reached Meta. Remembered for the reply until it is done."""
+        parsed = parse_part_tag(callback_data)
+        if parsed is None or parsed[0] not in self._store.state.outbox:
+            return  # not ours, or the usual status of a reply already recorded as sent
+        item_id, part = parsed
+        self._confirmed.setdefault(item_id, {})[part] = wamid
+        wake = self._confirm_wake.get(item_id)
+        if wake is not None:
+            wake.set()
+
     def kick(self) -> None:
         """The outbound path is healthy again: retry everything now instead of after backoff."""
         kicked, self._kicked = self._kicked, asyncio.Event()
@@ -92,11 +124,15 @@ class Outbox:
             await asyncio.sleep(0.01)
         return True
 
-    async def stop(self, grace: float = STOP_GRACE) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         """Stop sending; queued items stay in the store for the next start.
 
-        Sends in flight get `grace` seconds to finish and be recorded; waiting retries end now.
+        Sends in flight get `grace` seconds (default: longer than the sender's timeout) to
+        finish and be recorded; waiting retries end now. A send cut off all the same is
+        marked uncertain, so the next start asks Meta before repeating it.
         """
+        if grace is None:
+            grace = max(STOP_GRACE, self._sender.timeout + 2.0)
         self._stopping = True
         if self._main is not None:
             self._main.cancel()
@@ -107,9 +143,12 @@ class Outbox:
         workers = list(self._workers.values())
         if workers:
             _done, late = await asyncio.wait(workers, timeout=grace)
+            cut_off = set(self._in_flight) if late else set()
             for task in late:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if cut_off:
+                await self._mark_uncertain(cut_off)
         self._workers.clear()
 
     # -- workers --------------------------------------------------------------------------
@@ -172,17 +211,39 @@ class Outbox:
             self._sent_parts[item.id] = sent
         return sent
 
+    def _needs_reconcile(self, item_id: str) -> bool:
+        return (
+            self._sender.confirms_by_status
+            and (item_id in self._unsure or item_id in self._store.state.uncertain)
+            and item_id not in self._reconciled
+        )
+
     async def _deliver(self, item: OutboxItem) -> None:
         """Send one item until it is sent, has failed for good, or the outbox stops."""
         attempt = 0
         while not self._stopping and item.id in self._store.state.outbox:
             sent = self._already_sent(item)
+            if self._needs_reconcile(item.id):
+                await self._reconcile(item, sent)
+                if self._stopping:
+                    return
+                if len(sent) >= len(split_text(item.text)):
+                    # Every part reached Meta before: record that, send nothing again.
+                    await self._finish(item, "sent", None)
+                    self._log.info("reply_sent", item=item.id, to=mask(item.to), reconciled=True)
+                    return
             started = asyncio.get_running_loop().time()
             try:
                 async with self._slots:
                     if self._stopping:
                         return
-                    sent.extend(await self._sender.send_text(item.to, item.text, len(sent)))
+                    self._in_flight.add(item.id)
+                    try:
+                        sent.extend(
+                            await self._sender.send_text(item.to, item.text, len(sent), item.id)
+                        )
+                    finally:
+                        self._in_flight.discard(item.id)
             except SendError as exc:
                 error = exc
             except Exception as exc:
@@ -205,6 +266,20 @@ class Outbox:
                 sent.extend(error.sent_ids)
                 if error.retryable:
                     await self._record_progress(item, sent)
+            if error.uncertain and error.retryable:
+                # It may have got through: ask Meta's status webhooks (at the top of the loop)
+                # instead of backing off and sending it again blindly.
+                await self._mark_uncertain([item.id])
+                self._log.warning(
+                    "reply_send_uncertain",
+                    item=item.id,
+                    to=mask(item.to),
+                    attempt=attempt + 1,
+                    error=str(error),
+                    wait_for_status=self._reconcile_seconds,
+                )
+                attempt += 1
+                continue
             if not error.retryable:
                 await self._finish(item, "failed", _failure_text(error))
                 self._log.warning(
@@ -243,7 +318,59 @@ class Outbox:
             )
             await self._backoff(delay)
         if item.id not in self._store.state.outbox:
-            self._sent_parts.pop(item.id, None)  # dropped from the queue by someone else
+            self._forget(item.id)  # dropped from the queue by someone else
+
+    async def _reconcile(self, item: OutboxItem, sent: list[str]) -> None:
+        """Wait up to `reconcile_seconds` for Meta to confirm the parts after `sent`; each
+        confirmed part joins `sent` (and is recorded), so only the rest is sent again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconcile_seconds
+        total = len(split_text(item.text))
+        before = len(sent)
+        wake = self._confirm_wake.setdefault(item.id, asyncio.Event())
+        try:
+            while True:
+                confirmed = self._confirmed.get(item.id, {})
+                while len(sent) in confirmed:
+                    sent.append(confirmed[len(sent)])
+                remaining = deadline - loop.time()
+                if len(sent) >= total or self._stopping or remaining <= 0:
+                    break
+                wake.clear()
+                await _first_of((wake, self._kicked), remaining)
+        finally:
+            self._confirm_wake.pop(item.id, None)
+        if self._stopping:
+            return
+        self._reconciled.add(item.id)
+        self._unsure.discard(item.id)
+        self._log.info(
+            "reply_reconciled",
+            item=item.id,
+            to=mask(item.to),
+            parts=total,
+            confirmed=len(sent) - before,
+            sending_again=total - len(sent),
+        )
+        if len(sent) > before and len(sent) < total:
+            await self._record_progress(item, sent)
+
+    async def _mark_uncertain(self, item_ids: Iterable[str]) -> None:
+        """Remember (durably if the store lets us) that these sends may have reached Meta."""
+        ids = [i for i in item_ids if i in self._store.state.outbox]
+        self._unsure.update(ids)
+        self._reconciled.difference_update(ids)
+        try:
+            await self._store.commit([OutboxUncertain(i) for i in ids])
+        except BridgeError as exc:
+            # Known in this run; only a crash before the next success could send it twice.
+            self._log.warning("reply_uncertainty_not_recorded", items=len(ids), error=str(exc))
+
+    def _forget(self, item_id: str) -> None:
+        for table in (self._sent_parts, self._confirmed):
+            table.pop(item_id, None)
+        self._unsure.discard(item_id)
+        self._reconciled.discard(item_id)
 
     async def _record_progress(self, item: OutboxItem, sent: list[str]) -> None:
         """Commit the wamids of the parts sent so far, so a restart resumes after them."""
@@ -275,8 +402,18 @@ class Outbox:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
-            self._sent_parts.pop(item.id, None)
+            self._forget(item.id)
             return
+
+
+async def _first_of(events: Iterable[asyncio.Event], timeout: float) -> None:
+    """Return when any of `events` is set or `timeout` seconds have passed."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _failure_text(error: SendError) -> str:

@@ -81,7 +81,18 @@ class OutboxDone:
     item_id: str
 
 
-Record = MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone
+@dataclass(frozen=True, slots=True)
+class OutboxUncertain:
+    """A send of this reply may have reached Meta without our hearing back (a timeout, a
+    dropped connection, a crash while sending): before sending it again, wait for Meta's
+    status webhook that names it. Cleared by OutboxDone."""
+
+    item_id: str
+
+
+Record = (
+    MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone | OutboxUncertain
+)
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -109,6 +120,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             }
         case OutboxDone(item_id):
             return {"t": "o", "i": item_id}
+        case OutboxUncertain(item_id):
+            return {"t": "u", "i": item_id}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -132,6 +145,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
     if kind == "o":
         return OutboxDone(data["i"])
+    if kind == "u":
+        return OutboxUncertain(data["i"])
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -70,7 +70,9 @@ class ProfileRuntime:
         store = store_factory(config)
         sender = MeteredSender(sender or default_sender(config), metrics, slug)
         assistant = assistant or create_assistant(config.assistant)
-        outbox = Outbox(store, sender, profile=slug)
+        outbox = Outbox(
+            store, sender, profile=slug, reconcile_seconds=config.send_reconcile_seconds
+        )
 
         def observe_assistant(seconds: float, ok: bool) -> None:
             metrics.assistant_seconds.labels(slug).observe(seconds)
@@ -85,7 +87,9 @@ class ProfileRuntime:
             on_queued=outbox.notify,
             observe_assistant=observe_assistant,
         )
-        ingestor = Ingestor(store, metrics.commit_seconds.labels(slug).observe)
+        ingestor = Ingestor(
+            store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
+        )
         return cls(config, store, ingestor, replier, outbox, assistant, sender, metrics)
 
     @property

@@ -74,13 +74,21 @@ def delivery(*values: dict[str, Any], waba_id: str = "200000000000001") -> dict[
     }
 
 
-def status(wamid: str, state: str, recipient: str, error_code: int | None = None) -> dict[str, Any]:
+def status(
+    wamid: str,
+    state: str,
+    recipient: str,
+    error_code: int | None = None,
+    callback_data: str | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": wamid,
         "status": state,
         "timestamp": str(int(time.time())),
         "recipient_id": recipient,
     }
+    if callback_data is not None:
+        out["biz_opaque_callback_data"] = callback_data
     if error_code is not None:
         out["errors"] = [{"code": error_code, "title": "error", "message": "error"}]
     return out

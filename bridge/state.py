@@ -17,6 +17,7 @@ from bridge.records import (
     OutboxDone,
     OutboxItem,
     OutboxQueued,
+    OutboxUncertain,
     Record,
     StatusChanged,
 )
@@ -33,6 +34,8 @@ class State:
         self.conversations: dict[str, Conversation] = {}
         self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
+        # Outbox items a send of which may have reached Meta unconfirmed (OutboxUncertain).
+        self.uncertain: set[str] = set()
         # The same items per conversation, so the sender finds a user's next reply without
         # scanning a long queue (after an outage it can hold thousands).
         self._outbox_by_key: dict[str, dict[str, OutboxItem]] = {}
@@ -63,12 +66,16 @@ class State:
                 self.queue_reply(item)
             case OutboxDone(item_id):
                 self._unqueue_reply(item_id)
+            case OutboxUncertain(item_id):
+                if item_id in self.outbox:
+                    self.uncertain.add(item_id)
 
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
         self._outbox_by_key.setdefault(item.key, {})[item.id] = item
 
     def _unqueue_reply(self, item_id: str) -> None:
+        self.uncertain.discard(item_id)
         item = self.outbox.pop(item_id, None)
         if item is None:
             return

@@ -14,7 +14,7 @@ from bridge.config import ProfileConfig
 from bridge.state import State
 from bridge.store.durable import load_state
 from tests.conftest import APP_SECRET, eventually
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.graph import TOKEN, FakeGraph, Received
 from tests.fakes.threaded import serve_in_thread
 from tests.load import post_text
 from tests.test_cli import clean_env, free_port, run, start_serve
@@ -105,6 +105,8 @@ def test_unsent_reply_survives_a_crash_and_is_sent_after_restart(tmp_path: Path)
             BRIDGE_GRAPH_URL=graph_url,
             BRIDGE_VAR_DIR=str(tmp_path / "var"),
             BRIDGE_PORT=str(free_port()),
+            # After a crash every queued reply waits this long for Meta's status webhook.
+            BRIDGE_SEND_RECONCILE_SECONDS="0.5",
         )
         server = start_serve(tmp_path / "var", env=env)
         result = run(["simulate", "Hola", "--from", "34600000001"], env)
@@ -157,3 +159,88 @@ def test_second_process_on_one_profile_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     code, _ = server.stop()
     assert code == 0
+
+
+def graph_env(tmp_path: Path, graph_url: str, **extra: str) -> dict[str, str]:
+    return clean_env(
+        BRIDGE_APP_SECRET=APP_SECRET,
+        BRIDGE_VERIFY_TOKEN="v",
+        BRIDGE_ACCESS_TOKEN=TOKEN,
+        BRIDGE_PHONE_NUMBER_ID="100000000000001",
+        BRIDGE_GRAPH_URL=graph_url,
+        BRIDGE_VAR_DIR=str(tmp_path / "var"),
+        BRIDGE_PORT=str(free_port()),
+        **extra,
+    )
+
+
+def message_posts(graph: FakeGraph) -> list[Received]:
+    """Sends that reached the fake Graph API (not the health monitor's reads)."""
+    return [r for r in graph.received if r.method == "POST" and r.path.endswith("/messages")]
+
+
+async def post_users(port: int, count: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            assert await post_text(session, port, APP_SECRET, f"hola {i}", f"3462{i:07d}")
+
+
+def test_replies_in_flight_at_kill_9_are_not_sent_twice(tmp_path: Path) -> None:
+    """Graph takes each reply but answers slowly; the bridge is killed while the answers are
+    on their way. After the restart Meta's status webhooks (which carry each part's
+    biz_opaque_callback_data) tell the bridge what got through: nothing is sent again."""
+    graph = FakeGraph()
+    graph.delay = 1.5
+    with serve_in_thread(graph.app()) as graph_url:
+        env = graph_env(tmp_path, graph_url, BRIDGE_SEND_RECONCILE_SECONDS="20")
+        graph.report_to(f"http://127.0.0.1:{env['BRIDGE_PORT']}/webhook", APP_SECRET)
+        server = start_serve(tmp_path / "var", env=env)
+        asyncio.run(post_users(server.port, 5))
+
+        async def in_flight() -> None:
+            await eventually(lambda: len(message_posts(graph)) == 5, timeout=10, what="5 sends")
+
+        asyncio.run(in_flight())
+        server.proc.kill()
+        server.proc.wait()
+        again = start_serve(tmp_path / "var", env=env)
+
+        async def reconciled() -> None:
+            def done() -> bool:
+                state = stored(tmp_path / "var")
+                return len(graph.reported) == 5 and not state.outbox
+
+            await eventually(done, timeout=30, what="the replies to be reconciled")
+
+        asyncio.run(reconciled())
+        code, events = again.stop()
+    assert code == 0
+    assert len(graph.sent) == 5, f"{len(graph.sent) - 5} replies sent twice"
+    assert sum(e.get("reconciled") is True for e in events if e["event"] == "reply_sent") == 5
+    for conv in stored(tmp_path / "var").conversations.values():
+        assert conv.messages[-1].status in ("sent", "delivered", "read")
+        assert len(conv.messages[-1].wamids) == 1
+
+
+def test_sigterm_lets_slow_sends_finish_instead_of_repeating_them(tmp_path: Path) -> None:
+    """Graph answers after 7 s (its client times out at 15 s): a stop must wait for those
+    answers, not cut the sends off at a shorter grace and repeat them after the restart."""
+    graph = FakeGraph()
+    graph.delay = 7
+    with serve_in_thread(graph.app()) as graph_url:
+        env = graph_env(tmp_path, graph_url, BRIDGE_SEND_RECONCILE_SECONDS="0.5")
+        server = start_serve(tmp_path / "var", env=env)
+        asyncio.run(post_users(server.port, 3))
+
+        async def in_flight() -> None:
+            await eventually(lambda: len(message_posts(graph)) == 3, timeout=10, what="3 sends")
+
+        asyncio.run(in_flight())
+        code, _ = server.stop()
+        assert code == 0
+        assert not stored(tmp_path / "var").outbox, "the sends were cut off"
+        graph.delay = 0
+        again = start_serve(tmp_path / "var", env=env)
+        time.sleep(1.5)  # room for a wrongful re-send after the restart
+        again.stop()
+    assert len(graph.sent) == 3

@@ -232,7 +232,9 @@ class GateSender(Sender):
         self.peak = 0
         self.release = asyncio.Event()
 
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         await self.release.wait()
@@ -361,7 +363,9 @@ class CrashOnceSender(Sender):
     def __init__(self) -> None:
         self.calls = 0
 
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("sender bug")
@@ -394,3 +398,98 @@ async def test_logs_mask_the_recipient_and_omit_the_text(rig: Rig) -> None:
     everything = repr(logs)
     assert "my secret diagnosis" not in everything
     assert ANA not in everything
+
+
+# -- sends whose outcome we never heard: reconciled with Meta's status webhooks -------------
+
+
+async def test_each_part_carries_its_reply_id_for_status_webhooks(rig: Rig) -> None:
+    rig.outbox.start()
+    rid = await rig.queue(ANA, 1, text="word " * 1000)  # two parts
+    assert await rig.outbox.drain(5)
+    assert [m["biz_opaque_callback_data"] for m in rig.fake.sent] == [f"{rid}:0", f"{rid}:1"]
+
+
+async def test_a_lost_answer_confirmed_by_a_status_is_not_sent_again(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Graph took the message and the connection dropped before its answer: the retry
+    waits for Meta's status webhook, which names the part, and sends nothing again."""
+    rig = make_rig(reconcile_seconds=5.0)
+    rig.fake.lose_answers = 1
+    rig.outbox.start()
+    rid = await rig.queue(ANA, 1)
+    await eventually(lambda: rid in rig.store.state.uncertain, what="the send to be uncertain")
+    sent = rig.fake.sent[0]
+    rig.outbox.confirm(sent["biz_opaque_callback_data"], "wamid.FAKE000001")
+    assert await rig.outbox.drain(5)
+    assert len(rig.fake.sent) == 1, "sent twice"
+    assert rig.last(ANA).status == "sent"
+    assert rig.last(ANA).wamids == ("wamid.FAKE000001",)
+    assert rig.store.state.uncertain == set()
+
+
+async def test_a_lost_answer_never_confirmed_is_sent_again_after_the_window(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The at-least-once rest: no status within the window means we cannot tell, and a
+    reply sent twice beats a reply never sent."""
+    rig = make_rig(reconcile_seconds=0.2)
+    rig.fake.lose_answers = 1
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    assert await rig.outbox.drain(5)
+    assert len(rig.fake.sent) == 2
+    assert rig.last(ANA).wamids == ("wamid.FAKE000002",)
+
+
+async def test_a_confirmed_first_part_is_kept_and_only_the_rest_is_sent(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig(reconcile_seconds=5.0)
+    rig.fake.lose_answers = 1
+    rig.outbox.start()
+    rid = await rig.queue(ANA, 1, text="word " * 1000)
+    await eventually(lambda: rid in rig.store.state.uncertain, what="the send to be uncertain")
+    rig.outbox.confirm(f"{rid}:0", "wamid.FAKE000001")
+    assert await rig.outbox.drain(5)
+    assert [m["biz_opaque_callback_data"] for m in rig.fake.sent] == [f"{rid}:0", f"{rid}:1"]
+    assert rig.last(ANA).wamids == ("wamid.FAKE000001", "wamid.FAKE000002")
+
+
+async def test_statuses_of_other_messages_confirm_nothing(rig: Rig) -> None:
+    rig.outbox.confirm("something else", "wamid.X")
+    rig.outbox.confirm("reply-9:0", "wamid.X")  # not queued
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    assert await rig.outbox.drain(5)
+    assert len(rig.fake.sent) == 1
+
+
+async def test_stop_lets_a_slow_send_finish_instead_of_repeating_it_later(
+    make_rig: Callable[..., Rig], aiohttp_server: AiohttpServer
+) -> None:
+    """Graph answers after 5.5 s, within the client's 6 s timeout: a stop then must wait for
+    the answer (the old 5 s grace cut it off, and the restart sent the reply again)."""
+    rig = make_rig()
+    server = await aiohttp_server(rig.fake.app())
+    slow_client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=6)
+    rig = make_rig(store=rig.store, sender=slow_client)
+    rig.fake.delay = 5.5
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await eventually(lambda: len(rig.fake.received) == 1, what="the send to be in flight")
+    await rig.outbox.stop()
+    await slow_client.close()
+    assert rig.status(ANA) == [("sent", None)]
+    assert rig.store.state.outbox == {}
+
+
+async def test_a_send_cut_off_by_stop_is_marked_uncertain(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.fake.delay = 1.0
+    rig.outbox.start()
+    await rig.queue(ANA, 1)
+    await eventually(lambda: len(rig.fake.received) == 1, what="the send to be in flight")
+    await rig.outbox.stop(grace=0.1)
+    assert rig.store.state.uncertain == {"reply-1"}

@@ -1,7 +1,10 @@
 """One process per profile directory: an exclusive flock held for the process's lifetime.
 
 flock is released by the kernel when the process dies, even by kill -9, so a crash never
-leaves a stale lock; the pid written into the file only serves error messages.
+leaves a stale lock. The holder writes its pid into the file (for error messages) and, when
+it stops normally, replaces it with `clean`: a pid found there by the next holder means the
+previous one died (kill -9, power loss), which tells the outbox that sends may have been in
+flight.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 from bridge.errors import ProfileLockedError
 from bridge.persistence.layout import lock_path
 
+CLEAN = b"clean\n"
+
 
 class ProfileLock:
     """The exclusive lock on `<state_dir>/lock`; the holder's pid is written into the file."""
@@ -21,6 +26,7 @@ class ProfileLock:
         self._path = lock_path(state_dir)
         self._slug = slug
         self._fd: int | None = None
+        self.previous_unclean = False  # the previous holder died without releasing cleanly
 
     def acquire(self) -> None:
         """Take the lock or raise ProfileLockedError naming the holder's pid."""
@@ -40,15 +46,28 @@ class ProfileLock:
         try:
             if os.fstat(fd).st_mode & 0o077:
                 os.fchmod(fd, 0o600)
+            previous = os.read(fd, 32).strip()
+            self.previous_unclean = previous.isdigit()
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)  # closing drops the flock too
             raise
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, clean: bool | None = None) -> None:
+        """Unlock. `clean`: this process stops normally and left nothing in flight that it
+        did not record; by default, only if the previous holder had stopped cleanly too (a
+        short admin write after a crash must not hide the crash from the next bridge)."""
+        if clean is None:
+            clean = not self.previous_unclean
         if self._fd is not None:
+            if clean:
+                try:
+                    os.ftruncate(self._fd, 0)
+                    os.pwrite(self._fd, CLEAN, 0)
+                except OSError:
+                    pass  # a full disk: the next start just reconciles as after a crash
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

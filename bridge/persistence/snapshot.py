@@ -10,7 +10,7 @@ this order:
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
 - `{"seen": {wamid: ms, ...}}` (as many as needed), `{"outbox": [[id, key, to, text,
-  created_ms], ...]}`;
+  created_ms(, 1 when a send of it may have reached Meta unconfirmed)], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
@@ -190,7 +190,13 @@ async def write_snapshot(
             await writer.flush()
             await asyncio.sleep(0)
         writer.add(
-            {"outbox": [[i.id, i.key, i.to, i.text, i.created_ms] for i in state.outbox.values()]}
+            {
+                "outbox": [
+                    [i.id, i.key, i.to, i.text, i.created_ms]
+                    + ([1] if i.id in state.uncertain else [])
+                    for i in state.outbox.values()
+                ]
+            }
         )
         writer.add({"end": True, "seq": state.seq, "frames": writer.index + 1})
         await writer.flush(finish=True)
@@ -243,8 +249,10 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
             elif "seen" in record:
                 state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
             elif "outbox" in record:
-                for item_id, key, to, text, created in record["outbox"]:
+                for item_id, key, to, text, created, *uncertain in record["outbox"]:
                     state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
+                    if uncertain:
+                        state.uncertain.add(item_id)
             elif record.get("end") is True:
                 if int(record["frames"]) != index + 1:
                     raise CorruptStateError(f"{path}: record count does not match")

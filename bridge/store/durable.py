@@ -29,7 +29,7 @@ from bridge.persistence.journal import (
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
-from bridge.records import Record, decode, encode
+from bridge.records import OutboxUncertain, Record, decode, encode
 from bridge.state import State
 from bridge.store.base import Store
 
@@ -159,16 +159,27 @@ class DurableStore(Store):
             )
             journal.start(segment, size)
         except BaseException:
-            self._lock.release()
+            self._lock.release(clean=False)
             raise
         self._journal = journal
         self._next_seq = self.state.seq + 1
+        if self._lock.previous_unclean:
+            await self._mark_sends_uncertain()
         self._log.info(
             "store_opened",
             segment=segment,
             seconds=round(time.monotonic() - started, 3),
             conversations=len(self.state.conversations),
         )
+
+    async def _mark_sends_uncertain(self) -> None:
+        """The previous process died: any queued reply may have been on the wire. Say so
+        durably, so the outbox asks Meta's status webhooks before sending it again, however
+        often we restart."""
+        items = [OutboxUncertain(i) for i in self.state.outbox if i not in self.state.uncertain]
+        if items:
+            await self.commit(items)
+            self._log.warning("outbox_sends_uncertain_after_crash", replies=len(items))
 
     async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
@@ -255,4 +266,4 @@ class DurableStore(Store):
                 await self._journal.close()
             finally:
                 self._journal = None
-                self._lock.release()
+                self._lock.release(clean=True)

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import ProfileConfig
-from bridge.whatsapp.sender import Sender, SendError, split_text
+from bridge.whatsapp.sender import Sender, SendError, part_tag, split_text
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
@@ -46,12 +46,16 @@ class PartialSendError(SendError):
     """
 
     def __init__(self, cause: SendError, sent_ids: list[str]) -> None:
-        super().__init__(str(cause), cause.code, cause.retryable, cause.auth)
+        super().__init__(
+            str(cause), cause.code, cause.retryable, cause.auth, uncertain=cause.uncertain
+        )
         self.sent_ids = sent_ids
 
 
 class GraphClient(Sender):
     """Sends through one phone number of the Cloud API; one HTTP session, made on first use."""
+
+    confirms_by_status = True  # Meta echoes biz_opaque_callback_data in status webhooks
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class GraphClient(Sender):
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
         self._token = access_token
+        self.timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -91,14 +96,16 @@ class GraphClient(Sender):
             )
         return self._session
 
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]:
         """Send the parts of `text` from `skip_parts` on, in order; the wamid of each one sent.
 
         Raises SendError when the first of them fails, PartialSendError when a later one does.
         """
         sent: list[str] = []
-        for part in split_text(text)[skip_parts:]:
-            body = {
+        for index, part in enumerate(split_text(text)[skip_parts:], skip_parts):
+            body: dict[str, Any] = {
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
                 "to": to,
@@ -106,6 +113,8 @@ class GraphClient(Sender):
                 # No link previews: a reply quoting a URL should not fetch it on the user's phone.
                 "text": {"body": part, "preview_url": False},
             }
+            if tag is not None:
+                body["biz_opaque_callback_data"] = part_tag(tag, index)
             try:
                 sent.append(await self._post_message(body))
             except SendError as exc:
@@ -140,19 +149,29 @@ class GraphClient(Sender):
         except SendError as exc:
             raise self._scrubbed(exc) from None
         except TimeoutError:
-            # The request may have reached Meta: a retry can duplicate a part, which is the
-            # lesser harm than dropping it (at-least-once out, as in).
-            raise SendError("Graph API timed out", retryable=True) from None
-        except aiohttp.ClientError as exc:
+            # The request may have reached Meta: the outbox waits for a status webhook about
+            # it before it sends again (at-least-once out, with that window made small).
+            raise SendError("Graph API timed out", retryable=True, uncertain=True) from None
+        except aiohttp.ClientConnectorError as exc:
+            # No connection was made, so nothing was sent.
             raise self._scrubbed(
                 SendError(f"Graph API unreachable: {exc}", retryable=True)
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Connected, then lost: the request may have been taken.
+            raise self._scrubbed(
+                SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
             ) from None
 
     def _scrubbed(self, exc: SendError) -> SendError:
         """Error text ends up in logs and in the stored message: never let the token in."""
         if self._token in str(exc):
             return SendError(
-                str(exc).replace(self._token, "[token]"), exc.code, exc.retryable, exc.auth
+                str(exc).replace(self._token, "[token]"),
+                exc.code,
+                exc.retryable,
+                exc.auth,
+                uncertain=exc.uncertain,
             )
         return exc
 

@@ -29,6 +29,9 @@ class StatusUpdate:
     timestamp_ms: int
     recipient: str | None = None
     error: str | None = None  # "code: title" of the first error on a failed status
+    # What we sent as biz_opaque_callback_data with the message (Meta echoes it): names the
+    # reply and part even when the send's own answer never reached us.
+    callback_data: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,7 @@ def _status(status: Any, where: str) -> StatusUpdate:
         timestamp_ms=_timestamp_ms(status.get("timestamp")),
         recipient=_str(status, "recipient_id") or _str(status, "recipient_user_id"),
         error=_error_text(first_error) if isinstance(first_error, dict) else None,
+        callback_data=_str(status, "biz_opaque_callback_data"),
     )
 
 

@@ -16,15 +16,39 @@ class SendError(BridgeError):
     """A send failed. `retryable`: try again later; else record the failure and drop it.
 
     `auth` marks an expired or invalid token (Graph error 190): keep the reply queued and alert.
+    `uncertain` marks a request that may have reached Meta although no answer came back (a
+    timeout, a connection dropped after the request was written): sending it again could
+    deliver it twice, so the outbox first waits for Meta's status webhook about it.
     """
 
     def __init__(
-        self, message: str, code: int | None = None, retryable: bool = False, auth: bool = False
+        self,
+        message: str,
+        code: int | None = None,
+        retryable: bool = False,
+        auth: bool = False,
+        *,
+        uncertain: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
         self.auth = auth
+        self.uncertain = uncertain
+
+
+def part_tag(tag: str, index: int) -> str:
+    """What a sent part carries as Meta's `biz_opaque_callback_data`, which Meta echoes in
+    every status webhook about that message: the reply's id and the part's index."""
+    return f"{tag}:{index}"
+
+
+def parse_part_tag(data: str) -> tuple[str, int] | None:
+    """Inverse of `part_tag`; None for anything we did not write."""
+    tag, _, index = data.rpartition(":")
+    if not tag or not index.isdigit() or len(index) > 6:
+        return None
+    return tag, int(index)
 
 
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
@@ -51,11 +75,19 @@ class Sender(ABC):
     """Sends one text reply (split as needed); returns Meta's message id of each part sent.
 
     `skip_parts` resumes a reply whose first parts already went out, so a retry never sends a
-    part twice.
+    part twice. `tag` (the reply's id) goes out with each part as `part_tag(tag, index)`.
     """
 
+    # Whether status webhooks echo `tag` for what this sender sends, so that a send whose
+    # outcome is unknown can be confirmed instead of repeated.
+    confirms_by_status = False
+    # The longest one send may take before it gives up (seconds); a stop waits longer.
+    timeout = 0.0
+
     @abstractmethod
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]: ...
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]: ...
 
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
@@ -68,7 +100,9 @@ class LogSender(Sender):
         self._log = get_logger(profile=profile, sender="log")
         self._ids = itertools.count(1)
 
-    async def send_text(self, to: str, text: str, skip_parts: int = 0) -> list[str]:
+    async def send_text(
+        self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
+    ) -> list[str]:
         parts = split_text(text)[skip_parts:]
         ids = [f"wamid.log-{next(self._ids)}" for _ in parts]
         self._log.info("reply_not_sent_no_token", to=mask(to), parts=len(parts), chars=len(text))

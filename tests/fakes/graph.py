@@ -6,6 +6,12 @@ success and `{"error": {"message", "type", "code", "error_subcode", "error_data"
 every request (method, path, headers, JSON); failures can be scripted per request, globally or
 per recipient; the bearer token is checked like Meta does (190 with HTTP 401 when wrong), and
 a body the real API would reject (missing fields, text over 4096 chars) gets error 100.
+
+Like Meta, it can report back: with `report_to(webhook_url, app_secret)`, every accepted
+message is followed by a signed `sent` status webhook carrying the message's
+`biz_opaque_callback_data`, retried until the bridge answers 200 (Meta retries for days).
+And it can lose its answer after taking a message (`lose_answers`), as a dropped
+connection does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+
+from bridge import simulate
 
 TOKEN = "test-access-token"
 MAX_TEXT = 4096
@@ -67,7 +76,36 @@ class FakeGraph:
     failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
     fail_all: tuple[int, int | None] | None = None  # every POST fails this way while set
     delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
+    lose_answers: int = 0  # the next N accepted messages: taken, then the connection dropped
+    reported: list[str] = field(default_factory=list)  # wamids whose status webhook got a 200
+    _report: tuple[str, str] | None = None  # (webhook url, app secret)
+    _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def report_to(self, webhook_url: str, app_secret: str) -> None:
+        """Send a status webhook for every message accepted from now on, as Meta does."""
+        self._report = (webhook_url, app_secret)
+
+    async def _report_sent(self, body: dict[str, Any], wamid: str) -> None:
+        assert self._report is not None
+        url, secret = self._report
+        status = simulate.status(
+            wamid, "sent", body["to"], callback_data=body.get("biz_opaque_callback_data")
+        )
+        raw = simulate.encode(simulate.delivery(simulate.change_value(statuses=[status])))
+        headers = simulate.signed_headers(raw, secret)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                try:
+                    async with session.post(url, data=raw, headers=headers) as resp:
+                        if resp.status == 200:
+                            self.reported.append(wamid)
+                            return
+                except aiohttp.ClientError:
+                    pass  # the bridge is down (restarting): Meta retries later
+                await asyncio.sleep(0.1)
 
     def fail_next(
         self, status: int, code: int | None = None, times: int = 1, to: str | None = None
@@ -116,6 +154,16 @@ class FakeGraph:
             return self._error(*outcome)
         self.sent.append(body)
         wamid = f"wamid.FAKE{next(self._ids):06d}"
+        if self._report is not None:
+            task = asyncio.get_running_loop().create_task(self._report_sent(body, wamid))
+            self._reporters.add(task)
+            task.add_done_callback(self._reporters.discard)
+        if self.lose_answers:
+            # Taken and delivered, but the answer never reaches the sender.
+            self.lose_answers -= 1
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         return web.json_response(
             {
                 "messaging_product": "whatsapp",

@@ -47,7 +47,7 @@ async def crash(store: DurableStore) -> None:
     journal = store.journal
     await journal.close()
     store._journal = None  # close() must not snapshot: a crash doesn't
-    store._lock.release()
+    store._lock.release(clean=False)
 
 
 def split_frames(path: Path) -> list[bytes]:

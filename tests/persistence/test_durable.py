@@ -79,7 +79,18 @@ async def test_snapshot_then_more_commits_then_crash(opened: Opened) -> None:
     await crash(store)
     again = await opened()
     assert snapshot_of(again.state) == before
-    assert again.state.seq == store.state.seq
+    # After a crash the store records that the queued reply may have been on the wire.
+    assert again.state.seq == store.state.seq + 1
+    assert again.state.uncertain == {"out.34600000002.4"}
+
+
+async def test_a_clean_close_leaves_no_reply_uncertain(opened: Opened) -> None:
+    store = await opened()
+    await commit_everything(store)
+    await store.close()
+    again = await opened()
+    assert list(again.state.outbox) == ["out.34600000002.4"]
+    assert again.state.uncertain == set()
 
 
 async def test_queued_replies_are_found_per_user_after_a_snapshot_restart(
