@@ -8,7 +8,7 @@ that the seed's tools ignore.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
@@ -29,6 +29,7 @@ class Message:
     status: str | None = None  # delivery state of an assistant reply
     error: str | None = None  # why a reply failed, e.g. "131047: Re-engagement message"
     wamids: tuple[str, ...] = ()  # Meta's ids of the sent parts of a reply
+    reply_to: str | None = None  # the user message a reply answers (its wamid)
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's three fields first, optional ones only when set."""
@@ -47,6 +48,8 @@ class Message:
             out["error"] = self.error
         if self.wamids:
             out["wamids"] = list(self.wamids)
+        if self.reply_to is not None:
+            out["replyTo"] = self.reply_to
         return out
 
     @classmethod
@@ -60,6 +63,7 @@ class Message:
             status=data.get("status"),
             error=data.get("error"),
             wamids=tuple(data.get("wamids", ())),
+            reply_to=data.get("replyTo"),
         )
 
 
@@ -134,18 +138,30 @@ class Conversation:
                 new_status = status
             if message.status in TERMINAL_STATUSES and status not in TERMINAL_STATUSES:
                 new_status = message.status
-            self.messages[index] = Message(
-                role=message.role,
-                content=message.content,
-                timestamp=message.timestamp,
-                id=message.id,
-                type=message.type,
+            self.messages[index] = replace(
+                message,
                 status=new_status,
                 error=error or message.error,
                 wamids=message.wamids + tuple(w for w in wamids if w not in message.wamids),
             )
             return True
         return False
+
+    def unanswered(self) -> Message | None:
+        """The newest user message if no reply answers it or any user message after the
+        newest one answered: the one to answer (with the run before it as history) after a
+        crash or a stop interrupted the replier."""
+        answered = {m.reply_to for m in self.messages if m.role == "assistant" and m.reply_to}
+        last_user: Message | None = None
+        for message in reversed(self.messages):
+            if message.role != "user":
+                if message.reply_to is None and last_user is None:
+                    return None  # a reply of an older version: it answered what preceded it
+                continue
+            if message.id in answered:
+                return last_user
+            last_user = last_user or message
+        return last_user
 
     def view(self) -> ConversationView:
         return ConversationView(

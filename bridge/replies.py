@@ -163,7 +163,12 @@ class Replier:
             now_ms = int(time.time() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
             message = Message(
-                role="assistant", content=text, timestamp=now_ms, id=reply_id, status="pending"
+                role="assistant",
+                content=text,
+                timestamp=now_ms,
+                id=reply_id,
+                status="pending",
+                reply_to=message_id,
             )
             try:
                 await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])

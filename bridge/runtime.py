@@ -116,15 +116,16 @@ class ProfileRuntime:
 
     def _resume_unanswered(self, now_ms: int) -> int:
         """Ask again for replies a crash, a stop or a store that kept failing interrupted:
-        conversations whose last entry is a user message still inside the 24-hour window
-        (outside it, WhatsApp refuses free-form replies anyway). One reply answers the whole
-        unanswered run, with all of it in the history."""
+        conversations with user messages after the last one a reply answers, still inside
+        the 24-hour window (outside it, WhatsApp refuses free-form replies anyway). One reply
+        answers the whole unanswered run, with all of it in the history."""
         count = 0
         for conv in self.store.state.conversations.values():
-            last = conv.messages[-1] if conv.messages else None
-            received = conv.last_user_message or 0
-            if last and last.role == "user" and last.id and now_ms - received < WINDOW_MS:
-                self.replier.enqueue(conv.key, last.id, conv.key)
+            if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
+                continue
+            message = conv.unanswered()
+            if message is not None and message.id:
+                self.replier.enqueue(conv.key, message.id, conv.key)
                 count += 1
         return count
 

@@ -14,7 +14,7 @@ import pytest
 from bridge import replies
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
-from bridge.conversations import Message
+from bridge.conversations import Conversation, Message
 from bridge.records import MessageAdded
 from bridge.replies import Replier
 from bridge.runtime import ProfileRuntime
@@ -147,3 +147,41 @@ async def test_restart_answers_a_user_left_without_a_reply(tmp_path: Path) -> No
         assert conv is not None and [m.role for m in conv.messages] == ["user", "assistant"]
     finally:
         await runtime.stop(1.0)
+
+
+def conversation(*entries: tuple[str, str, str | None]) -> Conversation:
+    conv = Conversation("k", 250, 0)
+    for n, (role, ident, reply_to) in enumerate(entries):
+        conv.append(Message(role, ident, n, id=ident, reply_to=reply_to))
+    return conv
+
+
+def test_unanswered_finds_a_user_message_overtaken_by_an_earlier_reply() -> None:
+    """m1 and m2 arrive, the reply to m1 is recorded after m2, then a crash: m2 is owed."""
+    conv = conversation(("user", "m1", None), ("user", "m2", None), ("assistant", "r1", "m1"))
+    unanswered = conv.unanswered()
+    assert unanswered is not None and unanswered.id == "m2"
+
+
+def test_unanswered_is_none_when_every_user_message_is_answered() -> None:
+    conv = conversation(
+        ("user", "m1", None),
+        ("user", "m2", None),
+        ("assistant", "r1", "m1"),
+        ("assistant", "r2", "m2"),
+    )
+    assert conv.unanswered() is None
+
+
+def test_unanswered_answers_a_trailing_run_once_with_its_newest_message() -> None:
+    conv = conversation(("user", "m1", None), ("assistant", "r1", "m1"), ("user", "m2", None))
+    conv.append(Message("user", "m3", 9, id="m3"))
+    unanswered = conv.unanswered()
+    assert unanswered is not None and unanswered.id == "m3"
+
+
+def test_unanswered_trusts_replies_of_older_versions_for_what_precedes_them() -> None:
+    assert conversation(("user", "m1", None), ("assistant", "r", None)).unanswered() is None
+    old = conversation(("user", "m1", None), ("assistant", "r", None), ("user", "m2", None))
+    unanswered = old.unanswered()
+    assert unanswered is not None and unanswered.id == "m2"
