@@ -1,5 +1,20 @@
-"""Durability under crashes: load at a steady rate, `kill -9` at a random moment, restart,
-repeat; at the end every message that got a 200 must be present exactly once.
+"""Durability under crashes, with everything that writes mixed in.
+
+Each cycle: a real `bridge serve` takes signed deliveries at a steady rate while it takes a
+snapshot every second (each one runs the retention sweep) and sends the echo replies to a
+local fake Graph API, which reports a status webhook for each, as Meta does; some cycles
+take a backup under that load. The bridge is killed with SIGKILL at a random moment; while
+it is down an operator writes: imports idle history (40 days old, so the next sweep erases
+it while new messages for the same users arrive), deletes a user, or imports fresh
+conversations, an import that is itself killed on some cycles. Then the next cycle.
+
+At the end (a last run settles every reply, then SIGTERM) it checks:
+- every message that got a 200 is present exactly once, unless an operator's `delete` of
+  its user came after it, and then it is gone (erasure is complete);
+- each imported conversation is whole (or absent, when its import was killed);
+- the idle history retention erased is gone, and what arrived for those users is kept;
+- no user message was answered twice or left unanswered; no reply reached Graph twice;
+- every backup taken under load verifies; no temp file is left behind.
 
 Usage: python -m tests.bench.crash_loop [--cycles 20] [--rate 200] [--out FILE]
 """
@@ -16,77 +31,232 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from bridge.config import ProfileConfig
+from bridge.state import State
 from bridge.store.durable import load_state
 from tests.bench.webhook_load import free_port, wait_ready
+from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.threaded import serve_in_thread
 from tests.load import post_text
 
 SECRET = "crash-app-secret"
+DAY_MS = 24 * 3600 * 1000
+LIVE_PHONES = 300
 
 
-async def load(port: int, rate: float, stop_after: float, acked: list[str], counter: int) -> int:
-    """Post single-message deliveries at `rate`/s for `stop_after` seconds (the process is
-    killed meanwhile); append the ids that got a 200."""
+@dataclass
+class Ledger:
+    """What the operator and Meta were told, to check the store against at the end."""
+
+    acked: dict[str, str] = field(default_factory=dict)  # wamid -> phone, for every 200
+    erased: set[str] = field(default_factory=set)  # acked, then their user deleted
+    imported: dict[str, list[str]] = field(default_factory=dict)  # key -> message ids
+    killed_imports: dict[str, list[str]] = field(default_factory=dict)
+    idle_old: dict[str, list[str]] = field(default_factory=dict)  # 40 days old, by user
+    idle_phones: list[str] = field(default_factory=list)  # get traffic in the next cycle
+    backups: list[Path] = field(default_factory=list)
+    counter: int = 0
+    requests: int = 0
+    deletes: int = 0
+
+
+async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
+    """Post single-message deliveries at `rate`/s for `seconds` (the process is killed
+    meanwhile); a fifth of them go to the users whose idle history was just imported."""
+    idle = list(ledger.idle_phones)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         loop = asyncio.get_running_loop()
-        end = loop.time() + stop_after
+        end = loop.time() + seconds
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(n: int) -> None:
-            wamid = await post_text(session, port, SECRET, f"crash test {n}", f"3465{n % 500:07d}")
+            idle_turn = idle and n % 5 == 0
+            phone = idle[n % len(idle)] if idle_turn else f"3465{n % LIVE_PHONES:07d}"
+            wamid = await post_text(session, port, SECRET, f"crash test {n}", phone)
             if wamid:
-                acked.append(wamid)
+                ledger.acked[wamid] = phone
 
         while loop.time() < end:
-            counter += 1
-            task = asyncio.create_task(one(counter))
+            ledger.counter += 1
+            ledger.requests += 1
+            task = asyncio.create_task(one(ledger.counter))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks, return_exceptions=True)
-    return counter
 
 
-async def kill_during_load(
+def admin(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "admin", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def cycle(
     proc: subprocess.Popen[bytes],
     port: int,
     rate: float,
     kill_at: float,
-    acked: list[str],
-    counter: int,
-) -> int:
-    """Load the bridge and SIGKILL it `kill_at` seconds in, mid-traffic."""
-    task = asyncio.ensure_future(load(port, rate, kill_at + 0.5, acked, counter))
-    await asyncio.sleep(kill_at)
+    ledger: Ledger,
+    backup_env: dict[str, str] | None,
+) -> None:
+    """Load the bridge, maybe back it up meanwhile, and SIGKILL it `kill_at` seconds in."""
+    began = time.monotonic()
+    task = asyncio.ensure_future(load(port, rate, kill_at + 0.5, ledger))
+    if backup_env is not None:
+        result = await asyncio.to_thread(admin, backup_env, "backup", "--json")
+        if result.returncode == 0:
+            ledger.backups.append(Path(orjson.loads(result.stdout)["path"]))
+        else:
+            raise SystemExit(f"backup under load failed: {result.stderr.strip()}")
+    await asyncio.sleep(max(0.0, kill_at - (time.monotonic() - began)))
     proc.send_signal(signal.SIGKILL)
-    return await task
+    await task
 
 
-def main() -> None:
+def seed_file(path: Path, conversations: dict[str, list[dict[str, object]]]) -> Path:
+    path.write_bytes(orjson.dumps([[k, {"messages": m}] for k, m in conversations.items()]))
+    return path
+
+
+def conversations_at(
+    prefix: str, count: int, per: int, when_ms: int, tag: str
+) -> dict[str, list[dict[str, object]]]:
+    """Old-system history: `per` user messages each, the last one answered (an import of
+    answered history owes nobody a reply)."""
+    out: dict[str, list[dict[str, object]]] = {}
+    for i in range(count):
+        key = f"{prefix}{i:05d}"
+        out[key] = [
+            {
+                "role": "user",
+                "content": f"{tag} {key} {j}",
+                "timestamp": when_ms + j,
+                "id": f"wamid.{tag}.{key}.{j}",
+            }
+            for j in range(per)
+        ]
+        out[key].append({"role": "assistant", "content": "ok", "timestamp": when_ms + per})
+    return out
+
+
+def operator_writes(number: int, tmp: Path, env: dict[str, str], ledger: Ledger) -> None:
+    """While the bridge is down: idle history for the next cycle, then one more write."""
+    now = int(time.time() * 1000)
+    idle = conversations_at(f"3466{number:03d}", 20, 3, now - 40 * DAY_MS, "idle")
+    result = admin(env, "import", str(seed_file(tmp / f"idle-{number}.json", idle)))
+    if result.returncode != 0:
+        raise SystemExit(f"idle import failed: {result.stderr.strip()}")
+    ledger.idle_phones = list(idle)
+    ledger.idle_old.update(
+        {k: [str(m["id"]) for m in msgs if "id" in m] for k, msgs in idle.items()}
+    )
+    kind = number % 3
+    if kind == 0:
+        # A user's data erased on request: everything acknowledged for them so far goes.
+        phones = sorted({p for p in ledger.acked.values() if p.startswith("3465")})
+        if phones:
+            victim = random.choice(phones)
+            result = admin(env, "delete", victim)
+            if result.returncode != 0:
+                raise SystemExit(f"delete failed: {result.stderr.strip()}")
+            gone = {w for w, p in ledger.acked.items() if p == victim}
+            ledger.erased |= gone
+            for wamid in gone:
+                del ledger.acked[wamid]
+            ledger.deletes += 1
+        return
+    # Big enough that a kill lands in the middle of the import.
+    fresh = conversations_at(
+        f"3467{number:03d}", 200 if kind == 1 else 3000, 5, now - 60_000, "fresh"
+    )
+    path = seed_file(tmp / f"fresh-{number}.json", fresh)
+    ids = {k: [str(m["id"]) for m in msgs if "id" in m] for k, msgs in fresh.items()}
+    if kind == 1:
+        result = admin(env, "import", str(path))
+        if result.returncode != 0:
+            raise SystemExit(f"import failed: {result.stderr.strip()}")
+        ledger.imported.update(ids)
+        return
+    # An import killed at a random moment: each conversation must be whole or absent.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "admin", "import", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(random.uniform(0.2, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ledger.killed_imports.update(ids)
+
+
+def settle(var: Path, timeout: float = 120) -> State:
+    """Wait until the running bridge has sent every reply and owes none."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read(var)
+        now = int(time.time() * 1000)
+        owed = [
+            c
+            for c in state.conversations.values()
+            if now - (c.last_user_message or 0) < DAY_MS and c.unanswered() is not None
+        ]
+        if not state.outbox and not owed:
+            return state
+        if time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
+def read(var: Path) -> State:
+    return load_state(ProfileConfig(slug="default", state_dir=var / "profiles" / "default"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    acked: list[str] = []
-    counter = 0
-    with tempfile.TemporaryDirectory() as tmp_name:
-        var = Path(tmp_name) / "var"
+    args = parser.parse_args(argv)
+    ledger = Ledger()
+    graph = FakeGraph()
+    graph.delay = 0.05  # replies are on the wire when the kill comes
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp_name, serve_in_thread(graph.app()) as graph_url:
+        tmp = Path(tmp_name)
+        var = tmp / "var"
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        env.update(
-            BRIDGE_APP_SECRET=SECRET,
-            BRIDGE_VERIFY_TOKEN="v",
-            BRIDGE_VAR_DIR=str(var),
+        base = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        base.update(BRIDGE_APP_SECRET=SECRET, BRIDGE_VERIFY_TOKEN="v", BRIDGE_VAR_DIR=str(var))
+        env = dict(
+            base,
             BRIDGE_PORT=str(port),
             BRIDGE_LOG_LEVEL="warning",
+            BRIDGE_ACCESS_TOKEN=TOKEN,
+            BRIDGE_PHONE_NUMBER_ID="100000000000001",
+            BRIDGE_GRAPH_URL=graph_url,
+            BRIDGE_SNAPSHOT_INTERVAL="1",
+            BRIDGE_RETENTION_DAYS="30",
+            BRIDGE_SEND_RECONCILE_SECONDS="2",
+            BRIDGE_HEALTH_INTERVAL="3600",
         )
-        started = time.monotonic()
-        for _ in range(args.cycles):
+        # The operator's shell: the same store, none of the service's settings.
+        admin_env = dict(base, BRIDGE_RETENTION_DAYS="3650")
+        graph.report_to(f"http://127.0.0.1:{port}/webhook", SECRET)
+        for number in range(args.cycles):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "serve"],
                 env=env,
@@ -95,22 +265,57 @@ def main() -> None:
             )
             wait_ready(port)
             kill_at = random.uniform(0.3, 2.0)
-            counter = asyncio.run(kill_during_load(proc, port, args.rate, kill_at, acked, counter))
+            backup_env = admin_env if number % 4 == 1 else None
+            asyncio.run(cycle(proc, port, args.rate, kill_at, ledger, backup_env))
             proc.wait()
-        state = load_state(ProfileConfig(slug="default", state_dir=var / "profiles" / "default"))
-        seconds = time.monotonic() - started
-    stored = Counter(
-        m.id for c in state.conversations.values() for m in c.messages if m.role == "user" and m.id
-    )
-    present = sum(1 for wamid in acked if stored[wamid] >= 1)
-    duplicated = sum(1 for wamid in acked if stored[wamid] > 1)
+            operator_writes(number, tmp, admin_env, ledger)
+        # A last run: every reply produced and sent, then an orderly stop.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_ready(port)
+        time.sleep(1.5)  # at least one sweep of the idle history imported last
+        settle(var)
+        proc.send_signal(signal.SIGTERM)
+        stop_code = proc.wait(timeout=90)
+        state = read(var)
+        verified = sum(
+            admin(admin_env, "verify", str(path)).returncode == 0 for path in ledger.backups
+        )
+        temp_files = [p for p in (var / "profiles").rglob("*.tmp")]
+        sent_texts = Counter(m["text"]["body"] for m in graph.sent)
+    seconds = time.monotonic() - started
+    report = check(state, ledger)
+    sent_twice = sum(1 for n in sent_texts.values() if n > 1)
     rows = [
-        ("cycles (load, kill -9 at a random moment, restart)", f"{args.cycles}"),
-        ("requests sent", f"{counter}"),
-        ("acknowledged (200)", f"{len(acked)}"),
-        ("acknowledged and present after restarts", f"{present}"),
-        ("present more than once", f"{duplicated}"),
-        ("lost", f"{len(acked) - present}"),
+        ("cycles (load, kill -9 at a random moment, operator write, restart)", args.cycles),
+        ("requests sent", ledger.requests),
+        ("acknowledged (200)", len(ledger.acked) + len(ledger.erased)),
+        ("acknowledged and present (user not deleted since)", report["present"]),
+        ("present more than once", report["duplicated"]),
+        ("lost", report["lost"]),
+        ("erased by `delete` (acknowledged before it)", len(ledger.erased)),
+        ("erased but still present", report["erased_present"]),
+        ("imported conversations, whole", report["imports_whole"]),
+        ("imported conversations, damaged", report["imports_damaged"]),
+        (
+            "killed imports: conversations whole / absent / partial",
+            f"{report['killed_whole']} / {report['killed_absent']} / {report['killed_partial']}",
+        ),
+        (
+            "idle users imported / erased by retention / kept though they never wrote",
+            f"{report['idle_users']} / {report['idle_erased']} / "
+            f"{report['idle_kept_without_traffic']}",
+        ),
+        ("user messages answered twice", report["answered_twice"]),
+        ("conversations left owing a reply", report["owed"]),
+        ("reply texts sent to Graph twice", sent_twice),
+        ("backups under load taken / verified", f"{len(ledger.backups)} / {verified}"),
+        ("temp files left behind", len(temp_files)),
+        ("final SIGTERM exit code", stop_code),
         ("duration", f"{seconds:.0f} s"),
     ]
     table = "| measure | count |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
@@ -118,8 +323,73 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-    if present != len(acked) or duplicated:
-        raise SystemExit("FAILED: acknowledged messages lost or duplicated")
+    failures = [
+        name
+        for name, bad in (
+            ("acknowledged messages lost", report["lost"]),
+            ("acknowledged messages duplicated", report["duplicated"]),
+            ("deleted data still present", report["erased_present"]),
+            ("imports damaged", report["imports_damaged"] + report["killed_partial"]),
+            ("idle history kept past retention", report["idle_kept_without_traffic"]),
+            ("messages answered twice", report["answered_twice"]),
+            ("replies owed", report["owed"]),
+            ("backups that do not verify", len(ledger.backups) - verified),
+            ("temp files left", len(temp_files)),
+            ("final stop failed", stop_code),
+        )
+        if bad
+    ]
+    if failures:
+        raise SystemExit("FAILED: " + ", ".join(failures))
+
+
+def check(state: State, ledger: Ledger) -> dict[str, int]:
+    stored = Counter(
+        m.id for c in state.conversations.values() for m in c.messages if m.role == "user" and m.id
+    )
+    present = sum(1 for wamid in ledger.acked if stored[wamid] >= 1)
+    killed = [sum(1 for i in ids if stored[i]) for ids in ledger.killed_imports.values()]
+    size = {k: len(ids) for k, ids in ledger.killed_imports.items()}
+    whole = sum(f == n for f, n in zip(killed, size.values(), strict=True))
+    # A user who wrote before the sweep reached them is active again: their conversation is
+    # no longer idle, and retention rightly keeps its old part.
+    active = set(ledger.acked.values())
+    idle_kept = sum(
+        1
+        for key, ids in ledger.idle_old.items()
+        if key not in active and any(stored[i] for i in ids)
+    )
+    answers = Counter(
+        m.reply_to
+        for c in state.conversations.values()
+        for m in c.messages
+        if m.role == "assistant" and m.reply_to
+    )
+    now = int(time.time() * 1000)
+    return {
+        "present": present,
+        "duplicated": sum(1 for wamid in ledger.acked if stored[wamid] > 1),
+        "lost": len(ledger.acked) - present,
+        "erased_present": sum(1 for wamid in ledger.erased if stored[wamid]),
+        "imports_whole": sum(all(stored[i] for i in ids) for ids in ledger.imported.values()),
+        "imports_damaged": sum(
+            not all(stored[i] == 1 for i in ids) for ids in ledger.imported.values()
+        ),
+        "killed_whole": whole,
+        "killed_absent": sum(f == 0 for f in killed),
+        "killed_partial": len(killed) - whole - sum(f == 0 for f in killed),
+        "idle_users": len(ledger.idle_old),
+        "idle_erased": sum(
+            1 for ids in ledger.idle_old.values() if not any(stored[i] for i in ids)
+        ),
+        "idle_kept_without_traffic": idle_kept,
+        "answered_twice": sum(1 for n in answers.values() if n > 1),
+        "owed": sum(
+            1
+            for c in state.conversations.values()
+            if now - (c.last_user_message or 0) < DAY_MS and c.unanswered() is not None
+        ),
+    }
 
 
 if __name__ == "__main__":

@@ -195,8 +195,14 @@ class FakeGraph:
             error["error_data"] = {"messaging_product": "whatsapp", "details": details}
         return web.json_response({"error": error}, status=status)
 
+    async def _stop_reporting(self, app: web.Application) -> None:
+        for task in list(self._reporters):
+            task.cancel()
+        await asyncio.gather(*self._reporters, return_exceptions=True)
+
     def app(self) -> web.Application:
         app = web.Application()
+        app.on_cleanup.append(self._stop_reporting)
         app.router.add_post("/{version}/{phone}/messages", self.messages)
         app.router.add_get("/{version}/{phone}", self.phone_number)
         return app
