@@ -58,6 +58,10 @@ class ProfileConfig:
     # How long a reply whose send may have reached Meta waits for Meta's status webhook
     # naming it before it is sent again (see bridge/outbox.py).
     send_reconcile_seconds: float = 20.0
+    # One reply to a burst: wait until the user is quiet this long (0: a reply per message),
+    # but never longer than the max after the burst's first message.
+    reply_debounce_seconds: float = 2.0
+    reply_debounce_max_seconds: float = 8.0
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -161,6 +165,17 @@ def _int(value: Any, what: str, minimum: int = 0, maximum: int | None = None) ->
     return number
 
 
+def _seconds(value: Any, what: str) -> float:
+    """A duration that may be 0 (off)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not 0 <= number <= 3600:
+        raise ConfigError(f"{what} must be between 0 and 3600 seconds, got {number:g}")
+    return number
+
+
 def _float(value: Any, what: str) -> float:
     try:
         number = float(value)
@@ -231,6 +246,8 @@ def _profile(
     retention = get("retention_days")
     max_messages = get("max_messages")
     reconcile = get("send_reconcile_seconds")
+    debounce = get("reply_debounce_seconds")
+    debounce_max = get("reply_debounce_max_seconds")
     key_file = get("key_file")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
@@ -250,6 +267,14 @@ def _profile(
         max_messages=_int(max_messages, "max_messages", 1) if max_messages else 250,
         send_reconcile_seconds=(
             _float(reconcile, "send_reconcile_seconds") if reconcile is not None else 20.0
+        ),
+        reply_debounce_seconds=(
+            _seconds(debounce, "reply_debounce_seconds") if debounce is not None else 2.0
+        ),
+        reply_debounce_max_seconds=(
+            _seconds(debounce_max, "reply_debounce_max_seconds")
+            if debounce_max is not None
+            else 8.0
         ),
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,

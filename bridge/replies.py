@@ -1,8 +1,16 @@
 """Produce assistant replies: per user in order and one at a time, never blocking the webhook.
 
-Each recorded user message gets one reply, generated with the conversation up to and including
-that message as context. A user's messages queue behind each other, so a slow assistant call
-for one message never lets a later reply overtake it; different users proceed concurrently.
+People write in bursts ("hola" / "quería preguntar" / "¿tenéis salado?" within seconds). With
+a debounce (`reply_debounce_seconds`, default 2) the replier waits until the user has been
+quiet that long, but never longer than `reply_debounce_max_seconds` after the burst's first
+message, then asks the assistant once, with the whole burst in the history, and records one
+reply that answers the burst's newest message. Messages that arrive while a reply is being
+produced start the next burst. With a debounce of 0 each message gets its own reply.
+
+Nothing about a burst needs saving: its messages are journaled, and a reply names the
+message it answers, so a restart answers a burst the crash interrupted exactly once
+(`Conversation.unanswered`). A user's bursts queue behind each other, so a slow assistant
+never lets a later reply overtake an earlier one; different users proceed concurrently.
 """
 
 from __future__ import annotations
@@ -43,8 +51,14 @@ class Replier:
         profile: str,
         on_queued: Callable[[str], None],
         observe_assistant: Callable[[float, bool], None] | None = None,
+        debounce: float = 0.0,
+        debounce_max: float = 0.0,
     ) -> None:
         self._observe_assistant = observe_assistant
+        self._debounce = debounce
+        self._debounce_max = max(debounce, debounce_max)
+        # key -> (loop time of the burst's first message, of its latest message)
+        self._bursts: dict[str, tuple[float, float]] = {}
         self._store = store
         self._assistant = assistant
         self._config = config
@@ -55,6 +69,9 @@ class Replier:
 
     def enqueue(self, key: str, message_id: str, recipient: str) -> None:
         """Ask for a reply to a recorded user message; returns at once."""
+        now = asyncio.get_running_loop().time()
+        first, _latest = self._bursts.get(key, (now, now))
+        self._bursts[key] = (first, now)
         self._queues.setdefault(key, deque()).append((message_id, recipient))
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key), name=f"reply:{mask(key)}")
@@ -73,9 +90,19 @@ class Replier:
                     self._queues.pop(key, None)
                     del self._workers[key]
                     return
-                message_id, recipient = queue.popleft()
+                if self._debounce > 0:
+                    await self._quiet(key)
+                    # One reply for the burst: to its newest message, whose history holds
+                    # the rest. Later messages start the next burst.
+                    message_id, recipient = queue[-1]
+                    burst = len(queue)
+                    queue.clear()
+                    self._bursts.pop(key, None)
+                else:
+                    message_id, recipient = queue.popleft()
+                    burst = 1
                 try:
-                    await self._reply(key, message_id, recipient)
+                    await self._reply(key, message_id, recipient, burst)
                 except Exception as exc:  # one bad reply must not stop this user's later ones
                     self._log.error(
                         "reply_crashed", key=mask(key), message_id=message_id, error=repr(exc)
@@ -84,10 +111,26 @@ class Replier:
             self._workers.pop(key, None)
             raise
 
+    async def _quiet(self, key: str) -> None:
+        """Wait until `key`'s user has been quiet for the debounce time, or the burst is as
+        old as the maximum; a message arriving meanwhile moves the first deadline."""
+        loop = asyncio.get_running_loop()
+        while True:
+            first, latest = self._bursts.get(key, (loop.time(), loop.time()))
+            due = min(latest + self._debounce, first + self._debounce_max)
+            if loop.time() >= due:
+                return
+            await asyncio.sleep(due - loop.time())
+
     def _history(self, key: str, message_id: str) -> Sequence[TurnLike]:
-        """The last `history_limit` messages up to and including `message_id` (all of them
-        if it is gone), oldest first. Walks back from the newest: the message being answered
-        is almost always at the end."""
+        """The last `history_limit` turns of the conversation as of `message_id` (all of it
+        if that message is gone), oldest first.
+
+        Replies are stored when produced, which can be after later user messages arrived
+        ("uno", "dos", "tres", reply to dos): such a reply is part of the conversation the
+        answer to "tres" continues, so it is placed right after the message it answers. Walks
+        back from the newest: the message being answered is almost always at the end, and
+        then the stored messages are passed as they are, without copying."""
         view = self._store.state.get(key)
         if view is None:
             return ()
@@ -98,9 +141,19 @@ class Replier:
             if message.id == message_id:
                 end -= index
                 break
-        return messages[max(0, end - limit) : end]
+        later = [m for m in messages[end:] if m.role == "assistant" and m.reply_to]
+        if not later:
+            return messages[max(0, end - limit) : end]
+        answers: dict[str, list[Message]] = {}
+        for reply in later:
+            answers.setdefault(reply.reply_to or "", []).append(reply)
+        turns: list[Message] = []
+        for message in messages[:end]:
+            turns.append(message)
+            turns.extend(answers.get(message.id or "", ()))
+        return turns[-limit:]
 
-    async def _reply(self, key: str, message_id: str, recipient: str) -> None:
+    async def _reply(self, key: str, message_id: str, recipient: str, burst: int = 1) -> None:
         history = self._history(key, message_id)
         if not history:
             return  # the conversation was deleted meanwhile
@@ -142,6 +195,7 @@ class Replier:
             assistant=self._assistant.kind,
             assistant_ms=elapsed_ms,
             chars=len(text),
+            burst=burst,
         )
         self._on_queued(key)
 

@@ -86,6 +86,8 @@ class ProfileRuntime:
             profile=slug,
             on_queued=outbox.notify,
             observe_assistant=observe_assistant,
+            debounce=config.reply_debounce_seconds,
+            debounce_max=config.reply_debounce_max_seconds,
         )
         ingestor = Ingestor(
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm

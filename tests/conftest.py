@@ -39,6 +39,7 @@ def make_profile(tmp_path: Path, slug: str = "default", **overrides: Any) -> Pro
         app_secret=APP_SECRET,
         phone_number_id=PHONE_NUMBER_ID,
         assistant=AssistantConfig(kind="echo"),
+        reply_debounce_seconds=0.0,  # a reply per message unless a test is about bursts
     )
     return replace(base, **overrides)
 

@@ -29,6 +29,7 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any BRIDGE_* setting of the developer's shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "CREDENTIALS_"))}
+    env["BRIDGE_REPLY_DEBOUNCE_SECONDS"] = "0"  # a reply per message unless a test sets it
     env.update(extra)
     return env
 

@@ -185,3 +185,23 @@ def test_unanswered_trusts_replies_of_older_versions_for_what_precedes_them() ->
     old = conversation(("user", "m1", None), ("assistant", "r", None), ("user", "m2", None))
     unanswered = old.unanswered()
     assert unanswered is not None and unanswered.id == "m2"
+
+
+async def test_a_reply_recorded_after_later_messages_is_placed_after_what_it_answers() -> None:
+    """uno, dos, tres arrive; the reply to dos is stored after tres: answering tres, the
+    assistant sees the conversation in the order the user lived it."""
+    store = MemoryStore(State())
+    entries = [
+        Message("user", "uno", 1, id="uno"),
+        Message("user", "dos", 2, id="dos"),
+        Message("user", "tres", 3, id="tres"),
+        Message("assistant", "r-dos", 4, id="out.1", reply_to="dos"),
+    ]
+    await store.commit([MessageAdded("k", m) for m in entries])
+    assistant = Recording()
+    replier = Replier(store, assistant, AssistantConfig(), profile="t", on_queued=lambda k: None)
+    replier.enqueue("k", "tres", "k")
+    await eventually(lambda: bool(assistant.histories))
+    assert assistant.histories == [
+        [("user", "uno"), ("user", "dos"), ("assistant", "r-dos"), ("user", "tres")]
+    ]

@@ -12,7 +12,9 @@ from bridge.assistants.base import Assistant, TurnLike
 
 
 class EchoAssistant(Assistant):
-    """Replies `Echo: <last user message>`; an empty string (no reply) when there is none."""
+    """Replies `Echo: <the user messages since the last reply>`, joined by " / " (a burst
+    answered at once, or the one message a reply answers when the debounce is off); an empty
+    string (no reply) when there is none."""
 
     kind = "echo"
 
@@ -20,9 +22,12 @@ class EchoAssistant(Assistant):
         self.prefix = prefix
 
     async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
-        # Scan from the end: the turn being answered is normally the last one.
+        # Scan from the end: the turns being answered are the last ones.
+        burst: list[str] = []
         for turn in reversed(history):
             if turn.role == "user":
-                return f"{self.prefix}{turn.content}"
+                burst.append(turn.content)
+            elif burst:
+                break
         # Nothing to answer (only assistant turns, or none): "no reply" per the interface.
-        return ""
+        return f"{self.prefix}{' / '.join(reversed(burst))}" if burst else ""

@@ -101,6 +101,7 @@ def run(
         "BRIDGE_PORT": str(port),
         "BRIDGE_LOG_FORMAT": "json",
         "BRIDGE_SNAPSHOT_INTERVAL": str(interval),
+        "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
     }
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "bridge", "serve"]
     with log.open("w") as fh:

@@ -236,6 +236,8 @@ def main() -> None:
             "BRIDGE_PORT": str(bridge_port),
             "BRIDGE_LOG_FORMAT": "json",
             "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
+            # Every message gets its own reply, as before the debounce existed.
+            "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
         }
         bridge = measure(
             [sys.executable, "-m", "bridge", "serve"],
