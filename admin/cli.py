@@ -143,4 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `sessions-admin list | head`
         return 0
+    except OSError as exc:
+        # A full or read-only disk under a write (a backup, say): one line, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sessions-admin: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return result

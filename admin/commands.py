@@ -23,7 +23,7 @@ from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.files import secure_dir
+from bridge.persistence.files import fsync_dir, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
@@ -529,32 +529,67 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Replace the store with an archive. The current files are kept in backups/ first."""
+    """Replace the store with an archive. The current files are kept in backups/ first.
+
+    Every step leaves a store that starts, so a kill at any point is harmless: the new
+    snapshot names a journal segment that exists before the snapshot is renamed into place
+    (an empty segment after the old ones is a rotation that did not happen, for the old
+    store), and the old segments go only once the new snapshot is durable."""
     profile = resolve_profile(args)
     state = _check_archive(profile, args.archive)
     with exclusive(profile):
-        keyring = load_keyring(profile, create=False)
-        journal = layout.journal_dir(profile.state_dir)
-        segments = list_segments(journal)
-        keep = layout.backups_dir(profile.state_dir) / f"pre-restore-{_stamp()}"
-        secure_dir(keep)
-        snapshot = layout.snapshot_path(profile.state_dir)
-        for path in [snapshot, *(segment_path(journal, s) for s in segments)]:
-            if path.exists():
-                shutil.copy2(path, keep / path.name)
-        # The new snapshot names a journal segment after every existing one, so the old
-        # segments no longer count even before they are deleted.
-        next_segment = max(segments, default=0) + 1
-        asyncio.run(write_snapshot(snapshot, state, keyring, profile.slug, next_segment))
-        fd = os.open(segment_path(journal, next_segment), os.O_WRONLY | os.O_CREAT, 0o600)
-        os.close(fd)
-        for s in segments:
-            segment_path(journal, s).unlink()
+        try:
+            keep = _restore(profile, state)
+        except OSError as exc:
+            raise BridgeError(
+                f"restore failed: cannot write {exc.filename or profile.state_dir}: "
+                f"{exc.strerror or exc} (the store is as it was, or already restored: "
+                "either starts)"
+            ) from None
     print(
         f"restored profile {profile.slug!r} from {args.archive}: "
         f"{len(state.conversations)} conversations (previous store kept in {keep})"
     )
     return 0
+
+
+def _restore(profile: ProfileConfig, state: State) -> Path:
+    keyring = load_keyring(profile, create=False)
+    journal = layout.journal_dir(profile.state_dir)
+    segments = list_segments(journal)
+    keep = layout.backups_dir(profile.state_dir) / f"pre-restore-{_stamp()}"
+    secure_dir(keep)
+    snapshot = layout.snapshot_path(profile.state_dir)
+    for path in [snapshot, *(segment_path(journal, s) for s in segments)]:
+        if path.exists():
+            copy = keep / path.name
+            shutil.copy2(path, copy)
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the originals go below: their copies must be on disk first
+            finally:
+                os.close(fd)
+    fsync_dir(keep)
+    # The new snapshot continues in a segment after every existing one: an empty newest
+    # segment is reused, else a new one is created, and made durable, before the snapshot
+    # that names it exists.
+    newest = max(segments, default=0)
+    if newest and segment_path(journal, newest).stat().st_size == 0:
+        next_segment = newest
+    else:
+        next_segment = newest + 1
+        fd = os.open(segment_path(journal, next_segment), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(journal)
+    asyncio.run(write_snapshot(snapshot, state, keyring, profile.slug, next_segment))
+    for s in segments:  # older than the snapshot's segment: no longer read
+        if s < next_segment:
+            segment_path(journal, s).unlink()
+    fsync_dir(journal)
+    return keep
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        help="start even if a journal is damaged: set the damaged part aside (kept on disk, "
+        "logged) and lose the records in it; see README 'Damaged journal'",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         help="generate missing webhook secrets into the profile directory (development only)",
@@ -114,8 +121,12 @@ def run_serve(args: argparse.Namespace) -> int:
     for profile in profiles:
         profile.require_secrets()
     metrics = Metrics()
+    accept_loss = args.accept_data_loss or settings.accept_data_loss
     runtimes = [
-        ProfileRuntime.build(p, store_factory=durable_store, metrics=metrics) for p in profiles
+        ProfileRuntime.build(
+            p, store_factory=partial(durable_store, accept_data_loss=accept_loss), metrics=metrics
+        )
+        for p in profiles
     ]
     asyncio.run(serve(settings, runtimes, metrics))
     return 0

@@ -95,6 +95,10 @@ class Settings:
     # Bearer token required by /metrics; None leaves it open (bind to localhost then).
     metrics_token: str | None = field(default=None, repr=False)
     # systemd's notify socket and watchdog period, when run as a Type=notify service.
+    # Start even if a journal is damaged, setting the damaged part aside (logged, kept on
+    # disk): the operator has accepted that loss. `bridge serve --accept-data-loss`, or
+    # BRIDGE_ACCEPT_DATA_LOSS=1 for one start under systemd.
+    accept_data_loss: bool = False
     notify_socket: str | None = None
     watchdog_usec: str | None = None
     watchdog_pid: str | None = None
@@ -361,6 +365,7 @@ def load_settings(
         metrics_token=_secret(
             "metrics_token", data, env, "BRIDGE_METRICS_TOKEN", ("metrics_token",)
         ),
+        accept_data_loss=env.get("BRIDGE_ACCEPT_DATA_LOSS", "").lower() in ("1", "true", "yes"),
         notify_socket=env.get("NOTIFY_SOCKET") or None,
         watchdog_usec=env.get("WATCHDOG_USEC") or None,
         watchdog_pid=env.get("WATCHDOG_PID") or None,

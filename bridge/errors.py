@@ -23,6 +23,14 @@ class StorageError(BridgeError):
     """Durable storage failed (disk full, permissions): answered with 503 so Meta redelivers."""
 
 
+class StorageUnavailableError(StorageError):
+    """The state directory cannot be written or read at start (a full or read-only disk,
+    permissions): the service cannot keep its promise, and restarting will not help until
+    the operator acts."""
+
+    exit_code = 2
+
+
 class CorruptStateError(BridgeError):
     """A state file fails to decrypt or parse; we refuse to start rather than overwrite it."""
 

@@ -31,10 +31,10 @@ def memory_store(profile: ProfileConfig) -> Store:
     return MemoryStore(State(profile.max_messages))
 
 
-def durable_store(profile: ProfileConfig) -> Store:
+def durable_store(profile: ProfileConfig, accept_data_loss: bool = False) -> Store:
     from bridge.store.durable import DurableStore
 
-    return DurableStore(profile)
+    return DurableStore(profile, accept_data_loss=accept_data_loss)
 
 
 def default_sender(profile: ProfileConfig) -> Sender:

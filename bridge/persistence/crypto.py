@@ -43,6 +43,11 @@ class Keyring:
         self.active_id = key_id(keys[0])
         self._active = self._ciphers[self.active_id]
 
+    @property
+    def key_ids(self) -> tuple[bytes, ...]:
+        """The ids every sealed record starts with (a reader looks for them in damaged files)."""
+        return tuple(self._ciphers)
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         ciphertext = self._active.encrypt(nonce, plaintext, aad + b"|" + self.active_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,10 +37,54 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: named after the writing
+    process, so a temp file a killed process left behind can be told from a live one's."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+_TEMP = re.compile(r"\..+\.(\d+)\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid in (0, os.getpid()):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[tuple[Path, int]]:
+    """Delete the temp files (`temp_path`) in `directory` whose writer is dead: what a
+    kill -9 during a snapshot or a backup leaves, as large as the file being written.
+    Another process's live temp file is left alone (backups are written without the profile
+    lock); a pid reused since only delays the clean-up. Returns (path, size) of each."""
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in entries:
+        match = _TEMP.fullmatch(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append((path, size))
+    return removed
+
+
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> int:
     """Write a file as a whole or not at all: temp file in the same directory, fsync,
     rename over `path`, fsync the directory. Returns the size written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     size = 0
     try:

@@ -1,26 +1,24 @@
-"""The journal: every change since the last snapshot, as encrypted records, fsynced in groups.
+"""The journal: every change since the last snapshot, encrypted, fsynced in group commits.
 
 Files: `journal/00000001.wal`, `00000002.wal`, ... A snapshot starts a new segment and, once
-the snapshot is durable, the older segments are deleted. A segment is a plain sequence of
-frames (an empty segment is an empty file):
+the snapshot is durable, the older segments are deleted. A segment is a sequence of frames
+(frames.py; an empty segment is an empty file). Reading them back, and what counts as a
+torn tail, is segments.py.
 
-    frame  = length (u32 BE) | crc32 of those 4 length bytes (u32 BE) | sealed record
-    sealed = key id (8 ASCII hex) | nonce (12) | AES-256-GCM ciphertext + tag (16)   (crypto.py)
-    AAD    = "wab-journal-v2|<profile>|<segment>|<byte offset of the frame>" (+ "|<key id>")
-
-The plaintext is `bridge.records.encode(seq, record)` (JSON). Binding the segment and offset
-means a frame cannot be moved to another profile, file or place, dropped from the middle or
-duplicated without failing authentication. The header CRC tells a damaged length field (an
-error) from a record cut short by a crash (a torn tail, ignored): without it a flipped bit in
-a length could make every later, acknowledged record look like a torn tail and be cut away.
-
-Group commit: callers queue their records and wait; one writer task seals everything queued,
-writes it with one write and one fsync (in the journal's own thread, so the event loop never
-blocks on the disk and other blocking work cannot delay commits), then applies each caller's
-records to memory in journal order and wakes the callers. Many concurrent webhook requests
-thus share one fsync, and memory changes only after the disk has the change. If the write or
-fsync fails, the file is cut back to its last good size (reopened first if need be) and every
+Group commit: callers queue their commits and wait; one writer task takes everything queued
+(up to GROUP_BYTES), seals it as ONE frame, writes it with one write and one fsync (in the
+journal's own thread, so the event loop never blocks on the disk and other blocking work
+cannot delay commits), then applies each caller's records to memory in journal order and
+wakes the callers. Many concurrent webhook requests thus share one fsync and one seal, and a
+crash leaves each commit on disk whole or not at all: a frame is one write, and replay keeps
+only whole frames. Memory changes only after the disk has the change. If the write or fsync
+fails, the file is cut back to its last good size (reopened first if need be) and every
 waiting caller gets StorageError; nothing was applied, and a later commit tries again.
+
+Rotation (before each snapshot): create the next segment and sync the directory, then append
+the end record "continues in n+1" to the current one and fsync, then switch. A crash or a
+failure between the two steps leaves an empty next segment after one without the end record,
+which replay reads as "the rotation did not happen" and the next rotation reuses.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,17 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.errors import CorruptStateError, StorageError
+from bridge.errors import StorageError
 from bridge.logs import get_logger
-from bridge.persistence.crypto import OVERHEAD, DecryptError, Keyring
+from bridge.persistence import frames
+from bridge.persistence.crypto import OVERHEAD, Keyring
 from bridge.persistence.files import atomic_write, fsync_dir, write_all
 
-FRAME_HEADER = struct.Struct(">II")  # sealed length, CRC-32 of the 4 length bytes
-MAX_FRAME = 64 * 1024 * 1024
 SUFFIX = ".wal"
-FORMAT = b"wab-journal-v2"
-HOLE = b"\0" * 64  # see _crash_signature
-ZERO_TAIL = 16
+# One group commit's frame stops growing here (the next commits wait for the next fsync);
+# a single larger commit still goes alone, up to what a frame holds.
+GROUP_BYTES = 4 * 1024 * 1024
+# A commit's plaintext as one frame: kind, flags, "[[", "]]", and a comma per record.
+_FRAME_EXTRA = 2 + 4 + frames.HEADER.size + OVERHEAD
 
 T = TypeVar("T")
 
@@ -66,75 +63,6 @@ def list_segments(directory: Path) -> list[int]:
     return sorted(out)
 
 
-def frame_aad(slug: str, segment: int, offset: int) -> bytes:
-    return b"%s|%s|%d|%d" % (FORMAT, slug.encode(), segment, offset)
-
-
-def _length_crc(length: int) -> int:
-    return zlib.crc32(length.to_bytes(4, "big"))
-
-
-def frame(sealed: bytes) -> bytes:
-    return FRAME_HEADER.pack(len(sealed), _length_crc(len(sealed))) + sealed
-
-
-def _crash_signature(tail: bytes) -> bool:
-    """Whether bytes that do not parse look like an append cut short by a crash.
-
-    A crash (power loss) can leave an append's blocks allocated but never written: they
-    read as zeros, possibly with later blocks of the same append present. Ciphertext and
-    frame headers never hold 64 zero bytes in a row, so such a run, or a tail ending in
-    zeros, marks an unfinished write; any other damage is corruption.
-    """
-    return HOLE in tail or not any(tail[-ZERO_TAIL:])
-
-
-def read_segment(
-    path: Path, keyring: Keyring, slug: str, segment: int, is_last: bool
-) -> tuple[list[bytes], int]:
-    """Decrypt a segment's records; returns them and the size of its valid prefix.
-
-    Only the last segment may end in a torn frame (a crash mid-append, never acknowledged,
-    or an append being written right now when a reader looks): it is ignored. Anything else
-    that does not check out is corruption, reported with the file and byte offset.
-    """
-    data = path.read_bytes()
-    end = len(data)
-    payloads: list[bytes] = []
-    offset = 0
-    while offset < end:
-        torn = True  # whether the problem found below may be an unfinished append
-        if end - offset < FRAME_HEADER.size:
-            problem = f"incomplete record header at byte {offset}"
-        else:
-            length, crc = FRAME_HEADER.unpack_from(data, offset)
-            body = offset + FRAME_HEADER.size
-            if crc != _length_crc(length):
-                problem = f"damaged record header at byte {offset}"
-                torn = _crash_signature(data[offset:])
-            elif length < OVERHEAD or length > MAX_FRAME:
-                problem = f"invalid record length {length} at byte {offset}"
-                torn = _crash_signature(data[offset:])
-            elif body + length > end:
-                problem = f"incomplete record at byte {offset}"
-            else:
-                try:
-                    payloads.append(
-                        keyring.open(data[body : body + length], frame_aad(slug, segment, offset))
-                    )
-                except DecryptError as exc:
-                    problem = f"record at byte {offset} does not decrypt ({exc})"
-                    torn = _crash_signature(data[offset:])
-                else:
-                    offset = body + length
-                    continue
-        if not (torn and is_last):
-            where = "" if is_last else " of a segment that is not the newest"
-            raise CorruptStateError(f"{path}: {problem}{where}")
-        break
-    return payloads, offset
-
-
 def keep_torn_tail(path: Path, valid_size: int) -> tuple[int, Path | None]:
     """Before appending cuts a torn tail off, copy it aside (`<segment>.wal.torn-<offset>`)
     unless it is only zeros; returns the tail's size and the copy. The tail is almost always
@@ -149,11 +77,32 @@ def keep_torn_tail(path: Path, valid_size: int) -> tuple[int, Path | None]:
     return len(tail), aside
 
 
+def set_aside(path: Path, offset: int) -> Path:
+    """Move the bytes of `path` from `offset` on out of the journal, to
+    `<segment>.wal.damaged-<offset>` (the whole file is renamed; a tail is copied, and
+    appending cuts it off later). Never deletes anything; returns where the bytes are."""
+    aside = path.with_name(f"{path.name}.damaged-{offset}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{offset}.{n}")
+    if offset == 0:
+        os.rename(path, aside)
+        fsync_dir(path.parent)
+    else:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            tail = fh.read()
+        atomic_write(aside, [tail])
+    return aside
+
+
 @dataclass
 class _Append:
     payloads: list[bytes]
     apply: Callable[[], None]
     future: asyncio.Future[None]
+    size: int  # bytes in the frame's plaintext
 
 
 @dataclass
@@ -241,8 +190,11 @@ class Journal:
         once queued they may already be on disk, and memory must match the disk.
         """
         self._check_running()
+        size = sum(len(p) for p in payloads) + len(payloads) + 2
+        if size + _FRAME_EXTRA > frames.MAX_FRAME:
+            raise StorageError(f"a commit of {size} bytes is larger than a journal frame")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(payloads, apply, future))
+        self._queue.append(_Append(payloads, apply, future, size))
         self._idle.clear()
         self._wake.set()
         await future
@@ -281,10 +233,14 @@ class Journal:
                     await self._rotate(rotate)
                     continue
                 batch: list[_Append] = []
+                size = 0
                 while self._queue and isinstance(self._queue[0], _Append):
+                    if batch and size + self._queue[0].size > GROUP_BYTES:
+                        break  # the rest go in the next frame
                     item = self._queue.popleft()
                     assert isinstance(item, _Append)
                     batch.append(item)
+                    size += item.size
                 await self._commit(batch)
             self._idle.set()
 
@@ -295,27 +251,22 @@ class Journal:
             _fail(rotate.future, StorageError("the journal stopped"))
             raise
         except Exception as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else repr(exc)
-            _fail(rotate.future, StorageError(f"cannot start a journal segment: {reason}"))
+            if isinstance(exc, StorageError):
+                error = exc
+            else:
+                reason = exc.strerror if isinstance(exc, OSError) else repr(exc)
+                error = StorageError(f"cannot start a journal segment: {reason}")
+            _fail(rotate.future, error)
         else:
             if not rotate.future.done():
                 rotate.future.set_result(self._w.segment)
 
     async def _commit(self, batch: list[_Append]) -> None:
-        """Seal, write and fsync one batch, then apply it; or fail every caller in it."""
+        """Seal, write and fsync one batch as one frame, then apply it; or fail every caller
+        in it."""
         try:
-            # `size` only changes inside the thread job awaited below, so offsets are exact.
-            w = self._w
-            offset = w.size
-            frames = []
-            for item in batch:
-                for payload in item.payloads:
-                    sealed = frame(
-                        self._keyring.seal(payload, frame_aad(self._slug, w.segment, offset))
-                    )
-                    frames.append(sealed)
-                    offset += len(sealed)
-            await self._in_thread(self._write, b"".join(frames))
+            plaintext = frames.commits_plaintext([item.payloads for item in batch])
+            await self._in_thread(self._append_frame, plaintext)
         except asyncio.CancelledError:
             for item in batch:
                 _fail(item.future, StorageError("the journal stopped"))
@@ -344,6 +295,16 @@ class Journal:
                 if not item.future.done():
                     item.future.set_result(None)
 
+    def _append_frame(self, plaintext: bytes) -> None:
+        """Runs in the journal thread: seal `plaintext` for the next offset and write it.
+
+        Sealing here, in order with the writes, keeps the offset in the AAD exact and the
+        cipher's work off the event loop."""
+        w = self._w
+        if w.broken or w.fd is None:
+            self._open_segment()  # before sealing: it may be a segment switch back
+        self._write(frames.seal(self._keyring, plaintext, self._slug, w.segment, w.size))
+
     def _write(self, data: bytes) -> None:
         """Runs in the journal thread: append at the last good size and fsync, or cut back
         and raise."""
@@ -366,20 +327,48 @@ class Journal:
         w.size += len(data)
 
     def _next_segment(self) -> None:
-        """Runs in the journal thread: switch appends to a new, empty segment."""
+        """Runs in the journal thread: create the next segment, end the current one with the
+        record that says so, then append to the new one.
+
+        The next segment exists (and its name is durable) before the end record does, so a
+        segment that ends with the record always has its successor on disk; a crash or an
+        error in between leaves an empty successor that replay ignores and this reuses."""
         w = self._w
         if w.broken or w.fd is None:
             self._open_segment()  # the old segment must not keep a partial frame
-        previous = (w.segment, w.size)
-        w.segment += 1
-        w.size = 0
+        following = w.segment + 1
+        fd = self._create_segment(segment_path(self._dir, following))
         try:
-            self._open_segment()
-        except OSError:
-            # Keep appending to the old segment; its fd was closed, so reopen it first.
-            w.segment, w.size = previous
-            w.broken = True
+            self._write(
+                frames.seal(
+                    self._keyring, frames.end_plaintext(following), self._slug, w.segment, w.size
+                )
+            )
+        except BaseException:
+            os.close(fd)
             raise
+        assert w.fd is not None
+        with contextlib.suppress(OSError):
+            os.close(w.fd)
+        w.fd, w.segment, w.size, w.broken = fd, following, 0, False
+
+    def _create_segment(self, path: Path) -> int:
+        """Open `path` as a new, empty segment, durably named; reuse one left empty by an
+        earlier attempt, but never one that holds data."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size:
+                raise StorageError(
+                    f"cannot start journal segment {path}: it exists and is not empty"
+                )
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            os.fsync(fd)
+            fsync_dir(self._dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     async def close(self) -> None:
         """Finish what is queued and being written, then stop the writer and close the file."""

@@ -38,7 +38,7 @@ import orjson
 from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
 from bridge.persistence.crypto import DecryptError, Keyring
-from bridge.persistence.files import fsync_dir, write_all
+from bridge.persistence.files import fsync_dir, temp_path, write_all
 from bridge.records import OutboxItem
 from bridge.state import State
 
@@ -67,7 +67,7 @@ class _Writer:
 
     def __init__(self, path: Path, keyring: Keyring, slug: str) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.tmp = temp_path(path)
         self.keyring = keyring
         self.slug = slug
         self.id = os.urandom(ID_LEN // 2).hex().encode()

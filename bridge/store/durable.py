@@ -11,94 +11,98 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from bridge import gcpolicy
 from bridge.config import ProfileConfig
-from bridge.errors import BridgeError, CorruptStateError, StorageError
+from bridge.errors import BridgeError, CorruptStateError, StorageError, StorageUnavailableError
 from bridge.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.journal import (
-    Journal,
-    keep_torn_tail,
-    list_segments,
-    read_segment,
-    segment_path,
-)
+from bridge.persistence.files import remove_stale_temps
+from bridge.persistence.journal import Journal, keep_torn_tail, segment_path, set_aside
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
+from bridge.persistence.segments import (
+    Commit,
+    JournalDamage,
+    JournalEnd,
+    MissingSegment,
+    replay_journal,
+)
 from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
-from bridge.records import OutboxUncertain, Record, decode, encode
+from bridge.records import OutboxUncertain, Record, encode, record_from_dict
 from bridge.state import State
 from bridge.store.base import Store
 
 DAY_MS = 24 * 3600 * 1000
+ACCEPT_LOSS_ADVICE = (
+    "refusing to start; see README 'Damaged journal', or start once with "
+    "`bridge serve --accept-data-loss` to set the damaged part aside"
+)
+
+__all__ = ["DurableStore", "MissingSegment", "load_state", "replay"]
 
 
-class MissingSegment(CorruptStateError):
-    """A journal segment the snapshot or the order of segments calls for is not there.
-
-    For the service that is lost data; for a reader it usually means the service replaced
-    the snapshot and dropped old segments between two reads, so `load_state` retries."""
-
-
-def replay(profile: ProfileConfig, keyring: Keyring, state: State) -> tuple[int, int]:
-    """Load snapshot + journal into `state`; returns (last segment, its valid size).
+def replay(
+    profile: ProfileConfig, keyring: Keyring, state: State, accept_loss: bool = False
+) -> JournalEnd:
+    """Load snapshot + journal into `state`; returns where appending continues.
 
     The segments from the one the snapshot names (or from 1, without a snapshot) must all be
-    there, one after the other: a missing one would silently lose acknowledged records.
+    there and chained (segments.py). Each commit is applied whole: the journal holds only
+    whole commits, so a crash never leaves half of one. With `accept_loss`, damage stops the
+    replay instead of failing it, and the result says what to set aside.
     """
     snapshot = layout.snapshot_path(profile.state_dir)
-    directory = layout.journal_dir(profile.state_dir)
     has_snapshot = snapshot.exists()
     first = read_snapshot(snapshot, keyring, profile.slug, state) if has_snapshot else 1
-    segments = [s for s in list_segments(directory) if s >= first]
-    expected = list(range(first, first + len(segments)))
-    if segments != expected or (has_snapshot and not segments):
-        missing = next((e for e in expected if e not in segments), first)
-        after = f"after {snapshot.name}" if has_snapshot else "(and there is no snapshot)"
-        raise MissingSegment(
-            f"{segment_path(directory, missing)}: journal segment missing {after}; starting "
-            "would lose the records in it (put it back, or restore a backup with "
-            "sessions-admin restore)"
-        )
-    last, size = first, 0
     previous_seq = 0
-    for i, segment in enumerate(segments):
-        path = segment_path(directory, segment)
-        payloads, size = read_segment(path, keyring, profile.slug, segment, i == len(segments) - 1)
-        for payload in payloads:
+
+    def apply(path: Path, commits: list[Commit]) -> None:
+        nonlocal previous_seq
+        for commit in commits:
             try:
-                seq, record = decode(payload)
+                records = [(int(data["q"]), record_from_dict(data)) for data in commit]
             except (KeyError, TypeError, ValueError) as exc:
                 raise CorruptStateError(f"{path}: malformed record ({exc!r})") from None
-            if seq <= previous_seq:
-                raise CorruptStateError(f"{path}: records out of order (seq {seq})")
-            previous_seq = seq
-            try:
-                state.apply(seq, record)
-            except Exception as exc:
-                raise CorruptStateError(
-                    f"{path}: record seq {seq} cannot be applied ({exc!r})"
-                ) from None
-        last = segment
-    return last, size
+            for seq, record in records:
+                if seq <= previous_seq:
+                    raise CorruptStateError(f"{path}: records out of order (seq {seq})")
+                previous_seq = seq
+                try:
+                    state.apply(seq, record)
+                except Exception as exc:
+                    raise CorruptStateError(
+                        f"{path}: record seq {seq} cannot be applied ({exc!r})"
+                    ) from None
+
+    return replay_journal(
+        layout.journal_dir(profile.state_dir),
+        keyring,
+        profile.slug,
+        first,
+        f"after {snapshot.name}" if has_snapshot else None,
+        apply,
+        accept_loss,
+    )
 
 
 def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
     """The profile's current state, read-only: no lock taken, nothing written.
 
     Safe while the bridge runs: a record being appended right now is a torn tail and left
-    out; a snapshot replaced between two reads makes it start over."""
+    out; a snapshot replaced or a segment rotated between two reads makes it start over."""
     keyring = load_keyring(profile, create=False)
     for attempt in range(attempts):
         state = State(profile.max_messages)
         try:
             replay(profile, keyring, state)
-        except (FileNotFoundError, MissingSegment) as exc:
+        except (FileNotFoundError, JournalDamage) as exc:
             if attempt == attempts - 1:
-                if isinstance(exc, MissingSegment):
+                if isinstance(exc, JournalDamage):
                     raise
                 raise BridgeError(
                     f"profile {profile.slug!r}: store kept changing while read"
@@ -109,15 +113,26 @@ def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def _writing(path: Path | None) -> Iterator[None]:
+    """Turn an OSError at start (full or read-only disk) into one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        where = path or exc.filename
+        raise StorageUnavailableError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
 class DurableStore(Store):
     """A profile's state in memory, made durable by an encrypted journal and snapshots.
 
     `open()` takes the profile lock and loads; `commit()` journals, then applies; `snapshot()`
     checkpoints (retention first); `close()` snapshots and releases the lock."""
 
-    def __init__(self, profile: ProfileConfig) -> None:
+    def __init__(self, profile: ProfileConfig, accept_data_loss: bool = False) -> None:
         super().__init__(State(profile.max_messages))
         self.profile = profile
+        self._accept_data_loss = accept_data_loss
         self._lock = ProfileLock(profile.state_dir, profile.slug)
         self._journal: Journal | None = None
         self._keyring: Keyring | None = None
@@ -132,32 +147,46 @@ class DurableStore(Store):
         return self._journal
 
     async def open(self) -> None:
-        layout.create_profile_dir(self.profile.state_dir)
-        self._lock.acquire()
+        """Take the lock, load, and get the journal ready to append.
+
+        Damage to the journal refuses the start (JournalDamage, exit 2), unless the store was
+        built with `accept_data_loss`: then the damaged part is set aside and logged. A disk
+        that cannot be written is one line naming the file (exit 2), never a traceback."""
+        state_dir = self.profile.state_dir
+        with _writing(None):
+            layout.create_profile_dir(state_dir)
+        with _writing(layout.lock_path(state_dir)):
+            self._lock.acquire()
         try:
-            self._keyring = load_keyring(self.profile, create=True)
+            with _writing(self.profile.key_file or layout.key_path(state_dir)):
+                self._keyring = load_keyring(self.profile, create=True)
+            self._remove_stale_temps()
             started = time.monotonic()
             # Loading allocates millions of objects, each batch triggering collections that
             # traverse all the earlier ones; none of them form cycles.
             gc_was_enabled = gc.isenabled()
             gc.disable()
             try:
-                segment, size = replay(self.profile, self._keyring, self.state)
+                end = replay(self.profile, self._keyring, self.state, self._accept_data_loss)
+            except JournalDamage as exc:
+                raise type(exc)(f"{exc}; {ACCEPT_LOSS_ADVICE}") from None
             finally:
                 if gc_was_enabled:
                     gc.enable()
             gcpolicy.settle(collect=False)  # loading makes no garbage, only state
-            path = segment_path(layout.journal_dir(self.profile.state_dir), segment)
-            if path.exists() and path.stat().st_size > size:
-                # A crash in the middle of an append that was never acknowledged.
-                torn, aside = keep_torn_tail(path, size)
-                self._log.warning(
-                    "journal_torn_tail_cut", file=str(path), bytes=torn, kept=str(aside or "-")
-                )
-            journal = Journal(
-                layout.journal_dir(self.profile.state_dir), self._keyring, self.profile.slug
-            )
-            journal.start(segment, size)
+            directory = layout.journal_dir(state_dir)
+            path = segment_path(directory, end.segment)
+            with _writing(path):
+                if end.damage is not None:
+                    self._set_aside(end)
+                elif end.size > end.valid_size:
+                    # A crash in the middle of an append that was never acknowledged.
+                    torn, aside = keep_torn_tail(path, end.valid_size)
+                    self._log.warning(
+                        "journal_torn_tail_cut", file=str(path), bytes=torn, kept=str(aside or "-")
+                    )
+                journal = Journal(directory, self._keyring, self.profile.slug)
+                journal.start(end.segment, end.valid_size)
         except BaseException:
             self._lock.release(clean=False)
             raise
@@ -167,7 +196,7 @@ class DurableStore(Store):
             await self._mark_sends_uncertain()
         self._log.info(
             "store_opened",
-            segment=segment,
+            segment=end.segment,
             seconds=round(time.monotonic() - started, 3),
             conversations=len(self.state.conversations),
         )
@@ -180,6 +209,38 @@ class DurableStore(Store):
         if items:
             await self.commit(items)
             self._log.warning("outbox_sends_uncertain_after_crash", replies=len(items))
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of snapshots and backups whose writer was killed: they would stay
+        forever, each as large as the file it was writing."""
+        state_dir = self.profile.state_dir
+        for directory in (state_dir, layout.journal_dir(state_dir), layout.backups_dir(state_dir)):
+            try:
+                removed = remove_stale_temps(directory)
+            except OSError as exc:  # a read-only disk fails later, with a clearer message
+                self._log.warning("stale_temp_cleanup_failed", error=exc.strerror or str(exc))
+                continue
+            for path, size in removed:
+                self._log.info("stale_temp_removed", file=str(path), bytes=size)
+
+    def _set_aside(self, end: JournalEnd) -> None:
+        """The operator accepted the loss: move what replay could not use out of the journal
+        (each part logged with its file and byte range), never deleting it."""
+        directory = layout.journal_dir(self.profile.state_dir)
+        self._log.warning("journal_damage_accepted", damage=end.damage)
+        # Later segments first: until the damaged one is cut, a crash here changes nothing
+        # a second attempt would not redo.
+        for part in sorted(end.set_aside, key=lambda p: -p.segment):
+            path = segment_path(directory, part.segment)
+            size = path.stat().st_size
+            aside = set_aside(path, part.offset)
+            self._log.warning(
+                "journal_set_aside",
+                file=str(path),
+                from_byte=part.offset,
+                to_byte=size,
+                kept=str(aside),
+            )
 
     async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key

@@ -17,8 +17,8 @@ from tests.persistence.support import Opened
 async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
     stores: list[DurableStore] = []
 
-    async def open_store(profile: ProfileConfig | None = None) -> DurableStore:
-        store = DurableStore(profile or make_profile(tmp_path))
+    async def open_store(profile: ProfileConfig | None = None, **options: bool) -> DurableStore:
+        store = DurableStore(profile or make_profile(tmp_path), **options)
         await store.open()
         stores.append(store)
         return store

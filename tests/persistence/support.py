@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bridge.conversations import Message
-from bridge.records import MessageAdded, OutboxItem, OutboxQueued, Record
+from bridge.persistence import layout
+from bridge.persistence.crypto import Keyring
+from bridge.records import MessageAdded, OutboxItem, OutboxQueued, Record, encode
 from bridge.state import State
 from bridge.store.durable import DurableStore
 
@@ -59,3 +62,34 @@ def split_frames(path: Path) -> list[bytes]:
         frames.append(data[offset : offset + 8 + length])
         offset += 8 + length
     return frames
+
+
+def v2_frame(keyring: Keyring, slug: str, segment: int, offset: int, payload: bytes) -> bytes:
+    """One frame exactly as the previous release (journal v2) wrote it: one record, a header
+    CRC over the length alone, AAD tag `wab-journal-v2`. Kept here, independent of the
+    production code, so the upgrade path is tested against the old format itself."""
+    aad = b"wab-journal-v2|%s|%d|%d" % (slug.encode(), segment, offset)
+    sealed = keyring.seal(payload, aad)
+    size = len(sealed).to_bytes(4, "big")
+    return size + zlib.crc32(size).to_bytes(4, "big") + sealed
+
+
+def write_v2_segment(
+    path: Path, keyring: Keyring, slug: str, segment: int, records: Sequence[tuple[int, Record]]
+) -> None:
+    """Append `records` (seq, record) to a segment as the v2 journal did: a frame each."""
+    with path.open("ab") as fh:
+        offset = fh.tell()
+        for seq, record in records:
+            data = v2_frame(keyring, slug, segment, offset, encode(seq, record))
+            fh.write(data)
+            offset += len(data)
+
+
+def segment_file(store: DurableStore, segment: int) -> Path:
+    return layout.journal_dir(store.profile.state_dir) / f"{segment:08d}.wal"
+
+
+def contents(state: State, key: str = "1") -> list[str]:
+    conv = state.conversations.get(key)
+    return [m.content for m in conv.messages] if conv else []

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import CorruptStateError, StorageError
-from bridge.persistence import layout
-from bridge.persistence.journal import frame
+from bridge.persistence import frames, layout
+from bridge.persistence.crypto import Keyring
+from bridge.persistence.keys import new_key
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 from tests.persistence.support import Opened, crash, snapshot_of, split_frames, user
@@ -91,7 +92,11 @@ async def test_a_cut_off_tail_with_data_is_kept_aside(opened: Opened) -> None:
         pytest.param(lambda fs: [fs[1], fs[0], fs[2]], "does not decrypt", id="records-swapped"),
         pytest.param(lambda fs: [fs[0], fs[0], *fs[1:]], "does not decrypt", id="duplicated"),
         pytest.param(
-            lambda fs: [fs[0], frame(os.urandom(60)), *fs[1:]],
+            lambda fs: [
+                fs[0],
+                frames.seal(Keyring([new_key()]), os.urandom(60), "x", 1, 0),
+                *fs[1:],
+            ],
             "does not decrypt",
             id="foreign-record-inserted",
         ),
@@ -120,7 +125,9 @@ async def test_a_torn_record_in_an_older_segment_is_corruption(opened: Opened) -
     older = layout.journal_dir(store.profile.state_dir) / "00000001.wal"
     with older.open("ab") as fh:
         fh.write(split_frames(older)[0][:30])
-    with pytest.raises(CorruptStateError, match=r"00000001\.wal: .*not the newest"):
+    # Rotation ended segment 1 with the record that continues it in segment 2: nothing may
+    # follow that record.
+    with pytest.raises(CorruptStateError, match=r"00000001\.wal: 30 bytes after .* end record"):
         await opened()
 
 
