@@ -1,14 +1,15 @@
 """Conversations in memory: per user, capped, in the seed's JSON shape when written out.
 
 The seed stored `{"messages": [{"role", "content", "timestamp"}], "lastActivity",
-"firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status)
-that the seed's tools ignore.
+"firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status,
+extra) that the seed's tools ignore.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
@@ -29,6 +30,10 @@ class Message:
     status: str | None = None  # delivery state of an assistant reply
     error: str | None = None  # why a reply failed, e.g. "131047: Re-engagement message"
     wamids: tuple[str, ...] = ()  # Meta's ids of the sent parts of a reply
+    # Structured fields of an inbound message that its readable `content` cannot carry:
+    # reply ids and payloads, referral (ad), context, media ids, ... (whatsapp/content.py).
+    # A small JSON-able dict, shared and never mutated.
+    extra: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's three fields first, optional ones only when set."""
@@ -47,6 +52,8 @@ class Message:
             out["error"] = self.error
         if self.wamids:
             out["wamids"] = list(self.wamids)
+        if self.extra:
+            out["extra"] = self.extra
         return out
 
     @classmethod
@@ -60,6 +67,7 @@ class Message:
             status=data.get("status"),
             error=data.get("error"),
             wamids=tuple(data.get("wamids", ())),
+            extra=extra if isinstance(extra := data.get("extra"), dict) and extra else None,
         )
 
 
@@ -122,12 +130,8 @@ class Conversation:
                 new_status = status
             if message.status in TERMINAL_STATUSES and status not in TERMINAL_STATUSES:
                 new_status = message.status
-            self.messages[index] = Message(
-                role=message.role,
-                content=message.content,
-                timestamp=message.timestamp,
-                id=message.id,
-                type=message.type,
+            self.messages[index] = replace(
+                message,
                 status=new_status,
                 error=error or message.error,
                 wamids=message.wamids + tuple(w for w in wamids if w not in message.wamids),

@@ -100,6 +100,7 @@ def _message_record(message: InboundMessage) -> MessageAdded:
             timestamp=message.timestamp_ms,
             id=message.id,
             type=message.type,
+            extra=message.extra,
         ),
         contact_name=message.contact_name,
     )
