@@ -21,6 +21,7 @@ from admin import render
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
+from bridge.identities import normalize_key
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import secure_dir
@@ -151,11 +152,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def conversation_key(state: State, typed: str) -> str:
+    """The stored key for what an operator typed: a phone in any notation is its digits."""
+    return normalize_key(typed)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
-    view = read_state(profile).get(args.key)
+    state = read_state(profile)
+    key = conversation_key(state, args.key)
+    view = state.get(key)
     if view is None:
-        raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+        raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
     if args.json:
         render.emit_json(
             {**render.conversation_summary(view), "messages": [m.to_dict() for m in view.messages]}
@@ -244,9 +252,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
     state = read_state(profile)
     if args.key is not None:
-        conv = state.conversations.get(args.key)
+        key = conversation_key(state, args.key)
+        conv = state.conversations.get(key)
         if conv is None:
-            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
         convs = [conv]
     else:
         convs = list(state.conversations.values())
@@ -350,13 +359,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
 
+    deleted: list[str] = []
+
     async def change(store: DurableStore) -> None:
-        if args.key not in store.state.conversations:
-            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
-        await store.commit([ConversationDeleted(args.key)])
+        key = conversation_key(store.state, args.key)
+        if key not in store.state.conversations:
+            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
+        await store.commit([ConversationDeleted(key)])
+        deleted.append(key)
 
     write_store(profile, change)
-    print(f"deleted conversation {args.key} from profile {profile.slug!r}")
+    print(f"deleted conversation {deleted[0]} from profile {profile.slug!r}")
     return 0
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
 # statuses out of order (a "delivered" after a "read"); we never move a message backwards.
-STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+# "logged": no access token, the reply was written to the log instead of sent (final).
+STATUS_RANK = {"pending": 0, "logged": 1, "sent": 1, "delivered": 2, "read": 3}
 TERMINAL_STATUSES = ("failed", "expired", "undeliverable")
 
 

@@ -119,6 +119,7 @@ class MeteredSender(Sender):
         self._inner = inner
         self._sends = metrics.sends
         self._profile = profile
+        self.outcome = inner.outcome
 
     @property
     def inner(self) -> Sender:
