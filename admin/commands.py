@@ -29,7 +29,7 @@ from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import ConversationDeleted, MessageAdded, Record
+from bridge.records import ConversationDeleted, IdentityLinked, MessageAdded, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 
@@ -153,8 +153,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def conversation_key(state: State, typed: str) -> str:
-    """The stored key for what an operator typed: a phone in any notation is its digits."""
-    return normalize_key(typed)
+    """The stored key for what an operator typed: a phone in any notation is its digits; a
+    user id linked to a phone is the phone's conversation."""
+    return state.resolve(normalize_key(typed))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -315,6 +316,9 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
     merged = sorted(existing + new, key=lambda m: m.timestamp)[-state.max_messages :]
     records: list[Record] = [ConversationDeleted(key)] if existing else []
     records.extend(MessageAdded(key, m) for m in merged)
+    if existing:
+        # The delete above also drops the user ids linked to `key`: link them again.
+        records.extend(IdentityLinked(u, k) for u, k in state.aliases.items() if k == key)
     return records
 
 

@@ -42,6 +42,16 @@ class ConversationDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityLinked:
+    """A business-scoped user id seen together with a phone: both are one person, whose
+    conversation is keyed by the phone. Applying it also moves a conversation kept under the
+    user id (a username-only user who later showed a phone) into the phone's one."""
+
+    user_id: str
+    key: str  # the phone: the conversation key
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A reply waiting to be sent; it stays queued until sent or failed for good."""
 
@@ -62,7 +72,9 @@ class OutboxDone:
     item_id: str
 
 
-Record = MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone
+Record = (
+    MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone | IdentityLinked
+)
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -88,6 +100,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             }
         case OutboxDone(item_id):
             return {"t": "o", "i": item_id}
+        case IdentityLinked(user_id, key):
+            return {"t": "l", "u": user_id, "k": key}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -104,6 +118,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
     if kind == "o":
         return OutboxDone(data["i"])
+    if kind == "l":
+        return IdentityLinked(str(data["u"]), str(data["k"]))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -84,7 +84,8 @@ class Replier:
         """The last `history_limit` messages up to and including `message_id` (all of them
         if it is gone), oldest first. Walks back from the newest: the message being answered
         is almost always at the end."""
-        view = self._store.state.get(key)
+        state = self._store.state
+        view = state.get(state.resolve(key))  # merged into a phone's conversation meanwhile?
         if view is None:
             return ()
         messages = view.messages
@@ -128,6 +129,9 @@ class Replier:
             return
         reply_id = new_reply_id()
         now_ms = int(time.time() * 1000)
+        # A user id's conversation may have been merged into its phone's while the assistant
+        # thought: the reply belongs there (no await from here to the commit).
+        key = self._store.state.resolve(key)
         item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
         try:
             await self._store.commit(
