@@ -24,13 +24,19 @@ examples:
   sessions-admin stats --all-profiles
   sessions-admin backup --keep 14                encrypted archive into var/profiles/<p>/backups/
   sessions-admin verify                          decrypt and check the live store (exit 1 on problems)
-  sessions-admin export 34600000001 > data.json  a user's data request (plaintext JSON!)
-  sessions-admin import sessions.json            merge the old system's plaintext file
+  sessions-admin export "+34 600 000 001" > data.json  a user's data request (plaintext JSON!)
+  sessions-admin import sessions.json            merge a plaintext sessions.json
   sessions-admin --profile shop delete 34600000001
 
 Reads work while the bridge runs. Writes (restore, import, delete, prune, rotate-key) need
 the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 failure, 2 usage.
 """
+
+
+KEY_HELP = (
+    "the conversation: a phone number as you would type it (+34 600-000-001 and 34600000001 "
+    "are the same) or a business-scoped user id"
+)
 
 
 def _options(parser: argparse.ArgumentParser, default: Any, flag_default: Any) -> None:
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="only active since: 7d, 24h, 30m or a date 2026-11-01")
 
     p = add("show", "a whole conversation: time, role, text", commands.cmd_show)
-    p.add_argument("key", help="phone number (digits) or user id")
+    p.add_argument("key", help=KEY_HELP)
 
     p = add("stats", "counts, activity range, sizes on disk, outbox", commands.cmd_stats)
     p.add_argument("--all-profiles", action="store_true", help="every profile under the var dir")
@@ -91,30 +97,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=14, help="keep the newest N archives (default 14)")
 
     p = add("restore", "replace the store with an archive (bridge stopped)", commands.cmd_restore)
-    p.add_argument("archive", type=Path)
+    p.add_argument(
+        "archive",
+        type=Path,
+        help="an archive written by `sessions-admin backup` (var/profiles/<slug>/backups/*.wab)",
+    )
 
     p = add(
         "verify",
         "decrypt and check the store or an archive; exit 1 on a problem",
         commands.cmd_verify,
     )
-    p.add_argument("archive", type=Path, nargs="?")
-
-    p = add("export", "plaintext JSON in the seed's format on stdout", commands.cmd_export)
-    p.add_argument("key", nargs="?", help="only this conversation")
-
-    p = add(
-        "import", "merge the seed's plaintext sessions.json (bridge stopped)", commands.cmd_import
+    p.add_argument(
+        "archive",
+        type=Path,
+        nargs="?",
+        help="an archive written by `sessions-admin backup` (default: the live store)",
     )
-    p.add_argument("file", type=Path)
+
+    p = add("export", "plaintext JSON on stdout, in the sessions.json format", commands.cmd_export)
+    p.add_argument("key", nargs="?", help="only this conversation: " + KEY_HELP)
+
+    p = add("import", "merge a plaintext sessions.json (bridge stopped)", commands.cmd_import)
+    p.add_argument(
+        "file",
+        type=Path,
+        help='a sessions.json: [[key, {"messages": [...], ...}], ...] as `export` writes it',
+    )
 
     p = add("delete", "erase one user's conversation (bridge stopped)", commands.cmd_delete)
-    p.add_argument("key")
+    p.add_argument("key", help=KEY_HELP)
 
     p = add(
         "prune", "erase conversations idle for more than DAYS (bridge stopped)", commands.cmd_prune
     )
-    p.add_argument("--older-than", type=int, required=True, metavar="DAYS")
+    p.add_argument(
+        "--older-than",
+        type=int,
+        required=True,
+        metavar="DAYS",
+        help="erase conversations whose last activity is more than DAYS days ago",
+    )
 
     add(
         "rotate-key",

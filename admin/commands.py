@@ -21,6 +21,7 @@ from admin import render
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
+from bridge.identities import normalize_key
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir, secure_dir
@@ -28,7 +29,7 @@ from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import MessageAdded, Record
+from bridge.records import IdentityLinked, MessageAdded, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 
@@ -152,11 +153,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def conversation_key(state: State, typed: str) -> str:
+    """The stored key for what an operator typed: a phone in any notation is its digits; a
+    user id linked to a phone is the phone's conversation."""
+    return state.resolve(normalize_key(typed))
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
-    view = read_state(profile).get(args.key)
+    state = read_state(profile)
+    key = conversation_key(state, args.key)
+    view = state.get(key)
     if view is None:
-        raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+        raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
     if args.json:
         render.emit_json(
             {**render.conversation_summary(view), "messages": [m.to_dict() for m in view.messages]}
@@ -245,9 +254,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
     state = read_state(profile)
     if args.key is not None:
-        conv = state.conversations.get(args.key)
+        key = conversation_key(state, args.key)
+        conv = state.conversations.get(key)
         if conv is None:
-            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
         convs = [conv]
     else:
         convs = list(state.conversations.values())
@@ -308,6 +318,9 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
     deletion = state.deletion(key)
     records: list[Record] = [deletion] if deletion is not None else []
     records.extend(MessageAdded(key, m) for m in merged)
+    if existing:
+        # The delete above also drops the user ids linked to `key`: link them again.
+        records.extend(IdentityLinked(u, k) for u, k in state.aliases.items() if k == key)
     return records
 
 
@@ -352,14 +365,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
 
+    deleted: list[str] = []
+
     async def change(store: DurableStore) -> None:
-        deletion = store.state.deletion(args.key)
+        key = conversation_key(store.state, args.key)
+        deletion = store.state.deletion(key)
         if deletion is None:
-            raise BridgeError(f"no conversation {args.key!r} in profile {profile.slug!r}")
+            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
         await store.commit([deletion])
+        deleted.append(key)
 
     write_store(profile, change)
-    print(f"deleted conversation {args.key} from profile {profile.slug!r}")
+    print(f"deleted conversation {deleted[0]} from profile {profile.slug!r}")
     return 0
 
 

@@ -13,8 +13,9 @@ import aiohttp
 
 from bridge import __version__, logs
 from bridge.config import Settings, load_settings
-from bridge.devsecrets import with_dev_secrets
+from bridge.devsecrets import load_dev_secrets, with_dev_secrets
 from bridge.errors import BridgeError, ConfigError
+from bridge.identities import is_phone, normalize_key
 
 EPILOG_SERVE = """\
 examples:
@@ -30,8 +31,9 @@ the command line. The webhook is POST/GET /webhook (routed by phone_number_id) a
 
 EPILOG_SIMULATE = """\
 examples:
-  bridge simulate "Hola" --from 34600000001
+  bridge simulate "Hola" --from "+34 600-000-001" --name Ana
   bridge simulate "Hi" --from 34600000001 --url https://bridge.example.com/webhook
+  bridge simulate "Hi" --from ES.13491208655302741918      a username-only user (no phone)
 
 Signs the delivery with the profile's app secret (BRIDGE_APP_SECRET, or the development secret
 written by `bridge serve --dev`). The reply shows in the bridge's log.
@@ -80,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="generate missing webhook secrets into the profile directory (development only)",
     )
+    serve.add_argument(
+        "--create",
+        action="store_true",
+        help="start a --profile that has no state yet (without it, an unknown profile is an "
+        "error, so a typo never starts an empty one)",
+    )
 
     sim = sub.add_parser(
         "simulate",
@@ -89,11 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(sim)
-    sim.add_argument("text", help="message text")
+    sim.add_argument("text", help="message text (not empty)")
     sim.add_argument(
-        "--from", dest="sender", default="34600000001", help="sender phone, digits only"
+        "--from",
+        dest="sender",
+        default="34600000001",
+        help="sender: a phone as you would type it (+34 600-000-001) or a business-scoped "
+        "user id (ES.1349...) for a username-only user",
     )
-    sim.add_argument("--name", default="Simulated User", help="sender's profile name")
+    sim.add_argument("--user-id", help="the sender's business-scoped user id, sent with the phone")
+    sim.add_argument(
+        "--name", help="sender's profile name (default: none sent, an existing name is kept)"
+    )
     sim.add_argument("--profile", metavar="SLUG", help="profile whose secret signs the delivery")
     sim.add_argument("--url", help="webhook URL (default: the local bridge's /webhook)")
     sim.add_argument("--wamid", help="message id (default: random; repeat one to test dedupe)")
@@ -110,15 +125,38 @@ def _settings(args: argparse.Namespace, selected: Sequence[str]) -> Settings:
     )
 
 
+def _check_known_profiles(args: argparse.Namespace, settings: Settings) -> None:
+    """`--profile X` must name a profile that exists (configured, or with state on disk),
+    unless --create: a typo must not start, and write, a new empty profile."""
+    if not args.profile or args.create:
+        return
+    configured = load_settings(config_path=args.config, var_dir=args.var_dir)
+    known = {p.slug for p in configured.profiles}
+    root = settings.var_dir / "profiles"
+    if root.is_dir():
+        known |= {p.name for p in root.iterdir() if p.is_dir()}
+    for slug in args.profile:
+        if slug not in known:
+            raise ConfigError(
+                f"unknown profile {slug!r} (known: {', '.join(sorted(known)) or 'none'}); "
+                "to start a new one, add --create"
+            )
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    from bridge.listen import bind
     from bridge.metrics import Metrics
     from bridge.runtime import ProfileRuntime, durable_store
     from bridge.server import serve
 
+    # Everything is checked before anything is written: the configuration, the profiles,
+    # the secrets, the port (bound now, served later). Only then are development secrets
+    # written and the stores opened (which creates keys, journals and snapshots).
     settings = _settings(args, args.profile)
     logs.configure(args.log_format or settings.log_format, settings.log_level, cache=True)
-    profiles = [with_dev_secrets(p, generate=args.dev) for p in settings.profiles]
-    for profile in profiles:
+    _check_known_profiles(args, settings)
+    loaded = [load_dev_secrets(p, generate=args.dev) for p in settings.profiles]
+    for profile, _ in loaded:
         profile.require_secrets()
     metrics = Metrics()
     accept_loss = args.accept_data_loss or settings.accept_data_loss
@@ -126,15 +164,29 @@ def run_serve(args: argparse.Namespace) -> int:
         ProfileRuntime.build(
             p, store_factory=partial(durable_store, accept_data_loss=accept_loss), metrics=metrics
         )
-        for p in profiles
+        for p, _ in loaded
     ]
-    asyncio.run(serve(settings, runtimes, metrics))
+    sockets = bind(settings.host, settings.port)
+    try:
+        for _, pending in loaded:
+            if pending is not None:
+                pending.write()
+        asyncio.run(serve(settings, runtimes, metrics, sockets))
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     from bridge.simulate import post_text
 
+    if not args.text.strip():
+        raise ConfigError("nothing to send: the message text is empty")
+    sender = normalize_key(args.sender)
+    if not sender:
+        raise ConfigError("--from is empty: give a phone number or a user id")
+    phone, user_id = (sender, args.user_id) if is_phone(sender) else (None, sender)
     settings = _settings(args, [args.profile] if args.profile else [])
     logs.configure(args.log_format or "console", "warning")
     profile = with_dev_secrets(settings.profiles[0], generate=False)
@@ -152,15 +204,26 @@ def run_simulate(args: argparse.Namespace) -> int:
                 url,
                 profile.app_secret,
                 args.text,
-                args.sender,
+                phone,
                 profile.phone_number_id or "100000000000001",
                 args.name,
                 args.wamid,
+                user_id=user_id,
             )
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise BridgeError(f"cannot reach {url}: {exc or 'timed out'}") from None
+        reason = "timed out" if isinstance(exc, TimeoutError) else "nothing answered"
+        raise BridgeError(
+            f"cannot reach {url}: {reason}; is the bridge running? try `make run` "
+            "(or point --url at it)"
+        ) from None
     print(f"POST {url} -> {result.status} {result.body}  (message {result.wamid})")
+    if result.status == 403:
+        raise BridgeError(
+            f"the bridge refused the signature (HTTP 403): this delivery was signed with the "
+            f"app secret from {profile.app_secret_source or 'the configuration'}, and the "
+            "bridge checks with a different one; give both the same secret"
+        )
     return 0 if result.status == 200 else 1
 
 

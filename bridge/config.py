@@ -65,6 +65,9 @@ class ProfileConfig:
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
+    # Where app_secret came from ("BRIDGE_APP_SECRET", a file, a credential, ...), so a
+    # signature mismatch can say which secret signed.
+    app_secret_source: str | None = field(default=None, compare=False)
 
     def require_secrets(self) -> None:
         """Fail with one clear line when a webhook secret is missing."""
@@ -136,21 +139,34 @@ def _secret(
     cred_names: tuple[str, ...],
 ) -> str | None:
     """Resolve one secret: TOML value, TOML `<name>_file`, env var, env `_FILE`, credential."""
+    return _secret_and_source(name, table, env, env_name, cred_names)[0]
+
+
+def _secret_and_source(
+    name: str,
+    table: Mapping[str, Any],
+    env: Mapping[str, str],
+    env_name: str,
+    cred_names: tuple[str, ...],
+) -> tuple[str | None, str | None]:
+    """The secret and, for messages, where it was found."""
     if table.get(name):
-        return str(table[name])
+        return str(table[name]), f"{name} in the TOML file"
     if table.get(f"{name}_file"):
-        return _read_secret_file(str(table[f"{name}_file"]), name)
+        path = str(table[f"{name}_file"])
+        return _read_secret_file(path, name), f"the file {path} ({name}_file)"
     if env.get(env_name):
-        return env[env_name]
+        return env[env_name], env_name
     if env.get(f"{env_name}_FILE"):
-        return _read_secret_file(env[f"{env_name}_FILE"], f"{env_name}_FILE")
+        path = env[f"{env_name}_FILE"]
+        return _read_secret_file(path, f"{env_name}_FILE"), f"{env_name}_FILE ({path})"
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         for cred in cred_names:
-            path = Path(cred_dir) / cred
-            if path.is_file():
-                return _read_secret_file(str(path), cred)
-    return None
+            path = str(Path(cred_dir) / cred)
+            if Path(path).is_file():
+                return _read_secret_file(path, cred), f"the systemd credential {path}"
+    return None, None
 
 
 def _env_prefix(slug: str, prefixed: bool) -> str:
@@ -242,9 +258,14 @@ def _profile(
 
     prefix = _env_prefix(slug, prefixed)
 
-    def secret(name: str) -> str | None:
+    def secret_and_source(name: str) -> tuple[str | None, str | None]:
         creds = (f"{slug}.{name}",) if prefixed else (name,)
-        return _secret(name, table, env, f"{prefix}{name.upper()}", creds)
+        return _secret_and_source(name, table, env, f"{prefix}{name.upper()}", creds)
+
+    def secret(name: str) -> str | None:
+        return secret_and_source(name)[0]
+
+    app_secret, app_secret_source = secret_and_source("app_secret")
 
     port = table.get("port")  # the env-configured profile uses BRIDGE_PORT for the server
     retention = get("retention_days")
@@ -260,7 +281,8 @@ def _profile(
         slug=slug,
         state_dir=var_dir / "profiles" / slug,
         verify_token=secret("verify_token"),
-        app_secret=secret("app_secret"),
+        app_secret=app_secret,
+        app_secret_source=app_secret_source,
         access_token=secret("access_token"),
         phone_number_id=str(get("phone_number_id")) if get("phone_number_id") else None,
         graph_url=str(get("graph_url") or DEFAULT_GRAPH_URL).rstrip("/"),

@@ -1,19 +1,21 @@
 """Conversations in memory: per user, capped, in the seed's JSON shape when written out.
 
 The seed stored `{"messages": [{"role", "content", "timestamp"}], "lastActivity",
-"firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status)
-that the seed's tools ignore.
+"firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status,
+extra) that the seed's tools ignore.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
 # statuses out of order (a "delivered" after a "read"); we never move a message backwards.
-STATUS_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+# "logged": no access token, the reply was written to the log instead of sent (final).
+STATUS_RANK = {"pending": 0, "logged": 1, "sent": 1, "delivered": 2, "read": 3}
 TERMINAL_STATUSES = ("failed", "expired", "undeliverable")
 
 
@@ -30,6 +32,10 @@ class Message:
     error: str | None = None  # why a reply failed, e.g. "131047: Re-engagement message"
     wamids: tuple[str, ...] = ()  # Meta's ids of the sent parts of a reply
     reply_to: str | None = None  # the user message a reply answers (its wamid)
+    # Structured fields of an inbound message that its readable `content` cannot carry:
+    # reply ids and payloads, referral (ad), context, media ids, ... (whatsapp/content.py).
+    # A small JSON-able dict, shared and never mutated.
+    extra: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's three fields first, optional ones only when set."""
@@ -50,6 +56,8 @@ class Message:
             out["wamids"] = list(self.wamids)
         if self.reply_to is not None:
             out["replyTo"] = self.reply_to
+        if self.extra:
+            out["extra"] = self.extra
         return out
 
     @classmethod
@@ -64,6 +72,7 @@ class Message:
             error=data.get("error"),
             wamids=tuple(data.get("wamids", ())),
             reply_to=data.get("replyTo"),
+            extra=extra if isinstance(extra := data.get("extra"), dict) and extra else None,
         )
 
 

@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge.conversations import Message
 from bridge.errors import StorageError
-from bridge.records import MessageAdded, Record, StatusChanged
+from bridge.identities import LinkResolver
+from bridge.records import IdentityLinked, MessageAdded, Record, StatusChanged
 from bridge.store.base import Store
 from bridge.whatsapp.models import InboundMessage, StatusUpdate
 
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    recorded: tuple[InboundMessage, ...]  # new messages, now durable and in memory
+    # New messages, now durable and in memory; `key` is the conversation each went to (a
+    # user id linked to a phone goes to the phone's).
+    recorded: tuple[InboundMessage, ...]
     duplicates: int
     status_names: tuple[str, ...]  # the states reported by status webhooks
 
@@ -48,6 +51,7 @@ class Ingestor:
         self._on_confirmed = on_confirmed
         # wamid -> outcome of the commit that is recording it right now
         self._in_flight: dict[str, asyncio.Future[None]] = {}
+        self._links = LinkResolver()
 
     async def ingest(
         self, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate]
@@ -66,8 +70,19 @@ class Ingestor:
                 continue
             claimed.add(message.id)
             fresh.append(message)
+        # Keys are resolved and the records built with no await before the commit takes its
+        # sequence numbers: journal order is then the order links were seen in.
         received_ms = int(time.time() * 1000)
-        records: list[Record] = [_message_record(m, received_ms) for m in fresh]
+        records: list[Record] = []
+        links: dict[IdentityLinked, None] = {}
+        for index, message in enumerate(fresh):
+            key, link = self._links.resolve(message, state.aliases)
+            if link is not None and link not in links:
+                links[link] = None
+                records.append(link)  # before the message: it moves the user id's history
+            if key != message.key:
+                fresh[index] = message = replace(message, key=key)
+            records.append(_message_record(message, received_ms))
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
@@ -90,6 +105,7 @@ class Ingestor:
         finally:
             for message in fresh:
                 self._in_flight.pop(message.id, None)
+            self._links.settle(links)
         if self._on_confirmed is not None:
             for status in statuses:
                 if status.callback_data is not None:
@@ -113,6 +129,7 @@ def _message_record(message: InboundMessage, received_ms: int) -> MessageAdded:
             timestamp=message.timestamp_ms,
             id=message.id,
             type=message.type,
+            extra=message.extra,
         ),
         contact_name=message.contact_name,
         received_ms=received_ms,

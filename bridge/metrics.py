@@ -47,6 +47,12 @@ class Metrics:
         self.statuses = Counter(
             f"{PREFIX}_statuses", "Status webhooks by state", ["profile", "status"], registry=r
         )
+        self.skipped = Counter(
+            f"{PREFIX}_skipped",
+            "Parts of deliveries that could not be recorded (no sender, no id, wrong shape)",
+            ["what", "reason"],
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             f"{PREFIX}_commit_seconds",
             "Time to make a delivery durable (journal group commit incl. fsync)",
@@ -113,6 +119,7 @@ class MeteredSender(Sender):
         self._inner = inner
         self._sends = metrics.sends
         self._profile = profile
+        self.outcome = inner.outcome
 
         self.confirms_by_status = inner.confirms_by_status
         self.timeout = inner.timeout

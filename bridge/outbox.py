@@ -253,9 +253,10 @@ class Outbox:
             else:
                 self._token_alerted = False
                 self._token_ok_at = max(self._token_ok_at, started)
-                await self._finish(item, "sent", None)
+                outcome = self._sender.outcome  # "sent", or "logged" without an access token
+                await self._finish(item, outcome, None)
                 self._log.info(
-                    "reply_sent",
+                    f"reply_{outcome}",
                     item=item.id,
                     to=mask(item.to),
                     parts=len(sent),

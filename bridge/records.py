@@ -61,6 +61,16 @@ class ConversationDeleted:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityLinked:
+    """A business-scoped user id seen together with a phone: both are one person, whose
+    conversation is keyed by the phone. Applying it also moves a conversation kept under the
+    user id (a username-only user who later showed a phone) into the phone's one."""
+
+    user_id: str
+    key: str  # the phone: the conversation key
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A reply waiting to be sent; it stays queued until sent or failed for good."""
 
@@ -91,7 +101,13 @@ class OutboxUncertain:
 
 
 Record = (
-    MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone | OutboxUncertain
+    MessageAdded
+    | StatusChanged
+    | ConversationDeleted
+    | OutboxQueued
+    | OutboxDone
+    | OutboxUncertain
+    | IdentityLinked
 )
 
 
@@ -122,6 +138,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             return {"t": "o", "i": item_id}
         case OutboxUncertain(item_id):
             return {"t": "u", "i": item_id}
+        case IdentityLinked(user_id, key):
+            return {"t": "l", "u": user_id, "k": key}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -147,6 +165,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxDone(data["i"])
     if kind == "u":
         return OutboxUncertain(data["i"])
+    if kind == "l":
+        return IdentityLinked(str(data["u"]), str(data["k"]))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -131,7 +131,8 @@ class Replier:
         answer to "tres" continues, so it is placed right after the message it answers. Walks
         back from the newest: the message being answered is almost always at the end, and
         then the stored messages are passed as they are, without copying."""
-        view = self._store.state.get(key)
+        state = self._store.state
+        view = state.get(state.resolve(key))  # merged into a phone's conversation meanwhile?
         if view is None:
             return ()
         messages = view.messages
@@ -209,6 +210,9 @@ class Replier:
         wait; the restart then asks the assistant again (`ProfileRuntime.start`)."""
         attempt = 0
         while True:
+            # A user id's conversation may have been merged into its phone's while the
+            # assistant thought: the reply belongs there (no await from here to the commit).
+            key = self._store.state.resolve(key)
             if key not in self._store.state.conversations:
                 self._log.info(
                     "reply_dropped_conversation_erased", key=mask(key), reply_id=reply_id

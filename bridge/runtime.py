@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
+from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger
 from bridge.metrics import MeteredSender, Metrics
@@ -146,5 +147,11 @@ class ProfileRuntime:
 
 
 def recipient_of(message: InboundMessage) -> str:
-    """Replies go to the phone when Meta gave one, else to the business-scoped user id."""
-    return message.phone or message.user_id or message.key
+    """Replies go to the phone when one is known (given now, or linked earlier to the user id:
+    the message's conversation key is then that phone), else to the business-scoped user id,
+    which Meta accepts for a username-only user."""
+    if message.phone:
+        return message.phone
+    if is_phone(message.key):
+        return message.key
+    return message.user_id or message.key

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -27,8 +28,13 @@ from bridge.sdnotify import Notifier, watchdog_interval
 
 
 async def serve(
-    settings: Settings, runtimes: Sequence[ProfileRuntime], metrics: Metrics | None = None
+    settings: Settings,
+    runtimes: Sequence[ProfileRuntime],
+    metrics: Metrics | None = None,
+    sockets: Sequence[socket.socket] = (),
 ) -> None:
+    """Serve until stopped; on `sockets` already bound (bridge/listen.py), else binding
+    `settings.host:port` once the profiles are loaded."""
     log = get_logger()
     notifier = Notifier(settings.notify_socket)
     interval = watchdog_interval(settings.watchdog_usec, settings.watchdog_pid)
@@ -39,7 +45,7 @@ async def serve(
     async with notifier.watchdog_running(interval):
         await runner.setup()  # starts the profiles: loads state, may refuse corrupt files
         try:
-            await _serve_until_stopped(settings, runtimes, runner, notifier)
+            await _serve_until_stopped(settings, runtimes, runner, notifier, sockets)
         finally:
             await runner.cleanup()
     log.info("bridge_stopped")
@@ -50,11 +56,17 @@ async def _serve_until_stopped(
     runtimes: Sequence[ProfileRuntime],
     runner: web.AppRunner,
     notifier: Notifier,
+    sockets: Sequence[socket.socket],
 ) -> None:
     log = get_logger()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    sites: list[web.BaseSite] = (
+        [web.SockSite(runner, sock) for sock in sockets]
+        if sockets
+        else [web.TCPSite(runner, settings.host, settings.port)]
+    )
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"

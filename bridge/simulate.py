@@ -112,25 +112,50 @@ class PostResult:
     wamid: str
 
 
+def simulated_text(
+    text: str,
+    phone: str | None,
+    user_id: str | None,
+    phone_number_id: str,
+    name: str | None = None,
+    wamid: str | None = None,
+) -> dict[str, Any]:
+    """A text delivery from a phone, a business-scoped user id, or both. Without `name` the
+    contact card carries no profile name, so an existing conversation keeps its name."""
+    message: dict[str, Any] = {
+        "id": wamid or new_wamid(),
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": text},
+    }
+    card: dict[str, Any] = {}
+    if phone:
+        message["from"] = card["wa_id"] = phone
+    if user_id:
+        message["from_user_id"] = card["user_id"] = user_id
+    if name:
+        card["profile"] = {"name": name}
+    value = change_value(phone_number_id=phone_number_id)
+    value["contacts"] = [card]
+    value["messages"] = [message]
+    return delivery(value)
+
+
 async def post_text(
     url: str,
     app_secret: str,
     text: str,
-    sender: str,
+    sender: str | None,
     phone_number_id: str,
     name: str | None = None,
     wamid: str | None = None,
     timeout: float = 10.0,
+    user_id: str | None = None,
 ) -> PostResult:
     """Post one signed text delivery and return the bridge's answer."""
-    message = text_message(text, sender, wamid)
-    raw = encode(
-        delivery(
-            change_value(
-                [message], phone_number_id=phone_number_id, names={sender: name or "Simulated"}
-            )
-        )
-    )
+    body = simulated_text(text, sender, user_id, phone_number_id, name, wamid)
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    raw = encode(body)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
         session.post(url, data=raw, headers=signed_headers(raw, app_secret)) as resp,

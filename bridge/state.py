@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from bridge.conversations import Conversation, ConversationView, Message
+from bridge.identities import merge_conversation
 from bridge.records import (
     ConversationDeleted,
+    IdentityLinked,
     MessageAdded,
     OutboxDone,
     OutboxItem,
@@ -42,6 +44,8 @@ class State:
         # A reply's local id and each of its wamids -> (conversation key, local id), so that
         # Meta's status webhooks, which name wamids, find the reply.
         self.replies: dict[str, tuple[str, str]] = {}
+        # Business-scoped user id -> the conversation key (a phone) of the same person.
+        self.aliases: dict[str, str] = {}
         self.seq = 0  # last sequence number applied
 
     # -- mutation -------------------------------------------------------------------------
@@ -69,6 +73,46 @@ class State:
             case OutboxUncertain(item_id):
                 if item_id in self.outbox:
                     self.uncertain.add(item_id)
+            case IdentityLinked(user_id, key):
+                self._link(seq, user_id, key)
+
+    def _link(self, seq: int, user_id: str, key: str) -> None:
+        """Record that `user_id` is the person of conversation `key`, and move a conversation
+        kept under `user_id` into `key`'s.
+
+        Replay-safe over a fuzzy snapshot: a source conversation whose seq is at or past this
+        record was made after it (so it is not the one to move), and a target whose seq is
+        at or past it already holds what was moved (the source then is a stale copy, dropped).
+        """
+        self.aliases[user_id] = key
+        source = self.conversations.get(user_id)
+        if source is None or user_id == key or (seq and source.seq >= seq):
+            return
+        del self.conversations[user_id]
+        target = self.conversations.get(key)
+        if target is not None and seq and target.seq >= seq:
+            for message in source.messages:
+                self._forget_reply(message)
+            for message in target.messages:  # ids the stale copy shared with the target
+                self._index_reply(key, message)
+            return
+        merged, dropped = merge_conversation(source, target, key, self.max_messages)
+        for message in dropped:
+            self._forget_reply(message)
+        if seq:
+            merged.seq = seq
+        self.conversations[key] = merged
+        for message in merged.messages:
+            self._index_reply(key, message)
+
+    def _forget_identities(self, key: str) -> None:
+        """A user's conversation erased: the link from their user id goes with it."""
+        for user_id in [u for u, k in self.aliases.items() if k == key]:
+            del self.aliases[user_id]
+
+    def resolve(self, key: str) -> str:
+        """The conversation a key stands for: a linked user id's phone, else the key."""
+        return self.aliases.get(key, key)
 
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
@@ -98,6 +142,7 @@ class State:
         if upto is None or upto >= conv.appended:
             del self.conversations[key]
             erased = list(conv.messages)
+            self._forget_identities(key)
         else:
             erased = conv.erase_before(upto)
             if seq:

@@ -23,7 +23,7 @@ from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from bridge.whatsapp import signature
-from bridge.whatsapp.models import Change, InboundMessage, StatusUpdate
+from bridge.whatsapp.models import Change, Delivery, InboundMessage, StatusUpdate
 from bridge.whatsapp.parse import parse_body
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -31,6 +31,10 @@ RUNTIMES = web.AppKey("runtimes", dict[str, ProfileRuntime])
 METRICS = web.AppKey("metrics", Metrics)
 
 log = get_logger()
+
+# Skipped parts are logged one line each up to this many per delivery, then summed up in one
+# line: a crafted body of thousands of odd items must not flood the log.
+SKIPPED_LOGGED = 10
 
 # Request ids only tell log lines of one request apart: a per-process prefix and a counter
 # are unique enough and cost nothing per request.
@@ -160,6 +164,12 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
     except PayloadError as exc:
         log.warning("delivery_rejected", reason=str(exc))
         return error(400, str(exc))
+    if delivery.skipped:
+        _report_skipped(delivery, request.app[METRICS])
+        if not delivery.usable:
+            # Nothing in the body could be used: a 400 names the first problem.
+            log.warning("delivery_rejected", reason=delivery.skipped[0].detail)
+            return error(400, delivery.skipped[0].detail)
     routed = _route(delivery.changes, matched, explicit="slug" in request.match_info)
     runtimes = request.app[RUNTIMES]
     slugs = list(routed)
@@ -188,7 +198,10 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
         return error(503, "storage unavailable, retry later")
     recorded = sum(len(r.recorded) for r in results.values())
     duplicates = sum(r.duplicates for r in results.values())
-    response = web.json_response({"recorded": recorded, "duplicates": duplicates})
+    answer = {"recorded": recorded, "duplicates": duplicates}
+    if delivery.skipped:
+        answer["skipped"] = len(delivery.skipped)
+    response = web.json_response(answer)
     # Send the 200 before any reply work can start: the reply must never precede the ack.
     await response.prepare(request)
     await response.write_eof()
@@ -209,6 +222,22 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
             ms=round((time.monotonic() - started) * 1000, 2),
         )
     return response
+
+
+def _report_skipped(delivery: Delivery, metrics: Metrics) -> None:
+    """Count every skipped part by what and why; log the first few with their place."""
+    for item in delivery.skipped:
+        metrics.skipped.labels(item.what, item.reason).inc()
+    for item in delivery.skipped[:SKIPPED_LOGGED]:
+        log.warning(
+            "delivery_item_skipped",
+            what=item.what,
+            where=item.where,
+            reason=item.reason,
+            type=item.type,
+        )
+    if len(delivery.skipped) > SKIPPED_LOGGED:
+        log.warning("delivery_items_skipped", count=len(delivery.skipped), logged=SKIPPED_LOGGED)
 
 
 def add_routes(app: web.Application) -> None:

@@ -38,7 +38,9 @@ def running(tmp_path: Path) -> Iterator[Served]:
     server = start_serve(tmp_path / "var", "--dev")
     for phone in PHONES:
         for text in ("hola", "¿abierto?"):
-            result = run(["simulate", text, "--from", phone], server.env)
+            result = run(
+                ["simulate", text, "--from", phone, "--name", "Simulated User"], server.env
+            )
             assert result.returncode == 0, result.stderr
     yield server
     if server.proc.poll() is None:

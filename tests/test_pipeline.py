@@ -10,7 +10,9 @@ from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
 from bridge.config import AssistantConfig
+from bridge.whatsapp.graph import GraphClient
 from tests.conftest import APP_SECRET, Bridge, StartBridge, eventually, make_profile
+from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.llm import FakeLLM
 
 
@@ -103,10 +105,18 @@ async def test_replies_to_one_user_come_in_order(start_bridge: StartBridge) -> N
     assert replies == [f"Echo: n{i}" for i in range(5)]
 
 
+@pytest.fixture
+async def graph_bridge(start_bridge: StartBridge, aiohttp_server: AiohttpServer) -> Bridge:
+    """A bridge sending through a fake Graph API, which assigns wamids as Meta does."""
+    server = await aiohttp_server(FakeGraph().app())
+    client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
+    return await start_bridge(senders={"default": client})
+
+
 async def test_reply_is_marked_sent_then_status_webhooks_move_it_forward(
-    start_bridge: StartBridge,
+    graph_bridge: Bridge,
 ) -> None:
-    bridge = await start_bridge()  # no access token: the log-only sender assigns wamids
+    bridge = graph_bridge
     await bridge.post_text("track me")
     await bridge.settle()
     conv = bridge.state().get("34600000001")
@@ -122,8 +132,8 @@ async def test_reply_is_marked_sent_then_status_webhooks_move_it_forward(
     assert conv is not None and conv.messages[-1].status == "read"
 
 
-async def test_failed_status_records_the_error(start_bridge: StartBridge) -> None:
-    bridge = await start_bridge()
+async def test_failed_status_records_the_error(graph_bridge: Bridge) -> None:
+    bridge = graph_bridge
     await bridge.post_text("will fail")
     await bridge.settle()
     conv = bridge.state().get("34600000001")

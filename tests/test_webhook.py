@@ -18,7 +18,6 @@ from bridge.state import State
 from bridge.store.memory import MemoryStore
 from tests.conftest import (
     APP_SECRET,
-    PHONE_NUMBER_ID,
     VERIFY_TOKEN,
     Bridge,
     StartBridge,
@@ -110,27 +109,22 @@ async def test_malformed_json_is_400_with_json_error(bridge: Bridge) -> None:
     assert bridge.state().conversations == {}
 
 
-async def test_wrong_shape_is_400_and_nothing_recorded(bridge: Bridge) -> None:
-    good = simulate.text_message("kept?", "34600000001")
-    bad = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "metadata": {"phone_number_id": PHONE_NUMBER_ID},
-                            "messages": [good, {"from": "34600000002"}],
-                        },
-                    }
-                ]
-            }
-        ],
-    }
-    resp = await bridge.post(bad)
+async def test_one_bad_message_does_not_sink_its_delivery(bridge: Bridge) -> None:
+    good = simulate.text_message("kept", "34600000001")
+    body = simulate.delivery(simulate.change_value([good, {"from": "34600000002"}]))
+    resp = await bridge.post(body)
+    assert resp.status == 200
+    assert await resp.json() == {"recorded": 1, "duplicates": 0, "skipped": 1}
+    conv = bridge.state().get("34600000001")
+    assert conv is not None and conv.messages[0].content == "kept"
+    assert bridge.state().get("34600000002") is None
+
+
+async def test_nothing_usable_is_400_naming_the_problem(bridge: Bridge) -> None:
+    body = simulate.delivery(simulate.change_value([{"from": "34600000002"}]))
+    resp = await bridge.post(body)
     assert resp.status == 400
-    assert "messages[1].id" in (await resp.json())["error"]
+    assert "messages[0] has no id" in (await resp.json())["error"]
     assert bridge.state().conversations == {}
 
 

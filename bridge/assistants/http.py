@@ -8,8 +8,12 @@ the conversation key.
 The HTTP protocol, for a backend of your own:
     POST <url>   Authorization: Bearer <api key>   (only when a key is configured)
     {"conversation": "<key>", "messages": [{"role": "user", "content": "..."}, ...]}
-answered with JSON `{"reply": "..."}` (`"text"` or `"content"` are accepted too) or with a
-`text/plain` body that is the reply. An empty reply, `null` or 204 No Content means "no reply".
+Each stored message also carries, when set: `id` (Meta's wamid), `type` (WhatsApp's message
+type), `timestamp` (ms) and `extra` (structured fields: reply ids and payloads, referral,
+context, media ids, ...; see bridge/whatsapp/content.py), so a bot can branch on a button's id
+while a language model reads `content`. The request is answered with JSON `{"reply": "..."}`
+(`"text"` or `"content"` are accepted too) or with a `text/plain` body that is the reply. An
+empty reply, `null` or 204 No Content means "no reply".
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from yarl import URL
 
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
+from bridge.conversations import Message
 from bridge.errors import AssistantError, ConfigError
 
 # A chat reply is a few KiB; the cap stops a misbehaving backend from filling our memory.
@@ -80,6 +85,25 @@ def recent(history: Sequence[TurnLike], limit: int) -> Sequence[TurnLike]:
 def as_messages(history: Sequence[TurnLike]) -> list[dict[str, str]]:
     """Turns as the `{"role", "content"}` objects both HTTP protocols use."""
     return [{"role": turn.role, "content": turn.content} for turn in history]
+
+
+def as_rich_messages(history: Sequence[TurnLike]) -> list[dict[str, Any]]:
+    """Turns for the bridge's own HTTP protocol: role and content, plus a stored message's
+    id, type, timestamp and structured `extra` when it has them. (The OpenAI protocol gets
+    `as_messages`: its servers may refuse unknown fields.)"""
+    out: list[dict[str, Any]] = []
+    for turn in history:
+        item: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if isinstance(turn, Message):
+            if turn.id is not None:
+                item["id"] = turn.id
+            if turn.type is not None:
+                item["type"] = turn.type
+            item["timestamp"] = turn.timestamp
+            if turn.extra:
+                item["extra"] = turn.extra
+        out.append(item)
+    return out
 
 
 class JsonEndpoint:
@@ -206,7 +230,7 @@ class HttpAssistant(Assistant):
     async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
         payload = {
             "conversation": key,
-            "messages": as_messages(recent(history, self._history_limit)),
+            "messages": as_rich_messages(recent(history, self._history_limit)),
         }
         response = await self._endpoint.post(payload)
         return parse_reply(response)

@@ -9,8 +9,10 @@ this order:
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
-- `{"seen": {wamid: ms, ...}}` (as many as needed), `{"outbox": [[id, key, to, text,
-  created_ms(, 1 when a send of it may have reached Meta unconfirmed)], ...]}`;
+- `{"seen": {wamid: ms, ...}}` (as many as needed), `{"identities": {user_id: key, ...}}`
+  (business-scoped user ids linked to a phone's conversation; readers that predate it skip
+  it), `{"outbox": [[id, key, to, text, created_ms(, 1 when a send of it may have reached
+  Meta unconfirmed)], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
@@ -189,6 +191,8 @@ async def write_snapshot(
             writer.add({"seen": dict(itertools.islice(items, SEEN_PER_FRAME))})
             await writer.flush()
             await asyncio.sleep(0)
+        if state.aliases:
+            writer.add({"identities": dict(state.aliases)})
         writer.add(
             {
                 "outbox": [
@@ -248,6 +252,8 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                     )
             elif "seen" in record:
                 state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
+            elif "identities" in record:
+                state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
             elif "outbox" in record:
                 for item_id, key, to, text, created, *uncertain in record["outbox"]:
                     state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))

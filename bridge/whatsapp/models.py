@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +20,8 @@ class InboundMessage:
     user_id: str | None = None
     contact_name: str | None = None
     context_id: str | None = None  # the wamid this message replies or reacts to
+    # Structured fields (reply ids, referral, context, media ids, ...), see whatsapp/content.py
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +51,32 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """A part of a delivery that could not be used (no sender, no id, a wrong shape): logged
+    and counted, while the rest of the delivery is recorded."""
+
+    what: str  # "entry", "change", "message" or "status"
+    where: str  # its place in the body, e.g. "entry[0].changes[0].value.messages[1]"
+    reason: str  # a short code for metrics: "no_sender", "no_id", "not_an_object", ...
+    detail: str  # one readable line
+    type: str | None = None  # a message's type, when it has one
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """A whole webhook POST body; Meta batches several entries and changes into one."""
 
     changes: tuple[Change, ...]
+    skipped: tuple[Skipped, ...] = ()
 
     @property
     def message_count(self) -> int:
         return sum(len(c.messages) for c in self.changes)
+
+    @property
+    def usable(self) -> int:
+        """Parts that carry something: messages, statuses, other fields' changes, errors."""
+        return sum(
+            len(c.messages) + len(c.statuses) + len(c.errors) + (c.field != "messages")
+            for c in self.changes
+        )

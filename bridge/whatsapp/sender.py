@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from abc import ABC, abstractmethod
 
 from bridge.errors import BridgeError
@@ -83,6 +82,9 @@ class Sender(ABC):
     confirms_by_status = False
     # The longest one send may take before it gives up (seconds); a stop waits longer.
     timeout = 0.0
+    # The delivery state a reply gets once this sender took it: "sent" for the Graph API;
+    # the log-only sender says "logged", so nobody mistakes a logged reply for a sent one.
+    outcome: str = "sent"
 
     @abstractmethod
     async def send_text(
@@ -94,16 +96,20 @@ class Sender(ABC):
 
 
 class LogSender(Sender):
-    """Used when no access token is configured: replies are recorded and logged, not sent."""
+    """Used when no access token is configured: replies are recorded and logged, not sent.
+
+    It returns no message ids (Meta assigned none) and its outcome is "logged", which is what
+    the reply's status, `sessions-admin show` and the log then say.
+    """
+
+    outcome = "logged"
 
     def __init__(self, profile: str) -> None:
         self._log = get_logger(profile=profile, sender="log")
-        self._ids = itertools.count(1)
 
     async def send_text(
         self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
     ) -> list[str]:
         parts = split_text(text)[skip_parts:]
-        ids = [f"wamid.log-{next(self._ids)}" for _ in parts]
         self._log.info("reply_not_sent_no_token", to=mask(to), parts=len(parts), chars=len(text))
-        return ids
+        return []

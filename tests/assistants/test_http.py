@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,7 +17,9 @@ from pytest_aiohttp import AiohttpServer
 from bridge.assistants.base import Turn
 from bridge.assistants.http import HttpAssistant
 from bridge.config import AssistantConfig
+from bridge.conversations import Message
 from bridge.errors import AssistantError
+from tests.conftest import StartBridge, make_profile
 
 API_KEY = "backend-secret-token-abcdef"
 HISTORY = (
@@ -109,6 +112,48 @@ async def test_posts_conversation_key_and_messages_in_order(
             {"role": "assistant", "content": "hello"},
             {"role": "user", "content": "order status?"},
         ],
+    }
+
+
+async def test_stored_messages_carry_id_type_timestamp_and_extra(
+    backend: FakeBackend, make: Make
+) -> None:
+    reply = {"reply": {"kind": "button_reply", "id": "confirm_yes", "title": "Yes"}}
+    history = (
+        Message("assistant", "Confirm?", 1_700_000_000_000, id="out.1", status="sent"),
+        Message("user", "Yes", 1_700_000_001_000, id="wamid.B1", type="interactive", extra=reply),
+    )
+    await make().reply("34600000001", history)
+    assert backend.seen[0].body["messages"] == [
+        {"role": "assistant", "content": "Confirm?", "id": "out.1", "timestamp": 1_700_000_000_000},
+        {
+            "role": "user",
+            "content": "Yes",
+            "id": "wamid.B1",
+            "type": "interactive",
+            "timestamp": 1_700_000_001_000,
+            "extra": reply,
+        },
+    ]
+
+
+async def test_a_button_reply_reaches_the_backend_with_its_id(
+    backend: FakeBackend, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """The whole path: Meta's delivery of a tapped button, posted to the bridge, and the
+    bot behind the http backend can branch on the button's id."""
+    corpus = Path(__file__).parent.parent / "whatsapp" / "corpus"
+    delivery = orjson.loads((corpus / "interactive_button_reply.json").read_bytes())["delivery"]
+    profile = make_profile(tmp_path, assistant=AssistantConfig(kind="http", url=backend.url))
+    bridge = await start_bridge([profile])
+    assert (await bridge.post(delivery)).status == 200
+    await bridge.settle()
+    (last,) = [m for m in backend.seen[0].body["messages"] if m["role"] == "user"]
+    assert last["content"] == "Yes, confirm"
+    assert last["extra"]["reply"] == {
+        "kind": "button_reply",
+        "id": "confirm_yes",
+        "title": "Yes, confirm",
     }
 
 

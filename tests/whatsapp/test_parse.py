@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from bridge import simulate
@@ -46,7 +47,7 @@ CASES: list[tuple[str, Any, str]] = [
             "type": "list_reply",
             "list_reply": {"id": "r1", "title": "Table for 2", "description": "8pm"},
         },
-        "Table for 2",
+        "Table for 2 — 8pm",
     ),
     ("button", {"payload": "STOP", "text": "Stop promotions"}, "Stop promotions"),
     ("reaction", {"message_id": "wamid.ABC", "emoji": "👍"}, "[reaction] 👍"),
@@ -157,27 +158,111 @@ def test_missing_timestamp_means_now() -> None:
     ("body", "reason"),
     [
         (b"[1, 2]", "body must be a JSON object"),
+        (b'{"object": "page", "entry": []}', "'object' must be 'whatsapp_business_account'"),
         (b'{"object": "whatsapp_business_account"}', "body.entry must be a list"),
-        (b'{"object": "whatsapp_business_account", "entry": [1]}', "entry[0] must be an object"),
-        (
-            b'{"object": "whatsapp_business_account", "entry": [{"changes": {}}]}',
-            "entry[0].changes must be a list",
-        ),
-        (
-            b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages"}]}]}',
-            "entry[0].changes[0].value must be an object",
-        ),
         (b"\xff\xfe", "body is not valid JSON"),
     ],
 )
-def test_wrong_shapes_name_the_problem(body: bytes, reason: str) -> None:
+def test_a_wrong_envelope_names_the_problem(body: bytes, reason: str) -> None:
     with pytest.raises(PayloadError) as caught:
         parse_body(body)
     assert str(caught.value) == reason
 
 
-def test_message_without_sender_is_rejected() -> None:
-    message = simulate.text_message("x", SENDER)
-    del message["from"]
-    with pytest.raises(PayloadError, match="no sender"):
-        parse_delivery(simulate.delivery(simulate.change_value([message])))
+@pytest.mark.parametrize(
+    ("body", "skipped"),
+    [
+        (b'{"object": "whatsapp_business_account", "entry": [1]}', ("entry", "not_an_object")),
+        (
+            b'{"object": "whatsapp_business_account", "entry": [{"changes": {}}]}',
+            ("entry", "no_changes"),
+        ),
+        (
+            b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages"}]}]}',
+            ("change", "no_value"),
+        ),
+        (
+            b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages",'
+            b' "value": {"messages": []}}]}]}',
+            ("change", "no_metadata"),
+        ),
+    ],
+)
+def test_a_wrong_part_below_the_envelope_is_skipped_with_its_reason(
+    body: bytes, skipped: tuple[str, str]
+) -> None:
+    delivery = parse_body(body)
+    assert [(s.what, s.reason) for s in delivery.skipped] == [skipped]
+    assert delivery.usable == 0
+
+
+def test_a_message_without_sender_is_skipped_and_its_neighbour_kept() -> None:
+    orphan = simulate.typed_message(
+        "system", {"type": "user_changed_user_id", "user_id": "ES.2", "body": "User A changed"}, "x"
+    )
+    del orphan["from"]
+    good = simulate.text_message("kept", SENDER)
+    delivery = parse_delivery(simulate.delivery(simulate.change_value([good, orphan])))
+    assert [m.content for m in delivery.changes[0].messages] == ["kept"]
+    (skipped,) = delivery.skipped
+    assert (skipped.what, skipped.reason, skipped.type) == ("message", "no_sender", "system")
+    assert skipped.where == "entry[0].changes[0].value.messages[1]"
+    assert delivery.usable == 1
+
+
+def test_username_only_sender_is_keyed_by_user_id_and_finds_its_contact() -> None:
+    message = {"from_user_id": "ES.42", "id": "wamid.U1", "type": "text", "text": {"body": "hi"}}
+    value = simulate.change_value([message])
+    value["contacts"] = [{"profile": {"name": "Vera", "username": "@vera"}, "user_id": "ES.42"}]
+    parsed = parse_delivery(simulate.delivery(value)).changes[0].messages[0]
+    assert (parsed.key, parsed.phone, parsed.user_id) == ("ES.42", None, "ES.42")
+    assert parsed.contact_name == "Vera"
+    assert parsed.extra == {"username": "@vera"}
+
+
+def test_phone_sender_keeps_its_user_id_from_the_contact_card() -> None:
+    value = simulate.change_value([simulate.text_message("hi", SENDER, "wamid.P1")])
+    value["contacts"] = [{"profile": {"name": "Xavi"}, "wa_id": SENDER, "user_id": "ES.7"}]
+    parsed = parse_delivery(simulate.delivery(value)).changes[0].messages[0]
+    assert (parsed.key, parsed.phone, parsed.user_id) == (SENDER, SENDER, "ES.7")
+    assert parsed.extra == {"user_id": "ES.7"}
+
+
+def test_flow_answers_become_label_value_lines() -> None:
+    body = {
+        "type": "nfm_reply",
+        "nfm_reply": {
+            "name": "flow",
+            "body": "Sent",
+            "response_json": '{"screen_0_Rating_0": "4", "flow_token": "t", "ok": false}',
+        },
+    }
+    parsed = _parse_one(simulate.typed_message("interactive", body, SENDER))
+    assert parsed.content == "[form] Sent\nRating: 4\nok: no"
+    assert parsed.extra["flow"]["response"] == {
+        "screen_0_Rating_0": "4",
+        "flow_token": "t",
+        "ok": False,
+    }
+
+
+def test_flow_with_invalid_response_json_keeps_the_text() -> None:
+    body = {"type": "nfm_reply", "nfm_reply": {"body": "Sent", "response_json": "{oops"}}
+    parsed = _parse_one(simulate.typed_message("interactive", body, SENDER))
+    assert parsed.content == "[form] Sent"
+    assert parsed.extra == {"flow": {"body": "Sent", "response": "{oops"}}
+
+
+def test_deeply_nested_unknown_body_is_bounded_so_it_always_serializes() -> None:
+    deep: Any = "bottom"
+    for _ in range(400):
+        deep = [deep]
+    deep_json = '{"a": ' + "[" * 400 + "1" + "]" * 400 + "}"
+    flow = {"type": "nfm_reply", "nfm_reply": {"response_json": deep_json}}
+    for message in (
+        simulate.typed_message("hologram", {"x": deep}, SENDER),
+        simulate.typed_message("interactive", flow, SENDER),
+        simulate.typed_message("edit", {"message": {"type": "edit", "edit": {"x": deep}}}, SENDER),
+    ):
+        parsed = _parse_one(message)
+        orjson.dumps(parsed.extra)  # would raise past orjson's 254 levels
