@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge import logs
 from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import Sender, SendError
 
@@ -77,6 +78,7 @@ class Metrics:
             f"{PREFIX}_snapshot_seconds", "Snapshot duration", ["profile"], buckets=SLOW, registry=r
         )
         self.loop = LoopWatch(r)
+        r.register(LogCollector())
 
     def watch(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
         """Expose in-memory sizes (conversations, messages, outbox) computed at scrape time."""
@@ -104,6 +106,18 @@ class StateCollector(Collector):
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
         return [convs, msgs, outbox]
+
+
+class LogCollector(Collector):
+    """Log lines lost to a failing log stream (full disk, closed pipe): logging never fails the
+    code that logs, so this counter is where such a failure shows."""
+
+    def collect(self) -> Iterable[Metric]:
+        lost = CounterMetricFamily(
+            f"{PREFIX}_log_lines_lost", "Log lines that could not be written"
+        )
+        lost.add_metric([], logs.lost_lines())
+        return [lost]
 
 
 class MeteredSender(Sender):

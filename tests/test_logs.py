@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import http.client
 import io
 import json
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from bridge import logs
+from bridge import logs, simulate
+from bridge.config import ProfileConfig
+from bridge.errors import StorageError
+from bridge.persistence import layout
+from bridge.store.durable import DurableStore, load_state
+from tests.conftest import APP_SECRET, make_profile
+from tests.persistence.support import user
+from tests.test_cli import BRIDGE, clean_env, free_port, parse_log, wait_ready
+from tests.tmpfs import fill, mounted_tmpfs
 
 
 @pytest.fixture(autouse=True)
@@ -46,3 +61,189 @@ def test_a_stream_given_only_inline_is_kept_open() -> None:
     logs.configure("json", "info", io.TextIOWrapper(raw, encoding="utf-8"))
     logs.get_logger().info("still_writable")  # the wrapper above was not kept by the caller
     assert b"still_writable" in raw.getvalue()
+
+
+class FullDisk(io.StringIO):
+    """A text stream on a disk that can fill up: writes fail with ENOSPC while `full`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(text)
+
+
+def test_a_failing_log_write_is_swallowed_counted_and_reported_once_writable() -> None:
+    stream = FullDisk()
+    logs.configure("json", "info", stream)
+    log = logs.get_logger(profile="shop")
+    before = logs.lost_lines()
+    stream.full = True
+    for n in range(3):
+        log.error("journal_write_failed", n=n)  # must not raise
+    assert logs.lost_lines() == before + 3
+    stream.full = False
+    log.info("back")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"], line.get("lost")) for line in lines] == [
+        ("log_lines_lost", 3),
+        ("back", None),
+    ]
+    assert lines[0]["level"] == "warning"
+
+
+def test_a_closed_binary_stream_is_a_lost_line_not_an_error() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")
+    logs.configure("json", "info", stream)
+    before = logs.lost_lines()
+    raw.close()  # writing now raises ValueError
+    logs.get_logger().warning("nobody_listens")
+    assert logs.lost_lines() == before + 1
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_value_the_renderer_refuses_still_gives_a_line(log_format: str) -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        __str__ = __repr__
+
+    stream = io.StringIO()
+    logs.configure(log_format, "info", stream)
+    logs.get_logger().info("odd_values", big=2**70, odd=Unprintable())  # must not raise
+    assert "odd_values" in stream.getvalue()
+
+
+async def test_the_journal_writer_survives_a_log_that_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer logs its own disk error; that log failing too must not kill it."""
+    stream = FullDisk()
+    logs.configure("json", "info", stream)
+    store = DurableStore(make_profile(tmp_path))
+    await store.open()
+    try:
+        real_write = os.write
+
+        def disk_full(fd: int, data: bytes | memoryview) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        stream.full = True
+        monkeypatch.setattr(os, "write", disk_full)
+        with pytest.raises(StorageError, match="No space left"):
+            async with asyncio.timeout(5):  # a dead writer would never answer
+                await store.commit([user("34600000001", 1)])
+        monkeypatch.setattr(os, "write", real_write)
+        async with asyncio.timeout(5):
+            await store.commit([user("34600000001", 2)])
+        assert [m.content for m in store.state.conversations["34600000001"].messages] == ["hello 2"]
+        stream.full = False
+    finally:
+        await store.close()
+    assert "journal_write_failed" not in stream.getvalue()  # it was lost...
+    assert '"event":"log_lines_lost"' in stream.getvalue()  # ...and counted
+
+
+# --- a real `bridge serve` with its log on a disk that fills up -------------------------------
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _post(port: int, raw: bytes, timeout: float = 10) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/webhook", body=raw, headers=simulate.signed_headers(raw, APP_SECRET))
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _delivery(n: int) -> tuple[str, bytes]:
+    message = simulate.text_message(f"disk full {n}", f"3462{n:07d}")
+    return str(message["id"]), simulate.encode(simulate.delivery(simulate.change_value([message])))
+
+
+def test_serve_keeps_its_promises_when_the_log_disk_and_then_the_state_disk_fill(
+    tmp_path: Path,
+) -> None:
+    """Log on one full tmpfs, state on another: 200 while only the log is full, 503 while the
+    journal is, 200 again once space returns, and SIGTERM still exits 0 with a snapshot."""
+    with (
+        mounted_tmpfs(tmp_path / "logdisk", "1m") as logdisk,
+        mounted_tmpfs(tmp_path / "statedisk", "2m") as statedisk,
+    ):
+        var = statedisk / "var"
+        port = free_port()
+        env = clean_env(
+            BRIDGE_APP_SECRET=APP_SECRET,
+            BRIDGE_VERIFY_TOKEN="v",
+            BRIDGE_VAR_DIR=str(var),
+            BRIDGE_PORT=str(port),
+        )
+        log_path = logdisk / "bridge.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [*BRIDGE, "serve", "--log-format", "json"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                text=True,
+            )
+        try:
+            wait_ready(port, proc, log_path)
+            acked: list[str] = []
+
+            def deliver(n: int) -> int:
+                wamid, raw = _delivery(n)
+                status = _post(port, raw)
+                if status == 200:
+                    acked.append(wamid)
+                return status
+
+            log_filler = fill(logdisk)
+            assert [deliver(n) for n in range(5)] == [200] * 5, "a full log disk changes nothing"
+            state_filler = fill(statedisk)
+            # The segment's last page may still take a few records before the disk says no.
+            statuses = [deliver(n) for n in range(5, 105)]
+            assert 503 in statuses, "journal full: 503, so Meta retries"
+            assert set(statuses[statuses.index(503) :]) == {503}
+            state_filler.unlink()
+            assert [deliver(n) for n in range(200, 205)] == [200] * 5, "space is back: 200 again"
+            log_filler.unlink()
+            assert deliver(205) == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # The line being written when the disk filled stays torn (half of it was written);
+        # every other line is whole JSON, and the count of lost lines follows the torn one.
+        lines = log_path.read_text().splitlines()
+        torn = [i for i, line in enumerate(lines) if not _is_json(line)]
+        assert len(torn) <= 1, torn
+        events = parse_log("\n".join(line for line in lines if _is_json(line)))
+        names = [e["event"] for e in events]
+        assert "log_lines_lost" in names and names[-1] == "bridge_stopped"
+        assert "Traceback" not in log_path.read_text()
+        profile = ProfileConfig(slug="default", state_dir=var / "profiles" / "default")
+        assert layout.snapshot_path(profile.state_dir).exists(), "the final snapshot was written"
+        stored = load_state(profile)
+        ids = [
+            m.id
+            for c in stored.conversations.values()
+            for m in c.messages
+            if m.role == "user" and m.id
+        ]
+        assert sorted(ids) == sorted(acked)
