@@ -1,7 +1,10 @@
 """Logging: structlog, JSON lines for journald, a readable console in a terminal.
 
 Phone numbers are personal data: log them only through `mask`, and never log message text at
-info level.
+info level. Meta's message ids (wamids) are base64 that contain the sender's phone number, so
+they are never logged either: every value of a `message_id`, `message_ids`, `wamid` or `wamids`
+field is replaced by `log_id`, a short keyed hash (the same for the same wamid in every line,
+across restarts and in `bridge log-id`, so lines still correlate).
 
 A log line is never worth an outage: writing one must not break the code that logs (the
 journal writer logs its own disk errors, and the log may sit on the disk that just filled).
@@ -19,16 +22,24 @@ logger resolve its configuration once; tests leave it off so `capture_logs` and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from os import write as _write_fd  # bound now: tests that patch os.write mean the journal's
 from typing import Any
 
 import orjson
 import structlog
+
+# Fields whose values are Meta message ids; `log_id` replaces them in every line.
+WAMID_FIELDS = frozenset({"message_id", "message_ids", "wamid", "wamids"})
+LOG_ID_HEX = 12  # 48 bits: unique enough to find a message's lines, too short to be an oracle
+_LOG_ID_INFO = b"whatsapp-bridge log-id v1"
 
 
 def mask(identifier: str | None) -> str:
@@ -38,6 +49,54 @@ def mask(identifier: str | None) -> str:
     if len(identifier) <= 6:
         return "*" * len(identifier)
     return identifier[:3] + "*" * (len(identifier) - 6) + identifier[-3:]
+
+
+# --- log ids: wamids as short keyed hashes ---------------------------------------------------
+
+# Per-profile hashing keys. A profile without one (a memory store: nothing survives a restart
+# anyway) hashes with a key of this process.
+_log_id_keys: dict[str, bytes] = {}
+_process_log_id_key = secrets.token_bytes(32)
+
+
+def log_id_key(keys: Sequence[bytes]) -> bytes:
+    """The hashing key of a profile whose keyring holds `keys` (active first, oldest last).
+
+    Derived from the oldest key (HMAC as a KDF, with its own label): it is the same for the
+    bridge and every tool that can read the profile, survives restarts and `rotate-key` (which
+    keeps old keys), and reveals nothing about the encryption key.
+    """
+    return hmac.new(keys[-1], _LOG_ID_INFO, hashlib.sha256).digest()
+
+
+def set_log_id_key(profile: str, key: bytes) -> None:
+    """From now on, hash `profile`'s wamids (lines bound to `profile=`) under `key`."""
+    _log_id_keys[profile] = key
+
+
+def log_id(wamid: str, profile: str | None = None, key: bytes | None = None) -> str:
+    """What logs show instead of `wamid`: 12 hex digits of HMAC-SHA256 under the profile's key."""
+    if key is None:
+        key = _log_id_keys.get(profile or "", _process_log_id_key)
+    digest = hmac.new(key, wamid.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return digest[:LOG_ID_HEX]
+
+
+def _hash_wamids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """Processor: replace message ids by their log ids, whichever call site logged them."""
+    if WAMID_FIELDS.isdisjoint(event):  # most lines: no allocation, no hashing
+        return event
+    profile = event.get("profile")
+    key = _log_id_keys.get(profile if isinstance(profile, str) else "", _process_log_id_key)
+    for name in WAMID_FIELDS.intersection(event):
+        value = event[name]
+        if isinstance(value, str):
+            event[name] = log_id(value, key=key)
+        elif isinstance(value, list | tuple | set | frozenset):
+            event[name] = [log_id(str(v), key=key) for v in value]
+        elif value is not None:
+            event[name] = log_id(str(value), key=key)
+    return event
 
 
 # --- the sink: writes whole lines, never raises ----------------------------------------------
@@ -193,6 +252,7 @@ def configure(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _hash_wamids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info

@@ -203,7 +203,7 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
             "delivery_recorded",
             profile=slug,
             recorded=len(result.recorded),
-            message_ids=[m.id for m in result.recorded],
+            message_ids=[m.id for m in result.recorded],  # logged as hashes (bridge.logs)
             duplicates=result.duplicates,
             statuses=result.statuses,
             ms=round((time.monotonic() - started) * 1000, 2),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import http.client
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from bridge.persistence import layout
 from bridge.store.durable import DurableStore, load_state
 from tests.conftest import APP_SECRET, make_profile
 from tests.persistence.support import user
-from tests.test_cli import BRIDGE, clean_env, free_port, parse_log, wait_ready
+from tests.test_cli import BRIDGE, clean_env, free_port, parse_log, start_serve, wait_ready
 from tests.tmpfs import fill, mounted_tmpfs
 
 
@@ -247,3 +250,85 @@ def test_serve_keeps_its_promises_when_the_log_disk_and_then_the_state_disk_fill
             if m.role == "user" and m.id
         ]
         assert sorted(ids) == sorted(acked)
+
+
+# --- wamids: logged as keyed hashes only -------------------------------------------------------
+
+
+def realistic_wamid(phone: str) -> str:
+    """A wamid as Meta makes them: base64 of a structure that embeds the sender's phone."""
+    inner = b"\x18" + bytes([len(phone)]) + phone.encode() + b"\x15\x02\x00\x12\x18\x14"
+    return "wamid." + base64.b64encode(inner + secrets.token_hex(10).upper().encode()).decode()
+
+
+def test_message_id_fields_are_logged_as_keyed_hashes() -> None:
+    stream = io.StringIO()
+    logs.configure("json", "debug", stream)
+    wamid, other = realistic_wamid("34612345678"), realistic_wamid("34699999999")
+    key = secrets.token_bytes(32)
+    logs.set_log_id_key("shop", key)
+    log = logs.get_logger(profile="shop")
+    log.info("delivery_recorded", message_ids=[wamid, other])
+    log.debug("reply_queued", message_id=wamid, reply_id="out.1234")
+    logs.get_logger(profile="elsewhere").info("seen", wamid=wamid)
+    text = stream.getvalue()
+    assert wamid not in text and other not in text and "34612345678" not in text
+    first, second, third = (json.loads(line) for line in text.splitlines())
+    hashed = logs.log_id(wamid, key=key)
+    assert len(hashed) == 12 and int(hashed, 16) >= 0
+    assert first["message_ids"] == [hashed, logs.log_id(other, "shop")]
+    assert second["message_id"] == hashed and second["reply_id"] == "out.1234"
+    assert third["wamid"] != hashed, "another profile hashes under another key"
+
+
+def test_the_log_id_key_comes_from_the_oldest_encryption_key() -> None:
+    oldest, newer = secrets.token_bytes(32), secrets.token_bytes(32)
+    assert logs.log_id_key([oldest]) == logs.log_id_key([newer, oldest]), "survives rotate-key"
+    assert logs.log_id_key([oldest]) != logs.log_id_key([newer])
+    assert oldest not in logs.log_id_key([oldest])
+
+
+def test_serve_logs_no_wamid_and_no_phone_and_the_same_hash_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A delivery from a known phone through a real `bridge serve`, whose assistant is down (so
+    the message stays unanswered and is taken up again after the restart, logging its id)."""
+    phone = "34612345678"
+    wamid = realistic_wamid(phone)
+    var = tmp_path / "var"
+    env = clean_env(
+        BRIDGE_APP_SECRET=APP_SECRET,
+        BRIDGE_VERIFY_TOKEN="v",
+        BRIDGE_VAR_DIR=str(var),
+        BRIDGE_PORT=str(free_port()),
+        BRIDGE_ASSISTANT="http",
+        BRIDGE_ASSISTANT_URL=f"http://127.0.0.1:{free_port()}/reply",  # nobody listens
+    )
+    message = simulate.text_message("hola", phone, wamid=wamid)
+    raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+    texts = []
+    for run in (1, 2):
+        server = start_serve(var, env=env)
+        if run == 1:
+            assert _post(server.port, raw) == 200
+        waited = time.monotonic() + 10
+        while '"no_reply"' not in server.log_path.read_text() and time.monotonic() < waited:
+            time.sleep(0.05)
+        code, _ = server.stop()
+        assert code == 0
+        texts.append(server.log_path.read_text())
+    hashed = subprocess.run(
+        [*BRIDGE, "log-id", wamid],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for text in texts:
+        assert wamid not in text and wamid[6:] not in text
+        assert phone not in text, "no phone number in the logs"
+    first, second = (parse_log(text) for text in texts)
+    recorded = next(e for e in first if e["event"] == "delivery_recorded")
+    assert recorded["message_ids"] == [hashed]
+    failed = [e["message_id"] for e in first + second if e["event"] == "assistant_failed"]
+    assert failed == [hashed, hashed], "the same hash before and after the restart"
