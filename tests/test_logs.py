@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-import http.client
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from bridge.errors import StorageError
 from bridge.persistence import layout
 from bridge.store.durable import DurableStore, load_state
 from tests.conftest import APP_SECRET, make_profile
+from tests.load import post_signed_sync
 from tests.persistence.support import user
 from tests.test_cli import BRIDGE, clean_env, free_port, parse_log, start_serve, wait_ready
 from tests.tmpfs import fill, mounted_tmpfs
@@ -163,13 +163,8 @@ def _is_json(line: str) -> bool:
     return True
 
 
-def _post(port: int, raw: bytes, timeout: float = 10) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", "/webhook", body=raw, headers=simulate.signed_headers(raw, APP_SECRET))
-        return conn.getresponse().status
-    finally:
-        conn.close()
+def _post(port: int, raw: bytes) -> int:
+    return post_signed_sync(port, raw, APP_SECRET)
 
 
 def _delivery(n: int) -> tuple[str, bytes]:
