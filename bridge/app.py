@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge import health, webhook
 from bridge.config import Settings
+from bridge.httpguard import add_fallback_route
 from bridge.metrics import Metrics
 from bridge.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
@@ -32,6 +33,7 @@ def create_app(
     app[health.MONITOR] = HealthMonitor(list(runtimes))
     webhook.add_routes(app)
     health.add_routes(app)
+    add_fallback_route(app)  # last: it takes whatever the routes above do not
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         started: list[ProfileRuntime] = []

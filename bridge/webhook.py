@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import PayloadError, StorageError
+from bridge.httpguard import expect_continue
 from bridge.ingest import IngestResult
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -60,17 +61,18 @@ async def verify_subscription(request: web.Request) -> web.StreamResponse:
         query.get("hub.verify_token", ""),
         query.get("hub.challenge"),
     )
+    # A query carries any byte a client sent (undecodable ones as surrogates): compare bytes.
+    given = token.encode("utf-8", "surrogatepass")
     matched = [
         r
         for r in _candidates(request)
-        if r.config.verify_token
-        and hmac.compare_digest(r.config.verify_token.encode(), token.encode())
+        if r.config.verify_token and hmac.compare_digest(r.config.verify_token.encode(), given)
     ]
     if mode != "subscribe" or not matched:
         log.warning("verification_refused", mode=mode, path=request.path)
         return web.Response(status=403, text="verification failed")
-    if challenge is None:
-        return web.Response(status=400, text="missing hub.challenge")
+    if challenge is None or not challenge.isprintable():
+        return web.Response(status=400, text="missing or unprintable hub.challenge")
     log.info("verification_ok", profiles=[r.slug for r in matched])
     return web.Response(text=challenge, content_type="text/plain")
 
@@ -143,6 +145,11 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge:
         log.warning("delivery_too_large", length=request.content_length)
         return error(413, "body too large")
+    except web.RequestPayloadError as exc:
+        # A body its Content-Encoding cannot decode (not gzip, a broken deflate stream), or a
+        # malformed chunked encoding: the client's fault, never ours.
+        log.warning("delivery_undecodable", reason=str(exc.__cause__ or exc))
+        return error(400, "body could not be decoded")
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         log.warning("signature_missing", path=request.path)
@@ -212,7 +219,8 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/webhook", verify_subscription)
-    app.router.add_post("/webhook", receive_delivery)
-    app.router.add_get("/webhook/{slug}", verify_subscription)
-    app.router.add_post("/webhook/{slug}", receive_delivery)
+    expect = expect_continue
+    app.router.add_get("/webhook", verify_subscription, expect_handler=expect)
+    app.router.add_post("/webhook", receive_delivery, expect_handler=expect)
+    app.router.add_get("/webhook/{slug}", verify_subscription, expect_handler=expect)
+    app.router.add_post("/webhook/{slug}", receive_delivery, expect_handler=expect)
