@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -76,6 +76,16 @@ class Metrics:
         )
         self.snapshot_seconds = Histogram(
             f"{PREFIX}_snapshot_seconds", "Snapshot duration", ["profile"], buckets=SLOW, registry=r
+        )
+        self.connections = Gauge(
+            f"{PREFIX}_connections", "Open HTTP connections (bridge serve)", registry=r
+        )
+        self.connections_dropped = Counter(
+            f"{PREFIX}_connections_dropped",
+            "HTTP connections closed by the bridge: header_timeout (no complete request head in "
+            "time, or idle), body_timeout, evicted (room for a new one at the cap), refused",
+            ["reason"],
+            registry=r,
         )
         self.loop = LoopWatch(r)
         r.register(LogCollector())

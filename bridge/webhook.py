@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import PayloadError, StorageError
-from bridge.httpguard import expect_continue
+from bridge.httpguard import GUARD, UnreadableBody, expect_continue
 from bridge.ingest import IngestResult
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -131,6 +131,7 @@ OUTCOMES = {
     401: "unsigned",
     403: "bad_signature",
     404: "unknown_profile",
+    408: "body_timeout",
     413: "too_large",
     503: "storage_unavailable",
 }
@@ -141,15 +142,12 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
     if not candidates:
         return error(404, "unknown profile")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        log.warning("delivery_too_large", length=request.content_length)
-        return error(413, "body too large")
-    except web.RequestPayloadError as exc:
-        # A body its Content-Encoding cannot decode (not gzip, a broken deflate stream), or a
-        # malformed chunked encoding: the client's fault, never ours.
-        log.warning("delivery_undecodable", reason=str(exc.__cause__ or exc))
-        return error(400, "body could not be decoded")
+        body = await request.app[GUARD].read_body(request)
+    except UnreadableBody as exc:
+        log.warning("delivery_unreadable", reason=exc.reason, length=request.content_length)
+        response = error(exc.status, exc.reason)
+        response.force_close()  # what is left of the body is not worth reading
+        return response
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         log.warning("signature_missing", path=request.path)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from bridge import simulate
 from bridge.app import create_app
 from bridge.config import Settings
+from bridge.httpguard import GUARD
 from bridge.runtime import ProfileRuntime
 from bridge.state import State
 from tests.conftest import APP_SECRET, make_profile
@@ -89,9 +90,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder.update(runner=runner, runtime=runtime, port=runner.addresses[0][1])
+        assert runner.server is not None
+        # As `bridge serve` listens: every connection through the connection guard.
+        server = await asyncio.get_running_loop().create_server(
+            app[GUARD].protocol_factory(runner.server), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        holder.update(runner=runner, server=server, runtime=runtime, port=port)
         ready.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -99,6 +104,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
     asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
     ready.wait(10)
     yield LiveBridge(holder["port"], holder["runtime"], loop)
+    loop.call_soon_threadsafe(holder["server"].close)
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(timeout=10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
