@@ -93,8 +93,11 @@ class _Connection(asyncio.Protocol):
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.state = _State.IDLE
-        self.since = 0.0  # when the current IDLE or BODY wait began
+        self.since = 0.0  # loop time the current IDLE or BODY wait began
         self.admitted = False
+        # One timer per connection, re-armed lazily: a request costs no timer churn, the timer
+        # checks on firing whether the connection has been idle for the whole deadline.
+        self._deadline = 0.0  # loop time by which an IDLE connection must have a request head
         self._timer: asyncio.TimerHandle | None = None
 
     # asyncio's protocol interface, forwarded once admitted
@@ -131,25 +134,28 @@ class _Connection(asyncio.Protocol):
 
     # state, driven by the guard's middleware and read_body
     def idle(self) -> None:
-        self._wait(_State.IDLE)
+        self.state = _State.IDLE
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.guard.header_timeout, self._expire)
+        self.since = now = loop.time()
+        self._deadline = now + self.guard.header_timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._expire)
 
     def reading_body(self) -> None:
-        self._wait(_State.BODY)  # bounded by read_body's own deadline
+        self.state = _State.BODY  # bounded by read_body's own deadline
+        self.since = asyncio.get_running_loop().time()
 
     def busy(self) -> None:
-        self._cancel_timer()
         self.state = _State.BUSY
-
-    def _wait(self, state: _State) -> None:
-        self._cancel_timer()
-        self.state = state
-        self.since = time.monotonic()
 
     def _expire(self) -> None:
         self._timer = None
-        if self.state is _State.IDLE:
+        if self.state is not _State.IDLE:
+            return  # idle() arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # a request came and went meanwhile
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
             self.drop("header_timeout")
 
     def drop(self, reason: str) -> None:
