@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge import health, webhook
 from bridge.config import Settings
+from bridge.httpguard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.metrics import Metrics
 from bridge.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
@@ -18,20 +19,32 @@ def create_app(
 ) -> web.Application:
     """Routes and lifecycle: profiles start before the first request and stop after the last.
 
+    `app[GUARD]` holds the connection guard: `bridge.server` makes its listening socket's
+    connections through it.
+
     Starting a profile loads its state; stopping it lets replies finish, stops the outbox and
     takes the final snapshot. aiohttp runs cleanup only for contexts whose start finished.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    metrics = metrics or Metrics()
+    guard = ConnectionGuard(
+        connection_limit(settings.max_connections),
+        settings.header_timeout,
+        settings.body_timeout,
+        on_drop=lambda reason: metrics.connections_dropped.labels(reason).inc(),
+    )
+    metrics.connections.set_function(lambda: guard.open)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard.middleware])
+    app[GUARD] = guard
     by_slug = {r.slug: r for r in runtimes}
     app[webhook.RUNTIMES] = by_slug
     app[health.READY] = {}
-    metrics = metrics or Metrics()
     metrics.watch(lambda: by_slug)
     app[webhook.METRICS] = metrics
     app[health.METRICS_TOKEN] = settings.metrics_token
     app[health.MONITOR] = HealthMonitor(list(runtimes))
     webhook.add_routes(app)
     health.add_routes(app)
+    add_fallback_route(app)  # last: it takes whatever the routes above do not
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         started: list[ProfileRuntime] = []

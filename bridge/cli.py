@@ -112,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", metavar="SLUG", help="profile whose secret signs the delivery")
     sim.add_argument("--url", help="webhook URL (default: the local bridge's /webhook)")
     sim.add_argument("--wamid", help="message id (default: random; repeat one to test dedupe)")
+
+    ids = sub.add_parser(
+        "log-id",
+        help="the hash under which the logs show a message id",
+        description=(
+            "Logs never show Meta's message ids (wamids embed the sender's phone number), only "
+            "a 12-hex-digit keyed hash of each, derived from the profile's encryption key. "
+            "Print that hash for each WAMID, to find a message's lines: "
+            "`journalctl -u whatsapp-bridge@shop | grep $(bridge log-id --profile shop WAMID)`."
+        ),
+    )
+    _common(ids)
+    ids.add_argument("wamids", nargs="+", metavar="WAMID", help="a message id (wamid.…)")
+    ids.add_argument("--profile", metavar="SLUG", help="the profile that received the message")
     return parser
 
 
@@ -227,11 +241,29 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0 if result.status == 200 else 1
 
 
+def run_log_id(args: argparse.Namespace) -> int:
+    from bridge.persistence.keys import log_id_key_for
+
+    settings = _settings(args, [args.profile] if args.profile else [])
+    profile = settings.profiles[0]
+    key = log_id_key_for(profile)
+    if key is None:
+        raise ConfigError(
+            f"profile {profile.slug!r} has no encryption key yet (nothing was stored), so no "
+            "message of it was logged"
+        )
+    for wamid in args.wamids:
+        print(logs.log_id(wamid, key=key))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "log-id":
+            return run_log_id(args)
         return run_simulate(args)
     except BridgeError as exc:
         print(f"bridge: error: {exc}", file=sys.stderr)

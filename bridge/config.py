@@ -90,6 +90,14 @@ class Settings:
     port: int = 8080
     # Meta's deliveries are a few KiB; a megabyte leaves room for large batches.
     max_body_bytes: int = 1024 * 1024
+    # Slow or idle clients (bridge.httpguard): a connection must complete a request head this
+    # many seconds after it opens or its previous response (so it is the keep-alive idle time
+    # too), and a body this many seconds after its head; beyond max_connections open at once
+    # (lowered to fit the open-files limit) the longest idle connection makes room, or a new
+    # one is refused if every connection is busy.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1024
     snapshot_interval: float = 300.0
     health_interval: float = 120.0
     shutdown_timeout: float = 10.0
@@ -370,6 +378,9 @@ def load_settings(
     )
     interval = data.get("snapshot_interval") or env.get("BRIDGE_SNAPSHOT_INTERVAL")
     health = data.get("health_interval") or env.get("BRIDGE_HEALTH_INTERVAL")
+    header_timeout = data.get("header_timeout") or env.get("BRIDGE_HEADER_TIMEOUT")
+    body_timeout = data.get("body_timeout") or env.get("BRIDGE_BODY_TIMEOUT")
+    max_connections = data.get("max_connections") or env.get("BRIDGE_MAX_CONNECTIONS")
     return Settings(
         profiles=tuple(profiles),
         var_dir=resolved_var,
@@ -380,6 +391,9 @@ def load_settings(
             "max_body_bytes",
             1024,
         ),
+        header_timeout=_float(header_timeout, "header_timeout") if header_timeout else 10.0,
+        body_timeout=_float(body_timeout, "body_timeout") if body_timeout else 30.0,
+        max_connections=_int(max_connections, "max_connections", 1) if max_connections else 1024,
         snapshot_interval=_float(interval, "snapshot_interval") if interval else 300.0,
         health_interval=_float(health, "health_interval") if health else 120.0,
         log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),

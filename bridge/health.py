@@ -6,6 +6,7 @@ import hmac
 
 from aiohttp import web
 
+from bridge.httpguard import expect_continue
 from bridge.monitor import HealthMonitor
 from bridge.webhook import METRICS, RUNTIMES
 
@@ -44,8 +45,10 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; behind a bearer token when one is configured."""
     token = request.app[METRICS_TOKEN]
     if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # Header values carry any byte a client sent (undecodable ones as surrogates):
+        # compare bytes, never let the encoding fail.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return web.Response(status=401, text="metrics need a bearer token\n")
     body = request.app[METRICS].render()
     return web.Response(
@@ -54,6 +57,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz, expect_handler=expect_continue)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_continue)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_continue)

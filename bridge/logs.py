@@ -1,22 +1,45 @@
 """Logging: structlog, JSON lines for journald, a readable console in a terminal.
 
 Phone numbers are personal data: log them only through `mask`, and never log message text at
-info level.
+info level. Meta's message ids (wamids) are base64 that contain the sender's phone number, so
+they are never logged either: every value of a `message_id`, `message_ids`, `wamid` or `wamids`
+field is replaced by `log_id`, a short keyed hash (the same for the same wamid in every line,
+across restarts and in `bridge log-id`, so lines still correlate).
+
+A log line is never worth an outage: writing one must not break the code that logs (the
+journal writer logs its own disk errors, and the log may sit on the disk that just filled).
+The sink swallows write errors, counts the lines it lost (`lost_lines`, exported as
+`whatsapp_bridge_log_lines_lost_total`) and, once writing works again, first writes one line
+saying how many. A value the renderer cannot serialize gives a line of reprs, not an error.
 
 A busy bridge writes a few lines per message, so the JSON path is built for speed: orjson
-renders straight to bytes and each line is one write. `cache=True` (the server) lets each
+renders straight to bytes and each line is one `write(2)` on the stream's file descriptor (no
+Python buffer that a failed write could leave stuck). `cache=True` (the server) lets each
 logger resolve its configuration once; tests leave it off so `capture_logs` and later
 `configure` calls still reach loggers created earlier.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import sys
+import threading
+from collections.abc import Callable, MutableMapping, Sequence
+from datetime import UTC, datetime
+from os import write as _write_fd  # bound now: tests that patch os.write mean the journal's
 from typing import Any
 
 import orjson
 import structlog
+
+# Fields whose values are Meta message ids; `log_id` replaces them in every line.
+WAMID_FIELDS = frozenset({"message_id", "message_ids", "wamid", "wamids"})
+LOG_ID_HEX = 12  # 48 bits: unique enough to find a message's lines, too short to be an oracle
+_LOG_ID_INFO = b"whatsapp-bridge log-id v1"
 
 
 def mask(identifier: str | None) -> str:
@@ -28,11 +51,185 @@ def mask(identifier: str | None) -> str:
     return identifier[:3] + "*" * (len(identifier) - 6) + identifier[-3:]
 
 
+# --- log ids: wamids as short keyed hashes ---------------------------------------------------
+
+# Per-profile hashing keys. A profile without one (a memory store: nothing survives a restart
+# anyway) hashes with a key of this process.
+_log_id_keys: dict[str, bytes] = {}
+_process_log_id_key = secrets.token_bytes(32)
+
+
+def log_id_key(keys: Sequence[bytes]) -> bytes:
+    """The hashing key of a profile whose keyring holds `keys` (active first, oldest last).
+
+    Derived from the oldest key (HMAC as a KDF, with its own label): it is the same for the
+    bridge and every tool that can read the profile, survives restarts and `rotate-key` (which
+    keeps old keys), and reveals nothing about the encryption key.
+    """
+    return hmac.new(keys[-1], _LOG_ID_INFO, hashlib.sha256).digest()
+
+
+def set_log_id_key(profile: str, key: bytes) -> None:
+    """From now on, hash `profile`'s wamids (lines bound to `profile=`) under `key`."""
+    _log_id_keys[profile] = key
+
+
+def log_id(wamid: str, profile: str | None = None, key: bytes | None = None) -> str:
+    """What logs show instead of `wamid`: 12 hex digits of HMAC-SHA256 under the profile's key."""
+    if key is None:
+        key = _log_id_keys.get(profile or "", _process_log_id_key)
+    digest = hmac.new(key, wamid.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return digest[:LOG_ID_HEX]
+
+
+def _hash_wamids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    """Processor: replace message ids by their log ids, whichever call site logged them."""
+    if WAMID_FIELDS.isdisjoint(event):  # most lines: no allocation, no hashing
+        return event
+    profile = event.get("profile")
+    key = _log_id_keys.get(profile if isinstance(profile, str) else "", _process_log_id_key)
+    for name in WAMID_FIELDS.intersection(event):
+        value = event[name]
+        if isinstance(value, str):
+            event[name] = log_id(value, key=key)
+        elif isinstance(value, list | tuple | set | frozenset):
+            event[name] = [log_id(str(v), key=key) for v in value]
+        elif value is not None:
+            event[name] = log_id(str(value), key=key)
+    return event
+
+
+# --- the sink: writes whole lines, never raises ----------------------------------------------
+
+_lost_total = 0  # lines lost since the process started (a Prometheus counter reads it)
+
+
+def lost_lines() -> int:
+    """How many log lines could not be written since the process started."""
+    return _lost_total
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_notice(lost: int) -> bytes:
+    return orjson.dumps(
+        {"lost": lost, "event": "log_lines_lost", "level": "warning", "timestamp": _now()}
+    )
+
+
+def _console_notice(lost: int) -> bytes:
+    return f"{_now()} [warning  ] log_lines_lost                 lost={lost}".encode()
+
+
+class LineSink:
+    """One line per `write`: to the stream's file descriptor when it has one, else to the stream.
+
+    Errors (ENOSPC, EIO, EPIPE, a closed stream: OSError or ValueError) are swallowed and the
+    line counted as lost. The first line written after a loss is preceded by a
+    `log_lines_lost` line (and a newline, if the failure left half a line behind).
+    """
+
+    def __init__(self, stream: Any, notice: Callable[[int], bytes]) -> None:
+        self._stream = stream
+        self._notice = notice
+        self._fd: int | None = None
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            self._fd = stream.fileno()
+        # Without a descriptor (tests: StringIO, BytesIO): the binary buffer if there is one.
+        self._binary = getattr(stream, "buffer", None) if self._fd is None else None
+        self._lock = threading.Lock()
+        self._lost = 0  # lines lost since the last successful write
+        self._torn = False  # a failed write may have left part of a line
+
+    def write(self, line: bytes | str) -> None:
+        data = line if isinstance(line, bytes) else line.encode("utf-8", "backslashreplace")
+        with self._lock:
+            if self._lost:
+                prefix = b"\n" if self._torn else b""
+                if not self._put(prefix + self._notice(self._lost) + b"\n"):
+                    self._lose()
+                    return
+                self._lost = 0
+            if not self._put(data + b"\n"):
+                self._lose()
+
+    def _lose(self) -> None:
+        global _lost_total
+        self._lost += 1
+        _lost_total += 1
+
+    def _put(self, data: bytes) -> bool:
+        try:
+            if self._fd is not None:
+                view = memoryview(data)
+                while view:
+                    try:
+                        written = _write_fd(self._fd, view)
+                    except OSError:
+                        if len(view) < len(data):  # part of this line is out there
+                            self._torn = True
+                        raise
+                    view = view[written:]
+            elif self._binary is not None:
+                self._binary.write(data)
+                self._binary.flush()
+            else:
+                self._stream.write(data.decode("utf-8", "replace"))
+                self._stream.flush()
+        except (OSError, ValueError):
+            return False
+        self._torn = False
+        return True
+
+
+class SinkLogger:
+    """structlog's logger interface (one method per level) over a `LineSink`."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: bytes | str) -> None:
+        self._sink.write(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+class _SinkLoggerFactory:
+    def __init__(self, sink: LineSink) -> None:
+        self._logger = SinkLogger(sink)
+
+    def __call__(self, *args: Any) -> SinkLogger:
+        return self._logger
+
+
+def _safe(renderer: Callable[..., Any], binary: bool) -> Callable[..., Any]:
+    """A renderer that falls back to reprs instead of raising (orjson refuses ints over 64 bits,
+    a broken `__str__` raises): the caller must never see a logging error. The JSON renderer
+    leaves the event as it was; the console one takes fields out, so it gets a copy."""
+
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        given = event if binary else dict(event)
+        try:
+            return renderer(logger, name, given)
+        except Exception as exc:
+            fallback = {str(k): v if isinstance(v, str) else _repr(v) for k, v in event.items()}
+            fallback["log_render_error"] = _repr(exc)
+            line = orjson.dumps(fallback)
+            return line if binary else line.decode()
+
+    return render
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
 _stream: Any = None
-
-
-def _orjson_text(obj: Any, **kw: Any) -> str:
-    return orjson.dumps(obj, **kw).decode()
 
 
 def configure(
@@ -40,39 +237,42 @@ def configure(
 ) -> None:
     """Set up structlog once per process; `auto` means JSON unless stderr is a terminal."""
     global _stream
-    # Writing goes to the binary buffer under `stream`; keeping `stream` referenced stops it
-    # from being collected, which would close that buffer.
+    # Keeping `stream` referenced stops it from being collected, which would close it (and
+    # the buffer or descriptor under it).
     stream = _stream = stream or sys.stderr
-    use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    binary = getattr(stream, "buffer", None) if use_json else None
+    tty = _isatty(stream)
+    use_json = log_format == "json" or (log_format == "auto" and not tty)
     renderer: Any
     if not use_json:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    elif binary is not None:
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    else:
+        # Bytes straight to the sink; a text-only stream gets the same JSON decoded there.
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-    else:  # a text-only stream (tests): same JSON, as str
-        renderer = structlog.processors.JSONRenderer(serializer=_orjson_text)
-    factory: Any = (
-        structlog.BytesLoggerFactory(file=binary)
-        if binary is not None
-        else structlog.PrintLoggerFactory(file=stream)
-    )
+    sink = LineSink(stream, _json_notice if use_json else _console_notice)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _hash_wamids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info
             if use_json
             else structlog.processors.StackInfoRenderer(),
-            renderer,
+            _safe(renderer, binary=use_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=factory,
+        logger_factory=_SinkLoggerFactory(sink),
         cache_logger_on_first_use=cache,
     )
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def get_logger(**bound: Any) -> Any:

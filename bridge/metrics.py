@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge import logs
 from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import Sender, SendError
 
@@ -82,7 +83,18 @@ class Metrics:
         self.snapshot_seconds = Histogram(
             f"{PREFIX}_snapshot_seconds", "Snapshot duration", ["profile"], buckets=SLOW, registry=r
         )
+        self.connections = Gauge(
+            f"{PREFIX}_connections", "Open HTTP connections (bridge serve)", registry=r
+        )
+        self.connections_dropped = Counter(
+            f"{PREFIX}_connections_dropped",
+            "HTTP connections closed by the bridge: header_timeout (no complete request head in "
+            "time, or idle), body_timeout, evicted (room for a new one at the cap), refused",
+            ["reason"],
+            registry=r,
+        )
         self.loop = LoopWatch(r)
+        r.register(LogCollector())
 
     def watch(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
         """Expose in-memory sizes (conversations, messages, outbox) computed at scrape time."""
@@ -110,6 +122,18 @@ class StateCollector(Collector):
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
         return [convs, msgs, outbox]
+
+
+class LogCollector(Collector):
+    """Log lines lost to a failing log stream (full disk, closed pipe): logging never fails the
+    code that logs, so this counter is where such a failure shows."""
+
+    def collect(self) -> Iterable[Metric]:
+        lost = CounterMetricFamily(
+            f"{PREFIX}_log_lines_lost", "Log lines that could not be written"
+        )
+        lost.add_metric([], logs.lost_lines())
+        return [lost]
 
 
 class MeteredSender(Sender):

@@ -11,7 +11,7 @@ from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
-from bridge.logs import get_logger
+from bridge.logs import get_logger, set_log_id_key
 from bridge.metrics import MeteredSender, Metrics
 from bridge.outbox import Outbox
 from bridge.replies import Replier
@@ -102,6 +102,7 @@ class ProfileRuntime:
     async def start(self) -> None:
         """Load state, then resume what a previous run left: unsent replies, unanswered users."""
         await self.store.open()
+        self._use_log_id_key()
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
         state = self.store.state
@@ -116,6 +117,15 @@ class ProfileRuntime:
                 self.sender.inner if isinstance(self.sender, MeteredSender) else self.sender
             ).__name__,
         )
+
+    def _use_log_id_key(self) -> None:
+        """Hash this profile's wamids in logs under a key derived from its encryption key, so
+        a message's hash is the same after a restart and in `bridge log-id`."""
+        from bridge.persistence.keys import log_id_key_for
+
+        key = log_id_key_for(self.config)
+        if key is not None:
+            set_log_id_key(self.slug, key)
 
     def _resume_unanswered(self, now_ms: int) -> int:
         """Ask again for replies a crash, a stop or a store that kept failing interrupted:

@@ -20,6 +20,7 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.health import MONITOR
+from bridge.httpguard import GUARD
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
@@ -59,26 +60,36 @@ async def _serve_until_stopped(
     sockets: Sequence[socket.socket],
 ) -> None:
     log = get_logger()
-    sites: list[web.BaseSite] = (
-        [web.SockSite(runner, sock) for sock in sockets]
-        if sockets
-        else [web.TCPSite(runner, settings.host, settings.port)]
-    )
+    loop = asyncio.get_running_loop()
+    guard = runner.app[GUARD]
+    assert runner.server is not None  # set up by runner.setup()
+    factory = guard.protocol_factory(runner.server)
+    # Not aiohttp's sites: every connection goes through the guard (deadlines, the cap). The
+    # sockets were bound before anything was written (bridge/listen.py); without them (tests
+    # that call serve() directly) bind here.
     try:
-        for site in sites:
-            await site.start()
+        if sockets:
+            servers = [await loop.create_server(factory, sock=sock) for sock in sockets]
+        else:
+            servers = [await loop.create_server(factory, settings.host, settings.port, backlog=128)]
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         ) from None
+    if guard.limit < settings.max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=settings.max_connections,
+            limit=guard.limit,
+            reason="the open-files limit (LimitNOFILE, ulimit -n) is too low for it",
+        )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = start_scheduler(
         runtimes, settings.snapshot_interval, runner.app[MONITOR], settings.health_interval
     )
-    urls = [f"http://{host}:{port}" for host, port in _addresses(runner)]
+    urls = [f"http://{host}:{port}" for host, port in _addresses(servers)]
     log.info(
         "bridge_listening",
         urls=urls,
@@ -90,15 +101,17 @@ async def _serve_until_stopped(
         await stop.wait()
     finally:
         log.info("bridge_stopping")
+        for server in servers:
+            server.close()  # stop accepting; runner.cleanup() then closes the connections
         notifier.stopping("final snapshot")
         scheduler.shutdown(wait=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
-def _addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
+def _addresses(servers: Sequence[asyncio.Server]) -> list[tuple[str, int]]:
     out = []
-    for addr in runner.addresses:
+    for addr in (sock.getsockname() for server in servers for sock in server.sockets):
         if isinstance(addr, tuple) and len(addr) >= 2:
             out.append((str(addr[0]), int(addr[1])))
     return out

@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from bridge.errors import PayloadError, StorageError
+from bridge.httpguard import GUARD, UnreadableBody, expect_continue
 from bridge.ingest import IngestResult
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -64,17 +65,18 @@ async def verify_subscription(request: web.Request) -> web.StreamResponse:
         query.get("hub.verify_token", ""),
         query.get("hub.challenge"),
     )
+    # A query carries any byte a client sent (undecodable ones as surrogates): compare bytes.
+    given = token.encode("utf-8", "surrogatepass")
     matched = [
         r
         for r in _candidates(request)
-        if r.config.verify_token
-        and hmac.compare_digest(r.config.verify_token.encode(), token.encode())
+        if r.config.verify_token and hmac.compare_digest(r.config.verify_token.encode(), given)
     ]
     if mode != "subscribe" or not matched:
         log.warning("verification_refused", mode=mode, path=request.path)
         return web.Response(status=403, text="verification failed")
-    if challenge is None:
-        return web.Response(status=400, text="missing hub.challenge")
+    if challenge is None or not challenge.isprintable():
+        return web.Response(status=400, text="missing or unprintable hub.challenge")
     log.info("verification_ok", profiles=[r.slug for r in matched])
     return web.Response(text=challenge, content_type="text/plain")
 
@@ -133,6 +135,7 @@ OUTCOMES = {
     401: "unsigned",
     403: "bad_signature",
     404: "unknown_profile",
+    408: "body_timeout",
     413: "too_large",
     503: "storage_unavailable",
 }
@@ -143,10 +146,12 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
     if not candidates:
         return error(404, "unknown profile")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        log.warning("delivery_too_large", length=request.content_length)
-        return error(413, "body too large")
+        body = await request.app[GUARD].read_body(request)
+    except UnreadableBody as exc:
+        log.warning("delivery_unreadable", reason=exc.reason, length=request.content_length)
+        response = error(exc.status, exc.reason)
+        response.force_close()  # what is left of the body is not worth reading
+        return response
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         log.warning("signature_missing", path=request.path)
@@ -216,7 +221,7 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
             "delivery_recorded",
             profile=slug,
             recorded=len(result.recorded),
-            message_ids=[m.id for m in result.recorded],
+            message_ids=[m.id for m in result.recorded],  # logged as hashes (bridge.logs)
             duplicates=result.duplicates,
             statuses=result.statuses,
             ms=round((time.monotonic() - started) * 1000, 2),
@@ -241,7 +246,8 @@ def _report_skipped(delivery: Delivery, metrics: Metrics) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/webhook", verify_subscription)
-    app.router.add_post("/webhook", receive_delivery)
-    app.router.add_get("/webhook/{slug}", verify_subscription)
-    app.router.add_post("/webhook/{slug}", receive_delivery)
+    expect = expect_continue
+    app.router.add_get("/webhook", verify_subscription, expect_handler=expect)
+    app.router.add_post("/webhook", receive_delivery, expect_handler=expect)
+    app.router.add_get("/webhook/{slug}", verify_subscription, expect_handler=expect)
+    app.router.add_post("/webhook/{slug}", receive_delivery, expect_handler=expect)

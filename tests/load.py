@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+
 import aiohttp
 
 from bridge import simulate
@@ -23,3 +25,13 @@ async def post_text(
             return str(message["id"]) if resp.status == 200 else None
     except (aiohttp.ClientError, TimeoutError):
         return None
+
+
+def post_signed_sync(port: int, raw: bytes, secret: str, timeout: float = 10) -> int:
+    """POST `raw` to a bridge's /webhook, signed with `secret`, from plain synchronous code."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/webhook", body=raw, headers=simulate.signed_headers(raw, secret))
+        return conn.getresponse().status
+    finally:
+        conn.close()

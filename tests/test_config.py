@@ -181,3 +181,37 @@ def test_missing_secret_message_says_how_to_fix() -> None:
     (p,) = load_settings({"BRIDGE_VERIFY_TOKEN": "v"}).profiles
     with pytest.raises(ConfigError, match="missing secret app_secret .*BRIDGE_APP_SECRET"):
         p.require_secrets()
+
+
+def test_connection_limits_from_the_environment_and_toml(tmp_path: Path) -> None:
+    defaults = load_settings({})
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.max_connections) == (
+        10.0,
+        30.0,
+        1024,
+    )
+    env = load_settings(
+        {
+            "BRIDGE_HEADER_TIMEOUT": "2.5",
+            "BRIDGE_BODY_TIMEOUT": "7",
+            "BRIDGE_MAX_CONNECTIONS": "300",
+        }
+    )
+    assert (env.header_timeout, env.body_timeout, env.max_connections) == (2.5, 7.0, 300)
+    toml = tmp_path / "bridge.toml"
+    toml.write_text("header_timeout = 4\nmax_connections = 50\n[profiles.shop]\n")
+    from_toml = load_settings({}, config_path=toml)
+    assert (from_toml.header_timeout, from_toml.max_connections) == (4.0, 50)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BRIDGE_HEADER_TIMEOUT", "0", "header_timeout must be positive"),
+        ("BRIDGE_BODY_TIMEOUT", "soon", "body_timeout must be a number"),
+        ("BRIDGE_MAX_CONNECTIONS", "many", "max_connections must be a whole number"),
+    ],
+)
+def test_bad_connection_limits_are_one_line(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({name: value})

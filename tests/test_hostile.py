@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gzip
 import http.client
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from bridge import simulate
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import PayloadError
+from bridge.httpguard import GUARD
 from bridge.ingest import _message_record
 from bridge.records import decode, encode
 from bridge.runtime import ProfileRuntime
@@ -34,6 +37,7 @@ from bridge.whatsapp.parse import parse_delivery
 from tests.conftest import APP_SECRET, make_profile
 
 MAX_BODY = 256 * 1024
+METRICS_TOKEN = "hostile-metrics-token"
 
 
 @dataclass
@@ -50,6 +54,14 @@ class LiveBridge:
             return resp.status, resp.read()
         finally:
             conn.close()
+
+    def raw(self, request: bytes) -> int:
+        """Send `request` byte for byte (no client library cleaning up headers); the status."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(request)
+            response = http.client.HTTPResponse(sock)
+            response.begin()  # skips a 100 Continue
+            return response.status
 
     def post_signed(self, raw: bytes, content_type: str = "application/json") -> tuple[int, bytes]:
         headers = simulate.signed_headers(raw, APP_SECRET)
@@ -72,13 +84,23 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
     async def start() -> None:
         runtime = ProfileRuntime.build(profile)
         app = create_app(
-            Settings(profiles=(profile,), var_dir=tmp, max_body_bytes=MAX_BODY), [runtime]
+            Settings(
+                profiles=(profile,),
+                var_dir=tmp,
+                max_body_bytes=MAX_BODY,
+                metrics_token=METRICS_TOKEN,
+            ),
+            [runtime],
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder.update(runner=runner, runtime=runtime, port=runner.addresses[0][1])
+        assert runner.server is not None
+        # As `bridge serve` listens: every connection through the connection guard.
+        server = await asyncio.get_running_loop().create_server(
+            app[GUARD].protocol_factory(runner.server), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        holder.update(runner=runner, server=server, runtime=runtime, port=port)
         ready.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -86,6 +108,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
     asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
     ready.wait(10)
     yield LiveBridge(holder["port"], holder["runtime"], loop)
+    loop.call_soon_threadsafe(holder["server"].close)
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(timeout=10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -203,7 +226,11 @@ def test_mutated_corpus_deliveries_are_recorded_or_400(live: LiveBridge, body: A
 
 
 @HYPO
-@given(raw=mutated_deliveries(), bad_secret=st.text(min_size=1, max_size=20))
+# HMAC pads short keys with zero bytes: a secret plus NULs is the same key, not a wrong one.
+@given(
+    raw=mutated_deliveries(),
+    bad_secret=st.text(min_size=1, max_size=20).filter(lambda t: t.strip("\x00")),
+)
 def test_unsigned_or_wrongly_signed_bodies_are_never_recorded(
     live: LiveBridge, raw: bytes, bad_secret: str
 ) -> None:
@@ -279,3 +306,130 @@ def test_each_missing_required_field_is_a_clear_400(
 def test_service_keeps_serving_after_the_onslaught(live: LiveBridge) -> None:
     status, body = live.post_signed(simulate.encode(_valid_body(1)).replace(b"msg 0", b"after"))
     assert status == 200, body
+
+
+# --- any byte in any header: never a 5xx ------------------------------------------------------
+
+
+def http_request(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    lines += [name + b": " + value for name, value in headers]
+    lines += [b"Content-Length: " + str(len(body)).encode(), b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def test_a_non_ascii_signature_header_is_403(live: LiveBridge) -> None:
+    raw = simulate.encode(_valid_body(1))
+    for value in (b"sha256=\xff\xfe", b"sha256=" + "é".encode() * 32, b"\x80" * 71):
+        request = http_request(b"POST", b"/webhook", [(b"X-Hub-Signature-256", value)], raw)
+        assert live.raw(request) == 403, value
+
+
+def test_a_non_ascii_bearer_token_on_metrics_is_401(live: LiveBridge) -> None:
+    for value in (b"Bearer \xff", b"Bearer " + "é".encode(), b"\xc3"):
+        assert live.raw(http_request(b"GET", b"/metrics", [(b"Authorization", value)])) == 401
+    right = f"Bearer {METRICS_TOKEN}".encode()
+    assert live.raw(http_request(b"GET", b"/metrics", [(b"Authorization", right)])) == 200
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate", b"br"])
+def test_a_body_its_content_encoding_cannot_decode_is_400(
+    live: LiveBridge, encoding: bytes
+) -> None:
+    raw = simulate.encode(_valid_body(1))
+    for body in (raw, b"\x1f\x8b" + b"\x00" * 30, b"\x78\x9c" + raw):
+        headers = [
+            (b"Content-Encoding", encoding),
+            (
+                b"X-Hub-Signature-256",
+                simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"].encode(),
+            ),
+        ]
+        assert live.raw(http_request(b"POST", b"/webhook", headers, body)) == 400
+
+
+def test_a_gzip_body_that_decodes_is_verified_on_what_it_decodes_to(live: LiveBridge) -> None:
+    raw = simulate.encode(_valid_body(1))
+    signature = simulate.signed_headers(raw, APP_SECRET)["X-Hub-Signature-256"].encode()
+    headers = [(b"Content-Encoding", b"gzip"), (b"X-Hub-Signature-256", signature)]
+    assert live.raw(http_request(b"POST", b"/webhook", headers, gzip.compress(raw))) == 200
+
+
+def test_an_unprintable_challenge_is_not_echoed(live: LiveBridge) -> None:
+    target = b"/webhook?hub.mode=subscribe&hub.verify_token=test-verify-token&hub.challenge=%00"
+    assert live.raw(http_request(b"GET", target, [])) == 400
+
+
+HEADER_NAMES = st.sampled_from(
+    [
+        b"X-Hub-Signature-256",
+        b"Authorization",
+        b"Content-Encoding",
+        b"Expect",
+        b"Content-Type",
+        b"Accept-Encoding",
+    ]
+) | st.from_regex(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,16}", fullmatch=True).filter(
+    # We frame the request ourselves: these would make it another request, or an endless one.
+    lambda name: name.lower() not in (b"content-length", b"transfer-encoding", b"connection")
+)
+HEADER_VALUES = st.one_of(
+    st.binary(max_size=80),
+    st.binary(max_size=70).map(lambda b: b"sha256=" + b),
+    st.binary(max_size=40).map(lambda b: b"Bearer " + b),
+    st.sampled_from([b"gzip", b"deflate", b"br", b"identity", b"gzip, deflate", b"100-continue"]),
+).map(lambda value: value.replace(b"\r", b"").replace(b"\n", b""))
+TARGETS = st.one_of(
+    st.from_regex(rb"/[A-Za-z0-9._~%/-]{0,20}", fullmatch=True),
+    st.sampled_from(
+        [b"/webhook", b"/webhook/default", b"/webhook/nope", b"/metrics", b"/healthz", b"/readyz"]
+    ),
+    st.binary(max_size=40).map(
+        lambda b: (
+            b"/webhook?hub.mode=subscribe&hub.verify_token="
+            + b.replace(b" ", b"%20").replace(b"\r", b"").replace(b"\n", b"")
+            + b"&hub.challenge=1"
+        )
+    ),
+)
+
+
+@st.composite
+def hostile_requests(draw: st.DrawFn) -> bytes:
+    body = draw(st.one_of(st.binary(max_size=512), st.just(simulate.encode(_valid_body(1)))))
+    headers = draw(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=6))
+    if draw(st.booleans()):  # get past the signature check now and then
+        signature = simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"]
+        headers.append((b"X-Hub-Signature-256", signature.encode()))
+    if draw(st.booleans()):
+        headers.append((b"Authorization", f"Bearer {METRICS_TOKEN}".encode()))
+    method = draw(st.sampled_from([b"GET", b"POST", b"GET", b"POST", b"PUT", b"HEAD"]))
+    return http_request(method, draw(TARGETS), headers, body)
+
+
+@settings(HYPO, max_examples=400)
+@given(request=hostile_requests())
+def test_no_byte_sequence_in_headers_or_body_gives_a_5xx(live: LiveBridge, request: bytes) -> None:
+    assert live.raw(request) < 500, request
+
+
+def test_an_unknown_path_is_404_and_a_wrong_method_405(live: LiveBridge) -> None:
+    assert live.raw(http_request(b"GET", b"/nowhere", [])) == 404
+    assert live.raw(http_request(b"PUT", b"/webhook", [])) == 405
+    assert live.raw(http_request(b"POST", b"/healthz", [(b"Expect", b"\xff")])) == 417
+
+
+def test_expect_100_continue_still_gets_its_100(live: LiveBridge) -> None:
+    raw = simulate.encode(_valid_body(1))
+    signature = simulate.signed_headers(raw, APP_SECRET)["X-Hub-Signature-256"].encode()
+    headers = [(b"Expect", b"100-continue"), (b"X-Hub-Signature-256", signature)]
+    head = http_request(b"POST", b"/webhook", headers, raw)[: -len(raw)]
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        sock.sendall(head)  # the body only once the server said to go on
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200

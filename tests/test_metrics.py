@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import simulate
+from bridge import logs, simulate
 from tests.conftest import Bridge, StartBridge
 
 
@@ -73,3 +74,15 @@ async def test_an_event_loop_stall_shows_in_metrics(bridge: Bridge) -> None:
         m[("whatsapp_bridge_event_loop_lag_seconds_bucket", (("le", "0.05"),))]
         < m[("whatsapp_bridge_event_loop_lag_seconds_bucket", (("le", "0.1"),))]
     )
+
+
+async def test_lost_log_lines_are_counted(bridge: Bridge) -> None:
+    before = (await scrape(bridge))[("whatsapp_bridge_log_lines_lost_total", ())]
+    stream = io.StringIO()
+    logs.configure("json", "info", stream)
+    try:
+        stream.close()  # every write now fails
+        logs.get_logger().info("lost_line")
+    finally:
+        logs.configure("console", "info")  # as tests/conftest.py sets it up
+    assert (await scrape(bridge))[("whatsapp_bridge_log_lines_lost_total", ())] == before + 1

@@ -17,6 +17,7 @@ import pytest
 
 from bridge.cli import build_parser
 from bridge.config import Settings, load_settings
+from bridge.httpguard import FD_RESERVE
 from bridge.sdnotify import watchdog_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,15 @@ def test_stop_timeout_leaves_room_for_shutdown_and_final_snapshot(path: Path) ->
 
     # In-flight requests get shutdown_timeout, then the final snapshot needs its own time.
     assert timeout_stop >= shutdown_timeout + 30
+
+
+@pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)
+def test_open_files_limit_leaves_the_default_connection_cap_whole(path: Path) -> None:
+    limit = int(one(load(path), "Service", "LimitNOFILE"))  # one value: soft and hard
+    default_cap = Settings(profiles=()).max_connections
+
+    # The bridge lowers its cap to LimitNOFILE - FD_RESERVE; the default must not need that.
+    assert limit - FD_RESERVE >= default_cap
 
 
 @pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)

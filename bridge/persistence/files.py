@@ -10,9 +10,34 @@ from pathlib import Path
 from bridge.logs import get_logger
 
 
+def make_dirs(path: Path, mode: int = 0o700) -> list[Path]:
+    """Create `path` and every missing parent with exactly `mode`, whatever the umask; return
+    the directories created, outermost first. Directories that exist are left as they are.
+
+    `Path.mkdir(parents=True)` gives the parents it creates 0777 minus the umask: under
+    umask 000, `var/` and `var/profiles/` came out world-writable. Each level is made here
+    with `mode` (the umask can only take bits away, never open it up), then set to `mode`
+    exactly (a strict umask must not leave a directory we cannot use).
+    """
+    missing: list[Path] = []
+    level = path
+    while not level.exists():
+        missing.append(level)
+        level = level.parent
+    created = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: not ours to change
+        os.chmod(directory, mode)
+        created.append(directory)
+    return created
+
+
 def secure_dir(path: Path) -> None:
     """Create a directory readable by its owner only (and tighten one that exists)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(path, 0o700)
     mode = path.stat().st_mode & 0o777
     if mode != 0o700:
         os.chmod(path, 0o700)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bridge.config import ProfileConfig
 from bridge.errors import ConfigError
-from bridge.logs import get_logger
+from bridge.logs import get_logger, log_id_key
 from bridge.persistence.crypto import KEY_BYTES, Keyring
 from bridge.persistence.files import atomic_write, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
@@ -91,3 +91,13 @@ def load_keyring(profile: ProfileConfig, create: bool) -> Keyring:
         note="back this file up: without it the stored conversations cannot be read",
     )
     return Keyring([key])
+
+
+def log_id_key_for(profile: ProfileConfig) -> bytes | None:
+    """The key that hashes this profile's wamids in logs (see `bridge.logs.log_id`), derived
+    from its encryption keys; None while it has none (nothing stored yet)."""
+    try:
+        keyring = load_keyring(profile, create=False)
+    except ConfigError:
+        return None
+    return log_id_key(keyring.keys)

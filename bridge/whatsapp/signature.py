@@ -19,8 +19,12 @@ def sign(body: bytes, app_secret: str) -> str:
 
 
 def verify(body: bytes, header: str, app_secret: str) -> bool:
-    """Constant-time comparison of the header against our own HMAC of the body."""
-    if not header.startswith(PREFIX):
+    """Constant-time comparison of the header against our own HMAC of the body.
+
+    The header is whatever bytes a client sent: anything but ASCII is simply not a valid
+    signature (`hmac.compare_digest` refuses non-ASCII str, so the comparison is on bytes).
+    """
+    if not header.startswith(PREFIX) or not header.isascii():
         return False
-    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len(PREFIX) :].strip().lower())
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, header[len(PREFIX) :].strip().lower().encode())
