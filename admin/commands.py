@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -57,7 +58,30 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
 
 def read_state(profile: ProfileConfig) -> State:
     """Snapshot + journal as of now; no lock taken, nothing written."""
-    return load_state(profile)
+    state = load_state(profile)
+    report_settings(profile, state)
+    return state
+
+
+def report_settings(profile: ProfileConfig, state: State) -> None:
+    """The store's cap and retention are the bridge's, stored with the data; a different
+    value given to this command (env or TOML) is not applied: say so, in one line."""
+    stored = state.settings
+    if stored is None:
+        return
+    names = ("max_messages", "retention_days")
+    given = [
+        f"{name}={getattr(profile, name)}"
+        for name in names
+        if name in profile.explicit and getattr(profile, name) != getattr(stored, name)
+    ]
+    if given:
+        ours = ", ".join(f"{name}={getattr(stored, name)}" for name in names)
+        print(
+            f"sessions-admin: warning: profile {profile.slug!r} stores {ours} with its data "
+            f"(the bridge's settings); using those, not {', '.join(given)} given to this command",
+            file=sys.stderr,
+        )
 
 
 def refusal(exc: ProfileLockedError, profile: ProfileConfig) -> BridgeError:
@@ -86,15 +110,17 @@ def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitab
     """Open the store, apply `change` through journaled commits, close.
 
     Closing takes a snapshot, so the change is durable in the same form the bridge writes.
+    The store keeps its own settings: nothing is capped or expired that `change` did not ask.
     """
 
     async def run() -> None:
-        store = DurableStore(profile)
+        store = DurableStore(profile, enforce_settings=False)
         try:
             await store.open()  # takes the profile lock
         except ProfileLockedError as exc:
             raise refusal(exc, profile) from None
         try:
+            report_settings(profile, store.state)
             await change(store)
         finally:
             await store.close()
@@ -178,8 +204,12 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
     activity = [c.last_activity for c in state.conversations.values()]
     snapshot = layout.snapshot_path(profile.state_dir)
     snapshot_age = round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
+    settings = state.settings
     return {
         "profile": profile.slug,
+        # The store's own, set by the bridge (None: not stored yet, nothing capped).
+        "max_messages": settings.max_messages if settings else None,
+        "retention_days": settings.retention_days if settings else None,
         "conversations": len(state.conversations),
         "messages": sum(roles.values()),
         "by_role": roles,
@@ -215,6 +245,13 @@ def _stats_text(stats: dict[str, Any]) -> str:
             + (f"{age} s old" if age is not None else "none yet"),
         ),
         ("journal", f"{stats['journal_bytes']:,} bytes"),
+        (
+            "keeps",
+            f"{stats['max_messages']} messages a conversation, idle ones "
+            f"{stats['retention_days']} days"
+            if stats["max_messages"] is not None
+            else "not set yet (set by the bridge at its next start)",
+        ),
     ]
     return "\n".join(f"{k + ':':<17}{v}" for k, v in rows)
 
@@ -287,8 +324,9 @@ def load_seed_file(path: Path) -> list[tuple[str, list[Message]]]:
     return out
 
 
-def merge_records(state: State, key: str, incoming: list[Message]) -> list[Record]:
-    """Records that make `key` hold the union of its messages and `incoming`, in time order.
+def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list[Record], int]:
+    """Records that make `key` hold the union of its messages and `incoming`, in time order,
+    and how many of those the store's cap leaves out (the oldest).
 
     A message counts as present when its id matches, or (for the seed's id-less messages) its
     role, timestamp and text all do, so importing the same file twice changes nothing.
@@ -302,34 +340,44 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
         if not (m.id and m.id in ids) and (m.role, m.timestamp, m.content) not in triples
     ]
     if not new:
-        return []
-    merged = sorted(existing + new, key=lambda m: m.timestamp)[-state.max_messages :]
+        return [], 0
+    merged = sorted(existing + new, key=lambda m: m.timestamp)
+    total = len(merged)
+    if state.max_messages is not None:  # the store's own cap, as the bridge applies it
+        merged = merged[-state.max_messages :]
     records: list[Record] = [ConversationDeleted(key)] if existing else []
     records.extend(MessageAdded(key, m) for m in merged)
-    return records
+    return records, total - len(merged)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
     conversations = load_seed_file(args.file)
-    cutoff = now_ms() - profile.retention_days * DAY_MS
-    # Conversations idle past the retention period would be pruned at the next snapshot.
-    expired = [
-        k for k, msgs in conversations if max((m.timestamp for m in msgs), default=0) < cutoff
-    ]
-    counts = {"conversations": 0, "messages": 0, "skipped_expired": len(expired)}
+    counts = {"conversations": 0, "messages": 0, "skipped_expired": 0, "over_cap": 0}
+    stored: dict[str, int | None] = {"retention_days": None, "max_messages": None}
 
     async def change(store: DurableStore) -> None:
+        state = store.state
+        settings = state.settings
+        if settings is not None:
+            stored.update(
+                retention_days=settings.retention_days, max_messages=settings.max_messages
+            )
+        # Conversations idle past the store's retention would be erased by the bridge's next
+        # snapshot: leave them out and say so. (No stored settings: the bridge decides later.)
+        cutoff = now_ms() - settings.retention_days * DAY_MS if settings else None
         for key, messages in conversations:
-            if key in expired:
+            if cutoff is not None and max((m.timestamp for m in messages), default=0) < cutoff:
+                counts["skipped_expired"] += 1
                 continue
-            conv = store.state.conversations.get(key)
+            conv = state.conversations.get(key)
             before = len(conv.messages) if conv else 0
-            records = merge_records(store.state, key, messages)
+            records, left_out = merge_records(state, key, messages)
             if records:
                 await store.commit(records)
                 counts["conversations"] += 1
-                counts["messages"] += len(store.state.conversations[key].messages) - before
+                counts["messages"] += len(state.conversations[key].messages) - before
+                counts["over_cap"] += left_out
 
     write_store(profile, change)
     if args.json:
@@ -339,10 +387,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"imported {counts['messages']} new message(s) into {counts['conversations']} "
         f"conversation(s) of profile {profile.slug!r} from {args.file}"
     )
-    if expired:
+    if counts["skipped_expired"]:
         print(
-            f"skipped {len(expired)} conversation(s) idle for more than the retention period "
-            f"({profile.retention_days} days; raise BRIDGE_RETENTION_DAYS to keep them)"
+            f"skipped {counts['skipped_expired']} conversation(s) idle for more than the "
+            f"retention period ({stored['retention_days']} days, stored with the data: the "
+            "bridge's retention_days sets it when it starts)"
+        )
+    if counts["over_cap"]:
+        print(
+            f"left out the oldest {counts['over_cap']} message(s) beyond the store's cap of "
+            f"{stored['max_messages']} per conversation"
         )
     return 0
 
@@ -451,6 +505,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 # -- backups and keys -------------------------------------------------------------------------
 
+
 ARCHIVE_SUFFIX = ".wab"
 
 
@@ -493,7 +548,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def _check_archive(profile: ProfileConfig, path: Path) -> State:
     if not path.is_file():
         raise UsageError(f"no such archive: {path}")
-    state = State(profile.max_messages)
+    state = State()  # the archive's own settings come with it
     read_snapshot(path, load_keyring(profile, create=False), profile.slug, state)
     return state
 

@@ -88,7 +88,7 @@ class Conversation:
         "seq",
     )
 
-    def __init__(self, key: str, cap: int, now_ms: int) -> None:
+    def __init__(self, key: str, cap: int | None, now_ms: int) -> None:
         self.key = key
         self.messages: deque[Message] = deque(maxlen=cap)
         self.first_interaction = now_ms
@@ -161,7 +161,7 @@ class Conversation:
         return out
 
     @classmethod
-    def from_seed(cls, key: str, data: dict[str, Any], cap: int) -> Conversation:
+    def from_seed(cls, key: str, data: dict[str, Any], cap: int | None) -> Conversation:
         messages = [Message.from_dict(m) for m in data.get("messages", [])]
         first = int(data.get("firstInteraction") or (messages[0].timestamp if messages else 0))
         conv = cls(key, cap, first)

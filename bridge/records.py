@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from bridge.config import StoreSettings
 from bridge.conversations import Message
 
 
@@ -62,7 +63,27 @@ class OutboxDone:
     item_id: str
 
 
-Record = MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The store's shaping settings from now on (the service's configured ones, committed
+    when it opens a store that holds others, or none). A lower cap trims every conversation
+    here, so replay trims exactly where the service did."""
+
+    settings: StoreSettings
+
+
+Record = (
+    MessageAdded | StatusChanged | ConversationDeleted | OutboxQueued | OutboxDone | SettingsChanged
+)
+
+
+def settings_to_dict(settings: StoreSettings) -> dict[str, int]:
+    return {"max_messages": settings.max_messages, "retention_days": settings.retention_days}
+
+
+def settings_from_dict(data: dict[str, Any]) -> StoreSettings:
+    """ValueError/KeyError/TypeError when malformed (StoreSettings checks the values)."""
+    return StoreSettings(data["max_messages"], data["retention_days"])
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -88,6 +109,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             }
         case OutboxDone(item_id):
             return {"t": "o", "i": item_id}
+        case SettingsChanged(settings):
+            return {"t": "c", **settings_to_dict(settings)}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -104,6 +127,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
     if kind == "o":
         return OutboxDone(data["i"])
+    if kind == "c":
+        return SettingsChanged(settings_from_dict(data))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -8,8 +8,10 @@ from the snapshot's start over it yields the exact final state.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
+from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
 from bridge.records import (
     ConversationDeleted,
@@ -18,6 +20,7 @@ from bridge.records import (
     OutboxItem,
     OutboxQueued,
     Record,
+    SettingsChanged,
     StatusChanged,
 )
 
@@ -26,10 +29,15 @@ SEEN_TTL_MS = 8 * 24 * 3600 * 1000
 
 
 class State:
-    """Conversations, the seen-set of message ids, and the outbox of one profile."""
+    """Conversations, the seen-set of message ids, and the outbox of one profile.
 
-    def __init__(self, max_messages: int = 250) -> None:
-        self.max_messages = max_messages
+    `settings` are the store's own (cap, retention), set by the data: a snapshot's first
+    frame or a `SettingsChanged` record. Until then (a store of an older version, or a
+    fresh one) nothing is capped: loading never truncates what was stored.
+    """
+
+    def __init__(self, settings: StoreSettings | None = None) -> None:
+        self.settings = settings
         self.conversations: dict[str, Conversation] = {}
         self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
@@ -66,6 +74,23 @@ class State:
                 self.queue_reply(item)
             case OutboxDone(item_id):
                 self._unqueue_reply(item_id)
+            case SettingsChanged(settings):
+                self.use_settings(settings)
+
+    @property
+    def max_messages(self) -> int | None:
+        """Messages kept per conversation; None: no cap known (nothing is dropped)."""
+        return self.settings.max_messages if self.settings is not None else None
+
+    def use_settings(self, settings: StoreSettings) -> None:
+        """Adopt the store's settings; a lower cap drops the oldest messages past it now."""
+        self.settings = settings
+        cap = settings.max_messages
+        for conv in self.conversations.values():
+            if conv.messages.maxlen != cap:
+                for _ in range(len(conv.messages) - cap):
+                    self._forget_reply(conv.messages.popleft())
+                conv.messages = deque(conv.messages, maxlen=cap)
 
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
@@ -163,3 +188,4 @@ class State:
     def outbox_keys(self) -> list[str]:
         """Conversations with replies queued, in the order their oldest reply was queued."""
         return list(self._outbox_by_key)
+

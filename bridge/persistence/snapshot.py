@@ -5,7 +5,9 @@ File: `WABSNAP1` magic, a 16-hex snapshot id, then frames `length (u32 BE) | sea
 data `wab-snapshot-v1|<profile>|<snapshot id>|<index>`, so a frame cannot be dropped,
 reordered or spliced in from another snapshot. Decrypted, the frames are JSON objects in
 this order:
-- `{"v": 1, "profile", "segment", "created"}`: the journal segment that continues it;
+- `{"v": 1, "profile", "segment", "created", "settings"?}`: the journal segment that
+  continues it, and the store's settings (`{"max_messages", "retention_days"}`, absent in
+  files of older versions); first, so the cap is known before any conversation is loaded;
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
@@ -39,7 +41,7 @@ from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, write_all
-from bridge.records import OutboxItem
+from bridge.records import OutboxItem, settings_from_dict, settings_to_dict
 from bridge.state import State
 
 MAGIC = b"WABSNAP1"
@@ -155,9 +157,15 @@ async def write_snapshot(
     `progress(done, total)` is called after each slice of conversations (for a terminal)."""
     writer = _Writer(path, keyring, slug)
     try:
-        writer.add(
-            {"v": 1, "profile": slug, "segment": segment, "created": int(time.time() * 1000)}
-        )
+        head: dict[str, Any] = {
+            "v": 1,
+            "profile": slug,
+            "segment": segment,
+            "created": int(time.time() * 1000),
+        }
+        if state.settings is not None:
+            head["settings"] = settings_to_dict(state.settings)
+        writer.add(head)
         keys = list(state.conversations)
         per_slice = 16  # conversations per slice; adapted to SLICE_SECONDS as we go
         done = 0
@@ -235,6 +243,8 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                 if record.get("v") != 1 or record.get("profile") != slug:
                     raise CorruptStateError(f"{path}: snapshot of another profile or format")
                 segment = int(record["segment"])
+                if "settings" in record:
+                    state.use_settings(settings_from_dict(record["settings"]))
             elif "conversations" in record:
                 for key, seed in record["conversations"]:
                     state.add_conversation(
