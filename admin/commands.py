@@ -29,7 +29,7 @@ from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import ConversationDeleted, MessageAdded, Record
+from bridge.records import ConversationDeleted, MessageAdded, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 
@@ -347,6 +347,9 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list
         merged = merged[-state.max_messages :]
     records: list[Record] = [ConversationDeleted(key)] if existing else []
     records.extend(MessageAdded(key, m) for m in merged)
+    # The erasure above takes the user's queued replies with it; they were not imported
+    # over, so they go back in the queue, in their order.
+    records.extend(OutboxQueued(item) for item in state.queued_replies(key))
     return records, total - len(merged)
 
 

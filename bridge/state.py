@@ -8,6 +8,7 @@ from the snapshot's start over it yields the exact final state.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 
@@ -40,6 +41,10 @@ class State:
         self.settings = settings
         self.conversations: dict[str, Conversation] = {}
         self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
+        # The same for the messages of erased conversations, keyed by `erased_id(wamid)`:
+        # Meta's wamids embed the sender's phone number, which must not outlive an erasure,
+        # while a redelivery of an erased message must still be recognised (not stored again).
+        self.erased_seen: dict[str, int] = {}
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
         # The same items per conversation, so the sender finds a user's next reply without
         # scanning a long queue (after an outage it can hold thousands).
@@ -70,6 +75,8 @@ class State:
                 if conv is not None:
                     for message in conv.messages:
                         self._forget_reply(message)
+                        self._forget_seen(message)
+                self._erase_outbox(key)
             case OutboxQueued(item):
                 self.queue_reply(item)
             case OutboxDone(item_id):
@@ -95,6 +102,18 @@ class State:
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
         self._outbox_by_key.setdefault(item.key, {})[item.id] = item
+
+    def _erase_outbox(self, key: str) -> None:
+        """An erasure takes the user's queued replies with it (their phone number and text
+        must not stay on disk, nor be sent afterwards): every item of `key` whose reply is no
+        longer in the conversation. The outbox notices before its next attempt."""
+        queued = self._outbox_by_key.get(key)
+        if not queued:
+            return
+        conv = self.conversations.get(key)
+        kept = {m.id for m in conv.messages if m.role == "assistant"} if conv else set()
+        for item_id in [i for i in queued if i not in kept]:
+            self._unqueue_reply(item_id)
 
     def _unqueue_reply(self, item_id: str) -> None:
         item = self.outbox.pop(item_id, None)
@@ -138,6 +157,13 @@ class State:
         for wamid in message.wamids:
             self.replies.pop(wamid, None)
 
+    def _forget_seen(self, message: Message) -> None:
+        """Keep an erased user message's id only as its one-way hash (see `erased_seen`)."""
+        if message.role == "user" and message.id is not None:
+            at = self.seen.pop(message.id, None)
+            if at is not None:
+                self.erased_seen[erased_id(message.id)] = at
+
     def add_conversation(self, conv: Conversation) -> None:
         """Install a conversation loaded from a snapshot or an import."""
         self.conversations[conv.key] = conv
@@ -151,12 +177,17 @@ class State:
         stale = [wamid for wamid, ts in self.seen.items() if ts < cutoff]
         for wamid in stale:
             del self.seen[wamid]
-        return len(stale)
+        erased = [h for h, ts in self.erased_seen.items() if ts < cutoff]
+        for digest in erased:
+            del self.erased_seen[digest]
+        return len(stale) + len(erased)
 
     # -- queries --------------------------------------------------------------------------
 
     def has_seen(self, message_id: str) -> bool:
-        return message_id in self.seen
+        return message_id in self.seen or (
+            bool(self.erased_seen) and erased_id(message_id) in self.erased_seen
+        )
 
     def get(self, key: str) -> ConversationView | None:
         conv = self.conversations.get(key)
@@ -185,7 +216,16 @@ class State:
         queued = self._outbox_by_key.get(key)
         return next(iter(queued.values())) if queued else None
 
+    def queued_replies(self, key: str) -> list[OutboxItem]:
+        """The replies to conversation `key` waiting to be sent, oldest first."""
+        return list(self._outbox_by_key.get(key, {}).values())
+
     def outbox_keys(self) -> list[str]:
         """Conversations with replies queued, in the order their oldest reply was queued."""
         return list(self._outbox_by_key)
 
+
+def erased_id(message_id: str) -> str:
+    """What remains of an erased message's id: not reversible (a wamid holds, besides the
+    phone number, a random part nobody can guess), still comparable with a redelivery."""
+    return hashlib.sha256(message_id.encode()).hexdigest()[:32]

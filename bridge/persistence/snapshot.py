@@ -11,7 +11,8 @@ this order:
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
-- `{"seen": {wamid: ms, ...}}` (as many as needed), `{"outbox": [[id, key, to, text,
+- `{"seen": {wamid: ms, ...}}` (as many as needed), `{"erased_seen": {hash: ms, ...}}`
+  (when there are any: the hashed ids of erased messages), `{"outbox": [[id, key, to, text,
   created_ms], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
@@ -197,6 +198,8 @@ async def write_snapshot(
             writer.add({"seen": dict(itertools.islice(items, SEEN_PER_FRAME))})
             await writer.flush()
             await asyncio.sleep(0)
+        if state.erased_seen:
+            writer.add({"erased_seen": dict(state.erased_seen)})
         writer.add(
             {"outbox": [[i.id, i.key, i.to, i.text, i.created_ms] for i in state.outbox.values()]}
         )
@@ -252,6 +255,8 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                     )
             elif "seen" in record:
                 state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
+            elif "erased_seen" in record:
+                state.erased_seen.update({str(k): int(v) for k, v in record["erased_seen"].items()})
             elif "outbox" in record:
                 for item_id, key, to, text, created in record["outbox"]:
                     state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
