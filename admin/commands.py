@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from admin import render
+from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
@@ -294,36 +293,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- write commands ---------------------------------------------------------------------------
 
 
-def load_seed_file(path: Path) -> list[tuple[str, list[Message]]]:
-    """Read the seed's plaintext sessions.json: `[[key, {"messages": [...]}], ...]` (or an
-    object keyed by phone). Every problem is one line naming the entry."""
-    try:
-        data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise BridgeError(f"cannot read {path}: {exc}") from None
-    pairs = list(data.items()) if isinstance(data, dict) else data
-    if not isinstance(pairs, list):
-        raise BridgeError(f"{path}: expected a list of [key, conversation] pairs")
-    out: list[tuple[str, list[Message]]] = []
-    for index, pair in enumerate(pairs):
-        if not (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[1], dict)):
-            raise BridgeError(f"{path}: entry {index} is not a [key, conversation] pair")
-        key, conv = str(pair[0]), pair[1]
-        try:
-            messages = [Message.from_dict(m) for m in conv.get("messages", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BridgeError(
-                f"{path}: conversation {key!r} has a malformed message ({exc})"
-            ) from None
-        bad = [m.role for m in messages if m.role not in ("user", "assistant")]
-        if bad:
-            raise BridgeError(f"{path}: conversation {key!r} has a message with role {bad[0]!r}")
-        out.append((key, messages))
-    return out
-
-
 def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list[Record], int]:
     """Records that make `key` hold the union of its messages and `incoming`, in time order,
     and how many of those the store's cap leaves out (the oldest).
@@ -355,7 +324,7 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list
 
 def cmd_import(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
-    conversations = load_seed_file(args.file)
+    conversations = load_seed_file(args.file)  # checked whole before anything is written
     counts = {"conversations": 0, "messages": 0, "skipped_expired": 0, "over_cap": 0}
     stored: dict[str, int | None] = {"retention_days": None, "max_messages": None}
 
