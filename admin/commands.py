@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from admin import render
+from admin import archives, render
 from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
@@ -478,9 +478,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 # -- backups and keys -------------------------------------------------------------------------
 
 
-ARCHIVE_SUFFIX = ".wab"
-
-
 def _stamp() -> str:
     return datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -494,15 +491,20 @@ def cmd_backup(args: argparse.Namespace) -> int:
     keyring = load_keyring(profile, create=False)
     state = read_state(profile)
     target_dir = args.to or layout.backups_dir(profile.state_dir)
-    secure_dir(target_dir)
-    path = target_dir / f"{profile.slug}-{_stamp()}{ARCHIVE_SUFFIX}"
-    size = asyncio.run(
-        write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
-    )
-    archives = sorted(target_dir.glob(f"{profile.slug}-*{ARCHIVE_SUFFIX}"))
-    removed = archives[: max(0, len(archives) - args.keep)]
-    for old in removed:
-        old.unlink()
+    try:
+        if args.to is None:
+            secure_dir(target_dir)  # inside the profile directory: ours
+        else:
+            archives.backup_dir(target_dir)
+        path = target_dir / archives.archive_name(profile.slug)
+        size = asyncio.run(
+            write_snapshot(
+                path, state, keyring, profile.slug, 0, render.terminal_progress("backup")
+            )
+        )
+        removed = archives.prune(target_dir, profile.slug, args.keep, path)
+    except OSError as exc:
+        raise BridgeError(f"backup to {target_dir} failed: {exc.strerror or exc}") from None
     if args.json:
         render.emit_json(
             {
@@ -513,7 +515,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(path)
+        print(path)  # alone on stdout, for scripts
+        for old in removed:
+            print(f"removed old archive {old}", file=sys.stderr)
     return 0
 
 
