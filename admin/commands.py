@@ -586,14 +586,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    """New active key; the whole store re-encrypted under it; old keys kept for old backups."""
+    """New active key; the whole store re-encrypted under it; old keys kept for old backups.
+
+    With the key file the bridge generated in the profile directory, rotate-key makes the
+    new key and writes it there. A key from outside (BRIDGE_KEY, BRIDGE_KEY_FILE, a systemd
+    credential) is the operator's to change: they put the new key first and the old one
+    after it in that source, and rotate-key re-encrypts the store under the first key.
+    """
     profile = resolve_profile(args)
     if profile.key or profile.key_file:
-        raise BridgeError(
-            "this profile's key comes from BRIDGE_KEY / a key file / a credential: put a new "
-            "key first and the old one on the next line there, then run rotate-key again "
-            "with nothing to change (or use the generated key file in the profile directory)"
-        )
+        return _rotate_to_external_key(profile)
     old = load_keyring(profile, create=False)
 
     async def change(store: DurableStore) -> None:
@@ -608,4 +610,43 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         f"profile {profile.slug!r}: now encrypted with key {new.active_id.decode()}; older keys "
         f"kept in {layout.key_path(profile.state_dir)} for existing backups"
     )
+    return 0
+
+
+def _rotate_to_external_key(profile: ProfileConfig) -> int:
+    """Re-encrypt under the first key of the operator's own keyring (see cmd_rotate_key)."""
+    source = (
+        f"BRIDGE_KEY_FILE ({profile.key_file})"
+        if profile.key_file
+        else "BRIDGE_KEY or the systemd credential 'key'"
+    )
+    keyring = load_keyring(profile, create=False)
+    if len(keyring.keys) < 2:
+        raise BridgeError(
+            f"this profile's key comes from {source}, which rotate-key does not write: put a "
+            "new key (32 random bytes, URL-safe base64) on the first line there and the "
+            "current key on the line after it, make the bridge and this command see the same, "
+            "then run rotate-key: it re-encrypts the store under the first key"
+        )
+    active = keyring.active_id.decode()
+    outcome: dict[str, bool] = {}
+
+    async def change(store: DurableStore) -> None:
+        older = store.keyring.opened - {store.keyring.active_id}
+        outcome["rekeyed"] = bool(older)
+        if older:
+            await store.rekey(store.keyring, render.terminal_progress("re-encrypting"))
+
+    write_store(profile, change)
+    if outcome["rekeyed"]:
+        print(
+            f"profile {profile.slug!r}: now encrypted with key {active}, the first key of "
+            f"{source}; keep the older key(s) there as long as backups made with them exist"
+        )
+    else:
+        print(
+            f"profile {profile.slug!r}: everything is already encrypted with key {active}, the "
+            f"first key of {source}; nothing was re-encrypted (to rotate, the new key must "
+            "come first)"
+        )
     return 0

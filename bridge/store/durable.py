@@ -212,6 +212,13 @@ class DurableStore(Store):
             messages_dropped=dropped,
         )
 
+    @property
+    def keyring(self) -> Keyring:
+        """The keys in use; `keyring.opened` tells which of them the loaded data needed."""
+        if self._keyring is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        return self._keyring
+
     async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
         replaces the old one and the journal continues in a new segment under it."""
