@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -15,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from admin import render
+from admin import archives, render
+from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
@@ -29,7 +29,7 @@ from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import IdentityLinked, MessageAdded, Record
+from bridge.records import IdentityLinked, MessageAdded, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
 
@@ -58,7 +58,30 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
 
 def read_state(profile: ProfileConfig) -> State:
     """Snapshot + journal as of now; no lock taken, nothing written."""
-    return load_state(profile)
+    state = load_state(profile)
+    report_settings(profile, state)
+    return state
+
+
+def report_settings(profile: ProfileConfig, state: State) -> None:
+    """The store's cap and retention are the bridge's, stored with the data; a different
+    value given to this command (env or TOML) is not applied: say so, in one line."""
+    stored = state.settings
+    if stored is None:
+        return
+    names = ("max_messages", "retention_days")
+    given = [
+        f"{name}={getattr(profile, name)}"
+        for name in names
+        if name in profile.explicit and getattr(profile, name) != getattr(stored, name)
+    ]
+    if given:
+        ours = ", ".join(f"{name}={getattr(stored, name)}" for name in names)
+        print(
+            f"sessions-admin: warning: profile {profile.slug!r} stores {ours} with its data "
+            f"(the bridge's settings); using those, not {', '.join(given)} given to this command",
+            file=sys.stderr,
+        )
 
 
 def refusal(exc: ProfileLockedError, profile: ProfileConfig) -> BridgeError:
@@ -87,15 +110,17 @@ def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitab
     """Open the store, apply `change` through journaled commits, close.
 
     Closing takes a snapshot, so the change is durable in the same form the bridge writes.
+    The store keeps its own settings: nothing is capped or expired that `change` did not ask.
     """
 
     async def run() -> None:
-        store = DurableStore(profile)
+        store = DurableStore(profile, enforce_settings=False)
         try:
             await store.open()  # takes the profile lock
         except ProfileLockedError as exc:
             raise refusal(exc, profile) from None
         try:
+            report_settings(profile, store.state)
             await change(store)
         finally:
             await store.close()
@@ -188,8 +213,12 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
     activity = [c.last_activity for c in state.conversations.values()]
     snapshot = layout.snapshot_path(profile.state_dir)
     snapshot_age = round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
+    settings = state.settings
     return {
         "profile": profile.slug,
+        # The store's own, set by the bridge (None: not stored yet, nothing capped).
+        "max_messages": settings.max_messages if settings else None,
+        "retention_days": settings.retention_days if settings else None,
         "conversations": len(state.conversations),
         "messages": sum(roles.values()),
         "by_role": roles,
@@ -225,6 +254,13 @@ def _stats_text(stats: dict[str, Any]) -> str:
             + (f"{age} s old" if age is not None else "none yet"),
         ),
         ("journal", f"{stats['journal_bytes']:,} bytes"),
+        (
+            "keeps",
+            f"{stats['max_messages']} messages a conversation, idle ones "
+            f"{stats['retention_days']} days"
+            if stats["max_messages"] is not None
+            else "not set yet (set by the bridge at its next start)",
+        ),
     ]
     return "\n".join(f"{k + ':':<17}{v}" for k, v in rows)
 
@@ -268,38 +304,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- write commands ---------------------------------------------------------------------------
 
 
-def load_seed_file(path: Path) -> list[tuple[str, list[Message]]]:
-    """Read the seed's plaintext sessions.json: `[[key, {"messages": [...]}], ...]` (or an
-    object keyed by phone). Every problem is one line naming the entry."""
-    try:
-        data = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise BridgeError(f"cannot read {path}: {exc}") from None
-    pairs = list(data.items()) if isinstance(data, dict) else data
-    if not isinstance(pairs, list):
-        raise BridgeError(f"{path}: expected a list of [key, conversation] pairs")
-    out: list[tuple[str, list[Message]]] = []
-    for index, pair in enumerate(pairs):
-        if not (isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[1], dict)):
-            raise BridgeError(f"{path}: entry {index} is not a [key, conversation] pair")
-        key, conv = str(pair[0]), pair[1]
-        try:
-            messages = [Message.from_dict(m) for m in conv.get("messages", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BridgeError(
-                f"{path}: conversation {key!r} has a malformed message ({exc})"
-            ) from None
-        bad = [m.role for m in messages if m.role not in ("user", "assistant")]
-        if bad:
-            raise BridgeError(f"{path}: conversation {key!r} has a message with role {bad[0]!r}")
-        out.append((key, messages))
-    return out
-
-
-def merge_records(state: State, key: str, incoming: list[Message]) -> list[Record]:
-    """Records that make `key` hold the union of its messages and `incoming`, in time order.
+def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list[Record], int]:
+    """Records that make `key` hold the union of its messages and `incoming`, in time order,
+    and how many of those the store's cap leaves out (the oldest).
 
     A message counts as present when its id matches, or (for the seed's id-less messages) its
     role, timestamp and text all do, so importing the same file twice changes nothing.
@@ -313,38 +320,51 @@ def merge_records(state: State, key: str, incoming: list[Message]) -> list[Recor
         if not (m.id and m.id in ids) and (m.role, m.timestamp, m.content) not in triples
     ]
     if not new:
-        return []
-    merged = sorted(existing + new, key=lambda m: m.timestamp)[-state.max_messages :]
+        return [], 0
+    merged = sorted(existing + new, key=lambda m: m.timestamp)
+    total = len(merged)
+    if state.max_messages is not None:  # the store's own cap, as the bridge applies it
+        merged = merged[-state.max_messages :]
     deletion = state.deletion(key)
     records: list[Record] = [deletion] if deletion is not None else []
     records.extend(MessageAdded(key, m) for m in merged)
     if existing:
-        # The delete above also drops the user ids linked to `key`: link them again.
+        # The erasure above drops the user ids linked to `key`: link them again.
         records.extend(IdentityLinked(u, k) for u, k in state.aliases.items() if k == key)
-    return records
+    # It also takes the user's queued replies with it; they were not imported over, so they
+    # go back in the queue, in their order.
+    records.extend(OutboxQueued(item) for item in state.queued_replies(key))
+    return records, total - len(merged)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
-    conversations = load_seed_file(args.file)
-    cutoff = now_ms() - profile.retention_days * DAY_MS
-    # Conversations idle past the retention period would be pruned at the next snapshot.
-    expired = [
-        k for k, msgs in conversations if max((m.timestamp for m in msgs), default=0) < cutoff
-    ]
-    counts = {"conversations": 0, "messages": 0, "skipped_expired": len(expired)}
+    conversations = load_seed_file(args.file)  # checked whole before anything is written
+    counts = {"conversations": 0, "messages": 0, "skipped_expired": 0, "over_cap": 0}
+    stored: dict[str, int | None] = {"retention_days": None, "max_messages": None}
 
     async def change(store: DurableStore) -> None:
+        state = store.state
+        settings = state.settings
+        if settings is not None:
+            stored.update(
+                retention_days=settings.retention_days, max_messages=settings.max_messages
+            )
+        # Conversations idle past the store's retention would be erased by the bridge's next
+        # snapshot: leave them out and say so. (No stored settings: the bridge decides later.)
+        cutoff = now_ms() - settings.retention_days * DAY_MS if settings else None
         for key, messages in conversations:
-            if key in expired:
+            if cutoff is not None and max((m.timestamp for m in messages), default=0) < cutoff:
+                counts["skipped_expired"] += 1
                 continue
-            conv = store.state.conversations.get(key)
+            conv = state.conversations.get(key)
             before = len(conv.messages) if conv else 0
-            records = merge_records(store.state, key, messages)
+            records, left_out = merge_records(state, key, messages)
             if records:
                 await store.commit(records)
                 counts["conversations"] += 1
-                counts["messages"] += len(store.state.conversations[key].messages) - before
+                counts["messages"] += len(state.conversations[key].messages) - before
+                counts["over_cap"] += left_out
 
     write_store(profile, change)
     if args.json:
@@ -354,10 +374,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"imported {counts['messages']} new message(s) into {counts['conversations']} "
         f"conversation(s) of profile {profile.slug!r} from {args.file}"
     )
-    if expired:
+    if counts["skipped_expired"]:
         print(
-            f"skipped {len(expired)} conversation(s) idle for more than the retention period "
-            f"({profile.retention_days} days; raise BRIDGE_RETENTION_DAYS to keep them)"
+            f"skipped {counts['skipped_expired']} conversation(s) idle for more than the "
+            f"retention period ({stored['retention_days']} days, stored with the data: the "
+            "bridge's retention_days sets it when it starts)"
+        )
+    if counts["over_cap"]:
+        print(
+            f"left out the oldest {counts['over_cap']} message(s) beyond the store's cap of "
+            f"{stored['max_messages']} per conversation"
         )
     return 0
 
@@ -471,8 +497,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 # -- backups and keys -------------------------------------------------------------------------
 
-ARCHIVE_SUFFIX = ".wab"
-
 
 def _stamp() -> str:
     return datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -487,15 +511,20 @@ def cmd_backup(args: argparse.Namespace) -> int:
     keyring = load_keyring(profile, create=False)
     state = read_state(profile)
     target_dir = args.to or layout.backups_dir(profile.state_dir)
-    secure_dir(target_dir)
-    path = target_dir / f"{profile.slug}-{_stamp()}{ARCHIVE_SUFFIX}"
-    size = asyncio.run(
-        write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
-    )
-    archives = sorted(target_dir.glob(f"{profile.slug}-*{ARCHIVE_SUFFIX}"))
-    removed = archives[: max(0, len(archives) - args.keep)]
-    for old in removed:
-        old.unlink()
+    try:
+        if args.to is None:
+            secure_dir(target_dir)  # inside the profile directory: ours
+        else:
+            archives.backup_dir(target_dir)
+        path = target_dir / archives.archive_name(profile.slug)
+        size = asyncio.run(
+            write_snapshot(
+                path, state, keyring, profile.slug, 0, render.terminal_progress("backup")
+            )
+        )
+        removed = archives.prune(target_dir, profile.slug, args.keep, path)
+    except OSError as exc:
+        raise BridgeError(f"backup to {target_dir} failed: {exc.strerror or exc}") from None
     if args.json:
         render.emit_json(
             {
@@ -506,14 +535,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(path)
+        print(path)  # alone on stdout, for scripts
+        for old in removed:
+            print(f"removed old archive {old}", file=sys.stderr)
     return 0
 
 
 def _check_archive(profile: ProfileConfig, path: Path) -> State:
     if not path.is_file():
         raise UsageError(f"no such archive: {path}")
-    state = State(profile.max_messages)
+    state = State()  # the archive's own settings come with it
     read_snapshot(path, load_keyring(profile, create=False), profile.slug, state)
     return state
 
@@ -610,14 +641,16 @@ def _restore(profile: ProfileConfig, state: State) -> Path:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    """New active key; the whole store re-encrypted under it; old keys kept for old backups."""
+    """New active key; the whole store re-encrypted under it; old keys kept for old backups.
+
+    With the key file the bridge generated in the profile directory, rotate-key makes the
+    new key and writes it there. A key from outside (BRIDGE_KEY, BRIDGE_KEY_FILE, a systemd
+    credential) is the operator's to change: they put the new key first and the old one
+    after it in that source, and rotate-key re-encrypts the store under the first key.
+    """
     profile = resolve_profile(args)
     if profile.key or profile.key_file:
-        raise BridgeError(
-            "this profile's key comes from BRIDGE_KEY / a key file / a credential: put a new "
-            "key first and the old one on the next line there, then run rotate-key again "
-            "with nothing to change (or use the generated key file in the profile directory)"
-        )
+        return _rotate_to_external_key(profile)
     old = load_keyring(profile, create=False)
 
     async def change(store: DurableStore) -> None:
@@ -632,4 +665,43 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         f"profile {profile.slug!r}: now encrypted with key {new.active_id.decode()}; older keys "
         f"kept in {layout.key_path(profile.state_dir)} for existing backups"
     )
+    return 0
+
+
+def _rotate_to_external_key(profile: ProfileConfig) -> int:
+    """Re-encrypt under the first key of the operator's own keyring (see cmd_rotate_key)."""
+    source = (
+        f"BRIDGE_KEY_FILE ({profile.key_file})"
+        if profile.key_file
+        else "BRIDGE_KEY or the systemd credential 'key'"
+    )
+    keyring = load_keyring(profile, create=False)
+    if len(keyring.keys) < 2:
+        raise BridgeError(
+            f"this profile's key comes from {source}, which rotate-key does not write: put a "
+            "new key (32 random bytes, URL-safe base64) on the first line there and the "
+            "current key on the line after it, make the bridge and this command see the same, "
+            "then run rotate-key: it re-encrypts the store under the first key"
+        )
+    active = keyring.active_id.decode()
+    outcome: dict[str, bool] = {}
+
+    async def change(store: DurableStore) -> None:
+        older = store.keyring.opened - {store.keyring.active_id}
+        outcome["rekeyed"] = bool(older)
+        if older:
+            await store.rekey(store.keyring, render.terminal_progress("re-encrypting"))
+
+    write_store(profile, change)
+    if outcome["rekeyed"]:
+        print(
+            f"profile {profile.slug!r}: now encrypted with key {active}, the first key of "
+            f"{source}; keep the older key(s) there as long as backups made with them exist"
+        )
+    else:
+        print(
+            f"profile {profile.slug!r}: everything is already encrypted with key {active}, the "
+            f"first key of {source}; nothing was re-encrypted (to rotate, the new key must "
+            "come first)"
+        )
     return 0

@@ -40,6 +40,22 @@ class AssistantConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The settings that shape what a profile's store keeps: its cap of messages per
+    conversation and its retention. They are stored with the data (snapshot and journal), so
+    the service and `sessions-admin` can never apply different ones to the same store."""
+
+    max_messages: int
+    retention_days: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages", "retention_days"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileConfig:
     """One WhatsApp number (or tenant) with its secrets, assistant and state directory."""
 
@@ -68,6 +84,13 @@ class ProfileConfig:
     # Where app_secret came from ("BRIDGE_APP_SECRET", a file, a credential, ...), so a
     # signature mismatch can say which secret signed.
     app_secret_source: str | None = field(default=None, compare=False)
+    # Which of the settings above were given (env or TOML) rather than defaulted: an admin
+    # command reports a given value that differs from the one stored with the data.
+    explicit: frozenset[str] = frozenset()
+
+    @property
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(self.max_messages, self.retention_days)
 
     def require_secrets(self) -> None:
         """Fail with one clear line when a webhook secret is missing."""
@@ -312,6 +335,11 @@ def _profile(
         ),
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
+        explicit=frozenset(
+            name
+            for name, value in (("retention_days", retention), ("max_messages", max_messages))
+            if value
+        ),
     )
 
 

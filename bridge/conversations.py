@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
 # statuses out of order (a "delivered" after a "read"); we never move a message backwards.
 # "logged": no access token, the reply was written to the log instead of sent (final).
@@ -62,18 +64,77 @@ class Message:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
-        return cls(
-            role=str(data["role"]),
-            content=str(data["content"]),
-            timestamp=int(data["timestamp"]),
-            id=data.get("id"),
-            type=data.get("type"),
-            status=data.get("status"),
-            error=data.get("error"),
-            wamids=tuple(data.get("wamids", ())),
-            reply_to=data.get("replyTo"),
-            extra=extra if isinstance(extra := data.get("extra"), dict) and extra else None,
-        )
+        """Parse a stored or imported message; ValueError (saying what is wrong) unless every
+        field has its type. Strict, because a wrong type goes on to break what later writes
+        it: an int id in the seen-set, a timestamp past 64 bits, fail every snapshot."""
+        try:
+            get = data.get
+        except AttributeError:
+            raise ValueError(f"not an object: {_shown(data)}") from None
+        role, content, timestamp = get("role"), get("content"), get("timestamp")
+        message_id, kind, status, error = get("id"), get("type"), get("status"), get("error")
+        wamids = get("wamids") or ()
+        reply_to, extra = get("replyTo"), get("extra")
+        # One expression for the common case (millions of messages at start-up).
+        if (
+            role in ROLES
+            and type(content) is str
+            and type(timestamp) is int
+            and INT64_MIN <= timestamp <= INT64_MAX
+            and (message_id is None or (type(message_id) is str and message_id != ""))
+            and (kind is None or type(kind) is str)
+            and (status is None or type(status) is str)
+            and (error is None or type(error) is str)
+            and (not wamids or (type(wamids) is list and all(type(w) is str for w in wamids)))
+            and (reply_to is None or type(reply_to) is str)
+        ):
+            return cls(
+                role,
+                content,
+                timestamp,
+                message_id,
+                kind,
+                status,
+                error,
+                tuple(wamids),
+                reply_to,
+                extra if type(extra) is dict and extra else None,
+            )
+        raise ValueError(_problem(data))
+
+
+ROLES = ("user", "assistant")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what orjson (journal, snapshots) can write
+
+
+def _problem(data: dict[str, Any]) -> str:
+    """What is wrong with a message `Message.from_dict` refused, in a few words."""
+    role = data.get("role")
+    if role not in ROLES:
+        return f"role must be 'user' or 'assistant', got {_shown(role)}"
+    if type(data.get("content")) is not str:
+        return f"content must be a string, got {_shown(data.get('content'))}"
+    timestamp = data.get("timestamp")
+    if type(timestamp) is not int or not INT64_MIN <= timestamp <= INT64_MAX:
+        return f"timestamp must be whole milliseconds, got {_shown(timestamp)}"
+    if data.get("id") is not None and (type(data["id"]) is not str or not data["id"]):
+        return f"id must be a non-empty string, got {_shown(data['id'])}"
+    for name in ("type", "status", "error", "replyTo"):
+        if data.get(name) is not None and type(data[name]) is not str:
+            return f"{name} must be a string, got {_shown(data[name])}"
+    return f"wamids must be a list of strings, got {_shown(data.get('wamids'))}"
+
+
+def _shown(value: Any) -> str:
+    """A value as it reads in JSON, cut short: for one-line error messages."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = orjson.dumps(value, default=repr).decode()
+        except TypeError:  # an int past 64 bits
+            text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +163,7 @@ class Conversation:
         "seq",
     )
 
-    def __init__(self, key: str, cap: int, now_ms: int) -> None:
+    def __init__(self, key: str, cap: int | None, now_ms: int) -> None:
         self.key = key
         self.messages: deque[Message] = deque(maxlen=cap)
         self.first_interaction = now_ms
@@ -200,7 +261,7 @@ class Conversation:
         return out
 
     @classmethod
-    def from_seed(cls, key: str, data: dict[str, Any], cap: int) -> Conversation:
+    def from_seed(cls, key: str, data: dict[str, Any], cap: int | None) -> Conversation:
         messages = [Message.from_dict(m) for m in data.get("messages", [])]
         first = int(data.get("firstInteraction") or (messages[0].timestamp if messages else 0))
         conv = cls(key, cap, first)

@@ -35,7 +35,7 @@ def is_phone(key: str) -> bool:
 
 
 def merge_conversation(
-    source: Conversation, target: Conversation | None, key: str, cap: int
+    source: Conversation, target: Conversation | None, key: str, cap: int | None
 ) -> tuple[Conversation, list[Message]]:
     """`source` (a user id's conversation) folded into `target` (the phone's) under `key`:
     the union of their messages in time order (a message both hold counted once), capped at
@@ -61,7 +61,8 @@ def merge_conversation(
         else:
             moved.append(message)
     ordered = sorted([*target.messages, *moved], key=lambda m: m.timestamp)  # stable
-    kept, dropped = ordered[-cap:], ordered[: max(0, len(ordered) - cap)]
+    limit = len(ordered) if cap is None else cap
+    kept, dropped = ordered[len(ordered) - limit :], ordered[: max(0, len(ordered) - limit)]
     merged.messages.extend(kept)
     merged.first_interaction = min(source.first_interaction, target.first_interaction)
     merged.last_activity = max(source.last_activity, target.last_activity)

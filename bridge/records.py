@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from bridge.config import StoreSettings
 from bridge.conversations import Message
 
 
@@ -100,6 +101,15 @@ class OutboxUncertain:
     item_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The store's shaping settings from now on (the service's configured ones, committed
+    when it opens a store that holds others, or none). A lower cap trims every conversation
+    here, so replay trims exactly where the service did."""
+
+    settings: StoreSettings
+
+
 Record = (
     MessageAdded
     | StatusChanged
@@ -108,7 +118,17 @@ Record = (
     | OutboxDone
     | OutboxUncertain
     | IdentityLinked
+    | SettingsChanged
 )
+
+
+def settings_to_dict(settings: StoreSettings) -> dict[str, int]:
+    return {"max_messages": settings.max_messages, "retention_days": settings.retention_days}
+
+
+def settings_from_dict(data: dict[str, Any]) -> StoreSettings:
+    """ValueError/KeyError/TypeError when malformed (StoreSettings checks the values)."""
+    return StoreSettings(data["max_messages"], data["retention_days"])
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
@@ -140,6 +160,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             return {"t": "u", "i": item_id}
         case IdentityLinked(user_id, key):
             return {"t": "l", "u": user_id, "k": key}
+        case SettingsChanged(settings):
+            return {"t": "c", **settings_to_dict(settings)}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -167,6 +189,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxUncertain(data["i"])
     if kind == "l":
         return IdentityLinked(str(data["u"]), str(data["k"]))
+    if kind == "c":
+        return SettingsChanged(settings_from_dict(data))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

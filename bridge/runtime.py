@@ -29,7 +29,7 @@ WINDOW_MS = 24 * 3600 * 1000
 def memory_store(profile: ProfileConfig) -> Store:
     from bridge.state import State
 
-    return MemoryStore(State(profile.max_messages))
+    return MemoryStore(State(profile.store_settings))
 
 
 def durable_store(profile: ProfileConfig, accept_data_loss: bool = False) -> Store:

@@ -8,8 +8,11 @@ from the snapshot's start over it yields the exact final state.
 
 from __future__ import annotations
 
+import hashlib
+from collections import deque
 from collections.abc import Iterator
 
+from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
 from bridge.identities import merge_conversation
 from bridge.records import (
@@ -21,6 +24,7 @@ from bridge.records import (
     OutboxQueued,
     OutboxUncertain,
     Record,
+    SettingsChanged,
     StatusChanged,
 )
 
@@ -29,12 +33,21 @@ SEEN_TTL_MS = 8 * 24 * 3600 * 1000
 
 
 class State:
-    """Conversations, the seen-set of message ids, and the outbox of one profile."""
+    """Conversations, the seen-set of message ids, and the outbox of one profile.
 
-    def __init__(self, max_messages: int = 250) -> None:
-        self.max_messages = max_messages
+    `settings` are the store's own (cap, retention), set by the data: a snapshot's first
+    frame or a `SettingsChanged` record. Until then (a store of an older version, or a
+    fresh one) nothing is capped: loading never truncates what was stored.
+    """
+
+    def __init__(self, settings: StoreSettings | None = None) -> None:
+        self.settings = settings
         self.conversations: dict[str, Conversation] = {}
         self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
+        # The same for the messages of erased conversations, keyed by `erased_id(wamid)`:
+        # Meta's wamids embed the sender's phone number, which must not outlive an erasure,
+        # while a redelivery of an erased message must still be recognised (not stored again).
+        self.erased_seen: dict[str, int] = {}
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
         # Outbox items a send of which may have reached Meta unconfirmed (OutboxUncertain).
         self.uncertain: set[str] = set()
@@ -75,6 +88,8 @@ class State:
                     self.uncertain.add(item_id)
             case IdentityLinked(user_id, key):
                 self._link(seq, user_id, key)
+            case SettingsChanged(settings):
+                self.use_settings(settings)
 
     def _link(self, seq: int, user_id: str, key: str) -> None:
         """Record that `user_id` is the person of conversation `key`, and move a conversation
@@ -114,9 +129,36 @@ class State:
         """The conversation a key stands for: a linked user id's phone, else the key."""
         return self.aliases.get(key, key)
 
+    @property
+    def max_messages(self) -> int | None:
+        """Messages kept per conversation; None: no cap known (nothing is dropped)."""
+        return self.settings.max_messages if self.settings is not None else None
+
+    def use_settings(self, settings: StoreSettings) -> None:
+        """Adopt the store's settings; a lower cap drops the oldest messages past it now."""
+        self.settings = settings
+        cap = settings.max_messages
+        for conv in self.conversations.values():
+            if conv.messages.maxlen != cap:
+                for _ in range(len(conv.messages) - cap):
+                    self._forget_reply(conv.messages.popleft())
+                conv.messages = deque(conv.messages, maxlen=cap)
+
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
         self._outbox_by_key.setdefault(item.key, {})[item.id] = item
+
+    def _erase_outbox(self, key: str) -> None:
+        """An erasure takes the user's queued replies with it (their phone number and text
+        must not stay on disk, nor be sent afterwards): every item of `key` whose reply is no
+        longer in the conversation. The outbox notices before its next attempt."""
+        queued = self._outbox_by_key.get(key)
+        if not queued:
+            return
+        conv = self.conversations.get(key)
+        kept = {m.id for m in conv.messages if m.role == "assistant"} if conv else set()
+        for item_id in [i for i in queued if i not in kept]:
+            self._unqueue_reply(item_id)
 
     def _unqueue_reply(self, item_id: str) -> None:
         self.uncertain.discard(item_id)
@@ -151,6 +193,8 @@ class State:
                 conv.first_interaction = conv.messages[0].timestamp
         for message in erased:
             self._forget_reply(message)
+            self._forget_seen(message)
+        self._erase_outbox(key)
 
     def _add_message(
         self, seq: int, key: str, message: Message, contact_name: str | None, at_ms: int
@@ -186,6 +230,13 @@ class State:
         for wamid in message.wamids:
             self.replies.pop(wamid, None)
 
+    def _forget_seen(self, message: Message) -> None:
+        """Keep an erased user message's id only as its one-way hash (see `erased_seen`)."""
+        if message.role == "user" and message.id is not None:
+            at = self.seen.pop(message.id, None)
+            if at is not None:
+                self.erased_seen[erased_id(message.id)] = at
+
     def add_conversation(self, conv: Conversation) -> None:
         """Install a conversation loaded from a snapshot or an import."""
         self.conversations[conv.key] = conv
@@ -199,12 +250,17 @@ class State:
         stale = [wamid for wamid, ts in self.seen.items() if ts < cutoff]
         for wamid in stale:
             del self.seen[wamid]
-        return len(stale)
+        erased = [h for h, ts in self.erased_seen.items() if ts < cutoff]
+        for digest in erased:
+            del self.erased_seen[digest]
+        return len(stale) + len(erased)
 
     # -- queries --------------------------------------------------------------------------
 
     def has_seen(self, message_id: str) -> bool:
-        return message_id in self.seen
+        return message_id in self.seen or (
+            bool(self.erased_seen) and erased_id(message_id) in self.erased_seen
+        )
 
     def get(self, key: str) -> ConversationView | None:
         conv = self.conversations.get(key)
@@ -243,6 +299,16 @@ class State:
         queued = self._outbox_by_key.get(key)
         return next(iter(queued.values())) if queued else None
 
+    def queued_replies(self, key: str) -> list[OutboxItem]:
+        """The replies to conversation `key` waiting to be sent, oldest first."""
+        return list(self._outbox_by_key.get(key, {}).values())
+
     def outbox_keys(self) -> list[str]:
         """Conversations with replies queued, in the order their oldest reply was queued."""
         return list(self._outbox_by_key)
+
+
+def erased_id(message_id: str) -> str:
+    """What remains of an erased message's id: not reversible (a wamid holds, besides the
+    phone number, a random part nobody can guess), still comparable with a redelivery."""
+    return hashlib.sha256(message_id.encode()).hexdigest()[:32]

@@ -190,7 +190,10 @@ def test_import_of_a_malformed_file_writes_nothing(running: Served, tmp_path: Pa
         json.dumps([["1", {"messages": [{"role": "robot", "content": "x", "timestamp": 1}]}]])
     )
     result = admin(["import", str(path)], env)
-    assert result.returncode == 1 and "role 'robot'" in result.stderr
+    assert (
+        result.returncode == 1
+        and "role must be 'user' or 'assistant', got 'robot'" in result.stderr
+    )
     assert admin_json(["export"], env) == before
 
 

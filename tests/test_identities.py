@@ -19,6 +19,7 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
+from bridge.config import StoreSettings
 from bridge.conversations import Conversation, Message
 from bridge.identities import normalize_key
 from bridge.records import (
@@ -119,7 +120,7 @@ class SlowCommitStore(MemoryStore):
 async def test_a_link_in_flight_is_used_by_a_concurrent_delivery(
     start_bridge: StartBridge,
 ) -> None:
-    bridge = await start_bridge(store_factory=lambda p: SlowCommitStore(State(p.max_messages)))
+    bridge = await start_bridge(store_factory=lambda p: SlowCommitStore(State(p.store_settings)))
     first = asyncio.ensure_future(bridge.post(delivery("with phone", PHONE, USER)))
     await asyncio.sleep(0.01)  # the first is committing (its link not applied yet)
     second = await bridge.post(delivery("username only", None, USER))
@@ -200,7 +201,7 @@ def test_merge_keeps_the_newest_within_the_cap() -> None:
     records: list[tuple[int, Record]] = [
         (i + 1, MessageAdded(USER if i % 2 else PHONE, msg(f"m{i}", 1000 + i))) for i in range(6)
     ]
-    state = apply_all(State(max_messages=4), [*records, (7, IdentityLinked(USER, PHONE))])
+    state = apply_all(State(StoreSettings(4, 365)), [*records, (7, IdentityLinked(USER, PHONE))])
     assert [m.content for m in state.conversations[PHONE].messages] == ["m2", "m3", "m4", "m5"]
 
 

@@ -77,7 +77,7 @@ def test_damage_refuses_to_start_then_accepting_the_loss_sets_it_aside(tmp_path:
     profile = build(var, sixty_messages)
     segment = layout.journal_dir(profile.state_dir) / "00000001.wal"
     frames = split_frames(segment)
-    damage_at = sum(len(f) for f in frames[:18])
+    damage_at = sum(len(f) for f in frames[:19])  # the store's settings, then 18 commits
     data = segment.read_bytes()
     damaged = data[: damage_at + 10] + HOLE + data[damage_at + 10 + len(HOLE) :]
     segment.write_bytes(damaged)

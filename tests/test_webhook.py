@@ -177,7 +177,7 @@ class SlowCommitStore(MemoryStore):
 async def test_concurrent_copies_are_recorded_once(
     start_bridge: StartBridge, tmp_path: Path
 ) -> None:
-    bridge = await start_bridge(store_factory=lambda p: SlowCommitStore(State(p.max_messages)))
+    bridge = await start_bridge(store_factory=lambda p: SlowCommitStore(State(p.store_settings)))
     body = simulate.delivery(simulate.change_value([simulate.text_message("race", "666")]))
     responses = await asyncio.gather(*(bridge.post(body) for _ in range(20)))
     assert [r.status for r in responses] == [200] * 20

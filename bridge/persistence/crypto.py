@@ -42,6 +42,9 @@ class Keyring:
         self._ciphers = {key_id(k): AESGCM(k) for k in keys}
         self.active_id = key_id(keys[0])
         self._active = self._ciphers[self.active_id]
+        # Ids of the keys that opened something: after loading a store, whether any of it
+        # is still sealed with an older key (`rotate-key` with an external keyring).
+        self.opened: set[bytes] = set()
 
     @property
     def key_ids(self) -> tuple[bytes, ...]:
@@ -65,6 +68,10 @@ class Keyring:
             )
         nonce = sealed[KEY_ID_BYTES : KEY_ID_BYTES + NONCE_BYTES]
         try:
-            return cipher.decrypt(nonce, sealed[KEY_ID_BYTES + NONCE_BYTES :], aad + b"|" + kid)
+            plaintext = cipher.decrypt(
+                nonce, sealed[KEY_ID_BYTES + NONCE_BYTES :], aad + b"|" + kid
+            )
         except InvalidTag:
             raise DecryptError("authentication failed: the data was changed or misplaced") from None
+        self.opened.add(kid)
+        return plaintext

@@ -3,6 +3,7 @@ credential), else generated once into the profile directory.
 
 Key file format: one URL-safe base64 key per line, the first line is the active key; later
 lines are older keys kept so data sealed before a rotation can still be read. `#` comments.
+Keys on one line may also be separated by spaces or commas (BRIDGE_KEY="NEW,OLD").
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from pathlib import Path
 
 from bridge.config import ProfileConfig
@@ -35,13 +37,16 @@ def parse_keys(text: str, source: str) -> list[bytes]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        try:
-            key = base64.urlsafe_b64decode(line + "=" * (-len(line) % 4))
-        except (binascii.Error, ValueError):
-            raise ConfigError(f"{source}: not URL-safe base64") from None
-        if len(key) != KEY_BYTES:
-            raise ConfigError(f"{source}: a key must be {KEY_BYTES} bytes, got {len(key)}")
-        keys.append(key)
+        for word in re.split(r"[\s,]+", line):
+            if not word:
+                continue
+            try:
+                key = base64.urlsafe_b64decode(word + "=" * (-len(word) % 4))
+            except (binascii.Error, ValueError):
+                raise ConfigError(f"{source}: not URL-safe base64") from None
+            if len(key) != KEY_BYTES:
+                raise ConfigError(f"{source}: a key must be {KEY_BYTES} bytes, got {len(key)}")
+            keys.append(key)
     if not keys:
         raise ConfigError(f"{source}: no key found")
     return keys

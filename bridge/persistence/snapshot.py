@@ -5,14 +5,17 @@ File: `WABSNAP1` magic, a 16-hex snapshot id, then frames `length (u32 BE) | sea
 data `wab-snapshot-v1|<profile>|<snapshot id>|<index>`, so a frame cannot be dropped,
 reordered or spliced in from another snapshot. Decrypted, the frames are JSON objects in
 this order:
-- `{"v": 1, "profile", "segment", "created"}`: the journal segment that continues it;
+- `{"v": 1, "profile", "segment", "created", "settings"?}`: the journal segment that
+  continues it, and the store's settings (`{"max_messages", "retention_days"}`, absent in
+  files of older versions); first, so the cap is known before any conversation is loaded;
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
   the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
   optional fields);
 - `{"seen": {wamid: ms, ...}}` (as many as needed), `{"identities": {user_id: key, ...}}`
   (business-scoped user ids linked to a phone's conversation; readers that predate it skip
-  it), `{"outbox": [[id, key, to, text, created_ms(, 1 when a send of it may have reached
-  Meta unconfirmed)], ...]}`;
+  it), `{"erased_seen": {hash: ms, ...}}` (when there are any: the hashed ids of erased
+  messages), `{"outbox": [[id, key, to, text, created_ms(, 1 when a send of it may have
+  reached Meta unconfirmed)], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
@@ -41,7 +44,7 @@ from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, temp_path, write_all
-from bridge.records import OutboxItem
+from bridge.records import OutboxItem, settings_from_dict, settings_to_dict
 from bridge.state import State
 
 MAGIC = b"WABSNAP1"
@@ -157,9 +160,15 @@ async def write_snapshot(
     `progress(done, total)` is called after each slice of conversations (for a terminal)."""
     writer = _Writer(path, keyring, slug)
     try:
-        writer.add(
-            {"v": 1, "profile": slug, "segment": segment, "created": int(time.time() * 1000)}
-        )
+        head: dict[str, Any] = {
+            "v": 1,
+            "profile": slug,
+            "segment": segment,
+            "created": int(time.time() * 1000),
+        }
+        if state.settings is not None:
+            head["settings"] = settings_to_dict(state.settings)
+        writer.add(head)
         keys = list(state.conversations)
         per_slice = 16  # conversations per slice; adapted to SLICE_SECONDS as we go
         done = 0
@@ -193,6 +202,8 @@ async def write_snapshot(
             await asyncio.sleep(0)
         if state.aliases:
             writer.add({"identities": dict(state.aliases)})
+        if state.erased_seen:
+            writer.add({"erased_seen": dict(state.erased_seen)})
         writer.add(
             {
                 "outbox": [
@@ -245,6 +256,8 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                 if record.get("v") != 1 or record.get("profile") != slug:
                     raise CorruptStateError(f"{path}: snapshot of another profile or format")
                 segment = int(record["segment"])
+                if "settings" in record:
+                    state.use_settings(settings_from_dict(record["settings"]))
             elif "conversations" in record:
                 for key, seed in record["conversations"]:
                     state.add_conversation(
@@ -254,6 +267,8 @@ def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
                 state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
             elif "identities" in record:
                 state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
+            elif "erased_seen" in record:
+                state.erased_seen.update({str(k): int(v) for k, v in record["erased_seen"].items()})
             elif "outbox" in record:
                 for item_id, key, to, text, created, *uncertain in record["outbox"]:
                     state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))

@@ -33,7 +33,14 @@ from bridge.persistence.segments import (
     replay_journal,
 )
 from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
-from bridge.records import OutboxUncertain, Record, encode, record_from_dict
+from bridge.records import (
+    OutboxUncertain,
+    Record,
+    SettingsChanged,
+    encode,
+    record_from_dict,
+    settings_to_dict,
+)
 from bridge.state import State
 from bridge.store.base import Store
 
@@ -94,10 +101,11 @@ def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
     """The profile's current state, read-only: no lock taken, nothing written.
 
     Safe while the bridge runs: a record being appended right now is a torn tail and left
-    out; a snapshot replaced or a segment rotated between two reads makes it start over."""
+    out; a snapshot replaced or a segment rotated between two reads makes it start over. The
+    cap and retention are the store's own (stored with the data), never `profile`'s."""
     keyring = load_keyring(profile, create=False)
     for attempt in range(attempts):
-        state = State(profile.max_messages)
+        state = State()
         try:
             replay(profile, keyring, state)
         except (FileNotFoundError, JournalDamage) as exc:
@@ -127,12 +135,24 @@ class DurableStore(Store):
     """A profile's state in memory, made durable by an encrypted journal and snapshots.
 
     `open()` takes the profile lock and loads; `commit()` journals, then applies; `snapshot()`
-    checkpoints (retention first); `close()` snapshots and releases the lock."""
+    checkpoints (retention first); `close()` snapshots and releases the lock.
 
-    def __init__(self, profile: ProfileConfig, accept_data_loss: bool = False) -> None:
-        super().__init__(State(profile.max_messages))
+    The service (`enforce_settings`) is the authority over the store's settings: at open it
+    commits its configured cap and retention when the store holds others, and only it
+    expires conversations by retention. `sessions-admin` opens the store without it and
+    keeps the stored settings whatever its own environment says."""
+
+    def __init__(
+        self,
+        profile: ProfileConfig,
+        accept_data_loss: bool = False,
+        *,
+        enforce_settings: bool = True,
+    ) -> None:
+        super().__init__(State())
         self.profile = profile
         self._accept_data_loss = accept_data_loss
+        self._enforce_settings = enforce_settings
         self._lock = ProfileLock(profile.state_dir, profile.slug)
         self._journal: Journal | None = None
         self._keyring: Keyring | None = None
@@ -192,8 +212,18 @@ class DurableStore(Store):
             raise
         self._journal = journal
         self._next_seq = self.state.seq + 1
-        if self._lock.previous_unclean:
-            await self._mark_sends_uncertain()
+        try:
+            if self._lock.previous_unclean:
+                await self._mark_sends_uncertain()
+            if self._enforce_settings:
+                await self._adopt_configured_settings()
+        except BaseException:
+            self._journal = None
+            try:
+                await journal.close()
+            finally:
+                self._lock.release(clean=False)
+            raise
         self._log.info(
             "store_opened",
             segment=end.segment,
@@ -242,6 +272,31 @@ class DurableStore(Store):
                 kept=str(aside),
             )
 
+    async def _adopt_configured_settings(self) -> None:
+        """Make the configured cap and retention the store's, through the journal, so that
+        every reader (replay, sessions-admin) applies them from here on. Committed only
+        here, before anything else can run, so no snapshot is in progress meanwhile."""
+        configured = self.profile.store_settings
+        stored = self.state.settings
+        if stored == configured:
+            return
+        before = self.state.message_count()
+        await self.commit([SettingsChanged(configured)])
+        dropped = before - self.state.message_count()
+        (self._log.warning if dropped else self._log.info)(
+            "store_settings_changed",
+            old=settings_to_dict(stored) if stored is not None else None,
+            new=settings_to_dict(configured),
+            messages_dropped=dropped,
+        )
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keys in use; `keyring.opened` tells which of them the loaded data needed."""
+        if self._keyring is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        return self._keyring
+
     async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
         replaces the old one and the journal continues in a new segment under it."""
@@ -271,9 +326,15 @@ class DurableStore(Store):
         async with self._snapshotting:
             started = time.monotonic()
             now_ms = int(time.time() * 1000)
+            settings = self.state.settings
+            # Only the service expires by retention (sessions-admin's `prune` is explicit).
             # Decided from memory, applied in journal order: each erasure is bounded to the
             # messages seen now, so one being acknowledged meanwhile is not erased with them.
-            expired = self.state.expired(now_ms, self.profile.retention_days * DAY_MS)
+            expired = (
+                self.state.expired(now_ms, settings.retention_days * DAY_MS)
+                if self._enforce_settings and settings is not None
+                else []
+            )
             if expired:
                 await self.commit(expired)
                 self._log.info("retention_pruned", conversations=len(expired))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import simulate
+from bridge.config import StoreSettings
 from bridge.conversations import Conversation, Message
 from bridge.records import ConversationDeleted, MessageAdded, Record
 from bridge.state import SEEN_TTL_MS, State
@@ -143,7 +144,7 @@ def histories(draw: st.DrawFn) -> list[Record]:
 
 
 def replayed(records: list[Record], cap: int) -> State:
-    state = State(cap)
+    state = State(StoreSettings(cap, 365))
     for seq, record in enumerate(records, 1):
         state.apply(seq, record)
     return state
@@ -158,7 +159,7 @@ def test_replay_over_a_fuzzy_snapshot_gives_the_live_state(
     moment; replaying the journal from the rotation over it must give the live state."""
     live = replayed(records, cap)
     rotation = data.draw(st.integers(0, len(records)))
-    snapshot = State(cap)
+    snapshot = State(StoreSettings(cap, 365))
     for key in KEYS:
         captured_at = data.draw(st.integers(rotation, len(records)))
         conv = replayed(records[:captured_at], cap).conversations.get(key)

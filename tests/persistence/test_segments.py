@@ -88,9 +88,10 @@ async def test_a_commit_larger_than_a_frame_is_refused_before_anything_is_writte
 ) -> None:
     monkeypatch.setattr(frames, "MAX_FRAME", 4096)
     store = await opened()
+    before = segment_file(store, 1).stat().st_size  # the store's settings, recorded at open
     with pytest.raises(StorageError, match="larger than a journal frame"):
         await store.commit([user("1", n, text="x" * 500) for n in range(10)])
-    assert segment_file(store, 1).stat().st_size == 0
+    assert segment_file(store, 1).stat().st_size == before
     await store.commit([user("1", 1)])
 
 
@@ -143,7 +144,7 @@ async def test_accepting_the_loss_keeps_the_records_before_the_damage_and_sets_t
 ) -> None:
     store, segment = await sixty_commits(opened)
     frames = split_frames(segment)
-    damage_at = sum(len(f) for f in frames[:30])
+    damage_at = sum(len(f) for f in frames[:31])  # the store's settings, then 30 commits
     data = segment.read_bytes()
     damaged = data[: damage_at + 20] + HOLE + data[damage_at + 20 + len(HOLE) :]
     segment.write_bytes(damaged)
