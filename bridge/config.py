@@ -78,6 +78,8 @@ class ProfileConfig:
     # but never longer than the max after the burst's first message.
     reply_debounce_seconds: float = 2.0
     reply_debounce_max_seconds: float = 8.0
+    # A reaction (👍 to a reply) gets an answer only when this is on.
+    reply_to_reactions: bool = False
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -216,6 +218,13 @@ def _int(value: Any, what: str, minimum: int = 0, maximum: int | None = None) ->
     return number
 
 
+def _flag(value: Any) -> bool:
+    """A boolean from TOML (true/false) or the environment ("1", "true", "yes", "on")."""
+    if isinstance(value, bool):
+        return value
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _seconds(value: Any, what: str) -> float:
     """A duration that may be 0 (off)."""
     try:
@@ -304,6 +313,7 @@ def _profile(
     reconcile = get("send_reconcile_seconds")
     debounce = get("reply_debounce_seconds")
     debounce_max = get("reply_debounce_max_seconds")
+    reactions = get("reply_to_reactions")
     key_file = get("key_file")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
@@ -333,6 +343,7 @@ def _profile(
             if debounce_max is not None
             else 8.0
         ),
+        reply_to_reactions=_flag(reactions),
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
         explicit=frozenset(

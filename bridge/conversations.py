@@ -8,7 +8,7 @@ extra) that the seed's tools ignore.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -217,10 +217,10 @@ class Conversation:
             return True
         return False
 
-    def unanswered(self) -> Message | None:
-        """The newest user message if no reply answers it or any user message after the
-        newest one answered: the one to answer (with the run before it as history) after a
-        crash or a stop interrupted the replier."""
+    def unanswered(self, wants_reply: Callable[[Message], bool] | None = None) -> Message | None:
+        """The newest user message (that `wants_reply`) if no reply answers it or any user
+        message after the newest one answered: the one to answer (with the run before it as
+        history) after a crash or a stop interrupted the replier."""
         answered = {m.reply_to for m in self.messages if m.role == "assistant" and m.reply_to}
         last_user: Message | None = None
         for message in reversed(self.messages):
@@ -230,7 +230,8 @@ class Conversation:
                 continue
             if message.id in answered:
                 return last_user
-            last_user = last_user or message
+            if last_user is None and (wants_reply is None or wants_reply(message)):
+                last_user = message
         return last_user
 
     def view(self) -> ConversationView:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
+from bridge.conversations import Message
+from bridge.events import expects_reply
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger, set_log_id_key
@@ -136,16 +138,23 @@ class ProfileRuntime:
         for conv in self.store.state.conversations.values():
             if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
                 continue
-            message = conv.unanswered()
+            message = conv.unanswered(self._wants_reply)
             if message is not None and message.id:
                 self.replier.enqueue(conv.key, message.id, conv.key)
                 count += 1
         return count
 
+    def _wants_reply(self, message: Message) -> bool:
+        return expects_reply(message, self.config.reply_to_reactions)
+
     def acknowledged(self, result: IngestResult) -> None:
-        """Called once Meta has its 200: only now may the slow part begin."""
+        """Called once Meta has its 200: only now may the slow part begin. Only messages that
+        say something are answered: a reaction, a deletion, an edit or a system notice is
+        recorded and changes what it is about, and gets no reply."""
         for message in result.recorded:
-            self.replier.enqueue(message.key, message.id, recipient_of(message))
+            stored = Message("user", message.content, 0, type=message.type, extra=message.extra)
+            if self._wants_reply(stored):
+                self.replier.enqueue(message.key, message.id, recipient_of(message))
 
     async def stop(self, timeout: float) -> None:
         """Finish replies in progress, stop sending, then close the store (final snapshot)."""

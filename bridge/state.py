@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
+from bridge.events import EVENT_TYPES, apply_event
 from bridge.identities import merge_conversation
 from bridge.records import (
     ConversationDeleted,
@@ -210,6 +211,8 @@ class State:
         if len(conv.messages) == conv.messages.maxlen:
             self._forget_reply(conv.messages[0])
         conv.append(message, at_ms)
+        if message.role == "user" and message.type in EVENT_TYPES:
+            apply_event(conv, message)
         if seq:
             conv.seq = seq
         if contact_name:
