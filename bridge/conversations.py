@@ -137,6 +137,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# WhatsApp's customer service window: free-form messages only within 24 h of the user's last
+# message (Meta answers 131047 after it); only an approved template may be sent then.
+WINDOW_MS = 24 * 3600 * 1000
+
+
+def window_until(last_user_message: int | None) -> int | None:
+    """When the 24-hour window that the user's last message opened closes (ms), or None."""
+    return None if last_user_message is None else last_user_message + WINDOW_MS
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationView:
     """A read-only copy handed out by the store; later changes do not show through it."""
@@ -147,6 +157,14 @@ class ConversationView:
     last_activity: int
     last_user_message: int | None
     contact_name: str | None
+
+    @property
+    def window_until(self) -> int | None:
+        return window_until(self.last_user_message)
+
+    def window_open(self, now_ms: int) -> bool:
+        until = self.window_until
+        return until is not None and now_ms < until
 
 
 class Conversation:

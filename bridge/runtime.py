@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
-from bridge.conversations import Message
+from bridge.conversations import WINDOW_MS, Message
 from bridge.events import expects_reply
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
@@ -23,9 +23,6 @@ from bridge.whatsapp.models import InboundMessage
 from bridge.whatsapp.sender import LogSender, Sender
 
 StoreFactory = Callable[[ProfileConfig], Store]
-
-# WhatsApp's customer service window: free-form replies only within 24 h of the user's message.
-WINDOW_MS = 24 * 3600 * 1000
 
 
 def memory_store(profile: ProfileConfig) -> Store:
