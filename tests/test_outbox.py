@@ -19,6 +19,7 @@ from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, R
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import Sender, split_text
 from tests.conftest import eventually
 from tests.fakes.graph import TOKEN, FakeGraph
@@ -81,7 +82,11 @@ async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[...,
     """Build outboxes over one fake Graph API; `store`/`sender` and Outbox options override."""
     fake = FakeGraph()
     server = await aiohttp_server(fake.app())
-    client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
+    # No pair-rate pacing here: these tests send many replies to one user at once
+    # (tests/whatsapp/test_pacing.py is about the pacing).
+    client = GraphClient(
+        str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2, pacer=PairPacer(0.001)
+    )
     outboxes: list[Outbox] = []
 
     def make(store: MemoryStore | None = None, sender: Sender | None = None, **options: Any) -> Rig:

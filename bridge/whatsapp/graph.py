@@ -29,11 +29,13 @@ from typing import Any
 import aiohttp
 
 from bridge.config import ProfileConfig
+from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import Sender, SendError, part_tag, split_text
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
 WINDOW_CLOSED = 131047
+PAIR_RATE_LIMIT = 131056
 # Long enough for Meta's slowest normal answers, short enough that a stuck connection is retried.
 DEFAULT_TIMEOUT = 15.0
 
@@ -64,10 +66,12 @@ class GraphClient(Sender):
         phone_number_id: str,
         access_token: str,
         timeout: float = DEFAULT_TIMEOUT,
+        pacer: PairPacer | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
         self._token = access_token
         self.timeout = timeout
+        self._pacer = pacer or PairPacer()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -115,9 +119,12 @@ class GraphClient(Sender):
             }
             if tag is not None:
                 body["biz_opaque_callback_data"] = part_tag(tag, index)
+            await self._pacer.wait(to)
             try:
                 sent.append(await self._post_message(body))
             except SendError as exc:
+                if exc.code == PAIR_RATE_LIMIT:
+                    self._pacer.exhaust(to)
                 if sent:
                     raise PartialSendError(exc, sent) from None
                 raise

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class FakeGraph:
     received: list[Received] = field(default_factory=list)  # every request, in order
     requests: list[dict[str, Any]] = field(default_factory=list)  # every message POST body
     sent: list[dict[str, Any]] = field(default_factory=list)  # accepted message bodies
+    arrivals: list[float] = field(default_factory=list)  # monotonic time of each message POST
     # Outcomes of the next message POSTs, in order; per recipient ones are used first.
     failures: deque[Outcome] = field(default_factory=deque)
     failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
@@ -143,6 +145,7 @@ class FakeGraph:
         return self.failures.popleft() if self.failures else None
 
     async def messages(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         body = await self._receive(request)
         self.requests.append(body)
         if not self._authorized(request):
