@@ -231,6 +231,11 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         "snapshot_age_seconds": snapshot_age,
         "journal_bytes": _dir_size(layout.journal_dir(profile.state_dir)),
         "running": layout.lock_holder(profile.state_dir) is not None,
+        # Business hours as configured for this profile: open or closed now, or always.
+        "hours": profile.hours.describe(datetime.now(tz=UTC))
+        if profile.hours is not None
+        else "always",
+        "hours_spec": profile.hours.spec if profile.hours is not None else None,
     }
 
 
@@ -254,6 +259,12 @@ def _stats_text(stats: dict[str, Any]) -> str:
             + (f"{age} s old" if age is not None else "none yet"),
         ),
         ("journal", f"{stats['journal_bytes']:,} bytes"),
+        (
+            "business hours",
+            f"{stats['hours']} now ({stats['hours_spec']})"
+            if stats["hours_spec"]
+            else "always open (no hours configured)",
+        ),
         (
             "keeps",
             f"{stats['max_messages']} messages a conversation, idle ones "

@@ -20,11 +20,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
+from bridge.hours import OpeningHours
 from bridge.logs import get_logger, mask
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
@@ -53,7 +55,15 @@ class Replier:
         observe_assistant: Callable[[float, bool], None] | None = None,
         debounce: float = 0.0,
         debounce_max: float = 0.0,
+        hours: OpeningHours | None = None,
+        outside_hours: str = "assistant",
+        outside_hours_reply: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._hours = hours
+        self._outside_hours = outside_hours
+        self._outside_hours_reply = outside_hours_reply
+        self._clock = clock
         self._observe_assistant = observe_assistant
         self._debounce = debounce
         self._debounce_max = max(debounce, debounce_max)
@@ -158,6 +168,11 @@ class Replier:
         history = self._history(key, message_id)
         if not history:
             return  # the conversation was deleted meanwhile
+        if self._hours is not None and self._outside_hours != "assistant":
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            if not self._hours.is_open(now):
+                await self._closed(key, message_id, recipient, now)
+                return
         started = time.monotonic()
         ok = True
         try:
@@ -200,8 +215,39 @@ class Replier:
         )
         self._on_queued(key)
 
+    async def _closed(self, key: str, message_id: str, recipient: str, now: datetime) -> None:
+        """Outside business hours: record only ("silent"), or send the outside-hours reply,
+        at most once per conversation per closed period ("reply")."""
+        if self._outside_hours == "silent" or not self._outside_hours_reply:
+            self._log.info("outside_hours_recorded", key=mask(key), message_id=message_id)
+            return
+        assert self._hours is not None
+        since = self._hours.closed_since(now)
+        since_ms = int(since.timestamp() * 1000) if since is not None else 0
+        view = self._store.state.get(self._store.state.resolve(key))
+        if view is not None and any(
+            m.role == "assistant"
+            and m.extra
+            and m.extra.get("outside_hours")
+            and m.timestamp >= since_ms
+            for m in view.messages
+        ):
+            self._log.info("outside_hours_reply_already_sent", key=mask(key), message_id=message_id)
+            return
+        reply_id = new_reply_id()
+        text = self._outside_hours_reply
+        if await self._record(key, message_id, recipient, reply_id, text, {"outside_hours": True}):
+            self._log.info("outside_hours_reply_queued", key=mask(key), reply_id=reply_id)
+            self._on_queued(key)
+
     async def _record(
-        self, key: str, message_id: str, recipient: str, reply_id: str, text: str
+        self,
+        key: str,
+        message_id: str,
+        recipient: str,
+        reply_id: str,
+        text: str,
+        extra: dict[str, object] | None = None,
     ) -> bool:
         """Commit the reply and its outbox item; while the store fails (a full disk), keep
         the text and try again with backoff rather than drop an acknowledged user's answer.
@@ -218,7 +264,7 @@ class Replier:
                     "reply_dropped_conversation_erased", key=mask(key), reply_id=reply_id
                 )
                 return False
-            now_ms = int(time.time() * 1000)
+            now_ms = int(self._clock() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
             message = Message(
                 role="assistant",
@@ -227,6 +273,7 @@ class Replier:
                 id=reply_id,
                 status="pending",
                 reply_to=message_id,
+                extra=extra,
             )
             try:
                 await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
@@ -88,6 +89,9 @@ class ProfileRuntime:
             observe_assistant=observe_assistant,
             debounce=config.reply_debounce_seconds,
             debounce_max=config.reply_debounce_max_seconds,
+            hours=config.hours,
+            outside_hours=config.outside_hours,
+            outside_hours_reply=config.outside_hours_reply,
         )
         ingestor = Ingestor(
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
@@ -136,10 +140,18 @@ class ProfileRuntime:
             if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
                 continue
             message = conv.unanswered(self._wants_reply)
+            if message is not None and self._closed_when_received(message):
+                continue  # outside hours with outside_hours reply/silent: not the assistant's
             if message is not None and message.id:
                 self.replier.enqueue(conv.key, message.id, conv.key)
                 count += 1
         return count
+
+    def _closed_when_received(self, message: Message) -> bool:
+        hours = self.config.hours
+        if hours is None or self.config.outside_hours == "assistant":
+            return False
+        return not hours.is_open(datetime.fromtimestamp(message.timestamp / 1000, UTC))
 
     def _wants_reply(self, message: Message) -> bool:
         return expects_reply(message, self.config.reply_to_reactions)
