@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.snapshot_stall --out var/bench/snapshot.md
 	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
+	$(BIN)/python -m tests.bench.bursts --out var/bench/bursts.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.
 lint: $(STAMP)
