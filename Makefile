@@ -44,7 +44,8 @@ SYSTEMD_DIR ?= /etc/systemd/system
 ## Copy the systemd units (as root); daemon-reload only when systemd is running.
 install-systemd:
 	install -d $(DESTDIR)$(SYSTEMD_DIR)
-	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service $(DESTDIR)$(SYSTEMD_DIR)/
+	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service \
+		systemd/whatsapp-bridge.socket systemd/whatsapp-bridge@.socket $(DESTDIR)$(SYSTEMD_DIR)/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload; \
 	else \

@@ -142,6 +142,10 @@ class Settings:
     # BRIDGE_ACCEPT_DATA_LOSS=1 for one start under systemd.
     accept_data_loss: bool = False
     notify_socket: str | None = None
+    # systemd socket activation (sd_listen_fds): sockets passed from fd 3 on, for this pid.
+    listen_fds: str | None = None
+    listen_pid: str | None = None
+    listen_fdnames: str | None = None
     watchdog_usec: str | None = None
     watchdog_pid: str | None = None
 
@@ -474,6 +478,9 @@ def load_settings(
         ),
         accept_data_loss=env.get("BRIDGE_ACCEPT_DATA_LOSS", "").lower() in ("1", "true", "yes"),
         notify_socket=env.get("NOTIFY_SOCKET") or None,
+        listen_fds=env.get("LISTEN_FDS") or None,
+        listen_pid=env.get("LISTEN_PID") or None,
+        listen_fdnames=env.get("LISTEN_FDNAMES") or None,
         watchdog_usec=env.get("WATCHDOG_USEC") or None,
         watchdog_pid=env.get("WATCHDOG_PID") or None,
     )
