@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.config import ProfileConfig
@@ -234,7 +234,9 @@ async def rotate_key(ctx: ControlContext, args: Args) -> Result:
         await asyncio.to_thread(write_key_file, path, keyring.keys)
         await store.rekey(keyring, ctx.progress)
         return {**result, "key": keyring.active_id.decode(), "rekeyed": True, "key_file": str(path)}
-    keyring = load_keyring(profile, create=False)  # the source as it reads now
+    # The source as it reads now: a running bridge read the key file when it started.
+    fresh = replace(profile, key=None) if profile.key_file else profile
+    keyring = load_keyring(fresh, create=False)
     if len(keyring.keys) < 2:
         raise BridgeError(
             f"this profile's key comes from {source}, which rotate-key does not write: put a "

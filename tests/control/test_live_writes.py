@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.persistence.crypto import key_id
-from bridge.persistence.keys import encode_key, parse_keys
+from bridge.persistence.keys import encode_key, new_key, parse_keys
 from tests.admin.support import admin, admin_json, now_ms, seed_conversation, write_seed
 from tests.control.conftest import Serving
 from tests.control.support import Ack, Load, bridge_env, kill_9, stored, user_ids
@@ -160,3 +160,34 @@ def test_a_large_import_goes_in_parts_while_deliveries_keep_being_acknowledged(
     parts = [e for e in events if e["event"] == "control_request" and e["op"] == "import"]
     assert len(parts) >= 2 and all(e["exit"] == 0 for e in parts)
     assert len(stored(var).conversations) == 3000 + len(PHONES)
+
+
+def test_rotate_key_with_an_external_key_file_while_running(
+    tmp_path: Path, serving: Serving
+) -> None:
+    """The documented procedure with BRIDGE_KEY_FILE, the bridge running: it reads the file
+    again for the command, re-encrypts under its first key, and refuses a file that could
+    not read what is stored."""
+    var, key_file = tmp_path / "var", tmp_path / "keys"
+    old, new = new_key(), new_key()
+    key_file.write_text(encode_key(old) + "\n")
+    env = bridge_env(var, BRIDGE_KEY_FILE=str(key_file))
+    server = serving(var, env)
+    with Load(server.port, PHONES) as load:
+        load.wait_for(30)
+        refused = admin(["rotate-key"], env)
+        key_file.write_text(f"{encode_key(new_key())}\n{encode_key(new_key())}\n")
+        unreadable = admin(["rotate-key"], env)
+        key_file.write_text(f"{encode_key(new)}\n{encode_key(old)}\n")
+        rotated = admin(["rotate-key"], env)
+        load.wait_for(30)
+        kill_9(server)
+    assert refused.returncode == 1 and "new key" in refused.stderr
+    assert str(key_file) in refused.stderr and "first line" in refused.stderr
+    assert unreadable.returncode == 1
+    (line,) = unreadable.stderr.splitlines()
+    assert f"cannot read data sealed with key(s) {key_id(old).decode()}" in line
+    assert rotated.returncode == 0, rotated.stderr
+    assert f"now encrypted with key {key_id(new).decode()}" in rotated.stdout
+    state = stored(var, key=encode_key(new))  # the new key alone reads it all
+    assert present_once(Counter(user_ids(state)), load.acked) == []
