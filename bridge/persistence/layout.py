@@ -13,6 +13,7 @@ JOURNAL = "journal"
 LOCK = "lock"
 KEY = "key"
 BACKUPS = "backups"
+CONTROL_SOCKET = "control.sock"
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -33,6 +34,11 @@ def key_path(state_dir: Path) -> Path:
 
 def backups_dir(state_dir: Path) -> Path:
     return state_dir / BACKUPS
+
+
+def control_socket_path(state_dir: Path) -> Path:
+    """The running bridge's control channel (bridge/control/): operators' writes go there."""
+    return state_dir / CONTROL_SOCKET
 
 
 def lock_holder(state_dir: Path) -> int | None:
