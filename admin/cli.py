@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from admin import commands
+from admin import commands, operator_commands
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
 
@@ -27,9 +27,13 @@ examples:
   sessions-admin export "+34 600 000 001" > data.json  a user's data request (plaintext JSON!)
   sessions-admin import sessions.json            merge a plaintext sessions.json
   sessions-admin --profile shop delete 34600000001
+  sessions-admin pause 34600000001 --for 2h       a person takes over for two hours
+  sessions-admin send 34600000001 "Hola, soy Ana" --as ana
+  sessions-admin resume 34600000001
 
 Reads work while the bridge runs. Writes (restore, import, delete, prune, rotate-key) need
-the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 failure, 2 usage.
+the bridge stopped for that profile and say so otherwise; while it runs, pause, resume and
+send are done through its HTTP API or console. Exit codes: 0 ok, 1 failure, 2 usage.
 """
 
 
@@ -144,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "re-encrypt everything under a new key (bridge stopped)",
         commands.cmd_rotate_key,
     )
+
+    operator_commands.add_commands(add, KEY_HELP)
 
     p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
     p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")

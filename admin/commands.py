@@ -22,6 +22,7 @@ from bridge.config import ProfileConfig, load_settings, validate_slug
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
 from bridge.identities import normalize_key
+from bridge.operators import Operators
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir, secure_dir
@@ -394,12 +395,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     deleted: list[str] = []
 
     async def change(store: DurableStore) -> None:
-        key = conversation_key(store.state, args.key)
-        deletion = store.state.deletion(key)
-        if deletion is None:
-            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
-        await store.commit([deletion])
-        deleted.append(key)
+        # The same erasure as the API's (bridge/operators.py): bounded to what it saw.
+        outcome = await Operators(store, profile).delete(args.key, who="cli")
+        deleted.append(outcome.key)
 
     write_store(profile, change)
     print(f"deleted conversation {deleted[0]} from profile {profile.slug!r}")

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from bridge.conversations import ConversationView
+from bridge.modes import current_mode
 
 
 def when(ms: int | None) -> str:
@@ -45,7 +46,21 @@ def conversation_summary(view: ConversationView) -> dict[str, Any]:
         "firstInteraction": view.first_interaction,
         "lastActivity": view.last_activity,
         "lastUserMessage": view.last_user_message,
+        "mode": current_mode(view.mode, _now_ms()),
+        "modeSet": view.mode.to_dict() if view.mode is not None else None,
     }
+
+
+def _now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+def mode_text(view: ConversationView) -> str:
+    """`assistant`, `paused until <time>`, `paused`, `opted_out`: the mode in effect now."""
+    mode = current_mode(view.mode, _now_ms())
+    if mode == "paused" and view.mode is not None and view.mode.until_ms is not None:
+        return f"paused until {when(view.mode.until_ms)}"
+    return mode
 
 
 def list_table(views: Sequence[ConversationView]) -> str:
@@ -56,10 +71,11 @@ def list_table(views: Sequence[ConversationView]) -> str:
             len(v.messages),
             when(v.first_interaction),
             when(v.last_activity),
+            mode_text(v),
         )
         for v in views
     ]
-    return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY"), rows)
+    return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY", "MODE"), rows)
 
 
 def conversation_text(view: ConversationView) -> str:
@@ -69,6 +85,14 @@ def conversation_text(view: ConversationView) -> str:
         f"conversation {view.key}" + (f" ({view.contact_name})" if view.contact_name else ""),
         f"messages {len(view.messages)}, first {when(view.first_interaction)}, "
         f"last activity {when(view.last_activity)}, last user message {when(view.last_user_message)}",
+        f"mode {mode_text(view)}"
+        + (
+            f" (set by {view.mode.by} {when(view.mode.at_ms)}"
+            + (f": {view.mode.reason}" if view.mode.reason else "")
+            + ")"
+            if view.mode is not None
+            else ""
+        ),
         "",
     ]
     indent = " " * 31
@@ -76,7 +100,9 @@ def conversation_text(view: ConversationView) -> str:
     for m in view.messages:
         state = f" [{m.status}{': ' + m.error if m.error else ''}]" if m.status else ""
         first, *rest = (m.content or "").splitlines() or [""]
-        lines.append(f"{when(m.timestamp)}  {m.role:<9}{state} {first}")
+        operator = m.extra.get("operator") if m.extra and m.role == "assistant" else None
+        role = f"{m.role} ({operator})" if operator else m.role
+        lines.append(f"{when(m.timestamp)}  {role:<9}{state} {first}")
         lines.extend(indent + line for line in rest)
     return "\n".join(head + lines)
 
