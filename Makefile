@@ -20,8 +20,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/bridge serve --dev
 
-## Run the whole test suite (real servers on 127.0.0.1, real files).
+## Run the whole test suite (real servers on 127.0.0.1, real files); installs Debian's chromium
+## for the console's browser test when missing (the test is skipped, saying why, if it can't be).
 test: $(STAMP)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the console test will be skipped"
 	$(BIN)/pytest -q
 
 ## Benchmarks (results as markdown tables in var/bench/, ~5 min, ~3 GB RAM); installs wrk if missing.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from admin import commands, writer
+from admin import commands, operator_commands, writer
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
 
@@ -29,10 +29,14 @@ examples:
   sessions-admin export "+34 600 000 001" > data.json  a user's data request (plaintext JSON!)
   sessions-admin import sessions.json            merge a plaintext sessions.json
   sessions-admin --profile shop delete 34600000001
+  sessions-admin pause 34600000001 --for 2h       a person takes over for two hours
+  sessions-admin send 34600000001 "Hola, soy Ana" --as ana
+  sessions-admin resume 34600000001
 
-Reads and writes work while the bridge runs: import, delete, prune and rotate-key are sent
-to the running bridge (its control socket var/profiles/<p>/control.sock), which writes them;
-with no bridge running they write to the store directly. restore needs the bridge stopped.
+Reads and writes work while the bridge runs: import, delete, prune, rotate-key, pause,
+resume and send are sent to the running bridge (its control socket
+var/profiles/<p>/control.sock), which writes them; with no bridge running they write to the
+store directly. restore needs the bridge stopped.
 Exit codes: 0 ok, 1 failure, 2 usage.
 """
 
@@ -157,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("rotate-key", "re-encrypt everything under a new key", commands.cmd_rotate_key)
     _timeout(p)
+
+    operator_commands.add_commands(add, KEY_HELP)
 
     p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
     p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from bridge.conversations import ConversationView
+from bridge.modes import current_mode
 
 
 def when(ms: int | None) -> str:
@@ -49,6 +50,8 @@ def conversation_summary(view: ConversationView) -> dict[str, Any]:
         # WhatsApp's 24-hour window: free-form replies only until then, templates after.
         "windowOpen": view.window_open(int(time.time() * 1000)),
         "windowUntil": view.window_until,
+        "mode": current_mode(view.mode, _now_ms()),
+        "modeSet": view.mode.to_dict() if view.mode is not None else None,
     }
 
 
@@ -61,6 +64,18 @@ def window_text(view: ConversationView) -> str:
     return f"closed since {when(until)}"
 
 
+def _now_ms() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1000)
+
+
+def mode_text(view: ConversationView) -> str:
+    """`assistant`, `paused until <time>`, `paused`, `opted_out`: the mode in effect now."""
+    mode = current_mode(view.mode, _now_ms())
+    if mode == "paused" and view.mode is not None and view.mode.until_ms is not None:
+        return f"paused until {when(view.mode.until_ms)}"
+    return mode
+
+
 def list_table(views: Sequence[ConversationView]) -> str:
     rows = [
         (
@@ -69,12 +84,14 @@ def list_table(views: Sequence[ConversationView]) -> str:
             len(v.messages),
             when(v.first_interaction),
             when(v.last_activity),
+            mode_text(v),
             window_text(v),
         )
         for v in views
     ]
     return table(
-        ("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY", "24-HOUR WINDOW"), rows
+        ("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY", "MODE", "24-HOUR WINDOW"),
+        rows,
     )
 
 
@@ -85,6 +102,14 @@ def conversation_text(view: ConversationView) -> str:
         f"conversation {view.key}" + (f" ({view.contact_name})" if view.contact_name else ""),
         f"messages {len(view.messages)}, first {when(view.first_interaction)}, "
         f"last activity {when(view.last_activity)}, last user message {when(view.last_user_message)}",
+        f"mode {mode_text(view)}"
+        + (
+            f" (set by {view.mode.by} {when(view.mode.at_ms)}"
+            + (f": {view.mode.reason}" if view.mode.reason else "")
+            + ")"
+            if view.mode is not None
+            else ""
+        ),
         f"24-hour window {window_text(view)} (after it only a template reaches the user)",
         "",
     ]
@@ -93,7 +118,9 @@ def conversation_text(view: ConversationView) -> str:
     for m in view.messages:
         state = f" [{m.status}{': ' + m.error if m.error else ''}]" if m.status else ""
         first, *rest = (m.content or "").splitlines() or [""]
-        lines.append(f"{when(m.timestamp)}  {m.role:<9}{state} {first}")
+        operator = m.extra.get("operator") if m.extra and m.role == "assistant" else None
+        role = f"{m.role} ({operator})" if operator else m.role
+        lines.append(f"{when(m.timestamp)}  {role:<9}{state} {first}")
         lines.extend(indent + line for line in rest)
     return "\n".join(head + lines)
 

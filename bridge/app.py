@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge import health, webhook
 from bridge.config import Settings
+from bridge.http import api, console
 from bridge.httpguard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.metrics import Metrics
 from bridge.monitor import HealthMonitor
@@ -44,6 +45,8 @@ def create_app(
     app[health.MONITOR] = HealthMonitor(list(runtimes))
     webhook.add_routes(app)
     health.add_routes(app)
+    api.add_routes(app, settings.api_token)  # operators: /api/v1 and /console, with a token
+    console.add_routes(app, settings.api_token is not None)
     add_fallback_route(app)  # last: it takes whatever the routes above do not
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -22,6 +22,8 @@ SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ASSISTANT_KINDS = ("echo", "openai", "http")
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 DEFAULT_GRAPH_VERSION = "v21.0"
+DEFAULT_OPT_OUT = ("STOP", "BAJA")
+DEFAULT_OPT_IN = ("START", "ALTA")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,19 @@ class ProfileConfig:
     hours: OpeningHours | None = None
     outside_hours: str = "assistant"
     outside_hours_reply: str | None = None
+    # Humans in the loop (bridge/modes.py, bridge/keywords.py): an operator's message pauses
+    # its conversation this long (0: not at all); whole-message keywords (compared without
+    # case, accents or extra spaces) hand a conversation to a person, opt the user out, or in
+    # again, each with an optional automatic reply; a handoff is POSTed to notify_url.
+    handoff_minutes: int = 60
+    handoff_keywords: tuple[str, ...] = ()
+    handoff_reply: str | None = None
+    opt_out_keywords: tuple[str, ...] = DEFAULT_OPT_OUT
+    opt_out_reply: str | None = None
+    opt_in_keywords: tuple[str, ...] = DEFAULT_OPT_IN
+    opt_in_reply: str | None = None
+    notify_url: str | None = None
+    notify_secret: str | None = field(default=None, repr=False)
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -136,6 +151,9 @@ class Settings:
     log_level: str = "info"
     # Bearer token required by /metrics; None leaves it open (bind to localhost then).
     metrics_token: str | None = field(default=None, repr=False)
+    # Bearer token of the operators' HTTP API (/api/v1) and console (/console); None: both
+    # answer 404.
+    api_token: str | None = field(default=None, repr=False)
     # systemd's notify socket and watchdog period, when run as a Type=notify service.
     # Start even if a journal is damaged, setting the damaged part aside (logged, kept on
     # disk): the operator has accepted that loss. `bridge serve --accept-data-loss`, or
@@ -278,6 +296,31 @@ def _float(value: Any, what: str) -> float:
     return number
 
 
+def _keywords(value: Any, what: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A keyword list: a TOML list of strings, or one string of comma-separated keywords (the
+    environment); an empty one switches them off. None: the default."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{what} must be a list of words or a comma-separated string")
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{what} must be a list of words or a comma-separated string")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _url(value: Any, what: str) -> str | None:
+    if not value:
+        return None
+    text = str(value)
+    if not re.match(r"https?://[^/\s]+", text):
+        raise ConfigError(f"{what} must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
 def _assistant(
     env: Mapping[str, str], table: Mapping[str, Any], slug: str, prefixed: bool
 ) -> AssistantConfig:
@@ -348,6 +391,7 @@ def _profile(
     reactions = get("reply_to_reactions")
     hours, outside, outside_reply = _hours(get, slug)
     key_file = get("key_file")
+    handoff_minutes = get("handoff_minutes")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
         raise ConfigError(f"profile {slug!r}: [assistant] must be a table")
@@ -380,6 +424,19 @@ def _profile(
         hours=hours,
         outside_hours=outside,
         outside_hours_reply=outside_reply,
+        handoff_minutes=(
+            _int(handoff_minutes, "handoff_minutes", 0, 525_600)
+            if handoff_minutes not in (None, "")
+            else 60
+        ),
+        handoff_keywords=_keywords(get("handoff_keywords"), "handoff_keywords", ()),
+        handoff_reply=str(get("handoff_reply")) if get("handoff_reply") else None,
+        opt_out_keywords=_keywords(get("opt_out_keywords"), "opt_out_keywords", DEFAULT_OPT_OUT),
+        opt_out_reply=str(get("opt_out_reply")) if get("opt_out_reply") else None,
+        opt_in_keywords=_keywords(get("opt_in_keywords"), "opt_in_keywords", DEFAULT_OPT_IN),
+        opt_in_reply=str(get("opt_in_reply")) if get("opt_in_reply") else None,
+        notify_url=_url(get("notify_url"), f"profile {slug!r}: notify_url"),
+        notify_secret=secret("notify_secret"),
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
         explicit=frozenset(
@@ -388,6 +445,21 @@ def _profile(
             if value
         ),
     )
+
+
+# An API token opens every conversation and sends messages to customers: too short a one
+# can be guessed.
+MIN_API_TOKEN = 16
+
+
+def _api_token(data: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    token, source = _secret_and_source("api_token", data, env, "BRIDGE_API_TOKEN", ("api_token",))
+    if token is not None and len(token) < MIN_API_TOKEN:
+        raise ConfigError(
+            f"the API token from {source} is too short ({len(token)} characters; at least "
+            f"{MIN_API_TOKEN}): make one with `openssl rand -hex 24`"
+        )
+    return token
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -476,6 +548,7 @@ def load_settings(
         metrics_token=_secret(
             "metrics_token", data, env, "BRIDGE_METRICS_TOKEN", ("metrics_token",)
         ),
+        api_token=_api_token(data, env),
         accept_data_loss=env.get("BRIDGE_ACCEPT_DATA_LOSS", "").lower() in ("1", "true", "yes"),
         notify_socket=env.get("NOTIFY_SOCKET") or None,
         listen_fds=env.get("LISTEN_FDS") or None,

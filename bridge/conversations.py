@@ -2,7 +2,7 @@
 
 The seed stored `{"messages": [{"role", "content", "timestamp"}], "lastActivity",
 "firstInteraction"}` per phone; we keep that shape and add optional fields (id, type, status,
-extra) that the seed's tools ignore.
+extra, and the conversation's `mode`) that the seed's tools ignore.
 """
 
 from __future__ import annotations
@@ -18,7 +18,69 @@ import orjson
 # statuses out of order (a "delivered" after a "read"); we never move a message backwards.
 # "logged": no access token, the reply was written to the log instead of sent (final).
 STATUS_RANK = {"pending": 0, "logged": 1, "sent": 1, "delivered": 2, "read": 3}
-TERMINAL_STATUSES = ("failed", "expired", "undeliverable")
+# "cancelled": an assistant reply held back before it was sent, because a person took the
+# conversation over or the user opted out meanwhile (bridge/modes.py).
+TERMINAL_STATUSES = ("failed", "expired", "undeliverable", "cancelled")
+
+# Who answers a conversation (bridge/modes.py): the assistant; nobody but a person (paused,
+# optionally until a time); nobody at all (the user opted out: only explicit operator sends).
+ASSISTANT, PAUSED, OPTED_OUT = "assistant", "paused", "opted_out"
+MODES = (ASSISTANT, PAUSED, OPTED_OUT)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationMode:
+    """A conversation's mode as last set, with who set it, when and why.
+
+    A pause with `until_ms` ends by itself at that time: nothing is written then, the mode
+    simply reads as `assistant` from that moment (`current`). Kept after the change that
+    ended it, because the time the assistant took over again decides which messages it
+    still owes an answer after a restart (`assistant_since`)."""
+
+    mode: str
+    at_ms: int  # when it was set (for a keyword: when its message was received)
+    by: str  # an operator's name, "cli", "api", or "user" (a keyword)
+    reason: str | None = None
+    until_ms: int | None = None  # a pause's end
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.until_ms is not None and self.mode != PAUSED:
+            raise ValueError(f"only a pause has an end, not mode {self.mode!r}")
+
+    def current(self, now_ms: int) -> str:
+        """The mode in effect at `now_ms`: an ended pause reads as `assistant`."""
+        if self.mode == PAUSED and self.until_ms is not None and now_ms >= self.until_ms:
+            return ASSISTANT
+        return self.mode
+
+    def assistant_since(self, now_ms: int) -> int | None:
+        """Since when the assistant answers (ms), or None if it does not at `now_ms`."""
+        if self.current(now_ms) != ASSISTANT:
+            return None
+        return self.until_ms if self.mode == PAUSED and self.until_ms is not None else self.at_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "at": self.at_ms, "by": self.by}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.until_ms is not None:
+            out["until"] = self.until_ms
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConversationMode:
+        """ValueError unless every field has its type."""
+        mode, at, by = data.get("mode"), data.get("at"), data.get("by")
+        reason, until = data.get("reason"), data.get("until")
+        if type(mode) is not str or type(at) is not int or type(by) is not str:
+            raise ValueError(f"malformed conversation mode: {_shown(dict(data))}")
+        if (reason is not None and type(reason) is not str) or (
+            until is not None and type(until) is not int
+        ):
+            raise ValueError(f"malformed conversation mode: {_shown(dict(data))}")
+        return cls(mode, at, by, reason, until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +219,7 @@ class ConversationView:
     last_activity: int
     last_user_message: int | None
     contact_name: str | None
+    mode: ConversationMode | None = None
 
     @property
     def window_until(self) -> int | None:
@@ -178,6 +241,7 @@ class Conversation:
         "last_activity",
         "last_user_message",
         "messages",
+        "mode",
         "seq",
     )
 
@@ -188,6 +252,7 @@ class Conversation:
         self.last_activity = now_ms
         self.last_user_message: int | None = None
         self.contact_name: str | None = None
+        self.mode: ConversationMode | None = None  # None: the assistant's, as always
         # Sequence number of the last change applied; replay skips changes at or below it.
         self.seq = 0
         # Messages ever appended, including those the cap dropped: message i of `messages`
@@ -260,6 +325,7 @@ class Conversation:
             last_activity=self.last_activity,
             last_user_message=self.last_user_message,
             contact_name=self.contact_name,
+            mode=self.mode,
         )
 
     def to_seed(self) -> dict[str, Any]:
@@ -273,6 +339,8 @@ class Conversation:
             out["lastUserMessage"] = self.last_user_message
         if self.contact_name is not None:
             out["name"] = self.contact_name
+        if self.mode is not None:
+            out["mode"] = self.mode.to_dict()
         if self.seq:
             out["seq"] = self.seq
         if self.appended != len(self.messages):
@@ -290,6 +358,11 @@ class Conversation:
         last_user = data.get("lastUserMessage")
         conv.last_user_message = int(last_user) if last_user else max(user_times, default=None)
         conv.contact_name = data.get("name")
+        mode = data.get("mode")
+        if mode is not None:
+            if not isinstance(mode, dict):
+                raise ValueError(f"malformed conversation mode: {_shown(mode)}")
+            conv.mode = ConversationMode.from_dict(mode)
         conv.seq = int(data.get("seq") or 0)
         conv.appended = max(len(conv.messages), int(data.get("appended") or 0))
         return conv

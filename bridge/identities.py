@@ -47,6 +47,7 @@ def merge_conversation(
         merged.last_user_message = source.last_user_message
         merged.contact_name = source.contact_name
         merged.appended = source.appended
+        merged.mode = source.mode
         return merged, []
     ids = {m.id for m in target.messages if m.id}
     triples = {(m.role, m.timestamp, m.content) for m in target.messages}
@@ -69,6 +70,10 @@ def merge_conversation(
     user_times = [t for t in (source.last_user_message, target.last_user_message) if t]
     merged.last_user_message = max(user_times) if user_times else None
     merged.contact_name = target.contact_name or source.contact_name
+    # One person, one mode: the one set last (a user who opted out under their user id
+    # stays opted out in the phone's conversation).
+    modes = [m for m in (target.mode, source.mode) if m is not None]
+    merged.mode = max(modes, key=lambda m: m.at_ms) if modes else None
     # The moved messages count as appended to the phone's conversation (a bounded erasure
     # decided on it still covers exactly what it saw).
     merged.appended = max(len(merged.messages), target.appended + len(moved))

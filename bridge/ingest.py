@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from bridge.conversations import Message
+from bridge.conversations import ConversationMode, Message
 from bridge.errors import StorageError
 from bridge.identities import LinkResolver
+from bridge.keywords import KeywordHit, KeywordRules
 from bridge.records import IdentityLinked, MessageAdded, Record, StatusChanged
 from bridge.store.base import Store
 from bridge.whatsapp.models import InboundMessage, StatusUpdate
@@ -29,6 +30,9 @@ class IngestResult:
     recorded: tuple[InboundMessage, ...]
     duplicates: int
     status_names: tuple[str, ...]  # the states reported by status webhooks
+    # Keywords among the recorded messages that changed their conversation's mode (their
+    # reaction committed with them): not for the assistant to answer.
+    keyword_hits: tuple[KeywordHit, ...] = ()
 
     @property
     def statuses(self) -> int:
@@ -43,6 +47,7 @@ class Ingestor:
         store: Store,
         observe_commit: Callable[[float], None] | None = None,
         on_confirmed: Callable[[str, str], None] | None = None,
+        keywords: KeywordRules | None = None,
     ) -> None:
         self._store = store
         self._observe_commit = observe_commit
@@ -52,6 +57,7 @@ class Ingestor:
         # wamid -> outcome of the commit that is recording it right now
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._links = LinkResolver()
+        self._keywords = keywords
 
     async def ingest(
         self, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate]
@@ -75,6 +81,8 @@ class Ingestor:
         received_ms = int(time.time() * 1000)
         records: list[Record] = []
         links: dict[IdentityLinked, None] = {}
+        hits: list[KeywordHit] = []
+        modes: dict[str, ConversationMode | None] = {}  # set by keywords of this batch
         for index, message in enumerate(fresh):
             key, link = self._links.resolve(message, state.aliases)
             if link is not None and link not in links:
@@ -88,6 +96,11 @@ class Ingestor:
                 # The user changed their number: their conversation moves to the new one
                 # (history kept) and the old key points to it from now on.
                 records.append(IdentityLinked(key, moved_to))
+            if self._keywords is not None:
+                reaction, hit = self._keywords.react(message, received_ms, state, modes)
+                records.extend(reaction)
+                if hit is not None:
+                    hits.append(hit)
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
@@ -122,6 +135,7 @@ class Ingestor:
             recorded=tuple(fresh),
             duplicates=len(messages) - len(fresh),
             status_names=tuple(s.status for s in statuses),
+            keyword_hits=tuple(hits),
         )
 
 

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bridge import logs
+from bridge.conversations import ASSISTANT, MODES
 from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import Sender, SendError
 
@@ -93,6 +94,24 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.handoff_requests = Counter(
+            f"{PREFIX}_handoff_requests",
+            "Users who asked for a person (a handoff keyword that paused their conversation)",
+            ["profile"],
+            registry=r,
+        )
+        self.keywords = Counter(
+            f"{PREFIX}_keywords",
+            "Keywords that changed a conversation's mode (handoff, opt_out, opt_in)",
+            ["profile", "kind"],
+            registry=r,
+        )
+        self.operator_actions = Counter(
+            f"{PREFIX}_operator_actions",
+            "Operator actions (pause, resume, send, delete) by any way (API, console, CLI)",
+            ["profile", "action"],
+            registry=r,
+        )
         self.loop = LoopWatch(r)
         r.register(LogCollector())
 
@@ -116,12 +135,23 @@ class StateCollector(Collector):
         outbox = GaugeMetricFamily(
             f"{PREFIX}_outbox", "Replies waiting to be sent", labels=["profile"]
         )
+        modes = GaugeMetricFamily(
+            f"{PREFIX}_conversation_modes",
+            "Conversations by mode: assistant, paused (a person handles it), opted_out",
+            labels=["profile", "mode"],
+        )
+        now = int(time.time() * 1000)
         for slug, runtime in self._runtimes().items():
             state = runtime.store.state
             convs.add_metric([slug], len(state.conversations))
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
-        return [convs, msgs, outbox]
+            counts = dict.fromkeys(MODES, 0)
+            for conv in state.conversations.values():
+                counts[ASSISTANT if conv.mode is None else conv.mode.current(now)] += 1
+            for mode, count in counts.items():
+                modes.add_metric([slug, mode], count)
+        return [convs, msgs, outbox, modes]
 
 
 class LogCollector(Collector):

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from bridge.conversations import Conversation, window_until
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
+from bridge.modes import outbox_hold
 from bridge.records import OutboxDone, OutboxItem, OutboxUncertain, StatusChanged
 from bridge.store.base import Store
 from bridge.whatsapp.graph import WINDOW_CLOSED, PartialSendError
@@ -242,6 +243,11 @@ class Outbox:
         """Send one item until it is sent, has failed for good, or the outbox stops."""
         attempt = 0
         while not self._stopping and item.id in self._store.state.outbox:
+            held = self._held_back(item)
+            if held is not None:
+                await self._finish(item, "cancelled", held)
+                self._log.info("reply_cancelled", item=item.id, to=mask(item.to), reason=held)
+                return
             sent = self._already_sent(item)
             if self._needs_reconcile(item.id):
                 await self._reconcile(item, sent)
@@ -347,6 +353,11 @@ class Outbox:
             await self._backoff(delay)
         if item.id not in self._store.state.outbox:
             self._forget(item.id)  # dropped from the queue by someone else
+
+    def _held_back(self, item: OutboxItem) -> str | None:
+        """The mode gate (bridge/modes.py): an assistant reply to a conversation a person
+        took over, or whose user opted out, after it was queued is not sent."""
+        return outbox_hold(self._store.state, item, int(time.time() * 1000))
 
     async def _reconcile(self, item: OutboxItem, sent: list[str]) -> None:
         """Wait up to `reconcile_seconds` for Meta to confirm the parts after `sent`; each

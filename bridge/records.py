@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from bridge.config import StoreSettings
-from bridge.conversations import Message
+from bridge.conversations import ConversationMode, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,17 @@ class SettingsChanged:
     settings: StoreSettings
 
 
+@dataclass(frozen=True, slots=True)
+class ModeChanged:
+    """A conversation's mode set by an operator (pause, resume, an operator's message) or by
+    the user (a handoff, opt-out or opt-in keyword), with who, when and why (bridge/modes.py).
+    Guarded by the conversation's seq like a message; a conversation that no longer exists
+    (erased meanwhile) ignores it."""
+
+    key: str
+    mode: ConversationMode
+
+
 Record = (
     MessageAdded
     | StatusChanged
@@ -119,6 +130,7 @@ Record = (
     | OutboxUncertain
     | IdentityLinked
     | SettingsChanged
+    | ModeChanged
 )
 
 
@@ -162,6 +174,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             return {"t": "l", "u": user_id, "k": key}
         case SettingsChanged(settings):
             return {"t": "c", **settings_to_dict(settings)}
+        case ModeChanged(key, mode):
+            return {"t": "mo", "k": key, **mode.to_dict()}
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -191,6 +205,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return IdentityLinked(str(data["u"]), str(data["k"]))
     if kind == "c":
         return SettingsChanged(settings_from_dict(data))
+    if kind == "mo":
+        return ModeChanged(str(data["k"]), ConversationMode.from_dict(data))
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -28,6 +28,7 @@ from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
 from bridge.hours import OpeningHours
 from bridge.logs import get_logger, mask
+from bridge.modes import assistant_may_answer
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
 
@@ -164,7 +165,18 @@ class Replier:
             turns.extend(answers.get(message.id or "", ()))
         return turns[-limit:]
 
+    def _may_answer(self, key: str, message_id: str) -> bool:
+        """The mode gate (bridge/modes.py): a person took the conversation over, or its user
+        opted out? Asked before the assistant is, and again just before its reply is
+        committed, so a change while the burst waited or the assistant thought counts."""
+        if assistant_may_answer(self._store.state, key, int(time.time() * 1000)):
+            return True
+        self._log.info("reply_skipped_mode", key=mask(key), message_id=message_id)
+        return False
+
     async def _reply(self, key: str, message_id: str, recipient: str, burst: int = 1) -> None:
+        if not self._may_answer(key, message_id):
+            return
         history = self._history(key, message_id)
         if not history:
             return  # the conversation was deleted meanwhile
@@ -263,6 +275,8 @@ class Replier:
                 self._log.info(
                     "reply_dropped_conversation_erased", key=mask(key), reply_id=reply_id
                 )
+                return False
+            if not self._may_answer(key, message_id):
                 return False
             now_ms = int(self._clock() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)

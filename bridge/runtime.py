@@ -15,8 +15,12 @@ from bridge.conversations import WINDOW_MS, Message
 from bridge.events import expects_reply
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
-from bridge.logs import get_logger, set_log_id_key
+from bridge.keywords import KeywordRules
+from bridge.logs import get_logger, mask, set_log_id_key
 from bridge.metrics import MeteredSender, Metrics
+from bridge.modes import owed_answer
+from bridge.notify import Notifier
+from bridge.operators import Operators
 from bridge.outbox import Outbox
 from bridge.replies import Replier
 from bridge.store import MemoryStore, Store
@@ -59,6 +63,10 @@ class ProfileRuntime:
     assistant: Assistant
     sender: Sender
     metrics: Metrics
+    # What a person can do (pause, resume, send, delete): the HTTP API and the control
+    # channel act through it.
+    operators: Operators
+    notifier: Notifier | None = None
     # The profile's control channel (operators' writes while it runs); file stores only.
     control: ControlServer | None = None
 
@@ -103,9 +111,32 @@ class ProfileRuntime:
             outside_hours_reply=config.outside_hours_reply,
         )
         ingestor = Ingestor(
-            store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
+            store,
+            metrics.commit_seconds.labels(slug).observe,
+            on_confirmed=outbox.confirm,
+            keywords=KeywordRules(config, recipient_of),
         )
-        runtime = cls(config, store, ingestor, replier, outbox, assistant, sender, metrics)
+        operators = Operators(
+            store,
+            config,
+            on_queued=outbox.notify,
+            on_action=lambda action: metrics.operator_actions.labels(slug, action).inc(),
+        )
+        notifier = (
+            Notifier(config.notify_url, config.notify_secret, slug) if config.notify_url else None
+        )
+        runtime = cls(
+            config,
+            store,
+            ingestor,
+            replier,
+            outbox,
+            assistant,
+            sender,
+            metrics,
+            operators,
+            notifier,
+        )
         if control:
             runtime.control = control_server(runtime)
         return runtime
@@ -147,13 +178,15 @@ class ProfileRuntime:
     def _resume_unanswered(self, now_ms: int) -> int:
         """Ask again for replies a crash, a stop or a store that kept failing interrupted:
         conversations with user messages after the last one a reply answers, still inside
-        the 24-hour window (outside it, WhatsApp refuses free-form replies anyway). One reply
-        answers the whole unanswered run, with all of it in the history."""
+        the 24-hour window (outside it, WhatsApp refuses free-form replies anyway), and that
+        the assistant answers (bridge/modes.py: not paused or opted out, and the messages
+        came after it last took over). One reply answers the whole unanswered run, with all
+        of it in the history."""
         count = 0
         for conv in self.store.state.conversations.values():
             if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
                 continue
-            message = conv.unanswered(self._wants_reply)
+            message = owed_answer(conv, now_ms, self._wants_reply)
             if message is not None and self._closed_when_received(message):
                 continue  # outside hours with outside_hours reply/silent: not the assistant's
             if message is not None and message.id:
@@ -173,11 +206,29 @@ class ProfileRuntime:
     def acknowledged(self, result: IngestResult) -> None:
         """Called once Meta has its 200: only now may the slow part begin. Only messages that
         say something are answered: a reaction, a deletion, an edit or a system notice is
-        recorded and changes what it is about, and gets no reply."""
+        recorded and changes what it is about, and gets no reply. A keyword that changed its
+        conversation's mode was answered by its own reply (already queued), not by the
+        assistant."""
+        handled = {hit.message_id for hit in result.keyword_hits}
         for message in result.recorded:
+            if message.id in handled:
+                continue
             stored = Message("user", message.content, 0, type=message.type, extra=message.extra)
             if self._wants_reply(stored):
                 self.replier.enqueue(message.key, message.id, recipient_of(message))
+        log = get_logger(profile=self.slug)
+        for hit in result.keyword_hits:
+            self.metrics.keywords.labels(self.slug, hit.kind).inc()
+            log.info("keyword_mode_changed", key=mask(hit.key), kind=hit.kind)
+            if hit.reply_id is not None:
+                self.outbox.notify(hit.key)
+            if hit.kind == "handoff":
+                self.metrics.handoff_requests.labels(self.slug).inc()
+                log.info("handoff_requested", key=mask(hit.key))
+                if self.notifier is not None:
+                    self.notifier.handoff(
+                        hit.key, hit.contact_name, hit.text, int(time.time() * 1000)
+                    )
 
     async def stop(self, timeout: float) -> None:
         """Stop taking operators' writes (those under way finish), finish replies in
@@ -188,6 +239,8 @@ class ProfileRuntime:
         await self.outbox.stop()
         await self.assistant.close()
         await self.sender.close()
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.store.close()
 
 

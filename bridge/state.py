@@ -20,6 +20,7 @@ from bridge.records import (
     ConversationDeleted,
     IdentityLinked,
     MessageAdded,
+    ModeChanged,
     OutboxDone,
     OutboxItem,
     OutboxQueued,
@@ -91,6 +92,13 @@ class State:
                 self._link(seq, user_id, key)
             case SettingsChanged(settings):
                 self.use_settings(settings)
+            case ModeChanged(key, mode):
+                conv = self.conversations.get(key)
+                if conv is None or (seq and seq <= conv.seq):
+                    return  # erased meanwhile, or already in the snapshot replayed over
+                conv.mode = mode
+                if seq:
+                    conv.seq = seq
 
     def _link(self, seq: int, user_id: str, key: str) -> None:
         """Record that `user_id` is the person of conversation `key`, and move a conversation

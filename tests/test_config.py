@@ -215,3 +215,57 @@ def test_connection_limits_from_the_environment_and_toml(tmp_path: Path) -> None
 def test_bad_connection_limits_are_one_line(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({name: value})
+
+
+def test_humans_in_the_loop_settings_from_the_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "api_token"
+    token_file.write_text("0123456789abcdef-from-a-file\n")
+    settings = load_settings(
+        {
+            "BRIDGE_API_TOKEN_FILE": str(token_file),
+            "BRIDGE_HANDOFF_MINUTES": "0",
+            "BRIDGE_HANDOFF_KEYWORDS": "humano, agente ,,human",
+            "BRIDGE_HANDOFF_REPLY": "Te paso con una persona",
+            "BRIDGE_OPT_IN_KEYWORDS": "",  # switched off
+            "BRIDGE_NOTIFY_URL": "https://hooks.example.com/x",
+            "BRIDGE_NOTIFY_SECRET": "s",
+        }
+    )
+    assert settings.api_token == "0123456789abcdef-from-a-file"
+    (p,) = settings.profiles
+    assert p.handoff_minutes == 0
+    assert p.handoff_keywords == ("humano", "agente", "human")
+    assert p.handoff_reply == "Te paso con una persona"
+    assert (p.opt_out_keywords, p.opt_in_keywords) == (("STOP", "BAJA"), ())
+    assert (p.notify_url, p.notify_secret) == ("https://hooks.example.com/x", "s")
+
+
+def test_keywords_in_toml_are_lists(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        'api_token = "0123456789abcdef0123"\n'
+        "[profiles.shop]\n"
+        'handoff_keywords = ["humano", "Hablar con alguien"]\n'
+        'opt_out_keywords = ["STOP", "BAJA", "baja por favor"]\n'
+        "handoff_minutes = 120\n"
+    )
+    settings = load_settings({}, config_path=config)
+    (shop,) = settings.profiles
+    assert shop.handoff_keywords == ("humano", "Hablar con alguien")
+    assert shop.opt_out_keywords == ("STOP", "BAJA", "baja por favor")
+    assert shop.handoff_minutes == 120
+    assert settings.api_token == "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"BRIDGE_API_TOKEN": "short"}, "too short"),
+        ({"BRIDGE_HANDOFF_MINUTES": "-5"}, "handoff_minutes"),
+        ({"BRIDGE_HANDOFF_MINUTES": "soon"}, "handoff_minutes"),
+        ({"BRIDGE_NOTIFY_URL": "hooks.example.com"}, "notify_url"),
+    ],
+)
+def test_humans_in_the_loop_settings_are_checked(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(env)

@@ -38,6 +38,7 @@ from tests.conftest import APP_SECRET, make_profile
 
 MAX_BODY = 256 * 1024
 METRICS_TOKEN = "hostile-metrics-token"
+API_TOKEN = "hostile-api-token-0123456789"
 
 
 @dataclass
@@ -89,6 +90,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
                 var_dir=tmp,
                 max_body_bytes=MAX_BODY,
                 metrics_token=METRICS_TOKEN,
+                api_token=API_TOKEN,
             ),
             [runtime],
         )
@@ -327,6 +329,15 @@ def test_a_non_ascii_signature_header_is_403(live: LiveBridge) -> None:
         assert live.raw(request) == 403, value
 
 
+def test_a_non_ascii_bearer_token_on_the_api_is_401(live: LiveBridge) -> None:
+    for value in (b"Bearer \xff\xfe", b"\xc3\x28", "Bearer é".encode()):
+        assert (
+            live.raw(http_request(b"GET", b"/api/v1/profiles", [(b"Authorization", value)])) == 401
+        )
+    right = f"Bearer {API_TOKEN}".encode()
+    assert live.raw(http_request(b"GET", b"/api/v1/profiles", [(b"Authorization", right)])) == 200
+
+
 def test_a_non_ascii_bearer_token_on_metrics_is_401(live: LiveBridge) -> None:
     for value in (b"Bearer \xff", b"Bearer " + "é".encode(), b"\xc3"):
         assert live.raw(http_request(b"GET", b"/metrics", [(b"Authorization", value)])) == 401
@@ -386,6 +397,20 @@ TARGETS = st.one_of(
     st.sampled_from(
         [b"/webhook", b"/webhook/default", b"/webhook/nope", b"/metrics", b"/healthz", b"/readyz"]
     ),
+    st.sampled_from(
+        [
+            b"/api/v1/profiles",
+            b"/api/v1/openapi.json",
+            b"/api/v1/profiles/default/conversations?limit=2&cursor=%ff",
+            b"/api/v1/profiles/default/conversations/34600000001",
+            b"/api/v1/profiles/default/conversations/34600000001/pause",
+            b"/api/v1/profiles/default/conversations/34600000001/resume",
+            b"/api/v1/profiles/default/conversations/34600000001/messages",
+            b"/api/v1/profiles/default/conversations/%ff%fe",
+            b"/console",
+            b"/console/console.js",
+        ]
+    ),
     st.binary(max_size=40).map(
         lambda b: (
             b"/webhook?hub.mode=subscribe&hub.verify_token="
@@ -404,8 +429,9 @@ def hostile_requests(draw: st.DrawFn) -> bytes:
         signature = simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"]
         headers.append((b"X-Hub-Signature-256", signature.encode()))
     if draw(st.booleans()):
-        headers.append((b"Authorization", f"Bearer {METRICS_TOKEN}".encode()))
-    method = draw(st.sampled_from([b"GET", b"POST", b"GET", b"POST", b"PUT", b"HEAD"]))
+        token = draw(st.sampled_from([METRICS_TOKEN, API_TOKEN]))
+        headers.append((b"Authorization", f"Bearer {token}".encode()))
+    method = draw(st.sampled_from([b"GET", b"POST", b"GET", b"POST", b"PUT", b"HEAD", b"DELETE"]))
     return http_request(method, draw(TARGETS), headers, body)
 
 

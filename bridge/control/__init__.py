@@ -3,11 +3,12 @@ the profile directory, so a store always has exactly one writer.
 
 protocol.py (the wire format), registry.py (operations by name, and how to add one),
 server.py (the bridge's end), client.py (sessions-admin's end), writes.py (delete, prune,
-import, rotate-key: the same code whether the bridge or sessions-admin runs it). Importing
+import, rotate-key: the same code whether the bridge or sessions-admin runs it), handoff.py
+(pause, resume, send: the operators' actions of bridge/operators.py). Importing
 the package registers every operation.
 """
 
-from bridge.control import writes
+from bridge.control import handoff, writes
 from bridge.control.registry import OPERATIONS, ControlContext
 
-__all__ = ["OPERATIONS", "ControlContext", "writes"]
+__all__ = ["OPERATIONS", "ControlContext", "handoff", "writes"]

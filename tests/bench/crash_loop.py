@@ -18,9 +18,23 @@ At the end (a last run settles every reply, then SIGTERM) it checks:
   sent is gone, what was acknowledged after it returned is present, and what was
   acknowledged in between is present at most once (either way is right); when the kill
   came before the delete's answer, its user's earlier messages may go either way too;
+take a backup under that load. Meanwhile operators use the HTTP API: they pause users'
+conversations and write to them as a person. The bridge is killed with SIGKILL at a random
+moment; while it is down an operator writes: queues a message as a person and resumes a
+paused conversation (`sessions-admin send`, `resume`), imports idle history (40 days old, so
+the next sweep erases it while new messages for the same users arrive), deletes a user, or
+imports fresh conversations, an import that is itself killed on some cycles. Then the next
+cycle.
+
+At the end (a last run settles every reply, then SIGTERM) it checks:
+- every message that got a 200 is present exactly once, unless an operator's `delete` of
+  its user came after it, and then it is gone (erasure is complete);
+- every pause the API acknowledged is still there (or a later change of that conversation
+  is); every operator message acknowledged is recorded and reached Graph exactly once;
 - each imported conversation is whole (or absent, when its import was killed);
 - the idle history retention erased is gone, and what arrived for those users is kept;
-- no user message was answered twice or left unanswered; no reply reached Graph twice;
+- no user message was answered twice or left unanswered (unless a person took the
+  conversation over); no reply reached Graph twice;
 - every backup taken under load verifies; no temp file is left behind.
 
 Usage: python -m tests.bench.crash_loop [--cycles 20] [--rate 200] [--out FILE]
@@ -46,6 +60,7 @@ import aiohttp
 import orjson
 
 from bridge.config import ProfileConfig
+from bridge.modes import owed_answer
 from bridge.state import State
 from bridge.store.durable import load_state
 from tests.bench.webhook_load import free_port, wait_ready
@@ -54,6 +69,7 @@ from tests.fakes.threaded import serve_in_thread
 from tests.load import post_text
 
 SECRET = "crash-app-secret"
+API_TOKEN = "crash-api-token-0123456789"
 DAY_MS = 24 * 3600 * 1000
 LIVE_PHONES = 300
 
@@ -81,6 +97,8 @@ class Ledger:
     live_imports_cut: int = 0
     live_rotations: int = 0
     live_rotations_cut: int = 0
+    pauses: dict[str, int] = field(default_factory=dict)  # key -> time of its acked pause
+    operator_texts: dict[str, str] = field(default_factory=dict)  # acked text -> key
 
 
 async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
@@ -197,6 +215,37 @@ class LiveWrite:
             del ledger.acked[wamid]
 
 
+async def operators_at_work(port: int, seconds: float, ledger: Ledger) -> None:
+    """Through the API while deliveries come in: pause a user's conversation and write to
+    another one as a person, until the kill (refused or cut requests were not acknowledged)."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    base = f"http://127.0.0.1:{port}/api/v1/profiles/default/conversations"
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=5), headers=headers
+    ) as session:
+        while loop.time() < end:
+            await asyncio.sleep(random.uniform(0.05, 0.3))
+            phones = sorted({p for p in ledger.acked.values() if p.startswith("3465")})
+            if not phones:
+                continue
+            key = random.choice(phones)
+            try:
+                if random.random() < 0.5:
+                    async with session.post(f"{base}/{key}/pause", json={}) as resp:
+                        if resp.status == 200:
+                            ledger.pauses[key] = (await resp.json())["set"]["at"]
+                else:
+                    ledger.counter += 1
+                    text = f"operator message {ledger.counter}"
+                    async with session.post(f"{base}/{key}/messages", json={"text": text}) as resp:
+                        if resp.status == 202:
+                            ledger.operator_texts[text] = key
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+
+
 async def cycle(
     proc: subprocess.Popen[bytes],
     port: int,
@@ -215,6 +264,7 @@ async def cycle(
         if live is not None
         else None
     )
+    operators = asyncio.ensure_future(operators_at_work(port, kill_at + 0.5, ledger))
     if backup_env is not None:
         result = await asyncio.to_thread(admin, backup_env, "backup", "--json")
         if result.returncode == 0:
@@ -228,6 +278,7 @@ async def cycle(
     if writing is not None and live is not None:
         await writing
         live.account(ledger, killed_at)
+    await operators
 
 
 def seed_file(path: Path, conversations: dict[str, list[dict[str, object]]]) -> Path:
@@ -257,8 +308,21 @@ def conversations_at(
 
 
 def operator_writes(number: int, tmp: Path, env: dict[str, str], ledger: Ledger) -> None:
-    """While the bridge is down: idle history for the next cycle, then one more write."""
+    """While the bridge is down: an operator's message and a resume, idle history for the
+    next cycle, then one more write."""
     now = int(time.time() * 1000)
+    phones = sorted({p for p in ledger.acked.values() if p.startswith("3465")})
+    if phones:
+        key = random.choice(phones)
+        text = f"operator message while down {number}"
+        result = admin(env, "send", key, text, "--as", "crash-loop")
+        if result.returncode != 0:
+            raise SystemExit(f"send failed: {result.stderr.strip()}")
+        ledger.operator_texts[text] = key
+    if ledger.pauses:
+        result = admin(env, "resume", random.choice(sorted(ledger.pauses)))
+        if result.returncode != 0:
+            raise SystemExit(f"resume failed: {result.stderr.strip()}")
     idle = conversations_at(f"3466{number:03d}", 20, 3, now - 40 * DAY_MS, "idle")
     result = admin(env, "import", str(seed_file(tmp / f"idle-{number}.json", idle)))
     if result.returncode != 0:
@@ -278,6 +342,10 @@ def operator_writes(number: int, tmp: Path, env: dict[str, str], ledger: Ledger)
                 raise SystemExit(f"delete failed: {result.stderr.strip()}")
             gone = {w for w, p in ledger.acked.items() if p == victim}
             ledger.erased |= gone
+            # Its mode and queued messages go with it.
+            ledger.pauses.pop(victim, None)
+            for text in [t for t, k in ledger.operator_texts.items() if k == victim]:
+                del ledger.operator_texts[text]
             for wamid in gone:
                 del ledger.acked[wamid]
             ledger.deletes += 1
@@ -316,7 +384,7 @@ def settle(var: Path, timeout: float = 120) -> State:
         owed = [
             c
             for c in state.conversations.values()
-            if now - (c.last_user_message or 0) < DAY_MS and c.unanswered() is not None
+            if now - (c.last_user_message or 0) < DAY_MS and owed_answer(c, now) is not None
         ]
         if not state.outbox and not owed:
             return state
@@ -356,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             BRIDGE_RETENTION_DAYS="30",
             BRIDGE_SEND_RECONCILE_SECONDS="2",
             BRIDGE_HEALTH_INTERVAL="3600",
+            BRIDGE_API_TOKEN=API_TOKEN,
         )
         # The operator's shell: the same store, none of the service's settings.
         admin_env = dict(base, BRIDGE_RETENTION_DAYS="3650")
@@ -397,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.monotonic() - started
     report = check(state, ledger)
     sent_twice = sum(1 for n in sent_texts.values() if n > 1)
+    operators_unsent = sum(1 for text in ledger.operator_texts if sent_texts[text] == 0)
     rows = [
         (
             "cycles (load and a live operator write, kill -9 at a random moment, operator "
@@ -438,6 +508,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{report['idle_users']} / {report['idle_erased']} / "
             f"{report['idle_kept_without_traffic']}",
         ),
+        (
+            "pauses acknowledged by the API / lost",
+            f"{len(ledger.pauses)} / {report['pauses_lost']}",
+        ),
+        (
+            "operator messages acknowledged / not recorded / never sent",
+            f"{len(ledger.operator_texts)} / {report['operator_lost']} / {operators_unsent}",
+        ),
         ("user messages answered twice", report["answered_twice"]),
         ("conversations left owing a reply", report["owed"]),
         ("reply texts sent to Graph twice", sent_twice),
@@ -462,6 +540,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("deleted data still present", report["erased_present"]),
             ("imports damaged", report["imports_damaged"] + report["killed_partial"]),
             ("idle history kept past retention", report["idle_kept_without_traffic"]),
+            ("acknowledged pauses lost", report["pauses_lost"]),
+            ("acknowledged operator messages lost", report["operator_lost"]),
+            ("acknowledged operator messages never sent", operators_unsent),
             ("messages answered twice", report["answered_twice"]),
             ("replies owed", report["owed"]),
             ("backups that do not verify", len(ledger.backups) - verified),
@@ -497,7 +578,22 @@ def check(state: State, ledger: Ledger) -> dict[str, int]:
         if m.role == "assistant" and m.reply_to
     )
     now = int(time.time() * 1000)
+    operator_kept = {
+        (k, m.content)
+        for k, c in state.conversations.items()
+        for m in c.messages
+        if m.role == "assistant" and m.extra and "operator" in m.extra
+    }
+
+    def pause_lost(key: str, at: int) -> bool:
+        conv = state.conversations.get(key)
+        return conv is None or conv.mode is None or conv.mode.at_ms < at
+
     return {
+        "pauses_lost": sum(1 for key, at in ledger.pauses.items() if pause_lost(key, at)),
+        "operator_lost": sum(
+            1 for text, key in ledger.operator_texts.items() if (key, text) not in operator_kept
+        ),
         "present": present,
         "duplicated": sum(1 for wamid in ledger.acked if stored[wamid] > 1),
         "lost": len(ledger.acked) - present,
@@ -520,7 +616,7 @@ def check(state: State, ledger: Ledger) -> dict[str, int]:
         "owed": sum(
             1
             for c in state.conversations.values()
-            if now - (c.last_user_message or 0) < DAY_MS and c.unanswered() is not None
+            if now - (c.last_user_message or 0) < DAY_MS and owed_answer(c, now) is not None
         ),
     }
 

@@ -1,0 +1,1 @@
+"""HTTP for people: the operators' API (`/api/v1`) and console (`/console`)."""

@@ -1,0 +1,290 @@
+"""What a person can do to a conversation: pause the assistant, resume it, write as themselves,
+erase it.
+
+Transport-free: the HTTP API (bridge/http/api.py), `sessions-admin` (on the store of a
+stopped bridge) and the control channel all call these same functions on a `Store`, so each
+way does exactly the same thing. Every action is one journal commit: durable when it
+returns, and atomic (an operator's message, its outbox item and the pause it starts are
+written together or not at all).
+
+An operator's message is recorded with role `assistant` and `extra.operator` = the
+operator's name, so the assistant sees it as context later, and goes out through the durable
+outbox like any reply (split, retried, failures recorded on it). It pauses its conversation
+for the profile's `handoff_minutes`, so the assistant does not talk over a person.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.config import ProfileConfig
+from bridge.conversations import (
+    ASSISTANT,
+    OPTED_OUT,
+    PAUSED,
+    Conversation,
+    ConversationMode,
+    Message,
+)
+from bridge.errors import BridgeError
+from bridge.identities import normalize_key
+from bridge.logs import get_logger, mask
+from bridge.modes import OPERATOR, current_mode
+from bridge.records import MessageAdded, ModeChanged, OutboxItem, OutboxQueued, Record
+from bridge.store.base import Store
+
+# WhatsApp's customer service window: free-form messages only within 24 h of the user's last
+# message; after it only (paid) template messages, which the bridge does not send.
+WINDOW_MS = 24 * 3600 * 1000
+# An operator's message: WhatsApp takes 4096 characters a message; longer ones go out in
+# parts, up to this many characters in all.
+MAX_TEXT = 16_384
+MAX_NAME = 64
+MAX_REASON = 500
+MAX_PAUSE_MS = 366 * 24 * 3600 * 1000
+
+
+class OperatorError(BridgeError):
+    """An operator's request that cannot be done as asked (HTTP 400)."""
+
+
+class NoSuchConversation(OperatorError):
+    """No conversation under that key (HTTP 404)."""
+
+
+class ModeConflict(OperatorError):
+    """The conversation's mode forbids the request (HTTP 409)."""
+
+
+class WindowClosed(OperatorError):
+    """The 24-hour window is closed: WhatsApp would refuse a free-form message (HTTP 409)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def window_closes_at(conv: Conversation) -> int | None:
+    """When the conversation's 24-hour window closes (or closed); None: the user never wrote."""
+    last = conv.last_user_message
+    return None if last is None else last + WINDOW_MS
+
+
+def mode_json(mode: ConversationMode | None, now: int) -> dict[str, Any]:
+    """A conversation's mode as the API and `--json` show it: the mode in effect now, and
+    the last change with who, when and why (absent if none was ever made)."""
+    out: dict[str, Any] = {"mode": current_mode(mode, now)}
+    if mode is not None:
+        out["set"] = mode.to_dict()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModeOutcome:
+    key: str
+    mode: ConversationMode | None  # the conversation's mode after the request
+    changed: bool  # False: it already was what was asked (nothing written)
+
+    def to_json(self, now: int) -> dict[str, Any]:
+        return {"key": self.key, "changed": self.changed, **mode_json(self.mode, now)}
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    key: str
+    id: str  # the message's id, which is its outbox item's id
+    mode: ConversationMode | None  # after the send (paused for handoff_minutes, usually)
+
+    def to_json(self, now: int) -> dict[str, Any]:
+        return {"key": self.key, "id": self.id, "status": "pending", **mode_json(self.mode, now)}
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    key: str
+    messages: int  # how many were erased
+
+    def to_json(self, now: int) -> dict[str, Any]:
+        return {"key": self.key, "deleted": True, "messages": self.messages}
+
+
+def _encodable(text: str, what: str) -> str:
+    """Text that can be stored: a command line can carry bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OperatorError(f"{what} is not valid UTF-8 text") from None
+    return text
+
+
+def _name(who: str) -> str:
+    name = " ".join(_encodable(who, "an operator's name").split())
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise OperatorError(f"an operator's name is 1 to {MAX_NAME} printable characters")
+    return name
+
+
+def _reason(why: str | None) -> str | None:
+    if why is None or not _encodable(why, "a reason").strip():
+        return None
+    if len(why) > MAX_REASON:
+        raise OperatorError(f"a reason is at most {MAX_REASON} characters")
+    return why.strip()
+
+
+class Operators:
+    """The operator actions on one profile's store. `on_queued(key)` is told of a message
+    queued for sending (the bridge's outbox, to send it now; nothing without a bridge: the
+    next start sends it); `on_action(name)` of every action done (metrics)."""
+
+    def __init__(
+        self,
+        store: Store,
+        profile: ProfileConfig,
+        *,
+        on_queued: Callable[[str], None] | None = None,
+        on_action: Callable[[str], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._store = store
+        self._profile = profile
+        self._on_queued = on_queued
+        self._on_action = on_action
+        self._clock = clock
+        self._log = get_logger(profile=profile.slug)
+
+    def _done(self, action: str, key: str, **fields: Any) -> None:
+        self._log.info(f"operator_{action}", key=mask(key), **fields)
+        if self._on_action is not None:
+            self._on_action(action)
+
+    def conversation(self, typed: str) -> Conversation:
+        """The conversation for a key as an operator typed it (a phone in any notation, a
+        user id, or a user id linked to a phone); NoSuchConversation if there is none."""
+        state = self._store.state
+        key = state.resolve(normalize_key(typed))
+        conv = state.conversations.get(key)
+        if conv is None:
+            raise NoSuchConversation(f"no conversation {key!r} in profile {self._profile.slug!r}")
+        return conv
+
+    async def pause(
+        self, key: str, *, until_ms: int | None = None, who: str, why: str | None = None
+    ) -> ModeOutcome:
+        """A person takes over: the assistant stops answering, until `until_ms` if given
+        (then it answers new messages again by itself), else until `resume`."""
+        conv = self.conversation(key)
+        now = self._clock()
+        if until_ms is not None and not now < until_ms <= now + MAX_PAUSE_MS:
+            raise OperatorError("a pause must end in the future, and within a year")
+        if current_mode(conv.mode, now) == OPTED_OUT:
+            raise ModeConflict(
+                f"conversation {conv.key!r} is opted out (the user asked for no messages); "
+                "resume it first if they asked to come back"
+            )
+        mode = ConversationMode(PAUSED, now, _name(who), _reason(why), until_ms)
+        await self._store.commit([ModeChanged(conv.key, mode)])
+        self._done("pause", conv.key, by=mode.by, until=until_ms)
+        return ModeOutcome(conv.key, mode, True)
+
+    async def resume(self, key: str, *, who: str, why: str | None = None) -> ModeOutcome:
+        """The assistant answers again, from the next message on (what came in meanwhile was
+        the person's to answer). Also ends an opt-out: the operator's decision."""
+        conv = self.conversation(key)
+        now = self._clock()
+        if current_mode(conv.mode, now) == ASSISTANT:
+            return ModeOutcome(conv.key, conv.mode, False)
+        mode = ConversationMode(ASSISTANT, now, _name(who), _reason(why))
+        await self._store.commit([ModeChanged(conv.key, mode)])
+        self._done("resume", conv.key, by=mode.by)
+        return ModeOutcome(conv.key, mode, True)
+
+    async def send(self, key: str, text: str, *, operator: str) -> SendOutcome:
+        """Queue a message written by `operator` into the conversation; it goes out through
+        the outbox. WindowClosed (nothing written) when WhatsApp would refuse it."""
+        conv = self.conversation(key)
+        name = _name(operator)
+        if not _encodable(text, "the message").strip():
+            raise OperatorError("nothing to send: the message is empty")
+        if len(text) > MAX_TEXT:
+            raise OperatorError(f"a message is at most {MAX_TEXT} characters, got {len(text)}")
+        now = self._clock()
+        closes = window_closes_at(conv)
+        if closes is None or now >= closes:
+            when = (
+                "has never written" if closes is None else f"last wrote {iso(closes - WINDOW_MS)}"
+            )
+            raise WindowClosed(
+                f"the 24-hour window of conversation {conv.key!r} is closed (the user {when}): "
+                "WhatsApp accepts only template messages then, which the bridge does not send; "
+                "nothing was sent"
+            )
+        message_id = "op." + secrets.token_hex(12)
+        message = Message(
+            role="assistant",
+            content=text,
+            timestamp=now,
+            id=message_id,
+            status="pending",
+            extra={OPERATOR: name},
+        )
+        records: list[Record] = [
+            MessageAdded(conv.key, message),
+            OutboxQueued(OutboxItem(message_id, conv.key, conv.key, text, now)),
+        ]
+        mode = self._handoff_pause(conv, name, now)
+        if mode is not None:
+            records.append(ModeChanged(conv.key, mode))
+        await self._store.commit(records)
+        self._done(
+            "send",
+            conv.key,
+            by=name,
+            item=message_id,
+            chars=len(text),
+            paused_until=mode and mode.until_ms,
+        )
+        if self._on_queued is not None:
+            self._on_queued(conv.key)
+        return SendOutcome(conv.key, message_id, mode or conv.mode)
+
+    def _handoff_pause(self, conv: Conversation, name: str, now: int) -> ConversationMode | None:
+        """The pause an operator's message starts (handoff_minutes), unless the conversation
+        is opted out or already paused at least that long."""
+        minutes = self._profile.handoff_minutes
+        if minutes <= 0:
+            return None
+        until = now + minutes * 60_000
+        current = conv.mode
+        mode = current_mode(current, now)
+        if mode == OPTED_OUT:
+            return None
+        if (
+            mode == PAUSED
+            and current is not None
+            and (current.until_ms is None or current.until_ms >= until)
+        ):
+            return None
+        return ConversationMode(PAUSED, now, name, "operator message", until)
+
+    async def delete(self, key: str, *, who: str) -> DeleteOutcome:
+        """Erase the conversation as it is now (history, mode and queued replies); a message
+        received while this is being written survives it (bounded erasure)."""
+        conv = self.conversation(key)
+        name = _name(who)
+        deletion = self._store.state.deletion(conv.key)
+        if deletion is None:  # pragma: no cover - conversation() found it just now
+            raise NoSuchConversation(f"no conversation {conv.key!r}")
+        count = len(conv.messages)
+        await self._store.commit([deletion])
+        self._done("delete", conv.key, by=name, messages=count)
+        return DeleteOutcome(conv.key, count)
