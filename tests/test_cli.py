@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import APP_SECRET
+from tests.fakes.graph import TOKEN
+
 BRIDGE = [sys.executable, "-m", "bridge"]
 
 
@@ -32,6 +35,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["BRIDGE_REPLY_DEBOUNCE_SECONDS"] = "0"  # a reply per message unless a test sets it
     env.update(extra)
     return env
+
+
+def graph_env(var: Path, graph_url: str, **extra: str) -> dict[str, str]:
+    """A `bridge serve` environment that sends through a (fake) Graph API at `graph_url`."""
+    return clean_env(
+        BRIDGE_APP_SECRET=APP_SECRET,
+        BRIDGE_VERIFY_TOKEN="v",
+        BRIDGE_ACCESS_TOKEN=TOKEN,
+        BRIDGE_PHONE_NUMBER_ID="100000000000001",
+        BRIDGE_GRAPH_URL=graph_url,
+        BRIDGE_VAR_DIR=str(var),
+        BRIDGE_PORT=str(free_port()),
+        **extra,
+    )
 
 
 def run(

@@ -14,10 +14,10 @@ from bridge.config import ProfileConfig
 from bridge.state import State
 from bridge.store.durable import load_state
 from tests.conftest import APP_SECRET, eventually
-from tests.fakes.graph import TOKEN, FakeGraph, Received
+from tests.fakes.graph import FakeGraph, Received
 from tests.fakes.threaded import serve_in_thread
 from tests.load import post_text
-from tests.test_cli import clean_env, free_port, run, start_serve
+from tests.test_cli import clean_env, free_port, graph_env, run, start_serve
 
 
 def stored(var_dir: Path) -> State:
@@ -97,17 +97,8 @@ def test_unsent_reply_survives_a_crash_and_is_sent_after_restart(tmp_path: Path)
     graph = FakeGraph()
     graph.fail_all = (500, None)  # Graph is down: the reply stays in the outbox
     with serve_in_thread(graph.app()) as graph_url:
-        env = clean_env(
-            BRIDGE_APP_SECRET=APP_SECRET,
-            BRIDGE_VERIFY_TOKEN="v",
-            BRIDGE_ACCESS_TOKEN=TOKEN,
-            BRIDGE_PHONE_NUMBER_ID="100000000000001",
-            BRIDGE_GRAPH_URL=graph_url,
-            BRIDGE_VAR_DIR=str(tmp_path / "var"),
-            BRIDGE_PORT=str(free_port()),
-            # After a crash every queued reply waits this long for Meta's status webhook.
-            BRIDGE_SEND_RECONCILE_SECONDS="0.5",
-        )
+        # After a crash every queued reply waits this long for Meta's status webhook.
+        env = graph_env(tmp_path / "var", graph_url, BRIDGE_SEND_RECONCILE_SECONDS="0.5")
         server = start_serve(tmp_path / "var", env=env)
         result = run(["simulate", "Hola", "--from", "34600000001"], env)
         assert result.returncode == 0, result.stderr
@@ -161,19 +152,6 @@ def test_second_process_on_one_profile_is_refused(tmp_path: Path) -> None:
     assert code == 0
 
 
-def graph_env(tmp_path: Path, graph_url: str, **extra: str) -> dict[str, str]:
-    return clean_env(
-        BRIDGE_APP_SECRET=APP_SECRET,
-        BRIDGE_VERIFY_TOKEN="v",
-        BRIDGE_ACCESS_TOKEN=TOKEN,
-        BRIDGE_PHONE_NUMBER_ID="100000000000001",
-        BRIDGE_GRAPH_URL=graph_url,
-        BRIDGE_VAR_DIR=str(tmp_path / "var"),
-        BRIDGE_PORT=str(free_port()),
-        **extra,
-    )
-
-
 def message_posts(graph: FakeGraph) -> list[Received]:
     """Sends that reached the fake Graph API (not the health monitor's reads)."""
     return [r for r in graph.received if r.method == "POST" and r.path.endswith("/messages")]
@@ -192,7 +170,7 @@ def test_replies_in_flight_at_kill_9_are_not_sent_twice(tmp_path: Path) -> None:
     graph = FakeGraph()
     graph.delay = 1.5
     with serve_in_thread(graph.app()) as graph_url:
-        env = graph_env(tmp_path, graph_url, BRIDGE_SEND_RECONCILE_SECONDS="20")
+        env = graph_env(tmp_path / "var", graph_url, BRIDGE_SEND_RECONCILE_SECONDS="20")
         graph.report_to(f"http://127.0.0.1:{env['BRIDGE_PORT']}/webhook", APP_SECRET)
         server = start_serve(tmp_path / "var", env=env)
         asyncio.run(post_users(server.port, 5))
@@ -228,7 +206,7 @@ def test_sigterm_lets_slow_sends_finish_instead_of_repeating_them(tmp_path: Path
     graph = FakeGraph()
     graph.delay = 7
     with serve_in_thread(graph.app()) as graph_url:
-        env = graph_env(tmp_path, graph_url, BRIDGE_SEND_RECONCILE_SECONDS="0.5")
+        env = graph_env(tmp_path / "var", graph_url, BRIDGE_SEND_RECONCILE_SECONDS="0.5")
         server = start_serve(tmp_path / "var", env=env)
         asyncio.run(post_users(server.port, 3))
 

@@ -34,11 +34,11 @@ from bridge.records import (
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
-from tests.conftest import APP_SECRET, Bridge, StartBridge, eventually
+from tests.conftest import Bridge, StartBridge, eventually
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.test_admin import admin, admin_json
-from tests.test_cli import clean_env, free_port, run, start_serve
+from tests.test_cli import graph_env, run, start_serve
 from tests.test_durability import stored
 
 PHONE = "34600000001"
@@ -218,15 +218,7 @@ def test_identity_linking_holds_across_restarts_of_a_real_bridge(tmp_path: Path)
     var = tmp_path / "var"
     graph = FakeGraph()
     with serve_in_thread(graph.app()) as graph_url:
-        env = clean_env(
-            BRIDGE_APP_SECRET=APP_SECRET,
-            BRIDGE_VERIFY_TOKEN="v",
-            BRIDGE_ACCESS_TOKEN=TOKEN,
-            BRIDGE_PHONE_NUMBER_ID="100000000000001",
-            BRIDGE_GRAPH_URL=graph_url,
-            BRIDGE_VAR_DIR=str(var),
-            BRIDGE_PORT=str(free_port()),
-        )
+        env = graph_env(var, graph_url)
 
         def say(text: str, *sender: str) -> None:
             before = len(graph.sent)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from bridge.config import ProfileConfig
 from tests.admin.support import admin
-from tests.conftest import APP_SECRET, eventually
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.conftest import eventually
+from tests.fakes.graph import FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.persistence.test_erasure import plaintext_on_disk
-from tests.test_cli import clean_env, free_port, run, start_serve
+from tests.test_cli import graph_env, run, start_serve
 
 ANA = "34600000001"
 BEN = "34600000002"
@@ -22,15 +22,7 @@ def test_deleted_users_queued_reply_is_erased_and_never_sent(tmp_path: Path) -> 
     graph = FakeGraph()
     graph.fail_next(500, times=10_000, to=ANA)  # Graph keeps failing for Ana: reply queued
     with serve_in_thread(graph.app()) as graph_url:
-        env = clean_env(
-            BRIDGE_APP_SECRET=APP_SECRET,
-            BRIDGE_VERIFY_TOKEN="v",
-            BRIDGE_ACCESS_TOKEN=TOKEN,
-            BRIDGE_PHONE_NUMBER_ID="100000000000001",
-            BRIDGE_GRAPH_URL=graph_url,
-            BRIDGE_VAR_DIR=str(var),
-            BRIDGE_PORT=str(free_port()),
-        )
+        env = graph_env(var, graph_url)
         server = start_serve(var, env=env)
         assert run(["simulate", "my private question", "--from", ANA], env).returncode == 0
 

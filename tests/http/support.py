@@ -16,11 +16,10 @@ from typing import Any
 from bridge.config import ProfileConfig
 from bridge.state import State
 from bridge.store.durable import load_state
-from tests.conftest import APP_SECRET
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.graph import FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.test_admin import admin as run_admin
-from tests.test_cli import Served, clean_env, free_port, parse_log, run, start_serve
+from tests.test_cli import Served, graph_env, parse_log, run, start_serve
 
 API_TOKEN = "test-api-token-0123456789"
 ANA = "34600000001"
@@ -135,17 +134,7 @@ def admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def bridge_env(var: Path, graph_url: str, **extra: str) -> dict[str, str]:
-    return clean_env(
-        BRIDGE_APP_SECRET=APP_SECRET,
-        BRIDGE_VERIFY_TOKEN="v",
-        BRIDGE_ACCESS_TOKEN=TOKEN,
-        BRIDGE_PHONE_NUMBER_ID="100000000000001",
-        BRIDGE_GRAPH_URL=graph_url,
-        BRIDGE_VAR_DIR=str(var),
-        BRIDGE_PORT=str(free_port()),
-        BRIDGE_HEALTH_INTERVAL="3600",
-        **extra,
-    )
+    return graph_env(var, graph_url, BRIDGE_HEALTH_INTERVAL="3600", **extra)
 
 
 @contextlib.contextmanager
