@@ -93,6 +93,29 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.media_downloads = Counter(
+            f"{PREFIX}_media_downloads",
+            "Inbound media fetched: result `stored`, else why it failed for good "
+            "(too_large, digest_mismatch, not_found, ...)",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.media_bytes = Counter(
+            f"{PREFIX}_media_bytes", "Bytes of inbound media stored", ["profile"], registry=r
+        )
+        self.transcription_seconds = Histogram(
+            f"{PREFIX}_transcription_seconds",
+            "Transcription latency (the server's answer)",
+            ["profile"],
+            buckets=SLOW,
+            registry=r,
+        )
+        self.transcription_failures = Counter(
+            f"{PREFIX}_transcription_failures",
+            "Voice notes and audio left without a transcript",
+            ["profile"],
+            registry=r,
+        )
         self.loop = LoopWatch(r)
         r.register(LogCollector())
 

@@ -19,7 +19,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.config import AssistantConfig
@@ -53,7 +53,11 @@ class Replier:
         observe_assistant: Callable[[float, bool], None] | None = None,
         debounce: float = 0.0,
         debounce_max: float = 0.0,
+        media_ready: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        # Waits (bounded) until the media work of a conversation's messages is done, so the
+        # assistant hears the voice note's words and sees the photo (bridge/media/worker.py).
+        self._media_ready = media_ready
         self._observe_assistant = observe_assistant
         self._debounce = debounce
         self._debounce_max = max(debounce, debounce_max)
@@ -155,6 +159,8 @@ class Replier:
         return turns[-limit:]
 
     async def _reply(self, key: str, message_id: str, recipient: str, burst: int = 1) -> None:
+        if self._media_ready is not None:
+            await self._media_ready(key)
         history = self._history(key, message_id)
         if not history:
             return  # the conversation was deleted meanwhile

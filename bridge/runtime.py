@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,11 +13,17 @@ from bridge.config import ProfileConfig
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger, set_log_id_key
+from bridge.media.store import MediaStore
+from bridge.media.transcribe import Transcriber
+from bridge.media.worker import MediaWorker
 from bridge.metrics import MeteredSender, Metrics
 from bridge.outbox import Outbox
+from bridge.persistence import layout
+from bridge.persistence.crypto import Keyring
 from bridge.replies import Replier
 from bridge.store import MemoryStore, Store
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.media import MediaClient
 from bridge.whatsapp.models import InboundMessage
 from bridge.whatsapp.sender import LogSender, Sender
 
@@ -45,6 +52,36 @@ def default_sender(profile: ProfileConfig) -> Sender:
     return LogSender(profile.slug)
 
 
+def media_keyring(store: Store) -> Callable[[], Keyring]:
+    """The keys media files are sealed with: the durable store's own (so a rotation covers
+    them), else a key of this process (a memory store keeps nothing across restarts)."""
+    from bridge.store.durable import DurableStore
+
+    if isinstance(store, DurableStore):
+        return lambda: store.keyring
+    ephemeral = Keyring([os.urandom(32)])
+    return lambda: ephemeral
+
+
+def media_worker(config: ProfileConfig, store: Store, metrics: Metrics) -> MediaWorker:
+    """Fetching needs the access token; transcription a configured endpoint."""
+    client = None
+    if config.media.fetch and config.access_token:
+        client = MediaClient(
+            config.graph_url, config.graph_version, config.access_token, config.phone_number_id
+        )
+    transcribe = config.media.transcribe
+    return MediaWorker(
+        store,
+        MediaStore(layout.media_dir(config.state_dir), media_keyring(store), config.slug),
+        config.media,
+        profile=config.slug,
+        client=client,
+        transcriber=Transcriber(transcribe) if transcribe.url else None,
+        metrics=metrics,
+    )
+
+
 @dataclass(slots=True)
 class ProfileRuntime:
     config: ProfileConfig
@@ -55,6 +92,7 @@ class ProfileRuntime:
     assistant: Assistant
     sender: Sender
     metrics: Metrics
+    media: MediaWorker
 
     @classmethod
     def build(
@@ -80,6 +118,7 @@ class ProfileRuntime:
             if not ok:
                 metrics.assistant_failures.labels(slug).inc()
 
+        media = media_worker(config, store, metrics)
         replier = Replier(
             store,
             assistant,
@@ -89,11 +128,13 @@ class ProfileRuntime:
             observe_assistant=observe_assistant,
             debounce=config.reply_debounce_seconds,
             debounce_max=config.reply_debounce_max_seconds,
+            media_ready=media.ready,
         )
         ingestor = Ingestor(
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
         )
-        return cls(config, store, ingestor, replier, outbox, assistant, sender, metrics)
+        assistant.attach_media(media.files)
+        return cls(config, store, ingestor, replier, outbox, assistant, sender, metrics, media)
 
     @property
     def slug(self) -> str:
@@ -103,6 +144,7 @@ class ProfileRuntime:
         """Load state, then resume what a previous run left: unsent replies, unanswered users."""
         await self.store.open()
         self._use_log_id_key()
+        await self.media.start()  # before replies resume: they wait for its work
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
         state = self.store.state
@@ -145,11 +187,14 @@ class ProfileRuntime:
     def acknowledged(self, result: IngestResult) -> None:
         """Called once Meta has its 200: only now may the slow part begin."""
         for message in result.recorded:
+            if message.extra is not None and "media" in message.extra:
+                self.media.enqueue(message.key, message.id)
             self.replier.enqueue(message.key, message.id, recipient_of(message))
 
     async def stop(self, timeout: float) -> None:
         """Finish replies in progress, stop sending, then close the store (final snapshot)."""
         await self.replier.stop(timeout)
+        await self.media.stop()
         await self.outbox.stop()
         await self.assistant.close()
         await self.sender.close()

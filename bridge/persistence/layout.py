@@ -13,6 +13,7 @@ JOURNAL = "journal"
 LOCK = "lock"
 KEY = "key"
 BACKUPS = "backups"
+MEDIA = "media"
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -33,6 +34,11 @@ def key_path(state_dir: Path) -> Path:
 
 def backups_dir(state_dir: Path) -> Path:
     return state_dir / BACKUPS
+
+
+def media_dir(state_dir: Path) -> Path:
+    """The encrypted media files (bridge/media/store.py)."""
+    return state_dir / MEDIA
 
 
 def lock_holder(state_dir: Path) -> int | None:

@@ -320,6 +320,7 @@ class DurableStore(Store):
                 state.apply(first + i, record)
 
         await self.journal.append(payloads, apply)
+        self._committed(records)
 
     async def snapshot(self, progress: Progress | None = None) -> None:
         """Retention, then a fuzzy snapshot; older journal segments go once it is durable."""
