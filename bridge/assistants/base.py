@@ -5,7 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bridge.media.store import MediaStore
 
 
 class TurnLike(Protocol):
@@ -35,6 +38,12 @@ class Assistant(ABC):
     """
 
     kind: str = "?"
+    # The profile's stored media, for backends that send images or files along (vision).
+    media: MediaStore | None = None
+
+    def attach_media(self, media: MediaStore) -> None:
+        """Where the history's stored media can be read from (set when the profile is wired)."""
+        self.media = media
 
     @abstractmethod
     async def reply(self, key: str, history: Sequence[TurnLike]) -> str: ...

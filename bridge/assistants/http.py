@@ -11,7 +11,9 @@ The HTTP protocol, for a backend of your own:
 Each stored message also carries, when set: `id` (Meta's wamid), `type` (WhatsApp's message
 type), `timestamp` (ms) and `extra` (structured fields: reply ids and payloads, referral,
 context, media ids, ...; see bridge/whatsapp/content.py), so a bot can branch on a button's id
-while a language model reads `content`. The request is answered with JSON `{"reply": "..."}`
+while a language model reads `content`. With `send_media = true`, a message whose file is
+stored (the most recent `media_max_items` of them, each at most `media_max_mb`) also carries
+`media`: `[{"type", "mime_type", "caption"?, "filename"?, "data": base64}]`. The request is answered with JSON `{"reply": "..."}`
 (`"text"` or `"content"` are accepted too) or with a `text/plain` body that is the reply. An
 empty reply, `null` or 204 No Content means "no reply".
 """
@@ -27,7 +29,8 @@ import orjson
 from yarl import URL
 
 from bridge.assistants.base import Assistant, TurnLike
-from bridge.config import AssistantConfig
+from bridge.assistants.media import attachments
+from bridge.config import MEDIA_TYPES, AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, ConfigError
 
@@ -213,6 +216,9 @@ class HttpAssistant(Assistant):
 
     def __init__(self, config: AssistantConfig) -> None:
         self._history_limit = config.history_limit
+        self._send_media = config.send_media
+        self._media_max_items = config.media_max_items
+        self._media_max_bytes = config.media_max_bytes
         self._endpoint = JsonEndpoint(
             parse_url(config.url, "http assistant"),
             api_key=config.api_key,
@@ -228,10 +234,19 @@ class HttpAssistant(Assistant):
         return self._endpoint.url
 
     async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
-        payload = {
-            "conversation": key,
-            "messages": as_rich_messages(recent(history, self._history_limit)),
-        }
+        turns = recent(history, self._history_limit)
+        messages = as_rich_messages(turns)
+        if self._send_media:
+            found = await attachments(
+                turns,
+                self.media,
+                types=MEDIA_TYPES,
+                max_items=self._media_max_items,
+                max_bytes=self._media_max_bytes,
+            )
+            for index, attachment in found.items():
+                messages[index]["media"] = [attachment.as_json()]
+        payload = {"conversation": key, "messages": messages}
         response = await self._endpoint.post(payload)
         return parse_reply(response)
 

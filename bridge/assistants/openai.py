@@ -14,6 +14,7 @@ from yarl import URL
 
 from bridge.assistants.base import Assistant, TurnLike
 from bridge.assistants.http import JsonEndpoint, as_messages, parse_url, recent
+from bridge.assistants.media import attachments
 from bridge.config import AssistantConfig
 from bridge.errors import AssistantError
 
@@ -50,6 +51,10 @@ class OpenAIAssistant(Assistant):
         self.model = config.model or DEFAULT_MODEL
         self._system_prompt = config.system_prompt
         self._history_limit = config.history_limit
+        # Vision: the newest images of the history go as `image_url` content parts.
+        self._vision = config.vision
+        self._media_max_items = config.media_max_items
+        self._media_max_bytes = config.media_max_bytes
         self._endpoint = JsonEndpoint(
             chat_completions_url(parse_url(config.url, WHAT)),
             api_key=config.api_key,
@@ -67,7 +72,23 @@ class OpenAIAssistant(Assistant):
     async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
         # `key` stays here: the conversation key is a phone number, not something to send a
         # third-party provider.
-        messages = as_messages(recent(history, self._history_limit))
+        turns = recent(history, self._history_limit)
+        messages: list[dict[str, Any]] = list(as_messages(turns))
+        if self._vision:
+            images = await attachments(
+                turns,
+                self.media,
+                types=("image",),
+                max_items=self._media_max_items,
+                max_bytes=self._media_max_bytes,
+                images_only=True,
+            )
+            for index, image in images.items():
+                # Chat Completions' content parts: the turn's text, then the image.
+                messages[index]["content"] = [
+                    {"type": "text", "text": turns[index].content},
+                    {"type": "image_url", "image_url": {"url": image.data_url()}},
+                ]
         if self._system_prompt:
             messages.insert(0, {"role": "system", "content": self._system_prompt})
         response = await self._endpoint.post({"model": self.model, "messages": messages})
