@@ -131,6 +131,9 @@ class ProfileConfig:
     reply_debounce_seconds: float = 2.0
     reply_debounce_max_seconds: float = 8.0
     media: MediaConfig = MediaConfig()
+    # Mark a message read, with the typing indicator, when a reply to it is being made
+    # (only where an access token is set: the log-only sender does nothing).
+    read_receipts: bool = True
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -441,6 +444,7 @@ def _profile(
     reconcile = get("send_reconcile_seconds")
     debounce = get("reply_debounce_seconds")
     debounce_max = get("reply_debounce_max_seconds")
+    receipts = get("read_receipts")
     key_file = get("key_file")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
@@ -477,6 +481,7 @@ def _profile(
         media=_media(
             env, media_table, _transcribe(env, transcribe_table, slug, prefixed), prefixed
         ),
+        read_receipts=_bool(receipts, "read_receipts") if receipts is not None else True,
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
         explicit=frozenset(

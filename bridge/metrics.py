@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from bridge import logs
 from bridge.loopwatch import LoopWatch
-from bridge.whatsapp.sender import Sender, SendError
+from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
 
 if TYPE_CHECKING:
     from bridge.runtime import ProfileRuntime
@@ -185,6 +185,20 @@ class MeteredSender(Sender):
             raise
         self._sends.labels(self._profile, "ok", "").inc()
         return ids
+
+    async def send_media(
+        self, to: str, media: OutboundMedia, index: int, tag: str | None = None
+    ) -> list[str]:
+        try:
+            ids = await self._inner.send_media(to, media, index, tag)
+        except SendError as exc:
+            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            raise
+        self._sends.labels(self._profile, "ok", "").inc()
+        return ids
+
+    async def mark_read(self, message_id: str) -> None:
+        await self._inner.mark_read(message_id)
 
     async def close(self) -> None:
         await self._inner.close()

@@ -21,13 +21,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from bridge.assistants.base import Assistant, TurnLike
+from bridge.assistants.base import Assistant, TurnLike, reply_parts
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
 from bridge.logs import get_logger, mask
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
+from bridge.whatsapp.sender import OutboundMedia
 
 # Backoff while a reply cannot be committed (seconds): quick at first, a gentle probe later.
 RECORD_RETRY_BASE = 0.5
@@ -54,7 +55,11 @@ class Replier:
         debounce: float = 0.0,
         debounce_max: float = 0.0,
         media_ready: Callable[[str], Awaitable[None]] | None = None,
+        on_answering: Callable[[str], None] | None = None,
     ) -> None:
+        # Told the id of each message a reply is about to be made for (read receipt and
+        # typing indicator; must return at once, never fail the reply).
+        self._on_answering = on_answering
         # Waits (bounded) until the media work of a conversation's messages is done, so the
         # assistant hears the voice note's words and sees the photo (bridge/media/worker.py).
         self._media_ready = media_ready
@@ -159,6 +164,8 @@ class Replier:
         return turns[-limit:]
 
     async def _reply(self, key: str, message_id: str, recipient: str, burst: int = 1) -> None:
+        if self._on_answering is not None:
+            self._on_answering(message_id)
         if self._media_ready is not None:
             await self._media_ready(key)
         history = self._history(key, message_id)
@@ -170,7 +177,7 @@ class Replier:
             # The backend enforces config.timeout itself with a clearer error; this outer
             # limit only guards against a backend that hangs past it.
             async with asyncio.timeout(self._config.timeout + 1):
-                text = await self._assistant.reply(key, history)
+                text, media = reply_parts(await self._assistant.reply(key, history))
         except (AssistantError, TimeoutError) as exc:
             reason = str(exc) or f"timed out after {self._config.timeout:g}s"
             self._log.warning(
@@ -181,17 +188,17 @@ class Replier:
                 error=reason,
                 fallback=self._config.fallback_reply is not None,
             )
-            text = self._config.fallback_reply or ""
+            text, media = self._config.fallback_reply or "", ()
             ok = False
         elapsed = time.monotonic() - started
         if self._observe_assistant:
             self._observe_assistant(elapsed, ok)
         elapsed_ms = round(elapsed * 1000, 1)
-        if not text:
+        if not text and not media:
             self._log.info("no_reply", key=mask(key), message_id=message_id)
             return
         reply_id = new_reply_id()
-        if not await self._record(key, message_id, recipient, reply_id, text):
+        if not await self._record(key, message_id, recipient, reply_id, text, media):
             return
         # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
         self._log.debug(
@@ -202,12 +209,19 @@ class Replier:
             assistant=self._assistant.kind,
             assistant_ms=elapsed_ms,
             chars=len(text),
+            media=len(media),
             burst=burst,
         )
         self._on_queued(key)
 
     async def _record(
-        self, key: str, message_id: str, recipient: str, reply_id: str, text: str
+        self,
+        key: str,
+        message_id: str,
+        recipient: str,
+        reply_id: str,
+        text: str,
+        media: tuple[OutboundMedia, ...] = (),
     ) -> bool:
         """Commit the reply and its outbox item; while the store fails (a full disk), keep
         the text and try again with backoff rather than drop an acknowledged user's answer.
@@ -226,13 +240,16 @@ class Replier:
                 return False
             now_ms = int(time.time() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
+            # Media parts live on the reply's entry (the outbox reads them there): the
+            # history reads `[image] Salado` after the text.
             message = Message(
                 role="assistant",
-                content=text,
+                content="\n".join([text] * bool(text) + [m.readable() for m in media]),
                 timestamp=now_ms,
                 id=reply_id,
                 status="pending",
                 reply_to=message_id,
+                extra={"sent_media": [m.as_dict() for m in media]} if media else None,
             )
             try:
                 await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])

@@ -25,6 +25,7 @@ from bridge.store import MemoryStore, Store
 from bridge.whatsapp.graph import GraphClient
 from bridge.whatsapp.media import MediaClient
 from bridge.whatsapp.models import InboundMessage
+from bridge.whatsapp.receipts import ReadReceipts
 from bridge.whatsapp.sender import LogSender, Sender
 
 StoreFactory = Callable[[ProfileConfig], Store]
@@ -93,6 +94,7 @@ class ProfileRuntime:
     sender: Sender
     metrics: Metrics
     media: MediaWorker
+    receipts: ReadReceipts | None = None
 
     @classmethod
     def build(
@@ -119,6 +121,7 @@ class ProfileRuntime:
                 metrics.assistant_failures.labels(slug).inc()
 
         media = media_worker(config, store, metrics)
+        receipts = ReadReceipts(sender, profile=slug) if config.read_receipts else None
         replier = Replier(
             store,
             assistant,
@@ -129,12 +132,15 @@ class ProfileRuntime:
             debounce=config.reply_debounce_seconds,
             debounce_max=config.reply_debounce_max_seconds,
             media_ready=media.ready,
+            on_answering=receipts,
         )
         ingestor = Ingestor(
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
         )
         assistant.attach_media(media.files)
-        return cls(config, store, ingestor, replier, outbox, assistant, sender, metrics, media)
+        return cls(
+            config, store, ingestor, replier, outbox, assistant, sender, metrics, media, receipts
+        )
 
     @property
     def slug(self) -> str:
@@ -194,6 +200,8 @@ class ProfileRuntime:
     async def stop(self, timeout: float) -> None:
         """Finish replies in progress, stop sending, then close the store (final snapshot)."""
         await self.replier.stop(timeout)
+        if self.receipts is not None:
+            await self.receipts.stop()
         await self.media.stop()
         await self.outbox.stop()
         await self.assistant.close()

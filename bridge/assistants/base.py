@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from bridge.whatsapp.sender import OutboundMedia
+
 if TYPE_CHECKING:
     from bridge.media.store import MediaStore
 
@@ -30,8 +32,22 @@ class Turn:
     content: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply that sends files too: its text (may be empty), then each file by link, each
+    a message of its own (bridge/outbox.py)."""
+
+    text: str
+    media: tuple[OutboundMedia, ...] = ()
+
+
+def reply_parts(answer: str | Reply) -> tuple[str, tuple[OutboundMedia, ...]]:
+    return (answer, ()) if isinstance(answer, str) else (answer.text, answer.media)
+
+
 class Assistant(ABC):
-    """Produces the reply to the last user turn of `history` (oldest first).
+    """Produces the reply to the last user turn of `history` (oldest first): text, or a
+    `Reply` with media to send by link.
 
     Raises AssistantError on failure or timeout; the caller decides about a fallback reply.
     Returning an empty string means "no reply".
@@ -46,7 +62,7 @@ class Assistant(ABC):
         self.media = media
 
     @abstractmethod
-    async def reply(self, key: str, history: Sequence[TurnLike]) -> str: ...
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str | Reply: ...
 
     def health_url(self) -> str | None:
         """Where the health monitor checks that the backend is reachable; None: nothing to

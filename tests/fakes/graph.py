@@ -13,6 +13,11 @@ message is followed by a signed `sent` status webhook carrying the message's
 And it can lose its answer after taking a message (`lose_answers`), as a dropped
 connection does.
 
+Besides text it takes media messages sent by link (`{"type": "image", "image": {"link",
+"caption"}}`, the same for document, audio, video) and read receipts with the typing
+indicator (`{"status": "read", "message_id", "typing_indicator"}`), which it keeps apart
+(`read_receipts`: they are not messages, so `requests`, `received` and `sent` leave them out).
+
 Media, as Meta's "Media" reference documents them: `add_media` registers a file under a
 media id; `GET /{version}/{media_id}` answers `{"messaging_product", "url", "mime_type",
 "sha256" (hex), "file_size", "id"}` (or error 100 with HTTP 404 for an id it does not know),
@@ -99,6 +104,8 @@ class FakeGraph:
     delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
     lose_answers: int = 0  # the next N accepted messages: taken, then the connection dropped
     reported: list[str] = field(default_factory=list)  # wamids whose status webhook got a 200
+    read_receipts: list[dict[str, Any]] = field(default_factory=list)  # bodies, in order
+    receipts_fail: bool = False  # read receipts answer 500 (Meta's trouble) while set
     media: dict[str, FakeMedia] = field(default_factory=dict)  # media id -> file
     url_ttl: float = 300.0  # seconds a download URL works (Meta: about 5 minutes)
     lookup_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
@@ -151,11 +158,23 @@ class FakeGraph:
         queue.extend([None] * times)
 
     def bodies(self, to: str | None = None) -> list[str]:
-        """Texts of the accepted messages (to `to` only, if given), in order."""
-        return [m["text"]["body"] for m in self.sent if to is None or m["to"] == to]
+        """Texts of the accepted text messages (to `to` only, if given), in order."""
+        return [
+            m["text"]["body"]
+            for m in self.sent
+            if m["type"] == "text" and (to is None or m["to"] == to)
+        ]
+
+    def media_sent(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The accepted media messages as `{"type", "link", "caption"?, "filename"?}`."""
+        return [
+            {"type": m["type"], **m[m["type"]]}
+            for m in self.sent
+            if m["type"] != "text" and (to is None or m["to"] == to)
+        ]
 
     async def _receive(self, request: web.Request) -> Any:
-        body = await request.json() if request.can_read_body else None
+        body = await request.json() if request.body_exists else None
         self.received.append(
             Received(request.method, request.path, dict(request.query), dict(request.headers), body)
         )
@@ -175,11 +194,15 @@ class FakeGraph:
         return self.failures.popleft() if self.failures else None
 
     async def messages(self, request: web.Request) -> web.Response:
+        if request.body_exists:
+            peek = await request.json()
+            if isinstance(peek, dict) and peek.get("status") == "read":
+                return self._read_receipt(request, peek)
         body = await self._receive(request)
         self.requests.append(body)
         if not self._authorized(request):
             return self._error(401, 190)
-        if not _valid_text_message(body):
+        if not (_valid_text_message(body) or _valid_media_message(body)):
             return self._error(400, 100)
         outcome = self._next_outcome(body["to"])
         if outcome is not None:
@@ -203,6 +226,20 @@ class FakeGraph:
                 "messages": [{"id": wamid}],
             }
         )
+
+    def _read_receipt(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, 190)
+        if self.fail_all is not None:
+            return self._error(*self.fail_all)
+        if self.receipts_fail:
+            return self._error(500, 131000)
+        if not isinstance(body.get("message_id"), str) or body.get("messaging_product") != (
+            "whatsapp"
+        ):
+            return self._error(400, 100)
+        self.read_receipts.append(body)
+        return web.json_response({"success": True})
 
     async def phone_number(self, request: web.Request) -> web.Response:
         await self._receive(request)
@@ -349,4 +386,20 @@ def _valid_text_message(body: Any) -> bool:
         and isinstance(text, dict)
         and isinstance(text.get("body"), str)
         and 0 < len(text["body"]) <= MAX_TEXT
+    )
+
+
+def _valid_media_message(body: Any) -> bool:
+    """A media message by link, as the real endpoint requires it (caption where allowed)."""
+    if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+        return False
+    kind = body.get("type")
+    part = body.get(kind) if isinstance(kind, str) else None
+    return (
+        kind in ("image", "document", "audio", "video")
+        and isinstance(body.get("to"), str)
+        and isinstance(part, dict)
+        and isinstance(part.get("link"), str)
+        and part["link"].startswith(("https://", "http://"))
+        and not (kind == "audio" and "caption" in part)
     )

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
+from aiohttp import web
 
 from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.state import State
 from bridge.store.durable import load_state
+from tests.assistants.test_http import FakeBackend
 from tests.conftest import APP_SECRET
 from tests.fakes.audio import ogg_opus
 from tests.fakes.graph import FakeGraph
@@ -159,3 +162,35 @@ def test_refused_media_are_logged_and_still_answered(setup: Setup) -> None:
     failed = {e["reason"] for e in events if e["event"] == "media_failed"}
     assert failed == {"digest_mismatch", "too_large"}
     assert media_files(setup.var) == []
+
+
+def test_an_http_backend_sends_an_image_by_link(setup: Setup) -> None:
+    backend = FakeBackend()
+    link = "https://shop.example/fotos/salado.jpg"
+    backend.answer(
+        orjson.dumps(
+            {
+                "reply": "Aquí la tienes",
+                "media": [{"type": "image", "url": link, "caption": "Salado"}],
+            }
+        )
+    )
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", backend.handle)
+    with serve_in_thread(app) as url:
+        env = {**setup.env, "BRIDGE_ASSISTANT": "http", "BRIDGE_ASSISTANT_URL": f"{url}/bot"}
+        served = start_serve(setup.var, env=env)
+        try:
+            assert post(served, simulate.text_message("¿foto del salado?", PHONE)) == 200
+            wait_for(lambda: setup.graph.media_sent(), what="the image")
+        finally:
+            code, _ = served.stop()
+    assert code == 0
+    assert setup.graph.bodies() == ["Aquí la tienes"]
+    assert setup.graph.media_sent() == [{"type": "image", "link": link, "caption": "Salado"}]
+    reply = stored(setup.var).conversations[PHONE].messages[-1]
+    assert (reply.content, reply.status) == ("Aquí la tienes\n[image] Salado", "sent")
+    # The typing indicator went to the user's message before the reply.
+    assert [r["message_id"] for r in setup.graph.read_receipts] == [
+        stored(setup.var).conversations[PHONE].messages[0].id
+    ]
