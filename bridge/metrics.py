@@ -139,12 +139,18 @@ class StateCollector(Collector):
         outbox = GaugeMetricFamily(
             f"{PREFIX}_outbox", "Replies waiting to be sent", labels=["profile"]
         )
+        media = GaugeMetricFamily(
+            f"{PREFIX}_media_pending",
+            "Inbound media whose download or transcription is still to do",
+            labels=["profile"],
+        )
         for slug, runtime in self._runtimes().items():
             state = runtime.store.state
             convs.add_metric([slug], len(state.conversations))
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
-        return [convs, msgs, outbox]
+            media.add_metric([slug], len(state.media_jobs))
+        return [convs, msgs, outbox, media]
 
 
 class LogCollector(Collector):

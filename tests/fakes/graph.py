@@ -308,19 +308,7 @@ class FakeGraph:
             }
         )
 
-    async def download(self, request: web.Request) -> web.StreamResponse:
-        await self._receive(request)
-        if not self._authorized(request):
-            return web.Response(status=401, text="Unauthorized")
-        found = self._urls.get(request.query.get("mid", ""))
-        if found is None or found[1] < time.monotonic():
-            return web.Response(status=404, text="URL signature expired")
-        if self.download_failures:
-            return web.Response(status=self.download_failures.popleft(), text="scripted failure")
-        media_id = found[0]
-        data = self.media[media_id].data
-        resp = web.StreamResponse(headers={"Content-Type": self.media[media_id].mime_type})
-        resp.content_length = len(data)
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
         await resp.prepare(request)
         half = len(data) // 2
         sent = 0
@@ -339,6 +327,24 @@ class FakeGraph:
             if self.trickle:
                 await asyncio.sleep(self.trickle)
         await resp.write_eof()
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        await self._receive(request)
+        if not self._authorized(request):
+            return web.Response(status=401, text="Unauthorized")
+        found = self._urls.get(request.query.get("mid", ""))
+        if found is None or found[1] < time.monotonic():
+            return web.Response(status=404, text="URL signature expired")
+        if self.download_failures:
+            return web.Response(status=self.download_failures.popleft(), text="scripted failure")
+        media_id = found[0]
+        data = self.media[media_id].data
+        resp = web.StreamResponse(headers={"Content-Type": self.media[media_id].mime_type})
+        resp.content_length = len(data)
+        try:
+            await self._stream(request, resp, data)
+        except ConnectionResetError:
+            return resp  # the client went away (killed, timed out): nothing more to send
         self.downloads.append(media_id)
         return resp
 

@@ -202,6 +202,8 @@ async def test_a_reply_waits_for_the_media_then_goes_ahead_after_the_timeout(
     await eventually(rig.graph.held.is_set, what="the download to be held")
     await eventually(lambda: bool(rig.graph.bodies()), what="the reply to go ahead")
     assert rig.graph.bodies() == ["Echo: [voice]"]
+    metrics = rig.runtime.metrics.render().decode()
+    assert 'whatsapp_bridge_media_pending{profile="default"} 1.0' in metrics
     rig.graph.hold_downloads.clear()
     await rig.settle()
     assert rig.entry(str(message["id"])).content == "[voice 0:07] quiero fotos de salado"
