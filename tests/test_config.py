@@ -232,6 +232,7 @@ def test_media_and_transcription_from_the_environment() -> None:
             "BRIDGE_ASSISTANT_URL": "http://127.0.0.1:11434",
             "BRIDGE_ASSISTANT_VISION": "true",
             "BRIDGE_ASSISTANT_MEDIA_MAX_ITEMS": "2",
+            "BRIDGE_READ_RECEIPTS": "false",
         }
     )
     (p,) = settings.profiles
@@ -247,6 +248,7 @@ def test_media_and_transcription_from_the_environment() -> None:
     assert p.media.limit("image") == int(2.5 * 1024 * 1024)
     assert p.media.limit("document") == 100 * 1024 * 1024  # Meta's own limit, by default
     assert (p.media.retention_days, p.media.wait_seconds, p.media.fetch) == (30, 10.0, True)
+    assert p.read_receipts is False and load_settings({}).profiles[0].read_receipts is True
     assert (p.assistant.vision, p.assistant.send_media, p.assistant.media_max_items) == (
         True,
         False,

@@ -110,7 +110,11 @@ class MediaWorker:
         self._stopping = False
         self._store.add_listener(self._after_commit)
         await self._sweep()
-        await self.maintain(sweep=False)
+        try:
+            await self.maintain(sweep=False)
+        except BridgeError as exc:  # a full disk: the next pass (hourly) tries again
+            self._log.warning("media_retention_failed", error=str(exc))
+        self._maintainer = asyncio.create_task(self._maintain_forever(), name="media-maintain")
         if self._client is None:
             return
         now_ms = int(time.time() * 1000)
@@ -127,11 +131,13 @@ class MediaWorker:
                 continue
             self.enqueue(key, message_id)
         if stale:
-            await self._store.commit(stale)
-            self._log.warning("media_too_old_to_fetch", messages=len(stale))
+            try:
+                await self._store.commit(stale)
+                self._log.warning("media_too_old_to_fetch", messages=len(stale))
+            except BridgeError as exc:  # still to do in the store: decided again next start
+                self._log.warning("media_not_recorded", error=str(exc))
         if self._jobs:
             self._log.info("media_resumed", jobs=len(self._jobs))
-        self._maintainer = asyncio.create_task(self._maintain_forever(), name="media-maintain")
 
     def enqueue(self, key: str, message_id: str) -> None:
         """Start the work on a recorded message's media (after the 200); returns at once."""
