@@ -51,9 +51,11 @@ from bridge.store.base import Store
 from bridge.whatsapp.media import MediaClient, MediaError, MediaInfo, parse_digest
 
 DAY_MS = 24 * 3600 * 1000
-# Media of messages older than this when the bridge first tries to fetch them (an upgrade
-# over an old store, a long outage) are recorded as failed instead of asked for: Meta keeps
-# a user's media for a limited time, and a flood of lookups would only meet 404s.
+# Media left to fetch at start in a conversation idle longer than this (an upgrade over an
+# old store, a long outage) are recorded as failed instead of asked for: Meta keeps a user's
+# media for a limited time, and a flood of lookups would only meet 404s. Judged by when we
+# received the conversation's last message, and the message's own stamp, both past it (a
+# sender's stamp alone never decides anything).
 FETCH_HORIZON_MS = 7 * DAY_MS
 MAX_ATTEMPTS = 6
 MAX_DELAY = 60.0
@@ -120,14 +122,21 @@ class MediaWorker:
         now_ms = int(time.time() * 1000)
         state = self._store.state
         stale: list[Record] = []
+        horizon = now_ms - FETCH_HORIZON_MS
         for message_id, key in list(state.media_jobs.items()):
+            key = state.resolve(key)
+            conv = state.conversations.get(key)
             message = state.find_message(key, message_id)
             media = media_of(message) if message is not None else None
-            if message is None or media is None:
+            if conv is None or message is None or media is None:
                 continue
-            if needs_download(media) and message.timestamp < now_ms - FETCH_HORIZON_MS:
+            if (
+                needs_download(media)
+                and conv.last_activity < horizon
+                and message.timestamp < horizon
+            ):
                 failed = {**media, "state": FAILED, "error": "too old to fetch"}
-                stale.append(MediaUpdated(state.resolve(key), message_id, failed))
+                stale.append(MediaUpdated(key, message_id, failed))
                 continue
             self.enqueue(key, message_id)
         if stale:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,11 @@ async def start_media_bridge(
     transcribe: bool = True,
     media: dict[str, Any] | None = None,
     assistant: AssistantConfig | None = None,
+    graph: FakeGraph | None = None,
+    before_start: Callable[[ProfileConfig], Awaitable[None]] | None = None,
 ) -> MediaRig:
-    graph, transcriber = FakeGraph(), FakeTranscriber()
+    """`before_start` writes to the profile's store before the bridge opens it."""
+    graph, transcriber = graph or FakeGraph(), FakeTranscriber()
     graph_url = str((await aiohttp_server(graph.app())).make_url("")).rstrip("/")
     stt_url = str((await aiohttp_server(transcriber.app())).make_url("")).rstrip("/")
     config = MediaConfig(
@@ -117,5 +120,7 @@ async def start_media_bridge(
         media=config,
         assistant=assistant or AssistantConfig(kind="echo"),
     )
+    if before_start is not None:
+        await before_start(profile)
     bridge = await start_bridge([profile], store_factory=durable_store)
     return MediaRig(bridge, graph, transcriber, profile)

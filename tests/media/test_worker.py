@@ -12,11 +12,14 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
+from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.media.worker import DAY_MS
 from bridge.records import ConversationDeleted, MessageAdded
+from bridge.store.durable import DurableStore
 from tests.conftest import StartBridge, eventually
 from tests.fakes.audio import ogg_opus
+from tests.fakes.graph import FakeGraph
 from tests.media.support import (
     PHONE,
     MediaRig,
@@ -286,3 +289,38 @@ async def test_two_media_of_one_burst_are_both_ready_before_the_reply(rig: Media
     await rig.bridge.post(body)
     await rig.settle()
     assert rig.graph.bodies()[0] == "Echo: [voice 0:04] quiero fotos de salado"
+
+
+async def test_media_left_in_a_long_idle_conversation_are_not_asked_for(
+    start_bridge: StartBridge, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """An old store (or a long outage): what was never fetched in a conversation idle for
+    more than 7 days fails without a lookup; an active conversation's old-stamped media are
+    fetched (a sender's stamp alone decides nothing)."""
+    now = int(time.time() * 1000)
+    old = now - 10 * DAY_MS
+
+    def entry(wamid: str, media_id: str) -> Message:
+        extra = {"media": {"id": media_id, "mime_type": "image/jpeg"}}
+        return Message("user", "[image]", old, id=wamid, type="image", extra=extra)
+
+    async def write_old_store(profile: ProfileConfig) -> None:
+        store = DurableStore(profile)
+        await store.open()
+        await store.commit(
+            [
+                MessageAdded("34600000009", entry("wamid.idle", "media-idle"), received_ms=old),
+                MessageAdded(PHONE, entry("wamid.active", "media-active"), received_ms=now),
+            ]
+        )
+        await store.close()
+
+    graph = FakeGraph()
+    graph.add_media("media-active", JPEG)
+    rig = await start_media_bridge(
+        start_bridge, aiohttp_server, tmp_path, graph=graph, before_start=write_old_store
+    )
+    await eventually(lambda: rig.runtime.media.busy == 0, what="the resumed work")
+    assert rig.media("wamid.idle", "34600000009")["error"] == "too old to fetch"
+    assert rig.media("wamid.active")["state"] == "stored"
+    assert rig.graph.lookups == ["media-active"]
