@@ -137,6 +137,11 @@ def test_a_backup_carries_the_media_and_restore_brings_them_back(
     assert got.returncode == 0, got.stderr
     assert out.read_bytes() == PHOTO
     assert admin_json(["verify"], with_media.env)["media_files"] == 2
+    # Pruning an archive takes its media with it.
+    again = admin(["backup", "--to", str(target), "--keep", "1"], with_media.env)
+    assert again.returncode == 0, again.stderr
+    newest = Path(again.stdout.strip())
+    assert sorted(p.name for p in target.iterdir()) == [newest.name, newest.name + ".media"]
 
 
 def test_rotate_key_re_encrypts_the_media(with_media: WithMedia, tmp_path: Path) -> None:
