@@ -18,7 +18,7 @@ from bridge.config import AssistantConfig
 from bridge.whatsapp.graph import GraphClient
 from bridge.whatsapp.sender import OutboundMedia
 from tests.assistants.test_http import FakeBackend
-from tests.conftest import Bridge, StartBridge, make_profile
+from tests.conftest import APP_SECRET, Bridge, StartBridge, make_profile
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.llm import FakeLLM
 
@@ -205,3 +205,28 @@ async def test_read_receipts_can_be_switched_off(
     await bridge.post_text("hola")
     await bridge.settle()
     assert graph.read_receipts == [] and graph.bodies() == ["Echo: hola"]
+
+
+async def test_a_media_part_whose_answer_was_lost_is_confirmed_not_sent_again(
+    start_bridge: StartBridge, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    url = await serve_backend(
+        aiohttp_server, {"reply": "", "media": [{"type": "image", "url": SALADO}]}
+    )
+    graph = FakeGraph()
+    graph.lose_answers = 1  # Meta takes the image; its answer never reaches the bridge
+    bridge, graph = await graph_bridge(
+        start_bridge,
+        aiohttp_server,
+        tmp_path,
+        AssistantConfig(kind="http", url=url),
+        graph,
+        send_reconcile_seconds=10.0,
+    )
+    graph.report_to(str(bridge.client.make_url("/webhook")), APP_SECRET)
+    await bridge.post_text("una foto")
+    await bridge.settle(timeout=15)
+    assert graph.media_sent() == [{"type": "image", "link": SALADO}]  # once
+    reply = bridge.state().conversations[PHONE].messages[-1]
+    assert (reply.content, reply.status) == ("[image]", "sent")
+    assert reply.wamids == ("wamid.FAKE000001",)
