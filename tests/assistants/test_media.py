@@ -31,6 +31,7 @@ async def llm_rig(
     start_bridge: StartBridge, aiohttp_server: AiohttpServer, tmp_path: Path, **assistant: Any
 ) -> tuple[MediaRig, FakeLLM]:
     llm = FakeLLM()
+    llm.answer = "Sí, lo tenemos"  # not an echo of the request: that holds the images' base64
     url = str((await aiohttp_server(llm.app())).make_url("")).rstrip("/")
     config = AssistantConfig(kind="openai", url=url, timeout=5, **assistant)
     rig = await start_media_bridge(start_bridge, aiohttp_server, tmp_path, assistant=config)
