@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.snapshot_stall --out var/bench/snapshot.md
 	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
+	$(BIN)/python -m tests.bench.bursts --out var/bench/bursts.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.
 lint: $(STAMP)
@@ -43,7 +44,8 @@ SYSTEMD_DIR ?= /etc/systemd/system
 ## Copy the systemd units (as root); daemon-reload only when systemd is running.
 install-systemd:
 	install -d $(DESTDIR)$(SYSTEMD_DIR)
-	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service $(DESTDIR)$(SYSTEMD_DIR)/
+	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service \
+		systemd/whatsapp-bridge.socket systemd/whatsapp-bridge@.socket $(DESTDIR)$(SYSTEMD_DIR)/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload; \
 	else \

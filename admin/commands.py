@@ -235,6 +235,11 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         "snapshot_age_seconds": snapshot_age,
         "journal_bytes": _dir_size(layout.journal_dir(profile.state_dir)),
         "running": layout.lock_holder(profile.state_dir) is not None,
+        # Business hours as configured for this profile: open or closed now, or always.
+        "hours": profile.hours.describe(datetime.now(tz=UTC))
+        if profile.hours is not None
+        else "always",
+        "hours_spec": profile.hours.spec if profile.hours is not None else None,
     }
 
 
@@ -262,6 +267,12 @@ def _stats_text(stats: dict[str, Any]) -> str:
             "media",
             f"{stats['media_files']} file(s), {stats['media_bytes']:,} bytes"
             + (f", {stats['media_pending']} to fetch" if stats["media_pending"] else ""),
+        ),
+        (
+            "business hours",
+            f"{stats['hours']} now ({stats['hours_spec']})"
+            if stats["hours_spec"]
+            else "always open (no hours configured)",
         ),
         (
             "keeps",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +47,19 @@ def conversation_summary(view: ConversationView) -> dict[str, Any]:
         "firstInteraction": view.first_interaction,
         "lastActivity": view.last_activity,
         "lastUserMessage": view.last_user_message,
+        # WhatsApp's 24-hour window: free-form replies only until then, templates after.
+        "windowOpen": view.window_open(int(time.time() * 1000)),
+        "windowUntil": view.window_until,
     }
+
+
+def window_text(view: ConversationView) -> str:
+    until = view.window_until
+    if until is None:
+        return "never opened"
+    if view.window_open(int(time.time() * 1000)):
+        return f"open until {when(until)}"
+    return f"closed since {when(until)}"
 
 
 def list_table(views: Sequence[ConversationView]) -> str:
@@ -57,10 +70,13 @@ def list_table(views: Sequence[ConversationView]) -> str:
             len(v.messages),
             when(v.first_interaction),
             when(v.last_activity),
+            window_text(v),
         )
         for v in views
     ]
-    return table(("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY"), rows)
+    return table(
+        ("KEY", "NAME", "MESSAGES", "FIRST INTERACTION", "LAST ACTIVITY", "24-HOUR WINDOW"), rows
+    )
 
 
 def conversation_text(view: ConversationView) -> str:
@@ -70,6 +86,7 @@ def conversation_text(view: ConversationView) -> str:
         f"conversation {view.key}" + (f" ({view.contact_name})" if view.contact_name else ""),
         f"messages {len(view.messages)}, first {when(view.first_interaction)}, "
         f"last activity {when(view.last_activity)}, last user message {when(view.last_user_message)}",
+        f"24-hour window {window_text(view)} (after it only a template reaches the user)",
         "",
     ]
     indent = " " * 31

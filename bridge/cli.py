@@ -158,7 +158,7 @@ def _check_known_profiles(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from bridge.listen import bind
+    from bridge.listen import bind, inherited
     from bridge.metrics import Metrics
     from bridge.runtime import ProfileRuntime, durable_store
     from bridge.server import serve
@@ -180,7 +180,8 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         for p, _ in loaded
     ]
-    sockets = bind(settings.host, settings.port)
+    # systemd socket activation hands over a socket that outlives us; else bind our own.
+    sockets = inherited(settings) or bind(settings.host, settings.port)
     try:
         for _, pending in loaded:
             if pending is not None:

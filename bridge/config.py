@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bridge.errors import ConfigError
+from bridge.hours import OpeningHours
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ASSISTANT_KINDS = ("echo", "openai", "http")
@@ -134,6 +135,13 @@ class ProfileConfig:
     # Mark a message read, with the typing indicator, when a reply to it is being made
     # (only where an access token is set: the log-only sender does nothing).
     read_receipts: bool = True
+    # A reaction (👍 to a reply) gets an answer only when this is on.
+    reply_to_reactions: bool = False
+    # Business hours (None: always open) and what happens outside them: "assistant" answers
+    # as usual, "reply" sends `outside_hours_reply` once per closed period, "silent" records.
+    hours: OpeningHours | None = None
+    outside_hours: str = "assistant"
+    outside_hours_reply: str | None = None
     # Encryption key as URL-safe base64, or a file holding it; else generated in state_dir.
     key: str | None = field(default=None, repr=False)
     key_file: Path | None = None
@@ -190,6 +198,10 @@ class Settings:
     # BRIDGE_ACCEPT_DATA_LOSS=1 for one start under systemd.
     accept_data_loss: bool = False
     notify_socket: str | None = None
+    # systemd socket activation (sd_listen_fds): sockets passed from fd 3 on, for this pid.
+    listen_fds: str | None = None
+    listen_pid: str | None = None
+    listen_fdnames: str | None = None
     watchdog_usec: str | None = None
     watchdog_pid: str | None = None
 
@@ -270,6 +282,35 @@ def _int(value: Any, what: str, minimum: int = 0, maximum: int | None = None) ->
         bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise ConfigError(f"{what} must be {bound}, got {number}")
     return number
+
+
+OUTSIDE_HOURS_MODES = ("assistant", "reply", "silent")
+
+
+def _hours(get: Callable[[str], Any], slug: str) -> tuple[OpeningHours | None, str, str | None]:
+    """Business hours, the outside-hours mode and its reply; ConfigError when inconsistent."""
+    spec, zone, holidays = get("hours"), get("timezone"), get("holidays")
+    mode = str(get("outside_hours") or "assistant").strip().lower()
+    reply = get("outside_hours_reply")
+    if mode not in OUTSIDE_HOURS_MODES:
+        raise ConfigError(
+            f"profile {slug!r}: outside_hours must be one of {', '.join(OUTSIDE_HOURS_MODES)}"
+        )
+    if isinstance(holidays, str):
+        holidays = [h for h in holidays.split(",") if h.strip()]
+    if not spec:
+        return None, mode, reply
+    hours = OpeningHours.parse(str(spec), str(zone or "UTC"), [str(h) for h in holidays or ()])
+    if mode == "reply" and not reply:
+        raise ConfigError(f"profile {slug!r}: outside_hours = reply needs outside_hours_reply")
+    return hours, mode, str(reply) if reply else None
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from TOML (true/false) or the environment ("1", "true", "yes", "on")."""
+    if isinstance(value, bool):
+        return value
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -445,6 +486,8 @@ def _profile(
     debounce = get("reply_debounce_seconds")
     debounce_max = get("reply_debounce_max_seconds")
     receipts = get("read_receipts")
+    reactions = get("reply_to_reactions")
+    hours, outside, outside_reply = _hours(get, slug)
     key_file = get("key_file")
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
@@ -482,6 +525,10 @@ def _profile(
             env, media_table, _transcribe(env, transcribe_table, slug, prefixed), prefixed
         ),
         read_receipts=_bool(receipts, "read_receipts") if receipts is not None else True,
+        reply_to_reactions=_flag(reactions),
+        hours=hours,
+        outside_hours=outside,
+        outside_hours_reply=outside_reply,
         key=secret("key"),
         key_file=Path(str(key_file)) if key_file else None,
         explicit=frozenset(
@@ -580,6 +627,9 @@ def load_settings(
         ),
         accept_data_loss=env.get("BRIDGE_ACCEPT_DATA_LOSS", "").lower() in ("1", "true", "yes"),
         notify_socket=env.get("NOTIFY_SOCKET") or None,
+        listen_fds=env.get("LISTEN_FDS") or None,
+        listen_pid=env.get("LISTEN_PID") or None,
+        listen_fdnames=env.get("LISTEN_FDNAMES") or None,
         watchdog_usec=env.get("WATCHDOG_USEC") or None,
         watchdog_pid=env.get("WATCHDOG_PID") or None,
     )

@@ -8,7 +8,7 @@ extra) that the seed's tools ignore.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,6 +137,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# WhatsApp's customer service window: free-form messages only within 24 h of the user's last
+# message (Meta answers 131047 after it); only an approved template may be sent then.
+WINDOW_MS = 24 * 3600 * 1000
+
+
+def window_until(last_user_message: int | None) -> int | None:
+    """When the 24-hour window that the user's last message opened closes (ms), or None."""
+    return None if last_user_message is None else last_user_message + WINDOW_MS
+
+
 @dataclass(frozen=True, slots=True)
 class ConversationView:
     """A read-only copy handed out by the store; later changes do not show through it."""
@@ -147,6 +157,14 @@ class ConversationView:
     last_activity: int
     last_user_message: int | None
     contact_name: str | None
+
+    @property
+    def window_until(self) -> int | None:
+        return window_until(self.last_user_message)
+
+    def window_open(self, now_ms: int) -> bool:
+        until = self.window_until
+        return until is not None and now_ms < until
 
 
 class Conversation:
@@ -217,10 +235,10 @@ class Conversation:
             return True
         return False
 
-    def unanswered(self) -> Message | None:
-        """The newest user message if no reply answers it or any user message after the
-        newest one answered: the one to answer (with the run before it as history) after a
-        crash or a stop interrupted the replier."""
+    def unanswered(self, wants_reply: Callable[[Message], bool] | None = None) -> Message | None:
+        """The newest user message (that `wants_reply`) if no reply answers it or any user
+        message after the newest one answered: the one to answer (with the run before it as
+        history) after a crash or a stop interrupted the replier."""
         answered = {m.reply_to for m in self.messages if m.role == "assistant" and m.reply_to}
         last_user: Message | None = None
         for message in reversed(self.messages):
@@ -230,7 +248,8 @@ class Conversation:
                 continue
             if message.id in answered:
                 return last_user
-            last_user = last_user or message
+            if last_user is None and (wants_reply is None or wants_reply(message)):
+                last_user = message
         return last_user
 
     def view(self) -> ConversationView:

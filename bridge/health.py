@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -32,6 +33,10 @@ async def readyz(request: web.Request) -> web.Response:
             "health": monitor.health[slug].as_json(),
             "conversations": len(runtime.store.state.conversations),
             "outbox": len(runtime.store.state.outbox),
+            # Business hours: "open"/"closed" now, "always" without configured hours.
+            "hours": runtime.config.hours.describe(datetime.now(UTC))
+            if runtime.config.hours is not None
+            else "always",
         }
         for slug, runtime in request.app[RUNTIMES].items()
     }

@@ -95,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.state = _State.IDLE
         self.since = 0.0  # loop time the current IDLE or BODY wait began
         self.admitted = False
+        self.fresh = True  # accepted, no request started yet (its head may be on the way)
         # One timer per connection, re-armed lazily: a request costs no timer churn, the timer
         # checks on firing whether the connection has been idle for the whole deadline.
         self._deadline = 0.0  # loop time by which an IDLE connection must have a request head
@@ -142,10 +143,12 @@ class _Connection(asyncio.Protocol):
             self._timer = loop.call_at(self._deadline, self._expire)
 
     def reading_body(self) -> None:
+        self.fresh = False
         self.state = _State.BODY  # bounded by read_body's own deadline
         self.since = asyncio.get_running_loop().time()
 
     def busy(self) -> None:
+        self.fresh = False
         self.state = _State.BUSY
 
     def _expire(self) -> None:
@@ -215,6 +218,18 @@ class ConnectionGuard:
     @property
     def open(self) -> int:
         return len(self._connections)
+
+    async def serve_accepted(self, timeout: float) -> None:
+        """After the listener closed: give connections already accepted but whose request
+        has not started (its head still on the wire) up to `timeout` to start it, so a stop
+        does not reset them. With socket activation the next process serves what arrives
+        from now on; without it, new connections are refused anyway."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(
+            c.fresh and c.state is _State.IDLE for c in self._connections.values()
+        ):
+            await asyncio.sleep(0.01)
 
     def protocol_factory(self, make: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` that guards what `make` returns."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bridge.conversations import Message
@@ -83,6 +83,11 @@ class Ingestor:
             if key != message.key:
                 fresh[index] = message = replace(message, key=key)
             records.append(_message_record(message, received_ms))
+            moved_to = new_number(message)
+            if moved_to is not None and moved_to != key:
+                # The user changed their number: their conversation moves to the new one
+                # (history kept) and the old key points to it from now on.
+                records.append(IdentityLinked(key, moved_to))
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
@@ -118,6 +123,17 @@ class Ingestor:
             duplicates=len(messages) - len(fresh),
             status_names=tuple(s.status for s in statuses),
         )
+
+
+def new_number(message: InboundMessage) -> str | None:
+    """The new wa_id of a `user_changed_number` system message, else None."""
+    if message.type != "system" or not message.extra:
+        return None
+    system = message.extra.get("system")
+    if not isinstance(system, Mapping) or system.get("type") != "user_changed_number":
+        return None
+    new = system.get("new_wa_id") or system.get("wa_id")
+    return new if isinstance(new, str) and new.isdigit() else None
 
 
 def _message_record(message: InboundMessage, received_ms: int) -> MessageAdded:

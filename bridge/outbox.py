@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import functools
 import random
+import time
 from collections.abc import Iterable
 
+from bridge.conversations import Conversation, window_until
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
 from bridge.records import OutboxDone, OutboxItem, OutboxUncertain, StatusChanged
@@ -48,6 +50,10 @@ STOP_GRACE = 5.0
 # How long an uncertain reply waits for Meta's status webhook before it is sent again. Meta
 # reports `sent` within seconds of taking a message.
 RECONCILE_SECONDS = 20.0
+WINDOW_CLOSED_TEXT = (
+    "131047: not sent: more than 24 hours since the user's last message (WhatsApp's "
+    "customer service window is closed; only an approved template can reach them now)"
+)
 
 
 class Outbox:
@@ -211,18 +217,32 @@ class Outbox:
         sent = self._sent_parts.get(item.id)
         if sent is None:
             sent = []
-            view = self._store.state.get(item.key)
-            for message in reversed(view.messages if view is not None else ()):
+            conv = self._conversation(item)
+            for message in reversed(conv.messages if conv is not None else ()):
                 if message.id == item.id:
                     sent.extend(message.wamids)
                     break
             self._sent_parts[item.id] = sent
         return sent
 
+    def _conversation(self, item: OutboxItem) -> Conversation | None:
+        """The item's conversation (a user id's may have been merged into its phone's)."""
+        state = self._store.state
+        return state.conversations.get(state.resolve(item.key))
+
+    def _window_closed(self, item: OutboxItem) -> bool:
+        """WhatsApp's 24-hour window: free-form text only within 24 h of the user's last
+        message (as we received it)."""
+        conv = self._conversation(item)
+        if conv is None:
+            return False  # erased meanwhile: the erasure takes the item too
+        until = window_until(conv.last_user_message)
+        return until is None or time.time() * 1000 >= until
+
     def _media_of(self, item: OutboxItem) -> list[OutboundMedia]:
         """The files `item` sends after its text, from its reply's entry."""
-        view = self._store.state.get(item.key)
-        for message in reversed(view.messages if view is not None else ()):
+        conv = self._conversation(item)
+        for message in reversed(conv.messages if conv is not None else ()):
             if message.id == item.id:
                 listed = (message.extra or {}).get("sent_media")
                 if not isinstance(listed, list):
@@ -275,6 +295,13 @@ class Outbox:
                     await self._finish(item, "sent", None)
                     self._log.info("reply_sent", item=item.id, to=mask(item.to), reconciled=True)
                     return
+            if self._window_closed(item):
+                # Meta would refuse it (131047): say so now, without a call that cannot work.
+                await self._finish(item, "failed", WINDOW_CLOSED_TEXT)
+                self._log.warning(
+                    "reply_failed", item=item.id, to=mask(item.to), reason="window_closed_locally"
+                )
+                return
             started = asyncio.get_running_loop().time()
             try:
                 async with self._slots:

@@ -20,11 +20,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from bridge.assistants.base import Assistant, TurnLike, reply_parts
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
+from bridge.hours import OpeningHours
 from bridge.logs import get_logger, mask
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
@@ -54,9 +56,17 @@ class Replier:
         observe_assistant: Callable[[float, bool], None] | None = None,
         debounce: float = 0.0,
         debounce_max: float = 0.0,
+        hours: OpeningHours | None = None,
+        outside_hours: str = "assistant",
+        outside_hours_reply: str | None = None,
+        clock: Callable[[], float] = time.time,
         media_ready: Callable[[str], Awaitable[None]] | None = None,
         on_answering: Callable[[str], None] | None = None,
     ) -> None:
+        self._hours = hours
+        self._outside_hours = outside_hours
+        self._outside_hours_reply = outside_hours_reply
+        self._clock = clock
         # Told the id of each message a reply is about to be made for (read receipt and
         # typing indicator; must return at once, never fail the reply).
         self._on_answering = on_answering
@@ -164,13 +174,21 @@ class Replier:
         return turns[-limit:]
 
     async def _reply(self, key: str, message_id: str, recipient: str, burst: int = 1) -> None:
+        history = self._history(key, message_id)
+        if not history:
+            return  # the conversation was deleted meanwhile
+        if self._hours is not None and self._outside_hours != "assistant":
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            if not self._hours.is_open(now):
+                await self._closed(key, message_id, recipient, now)
+                return
         if self._on_answering is not None:
             self._on_answering(message_id)
         if self._media_ready is not None:
             await self._media_ready(key)
-        history = self._history(key, message_id)
-        if not history:
-            return  # the conversation was deleted meanwhile
+            history = self._history(key, message_id)  # with the transcripts now in it
+            if not history:
+                return
         started = time.monotonic()
         ok = True
         try:
@@ -198,7 +216,7 @@ class Replier:
             self._log.info("no_reply", key=mask(key), message_id=message_id)
             return
         reply_id = new_reply_id()
-        if not await self._record(key, message_id, recipient, reply_id, text, media):
+        if not await self._record(key, message_id, recipient, reply_id, text, media=media):
             return
         # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
         self._log.debug(
@@ -214,6 +232,31 @@ class Replier:
         )
         self._on_queued(key)
 
+    async def _closed(self, key: str, message_id: str, recipient: str, now: datetime) -> None:
+        """Outside business hours: record only ("silent"), or send the outside-hours reply,
+        at most once per conversation per closed period ("reply")."""
+        if self._outside_hours == "silent" or not self._outside_hours_reply:
+            self._log.info("outside_hours_recorded", key=mask(key), message_id=message_id)
+            return
+        assert self._hours is not None
+        since = self._hours.closed_since(now)
+        since_ms = int(since.timestamp() * 1000) if since is not None else 0
+        view = self._store.state.get(self._store.state.resolve(key))
+        if view is not None and any(
+            m.role == "assistant"
+            and m.extra
+            and m.extra.get("outside_hours")
+            and m.timestamp >= since_ms
+            for m in view.messages
+        ):
+            self._log.info("outside_hours_reply_already_sent", key=mask(key), message_id=message_id)
+            return
+        reply_id = new_reply_id()
+        text = self._outside_hours_reply
+        if await self._record(key, message_id, recipient, reply_id, text, {"outside_hours": True}):
+            self._log.info("outside_hours_reply_queued", key=mask(key), reply_id=reply_id)
+            self._on_queued(key)
+
     async def _record(
         self,
         key: str,
@@ -221,6 +264,7 @@ class Replier:
         recipient: str,
         reply_id: str,
         text: str,
+        extra: dict[str, object] | None = None,
         media: tuple[OutboundMedia, ...] = (),
     ) -> bool:
         """Commit the reply and its outbox item; while the store fails (a full disk), keep
@@ -238,7 +282,7 @@ class Replier:
                     "reply_dropped_conversation_erased", key=mask(key), reply_id=reply_id
                 )
                 return False
-            now_ms = int(time.time() * 1000)
+            now_ms = int(self._clock() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
             # Media parts live on the reply's entry (the outbox reads them there): the
             # history reads `[image] Salado` after the text.
@@ -249,7 +293,9 @@ class Replier:
                 id=reply_id,
                 status="pending",
                 reply_to=message_id,
-                extra={"sent_media": [m.as_dict() for m in media]} if media else None,
+                extra={**(extra or {}), "sent_media": [m.as_dict() for m in media]}
+                if media
+                else extra,
             )
             try:
                 await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])

@@ -6,10 +6,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
+from bridge.conversations import WINDOW_MS, Message
+from bridge.events import expects_reply
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger, set_log_id_key
@@ -29,9 +32,6 @@ from bridge.whatsapp.receipts import ReadReceipts
 from bridge.whatsapp.sender import LogSender, Sender
 
 StoreFactory = Callable[[ProfileConfig], Store]
-
-# WhatsApp's customer service window: free-form replies only within 24 h of the user's message.
-WINDOW_MS = 24 * 3600 * 1000
 
 
 def memory_store(profile: ProfileConfig) -> Store:
@@ -133,6 +133,9 @@ class ProfileRuntime:
             debounce_max=config.reply_debounce_max_seconds,
             media_ready=media.ready,
             on_answering=receipts,
+            hours=config.hours,
+            outside_hours=config.outside_hours,
+            outside_hours_reply=config.outside_hours_reply,
         )
         ingestor = Ingestor(
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
@@ -184,18 +187,33 @@ class ProfileRuntime:
         for conv in self.store.state.conversations.values():
             if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
                 continue
-            message = conv.unanswered()
+            message = conv.unanswered(self._wants_reply)
+            if message is not None and self._closed_when_received(message):
+                continue  # outside hours with outside_hours reply/silent: not the assistant's
             if message is not None and message.id:
                 self.replier.enqueue(conv.key, message.id, conv.key)
                 count += 1
         return count
 
+    def _closed_when_received(self, message: Message) -> bool:
+        hours = self.config.hours
+        if hours is None or self.config.outside_hours == "assistant":
+            return False
+        return not hours.is_open(datetime.fromtimestamp(message.timestamp / 1000, UTC))
+
+    def _wants_reply(self, message: Message) -> bool:
+        return expects_reply(message, self.config.reply_to_reactions)
+
     def acknowledged(self, result: IngestResult) -> None:
-        """Called once Meta has its 200: only now may the slow part begin."""
+        """Called once Meta has its 200: only now may the slow part begin. Only messages that
+        say something are answered: a reaction, a deletion, an edit or a system notice is
+        recorded and changes what it is about, and gets no reply."""
         for message in result.recorded:
             if message.extra is not None and "media" in message.extra:
-                self.media.enqueue(message.key, message.id)
-            self.replier.enqueue(message.key, message.id, recipient_of(message))
+                self.media.enqueue(message.key, message.id)  # a sticker too: kept, not answered
+            stored = Message("user", message.content, 0, type=message.type, extra=message.extra)
+            if self._wants_reply(stored):
+                self.replier.enqueue(message.key, message.id, recipient_of(message))
 
     async def stop(self, timeout: float) -> None:
         """Finish replies in progress, stop sending, then close the store (final snapshot)."""

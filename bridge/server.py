@@ -89,7 +89,7 @@ async def _serve_until_stopped(
     scheduler = start_scheduler(
         runtimes, settings.snapshot_interval, runner.app[MONITOR], settings.health_interval
     )
-    urls = [f"http://{host}:{port}" for host, port in _addresses(servers)]
+    urls = _urls(servers)
     log.info(
         "bridge_listening",
         urls=urls,
@@ -103,15 +103,19 @@ async def _serve_until_stopped(
         log.info("bridge_stopping")
         for server in servers:
             server.close()  # stop accepting; runner.cleanup() then closes the connections
+        # A connection accepted just before has its request on the way: serve it, not reset.
+        await guard.serve_accepted(timeout=min(2.0, settings.header_timeout))
         notifier.stopping("final snapshot")
         scheduler.shutdown(wait=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
-def _addresses(servers: Sequence[asyncio.Server]) -> list[tuple[str, int]]:
+def _urls(servers: Sequence[asyncio.Server]) -> list[str]:
     out = []
     for addr in (sock.getsockname() for server in servers for sock in server.sockets):
         if isinstance(addr, tuple) and len(addr) >= 2:
-            out.append((str(addr[0]), int(addr[1])))
+            out.append(f"http://{addr[0]}:{addr[1]}")
+        elif addr:  # a unix socket handed over by systemd
+            out.append(f"unix:{addr if isinstance(addr, str) else addr.decode(errors='replace')}")
     return out

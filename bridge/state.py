@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
+from bridge.events import EVENT_TYPES, apply_event
 from bridge.identities import merge_conversation
 from bridge.media.entry import has_work, stored_file
 from bridge.records import (
@@ -230,6 +231,8 @@ class State:
             self._forget_reply(conv.messages[0])
             self._forget_media(conv.messages[0])
         conv.append(message, at_ms)
+        if message.role == "user" and message.type in EVENT_TYPES:
+            apply_event(conv, message)
         if seq:
             conv.seq = seq
         if contact_name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, R
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import Sender, split_text
 from tests.conftest import eventually
 from tests.fakes.graph import TOKEN, FakeGraph
@@ -50,8 +52,11 @@ class Rig:
         """Commit an assistant reply and its outbox item, as the replier does."""
         rid = f"reply-{n}"  # unique per test; real ids are random
         body = text or f"reply {n}"
+        # The user's message opens WhatsApp's 24-hour window the reply is sent in.
+        asked = Message("user", f"question {n}", 1_700_000_000_000 + n, id=f"wamid.in.{n}")
         await self.store.commit(
             [
+                MessageAdded(key, asked, received_ms=int(time.time() * 1000)),
                 MessageAdded(
                     key, Message("assistant", body, 1_700_000_000_000 + n, id=rid, status="pending")
                 ),
@@ -69,7 +74,7 @@ class Rig:
     def status(self, key: str) -> list[tuple[str | None, str | None]]:
         view = self.store.state.get(key)
         assert view is not None
-        return [(m.status, m.error) for m in view.messages]
+        return [(m.status, m.error) for m in view.messages if m.role == "assistant"]
 
 
 @pytest.fixture
@@ -77,7 +82,11 @@ async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[...,
     """Build outboxes over one fake Graph API; `store`/`sender` and Outbox options override."""
     fake = FakeGraph()
     server = await aiohttp_server(fake.app())
-    client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
+    # No pair-rate pacing here: these tests send many replies to one user at once
+    # (tests/whatsapp/test_pacing.py is about the pacing).
+    client = GraphClient(
+        str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2, pacer=PairPacer(0.001)
+    )
     outboxes: list[Outbox] = []
 
     def make(store: MemoryStore | None = None, sender: Sender | None = None, **options: Any) -> Rig:
@@ -271,8 +280,10 @@ async def test_notify_for_one_user_sends_without_a_full_scan(rig: Rig) -> None:
     rig.outbox.start()
     assert await rig.outbox.drain(5)
     body = "for ana"
+    now = int(time.time() * 1000)
     await rig.store.commit(
         [
+            MessageAdded(ANA, Message("user", "hola", now, id="wamid.in"), received_ms=now),
             MessageAdded(ANA, Message("assistant", body, 1, id="r1", status="pending")),
             OutboxQueued(OutboxItem("r1", ANA, ANA, body, 1)),
         ]
@@ -493,3 +504,27 @@ async def test_a_send_cut_off_by_stop_is_marked_uncertain(make_rig: Callable[...
     await eventually(lambda: len(rig.fake.received) == 1, what="the send to be in flight")
     await rig.outbox.stop(grace=0.1)
     assert rig.store.state.uncertain == {"reply-1"}
+
+
+async def test_a_reply_outside_the_24_hour_window_is_refused_without_calling_meta(
+    rig: Rig,
+) -> None:
+    """The user last wrote 25 h ago: Meta would answer 131047, so the outbox records the
+    failure with the reason and never sends."""
+    long_ago = int(time.time() * 1000) - 25 * 3600 * 1000
+    await rig.store.commit(
+        [
+            MessageAdded(
+                ANA, Message("user", "hola", long_ago, id="wamid.old"), received_ms=long_ago
+            ),
+            MessageAdded(ANA, Message("assistant", "late", long_ago, id="late", status="pending")),
+            OutboxQueued(OutboxItem("late", ANA, ANA, "late", long_ago)),
+        ]
+    )
+    with capture_logs() as logs:
+        rig.outbox.start()
+        assert await rig.outbox.drain(5)
+    assert rig.fake.requests == []
+    status, error = rig.status(ANA)[0]
+    assert status == "failed" and error is not None and "24 hours" in error and "template" in error
+    assert any(e.get("reason") == "window_closed_locally" for e in logs)

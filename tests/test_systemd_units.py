@@ -321,13 +321,29 @@ needs_systemd_analyze = pytest.mark.skipif(
 )
 
 
+SOCKETS = [SYSTEMD / "whatsapp-bridge.socket", SYSTEMD / "whatsapp-bridge@.socket"]
+
+
 def instantiated_units(tmp_path: Path) -> list[Path]:
     """Copies systemd can load: a template is only checked through an instance."""
     main = tmp_path / MAIN.name
     instance = tmp_path / "whatsapp-bridge@shop.service"
     shutil.copy(MAIN, main)
     shutil.copy(TEMPLATE, instance)
-    return [main, instance]
+    sockets = [tmp_path / "whatsapp-bridge.socket", tmp_path / "whatsapp-bridge@shop.socket"]
+    for source, copy in zip(SOCKETS, sockets, strict=True):
+        shutil.copy(source, copy)
+    return [main, instance, *sockets]
+
+
+@pytest.mark.parametrize("path", SOCKETS, ids=lambda p: p.name)
+def test_socket_units_hand_over_a_socket_named_http_to_their_service(path: Path) -> None:
+    unit = parse_unit(path.read_text())
+    assert unit["Socket"]["FileDescriptorName"] == ["http"]
+    assert unit["Socket"]["ListenStream"]
+    service = unit["Socket"]["Service"][0]
+    assert service.replace("%i", "") in (MAIN.name, TEMPLATE.name)
+    assert unit["Install"]["WantedBy"] == ["sockets.target"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bridge.assistants.base import Assistant, TurnLike
+from bridge.conversations import Message
+from bridge.events import expects_reply
 
 
 class EchoAssistant(Assistant):
@@ -26,7 +28,9 @@ class EchoAssistant(Assistant):
         burst: list[str] = []
         for turn in reversed(history):
             if turn.role == "user":
-                burst.append(turn.content)
+                # Events (a reaction, a sticker, a deletion) are context, not what is answered.
+                if not isinstance(turn, Message) or expects_reply(turn, reactions=True):
+                    burst.append(turn.content)
             elif burst:
                 break
         # Nothing to answer (only assistant turns, or none): "no reply" per the interface.

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import ProfileConfig
+from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import (
     OUTBOUND_MEDIA_TYPES,
     OutboundMedia,
@@ -41,6 +42,7 @@ from bridge.whatsapp.sender import (
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
 WINDOW_CLOSED = 131047
+PAIR_RATE_LIMIT = 131056
 # Long enough for Meta's slowest normal answers, short enough that a stuck connection is retried.
 DEFAULT_TIMEOUT = 15.0
 
@@ -71,10 +73,12 @@ class GraphClient(Sender):
         phone_number_id: str,
         access_token: str,
         timeout: float = DEFAULT_TIMEOUT,
+        pacer: PairPacer | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
         self._token = access_token
         self.timeout = timeout
+        self._pacer = pacer or PairPacer()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -122,9 +126,12 @@ class GraphClient(Sender):
             }
             if tag is not None:
                 body["biz_opaque_callback_data"] = part_tag(tag, index)
+            await self._pacer.wait(to)
             try:
                 sent.append(await self._post_message(body))
             except SendError as exc:
+                if exc.code == PAIR_RATE_LIMIT:
+                    self._pacer.exhaust(to)
                 if sent:
                     raise PartialSendError(exc, sent) from None
                 raise
@@ -149,7 +156,13 @@ class GraphClient(Sender):
         }
         if tag is not None:
             body["biz_opaque_callback_data"] = part_tag(tag, index)
-        return [await self._post_message(body)]
+        await self._pacer.wait(to)  # a media part is a message to the user like any other
+        try:
+            return [await self._post_message(body)]
+        except SendError as exc:
+            if exc.code == PAIR_RATE_LIMIT:
+                self._pacer.exhaust(to)
+            raise
 
     async def mark_read(self, message_id: str) -> None:
         """`{"status": "read", "message_id", "typing_indicator": {"type": "text"}}`: the

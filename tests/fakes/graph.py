@@ -97,6 +97,7 @@ class FakeGraph:
     received: list[Received] = field(default_factory=list)  # every request, in order
     requests: list[dict[str, Any]] = field(default_factory=list)  # every message POST body
     sent: list[dict[str, Any]] = field(default_factory=list)  # accepted message bodies
+    arrivals: list[float] = field(default_factory=list)  # monotonic time of each message POST
     # Outcomes of the next message POSTs, in order; per recipient ones are used first.
     failures: deque[Outcome] = field(default_factory=deque)
     failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
@@ -198,6 +199,7 @@ class FakeGraph:
             peek = await request.json()
             if isinstance(peek, dict) and peek.get("status") == "read":
                 return self._read_receipt(request, peek)
+        self.arrivals.append(time.monotonic())
         body = await self._receive(request)
         self.requests.append(body)
         if not self._authorized(request):
