@@ -11,7 +11,6 @@ live file exists, and keep the bytes when it is erased or dropped later, as a ba
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import errno
 import os
@@ -25,13 +24,13 @@ from admin import render
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.errors import BridgeError
+from bridge.media import upkeep
 from bridge.media.entry import media_of, stored_file
 from bridge.media.store import MediaFileError, MediaStore, valid_name
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir, secure_dir, temp_path
 from bridge.state import State
-from bridge.store.durable import DurableStore
 
 COMPANION = ".media"
 
@@ -55,31 +54,9 @@ def remove_companion(archive: Path) -> None:
 
 # -- erasure and key rotation (under the profile lock, in `write_store`) ----------------------
 
-
-def sweep(store: DurableStore) -> int:
-    """After an erasure is durable: delete the files no message refers to any longer.
-    Returns how many."""
-    state = store.state
-    files = media_store(store.profile, store.keyring)
-    return len(files.sweep(lambda name: name in state.media_files))
-
-
-async def reseal(store: DurableStore) -> int:
-    """Re-encrypt every media file sealed with another key than the keyring's active one
-    (after `rekey`), so no file needs an older key any more. Returns how many files."""
-    keyring = store.keyring
-    files = media_store(store.profile, keyring)
-    loop = asyncio.get_running_loop()
-    count = 0
-    for name in list(store.state.media_files):
-        try:
-            if files.sealed_with(name) == keyring.active_id:
-                continue
-        except MediaFileError:
-            continue  # gone (or damaged: `verify` says so); nothing to re-encrypt
-        await loop.run_in_executor(None, files.reseal, name)
-        count += 1
-    return count
+# The same for the bridge and for sessions-admin: bridge/media/upkeep.py.
+sweep = upkeep.sweep
+reseal = upkeep.reseal
 
 
 # -- sessions-admin media KEY WAMID -o FILE ----------------------------------------------------
