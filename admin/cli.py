@@ -1,8 +1,10 @@
 """`sessions-admin`: the operator's command line over a profile's encrypted store.
 
 Read commands load snapshot + journal without the profile lock, so they see the current state
-even while the bridge runs. Commands that write take the lock through `DurableStore`; while a
-running bridge holds it they refuse, naming the process, and write nothing.
+even while the bridge runs. Commands that write (delete, prune, import, rotate-key) go to the
+running bridge through its control channel, which commits them through its own store, or,
+when no bridge runs, take the lock and write directly (admin/writer.py): one writer per store
+either way. `restore` replaces the store's files and needs the bridge stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from admin import commands
+from admin import commands, writer
 from admin import media as admin_media
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
@@ -30,8 +32,10 @@ examples:
   sessions-admin import sessions.json            merge a plaintext sessions.json
   sessions-admin --profile shop delete 34600000001
 
-Reads work while the bridge runs. Writes (restore, import, delete, prune, rotate-key) need
-the bridge stopped for that profile and say so otherwise. Exit codes: 0 ok, 1 failure, 2 usage.
+Reads and writes work while the bridge runs: import, delete, prune and rotate-key are sent
+to the running bridge (its control socket var/profiles/<p>/control.sock), which writes them;
+with no bridge running they write to the store directly. restore needs the bridge stopped.
+Exit codes: 0 ok, 1 failure, 2 usage.
 """
 
 
@@ -55,6 +59,17 @@ def _options(parser: argparse.ArgumentParser, default: Any, flag_default: Any) -
     parser.add_argument("--config", type=Path, default=default, help="the bridge's TOML file")
     parser.add_argument(
         "--json", action="store_true", default=flag_default, help="machine-readable output"
+    )
+
+
+def _timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=writer.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up when a running bridge stays silent this long (hung or stopped); "
+        f"default {writer.DEFAULT_TIMEOUT:g}",
     )
 
 
@@ -131,19 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "plaintext JSON on stdout, in the sessions.json format", commands.cmd_export)
     p.add_argument("key", nargs="?", help="only this conversation: " + KEY_HELP)
 
-    p = add("import", "merge a plaintext sessions.json (bridge stopped)", commands.cmd_import)
+    p = add("import", "merge a plaintext sessions.json", commands.cmd_import)
+    _timeout(p)
     p.add_argument(
         "file",
         type=Path,
         help='a sessions.json: [[key, {"messages": [...], ...}], ...] as `export` writes it',
     )
 
-    p = add("delete", "erase one user's conversation (bridge stopped)", commands.cmd_delete)
+    p = add("delete", "erase one user's conversation", commands.cmd_delete)
     p.add_argument("key", help=KEY_HELP)
+    _timeout(p)
 
-    p = add(
-        "prune", "erase conversations idle for more than DAYS (bridge stopped)", commands.cmd_prune
-    )
+    p = add("prune", "erase conversations idle for more than DAYS", commands.cmd_prune)
+    _timeout(p)
     p.add_argument(
         "--older-than",
         type=int,
@@ -152,11 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="erase conversations whose last activity is more than DAYS days ago",
     )
 
-    add(
-        "rotate-key",
-        "re-encrypt everything under a new key (bridge stopped)",
-        commands.cmd_rotate_key,
-    )
+    p = add("rotate-key", "re-encrypt everything under a new key", commands.cmd_rotate_key)
+    _timeout(p)
 
     p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
     p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")

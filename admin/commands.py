@@ -9,32 +9,35 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from admin import archives, render
+import orjson
+
+from admin import archives, render, writer
 from admin import media as admin_media
 from admin.seedfile import load_seed_file
-from bridge.config import ProfileConfig, load_settings, validate_slug
+from bridge.config import ProfileConfig, StoreSettings, load_settings, validate_slug
+from bridge.control.protocol import MAX_REQUEST
+from bridge.control.writes import conversation_key, import_arguments
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
-from bridge.identities import normalize_key
 from bridge.persistence import layout
-from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
-from bridge.persistence.keys import load_keyring, new_key, write_key_file
+from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import IdentityLinked, MessageAdded, OutboxQueued, Record
+from bridge.records import settings_from_dict
 from bridge.state import State
-from bridge.store.durable import DurableStore, load_state
+from bridge.store.durable import load_state
 
 DAY_MS = 24 * 3600 * 1000
+IMPORT_PART = 1024 * 1024  # bytes of conversations per request to a running bridge
 
 
 class UsageError(ConfigError):
@@ -67,7 +70,10 @@ def read_state(profile: ProfileConfig) -> State:
 def report_settings(profile: ProfileConfig, state: State) -> None:
     """The store's cap and retention are the bridge's, stored with the data; a different
     value given to this command (env or TOML) is not applied: say so, in one line."""
-    stored = state.settings
+    report_stored_settings(profile, state.settings)
+
+
+def report_stored_settings(profile: ProfileConfig, stored: StoreSettings | None) -> None:
     if stored is None:
         return
     names = ("max_messages", "retention_days")
@@ -85,48 +91,37 @@ def report_settings(profile: ProfileConfig, state: State) -> None:
         )
 
 
-def refusal(exc: ProfileLockedError, profile: ProfileConfig) -> BridgeError:
-    """Writes never go around a running bridge: say which process holds the profile."""
-    return BridgeError(
-        f"{exc}; stop the bridge for this profile first "
-        f"(e.g. systemctl stop whatsapp-bridge@{profile.slug}); nothing was changed"
-    )
+def report_result_settings(profile: ProfileConfig, result: dict[str, Any]) -> None:
+    """`report_settings` for the settings an operation's result names (the store's own, as
+    the bridge or the store opened here has them)."""
+    stored = result.get("settings")
+    report_stored_settings(profile, settings_from_dict(stored) if stored else None)
 
 
 @contextmanager
 def exclusive(profile: ProfileConfig) -> Iterator[None]:
-    """Hold the profile lock for a write that does not go through DurableStore."""
+    """Hold the profile lock for `restore`, the one write that needs the bridge stopped:
+    it replaces the store's files, which a running bridge holds open."""
     lock = ProfileLock(profile.state_dir, profile.slug)
     try:
         lock.acquire()
     except ProfileLockedError as exc:
-        raise refusal(exc, profile) from None
+        raise BridgeError(
+            f"restore replaces the whole store, so it needs the bridge stopped: {exc}; stop it "
+            f"first (e.g. systemctl stop whatsapp-bridge@{profile.slug}); nothing was changed"
+        ) from None
     try:
         yield
     finally:
         lock.release()
 
 
-def write_store(profile: ProfileConfig, change: Callable[[DurableStore], Awaitable[None]]) -> None:
-    """Open the store, apply `change` through journaled commits, close.
-
-    Closing takes a snapshot, so the change is durable in the same form the bridge writes.
-    The store keeps its own settings: nothing is capped or expired that `change` did not ask.
-    """
-
-    async def run() -> None:
-        store = DurableStore(profile, enforce_settings=False)
-        try:
-            await store.open()  # takes the profile lock
-        except ProfileLockedError as exc:
-            raise refusal(exc, profile) from None
-        try:
-            report_settings(profile, store.state)
-            await change(store)
-        finally:
-            await store.close()
-
-    asyncio.run(run())
+def check_timeout(args: argparse.Namespace) -> float:
+    """--timeout of a write: how long a running bridge may stay silent."""
+    timeout = float(args.timeout)
+    if not 0 < timeout <= 86400:
+        raise UsageError("--timeout must be more than 0 seconds (and at most a day)")
+    return timeout
 
 
 def parse_since(text: str, now_ms: int) -> int:
@@ -177,12 +172,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         print(f"no conversations in profile {profile.slug!r}")
     return 0
-
-
-def conversation_key(state: State, typed: str) -> str:
-    """The stored key for what an operator typed: a phone in any notation is its digits; a
-    user id linked to a phone is the phone's conversation."""
-    return state.resolve(normalize_key(typed))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -324,69 +313,43 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- write commands ---------------------------------------------------------------------------
 
 
-def merge_records(state: State, key: str, incoming: list[Message]) -> tuple[list[Record], int]:
-    """Records that make `key` hold the union of its messages and `incoming`, in time order,
-    and how many of those the store's cap leaves out (the oldest).
-
-    A message counts as present when its id matches, or (for the seed's id-less messages) its
-    role, timestamp and text all do, so importing the same file twice changes nothing.
-    """
-    existing = list(state.conversations[key].messages) if key in state.conversations else []
-    ids = {m.id for m in existing if m.id}
-    triples = {(m.role, m.timestamp, m.content) for m in existing}
-    new = [
-        m
-        for m in incoming
-        if not (m.id and m.id in ids) and (m.role, m.timestamp, m.content) not in triples
-    ]
-    if not new:
-        return [], 0
-    merged = sorted(existing + new, key=lambda m: m.timestamp)
-    total = len(merged)
-    if state.max_messages is not None:  # the store's own cap, as the bridge applies it
-        merged = merged[-state.max_messages :]
-    deletion = state.deletion(key)
-    records: list[Record] = [deletion] if deletion is not None else []
-    records.extend(MessageAdded(key, m) for m in merged)
-    if existing:
-        # The erasure above drops the user ids linked to `key`: link them again.
-        records.extend(IdentityLinked(u, k) for u, k in state.aliases.items() if k == key)
-    # It also takes the user's queued replies with it; they were not imported over, so they
-    # go back in the queue, in their order.
-    records.extend(OutboxQueued(item) for item in state.queued_replies(key))
-    return records, total - len(merged)
+def import_parts(conversations: list[tuple[str, list[Message]]]) -> list[dict[str, Any]]:
+    """The `import` operation's requests: about IMPORT_PART bytes of conversations each, so a
+    large file reaches a running bridge in parts it takes one at a time (each conversation
+    whole in one part). A conversation too large for any request is refused before anything
+    is sent."""
+    parts: list[dict[str, Any]] = []
+    batch: list[tuple[str, list[Message]]] = []
+    size = 0
+    for key, messages in conversations:
+        encoded = len(orjson.dumps(import_arguments([(key, messages)])))
+        if encoded > MAX_REQUEST - 1024:
+            raise BridgeError(
+                f"conversation {key!r} is {encoded:,} bytes, too large to send to a running "
+                "bridge; stop the bridge and import again (nothing was imported)"
+            )
+        if batch and size + encoded > IMPORT_PART:
+            parts.append(import_arguments(batch))
+            batch, size = [], 0
+        batch.append((key, messages))
+        size += encoded
+    if batch:
+        parts.append(import_arguments(batch))
+    return parts
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
+    timeout = check_timeout(args)
     conversations = load_seed_file(args.file)  # checked whole before anything is written
-    counts = {"conversations": 0, "messages": 0, "skipped_expired": 0, "over_cap": 0}
-    stored: dict[str, int | None] = {"retention_days": None, "max_messages": None}
-
-    async def change(store: DurableStore) -> None:
-        state = store.state
-        settings = state.settings
-        if settings is not None:
-            stored.update(
-                retention_days=settings.retention_days, max_messages=settings.max_messages
-            )
-        # Conversations idle past the store's retention would be erased by the bridge's next
-        # snapshot: leave them out and say so. (No stored settings: the bridge decides later.)
-        cutoff = now_ms() - settings.retention_days * DAY_MS if settings else None
-        for key, messages in conversations:
-            if cutoff is not None and max((m.timestamp for m in messages), default=0) < cutoff:
-                counts["skipped_expired"] += 1
-                continue
-            conv = state.conversations.get(key)
-            before = len(conv.messages) if conv else 0
-            records, left_out = merge_records(state, key, messages)
-            if records:
-                await store.commit(records)
-                counts["conversations"] += 1
-                counts["messages"] += len(state.conversations[key].messages) - before
-                counts["over_cap"] += left_out
-
-    write_store(profile, change)
+    results = writer.perform(profile, "import", import_parts(conversations), timeout)
+    counts = {
+        name: sum(int(r[name]) for r in results)
+        for name in ("conversations", "messages", "skipped_expired", "over_cap")
+    }
+    stored = results[-1]["settings"] if results else None
+    if results:
+        report_result_settings(profile, results[-1])
     if args.json:
         render.emit_json({"imported": counts, "file": str(args.file)})
         return 0
@@ -397,33 +360,22 @@ def cmd_import(args: argparse.Namespace) -> int:
     if counts["skipped_expired"]:
         print(
             f"skipped {counts['skipped_expired']} conversation(s) idle for more than the "
-            f"retention period ({stored['retention_days']} days, stored with the data: the "
-            "bridge's retention_days sets it when it starts)"
+            f"retention period ({stored['retention_days'] if stored else None} days, stored "
+            "with the data: the bridge's retention_days sets it when it starts)"
         )
     if counts["over_cap"]:
         print(
             f"left out the oldest {counts['over_cap']} message(s) beyond the store's cap of "
-            f"{stored['max_messages']} per conversation"
+            f"{stored['max_messages'] if stored else None} per conversation"
         )
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     profile = resolve_profile(args)
-
-    deleted: list[str] = []
-
-    async def change(store: DurableStore) -> None:
-        key = conversation_key(store.state, args.key)
-        deletion = store.state.deletion(key)
-        if deletion is None:
-            raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
-        await store.commit([deletion])
-        admin_media.sweep(store)  # the erasure is durable: its media files go
-        deleted.append(key)
-
-    write_store(profile, change)
-    print(f"deleted conversation {deleted[0]} from profile {profile.slug!r}")
+    (result,) = writer.perform(profile, "delete", [{"key": args.key}], check_timeout(args))
+    report_result_settings(profile, result)
+    print(f"deleted conversation {result['key']} from profile {profile.slug!r}")
     return 0
 
 
@@ -431,20 +383,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.older_than < 1:
         raise UsageError("--older-than must be at least 1 day")
     profile = resolve_profile(args)
-    deleted: list[str] = []
-
-    async def change(store: DurableStore) -> None:
-        erasures = store.state.expired(now_ms(), args.older_than * DAY_MS)
-        if erasures:
-            await store.commit(erasures)
-            admin_media.sweep(store)
-        deleted.extend(e.key for e in erasures)
-
-    write_store(profile, change)
+    (result,) = writer.perform(
+        profile, "prune", [{"older_than_days": args.older_than}], check_timeout(args)
+    )
+    report_result_settings(profile, result)
     if args.json:
-        render.emit_json({"deleted": len(deleted)})
+        render.emit_json({"deleted": result["deleted"]})
     else:
-        print(f"pruned {len(deleted)} conversation(s) idle for more than {args.older_than} days")
+        print(
+            f"pruned {result['deleted']} conversation(s) idle for more than {args.older_than} days"
+        )
     return 0
 
 
@@ -682,68 +630,38 @@ def _restore(profile: ProfileConfig, state: State, archive: Path) -> Path:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
-    """New active key; the whole store re-encrypted under it; old keys kept for old backups.
-
-    With the key file the bridge generated in the profile directory, rotate-key makes the
-    new key and writes it there. A key from outside (BRIDGE_KEY, BRIDGE_KEY_FILE, a systemd
-    credential) is the operator's to change: they put the new key first and the old one
-    after it in that source, and rotate-key re-encrypts the store under the first key.
-    """
+    """New active key; the whole store re-encrypted under it; old keys kept for old backups
+    (bridge/control/writes.py `rotate_key` says how, with each kind of key source)."""
     profile = resolve_profile(args)
-    if profile.key or profile.key_file:
-        return _rotate_to_external_key(profile)
-    old = load_keyring(profile, create=False)
-
-    async def change(store: DurableStore) -> None:
-        keyring = Keyring([new_key(), *old.keys])
-        # Key file first: a crash after it still has every key needed to read everything.
-        write_key_file(layout.key_path(profile.state_dir), keyring.keys)
-        await store.rekey(keyring, render.terminal_progress("re-encrypting"))
-        await admin_media.reseal(store)
-
-    write_store(profile, change)
-    new = load_keyring(profile, create=False)
-    print(
-        f"profile {profile.slug!r}: now encrypted with key {new.active_id.decode()}; older keys "
-        f"kept in {layout.key_path(profile.state_dir)} for existing backups"
+    (result,) = writer.perform(
+        profile,
+        "rotate-key",
+        [{}],
+        check_timeout(args),
+        progress=render.terminal_progress("re-encrypting"),
     )
-    return 0
-
-
-def _rotate_to_external_key(profile: ProfileConfig) -> int:
-    """Re-encrypt under the first key of the operator's own keyring (see cmd_rotate_key)."""
-    source = (
-        f"BRIDGE_KEY_FILE ({profile.key_file})"
-        if profile.key_file
-        else "BRIDGE_KEY or the systemd credential 'key'"
-    )
-    keyring = load_keyring(profile, create=False)
-    if len(keyring.keys) < 2:
-        raise BridgeError(
-            f"this profile's key comes from {source}, which rotate-key does not write: put a "
-            "new key (32 random bytes, URL-safe base64) on the first line there and the "
-            "current key on the line after it, make the bridge and this command see the same, "
-            "then run rotate-key: it re-encrypts the store under the first key"
+    report_result_settings(profile, result)
+    active, source = result["key"], result["source"]
+    if source is None:
+        print(
+            f"profile {profile.slug!r}: now encrypted with key {active}; older keys kept in "
+            f"{result['key_file']} for existing backups"
         )
-    active = keyring.active_id.decode()
-    outcome: dict[str, bool] = {}
-
-    async def change(store: DurableStore) -> None:
-        older = store.keyring.opened - {store.keyring.active_id}
-        if older:
-            await store.rekey(store.keyring, render.terminal_progress("re-encrypting"))
-        outcome["rekeyed"] = bool(older) | bool(await admin_media.reseal(store))
-
-    write_store(profile, change)
-    if outcome["rekeyed"]:
+    elif result["rekeyed"]:
         print(
             f"profile {profile.slug!r}: now encrypted with key {active}, the first key of "
             f"{source}; keep the older key(s) there as long as backups made with them exist"
         )
     else:
+        restart = (
+            " (the running bridge reads BRIDGE_KEY and credentials only when it starts: "
+            "restart it after changing them)"
+            if result["running"] and not source.startswith("BRIDGE_KEY_FILE")
+            else ""
+        )
         print(
             f"profile {profile.slug!r}: everything is already encrypted with key {active}, the "
             f"first key of {source}; nothing was re-encrypted (to rotate, the new key must "
-            "come first)"
+            f"come first){restart}"
         )
     return 0

@@ -112,7 +112,8 @@ def write_media(profile: ProfileConfig, state: State, key: str, wamid: str, out:
 
 
 def cmd_media(args: argparse.Namespace) -> int:
-    from admin.commands import conversation_key, read_state, resolve_profile
+    from admin.commands import read_state, resolve_profile
+    from bridge.control.writes import conversation_key
 
     profile = resolve_profile(args)
     state = read_state(profile)

@@ -176,7 +176,10 @@ def run_serve(args: argparse.Namespace) -> int:
     accept_loss = args.accept_data_loss or settings.accept_data_loss
     runtimes = [
         ProfileRuntime.build(
-            p, store_factory=partial(durable_store, accept_data_loss=accept_loss), metrics=metrics
+            p,
+            store_factory=partial(durable_store, accept_data_loss=accept_loss),
+            metrics=metrics,
+            control=True,
         )
         for p, _ in loaded
     ]

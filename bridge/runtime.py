@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
@@ -30,6 +31,9 @@ from bridge.whatsapp.media import MediaClient
 from bridge.whatsapp.models import InboundMessage
 from bridge.whatsapp.receipts import ReadReceipts
 from bridge.whatsapp.sender import LogSender, Sender
+
+if TYPE_CHECKING:
+    from bridge.control.server import ControlServer
 
 StoreFactory = Callable[[ProfileConfig], Store]
 
@@ -95,6 +99,8 @@ class ProfileRuntime:
     metrics: Metrics
     media: MediaWorker
     receipts: ReadReceipts | None = None
+    # The profile's control channel (operators' writes while it runs); file stores only.
+    control: ControlServer | None = None
 
     @classmethod
     def build(
@@ -104,8 +110,11 @@ class ProfileRuntime:
         sender: Sender | None = None,
         assistant: Assistant | None = None,
         metrics: Metrics | None = None,
+        control: bool = False,
     ) -> ProfileRuntime:
-        """Wire one profile; `metrics` (shared with the app) is observed along the way."""
+        """Wire one profile; `metrics` (shared with the app) is observed along the way.
+        With `control`, the profile gets its control channel (its store must be a
+        DurableStore: the socket lives in the profile directory)."""
         metrics = metrics or Metrics()
         slug = config.slug
         store = store_factory(config)
@@ -141,9 +150,12 @@ class ProfileRuntime:
             store, metrics.commit_seconds.labels(slug).observe, on_confirmed=outbox.confirm
         )
         assistant.attach_media(media.files)
-        return cls(
+        runtime = cls(
             config, store, ingestor, replier, outbox, assistant, sender, metrics, media, receipts
         )
+        if control:
+            runtime.control = control_server(runtime)
+        return runtime
 
     @property
     def slug(self) -> str:
@@ -156,6 +168,8 @@ class ProfileRuntime:
         await self.media.start()  # before replies resume: they wait for its work
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
+        if self.control is not None:
+            await self.control.start()
         state = self.store.state
         get_logger(profile=self.slug).info(
             "profile_loaded",
@@ -216,7 +230,10 @@ class ProfileRuntime:
                 self.replier.enqueue(message.key, message.id, recipient_of(message))
 
     async def stop(self, timeout: float) -> None:
-        """Finish replies in progress, stop sending, then close the store (final snapshot)."""
+        """Stop taking operators' writes (those under way finish), finish replies in
+        progress, stop sending, then close the store (final snapshot)."""
+        if self.control is not None:
+            await self.control.stop(timeout)
         await self.replier.stop(timeout)
         if self.receipts is not None:
             await self.receipts.stop()
@@ -225,6 +242,18 @@ class ProfileRuntime:
         await self.assistant.close()
         await self.sender.close()
         await self.store.close()
+
+
+def control_server(runtime: ProfileRuntime) -> ControlServer:
+    """The runtime's control channel (imported here: bridge.control's handlers may use the
+    runtime, so it cannot be imported before this module)."""
+    from bridge.control.registry import ControlContext
+    from bridge.control.server import ControlServer
+    from bridge.store.durable import DurableStore
+
+    if not isinstance(runtime.store, DurableStore):
+        raise TypeError("the control channel needs the file store (a profile directory)")
+    return ControlServer(ControlContext(runtime.store, runtime=runtime))
 
 
 def recipient_of(message: InboundMessage) -> str:

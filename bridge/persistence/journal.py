@@ -189,6 +189,12 @@ class Journal:
         If the caller is cancelled meanwhile, the records are still written and applied:
         once queued they may already be on disk, and memory must match the disk.
         """
+        await self.submit(payloads, apply)
+
+    def submit(self, payloads: list[bytes], apply: Callable[[], None]) -> asyncio.Future[None]:
+        """Queue records now, without awaiting (journal order is call order); the future is
+        done once they are fsynced and applied. For a caller that must take its place in the
+        queue before anything else can run (`DurableStore.commit_decided`)."""
         self._check_running()
         size = sum(len(p) for p in payloads) + len(payloads) + 2
         if size + _FRAME_EXTRA > frames.MAX_FRAME:
@@ -197,7 +203,12 @@ class Journal:
         self._queue.append(_Append(payloads, apply, future, size))
         self._idle.clear()
         self._wake.set()
-        await future
+        return future
+
+    async def settled(self) -> None:
+        """Return once everything queued so far is written and applied (or failed)."""
+        self._check_running()
+        await self._idle.wait()
 
     async def rotate(self) -> int:
         """Finish everything queued so far in the current segment, then start a new one."""

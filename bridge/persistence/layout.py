@@ -14,6 +14,7 @@ LOCK = "lock"
 KEY = "key"
 BACKUPS = "backups"
 MEDIA = "media"
+CONTROL_SOCKET = "control.sock"
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -39,6 +40,11 @@ def backups_dir(state_dir: Path) -> Path:
 def media_dir(state_dir: Path) -> Path:
     """The encrypted media files (bridge/media/store.py)."""
     return state_dir / MEDIA
+
+
+def control_socket_path(state_dir: Path) -> Path:
+    """The running bridge's control channel (bridge/control/): operators' writes go there."""
+    return state_dir / CONTROL_SOCKET
 
 
 def lock_holder(state_dir: Path) -> int | None:

@@ -44,6 +44,14 @@ class Store(ABC):
     async def commit(self, records: Sequence[Record]) -> None:
         """Make `records` durable, then apply them in order; StorageError if that failed."""
 
+    async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
+        """Commit the records `decide` makes of the state with every earlier commit applied
+        (an operator's write on a live store: see DurableStore); returns them once durable
+        and applied. Here commits apply at once, so the state is always settled."""
+        records = tuple(decide(self.state))
+        await self.commit(records)
+        return records
+
     async def snapshot(self) -> None:
         """Write a full snapshot now (a no-op where nothing is on disk)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -157,6 +157,12 @@ class DurableStore(Store):
         self._journal: Journal | None = None
         self._keyring: Keyring | None = None
         self._snapshotting = asyncio.Lock()
+        # Closed while an operator's write decides (commit_decided): commits wait at it.
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._deciding = asyncio.Lock()
+        # Ids of the keys the data on disk is sealed with (loaded with, or written since).
+        self._sealed: set[bytes] = set()
         self._next_seq = 1
         self._log = get_logger(profile=profile.slug)
 
@@ -212,6 +218,7 @@ class DurableStore(Store):
             raise
         self._journal = journal
         self._next_seq = self.state.seq + 1
+        self._sealed = set(self._keyring.opened) | {self._keyring.active_id}
         try:
             if self._lock.previous_unclean:
                 await self._mark_sends_uncertain()
@@ -297,17 +304,58 @@ class DurableStore(Store):
             raise StorageError(f"profile {self.profile.slug!r}: store is not open")
         return self._keyring
 
+    @property
+    def sealed_with(self) -> frozenset[bytes]:
+        """Ids of the keys that what is on disk is sealed with: those the data was loaded
+        with plus the active one, or only the active one after `rekey`."""
+        return frozenset(self._sealed)
+
     async def rekey(self, keyring: Keyring, progress: Progress | None = None) -> None:
         """Re-encrypt everything under `keyring`'s active key: a snapshot under the new key
-        replaces the old one and the journal continues in a new segment under it."""
+        replaces the old one and the journal continues in a new segment under it. Works
+        while traffic goes on (the running bridge's `rotate-key`): commits sealed before the
+        switch are in segments the snapshot makes obsolete."""
         self._keyring = keyring
         self.journal.use_keyring(keyring)
+        self._sealed.add(keyring.active_id)
         await self.snapshot(progress)
+        self._sealed = {keyring.active_id}
 
     async def commit(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        records = tuple(records)  # the caller's list may change before the batch is applied
+        # The caller's list may change before the batch is applied: a tuple of it is queued.
+        records = tuple(records)
+        while not self._gate.is_set():  # an operator's write is deciding (commit_decided)
+            await self._gate.wait()
+        await self._enqueue(records)
+        self._committed(records)
+
+    async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
+        """Commit what `decide` makes of the state with every earlier commit applied.
+
+        For the operator's writes to a live store (delete, import, ...): new commits wait
+        while the journal finishes what is queued, `decide` runs on the settled state, and
+        its records take the next place in the journal; then the others go on. So a
+        deletion takes exactly what was acknowledged before it, and a merge never restores
+        a reply that a send just removed from the outbox. Commits wait for about one fsync.
+        Returns the records (durable and applied); what `decide` raises, nothing committed.
+        """
+        async with self._deciding:
+            self._gate.clear()
+            try:
+                await self.journal.settled()
+                records = tuple(decide(self.state))
+                done = self._enqueue(records) if records else None
+            finally:
+                self._gate.set()
+            if done is not None:
+                await done
+                self._committed(records)
+        return records
+
+    def _enqueue(self, records: tuple[Record, ...]) -> asyncio.Future[None]:
+        """Take sequence numbers and a place in the journal now (no await in between)."""
         # Sequence numbers are taken now, in call order, which is also journal order and apply
         # order. A failed batch leaves a gap; gaps are harmless, reuse would not be.
         first = self._next_seq
@@ -319,8 +367,7 @@ class DurableStore(Store):
             for i, record in enumerate(records):
                 state.apply(first + i, record)
 
-        await self.journal.append(payloads, apply)
-        self._committed(records)
+        return self.journal.submit(payloads, apply)
 
     async def snapshot(self, progress: Progress | None = None) -> None:
         """Retention, then a fuzzy snapshot; older journal segments go once it is durable."""

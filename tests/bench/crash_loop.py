@@ -3,14 +3,21 @@
 Each cycle: a real `bridge serve` takes signed deliveries at a steady rate while it takes a
 snapshot every second (each one runs the retention sweep) and sends the echo replies to a
 local fake Graph API, which reports a status webhook for each, as Meta does; some cycles
-take a backup under that load. The bridge is killed with SIGKILL at a random moment; while
-it is down an operator writes: imports idle history (40 days old, so the next sweep erases
-it while new messages for the same users arrive), deletes a user, or imports fresh
-conversations, an import that is itself killed on some cycles. Then the next cycle.
+take a backup under that load. Under the same load an operator writes through the running
+bridge's control channel: deletes a user who is writing right now, imports fresh
+conversations, or rotates the key (the kill may cut an import or a rotation short). The bridge is killed with SIGKILL at a
+random moment; while it is down an operator writes directly: imports idle history (40 days
+old, so the next sweep erases it while new messages for the same users arrive), deletes a
+user, or imports fresh conversations, an import that is itself killed on some cycles. Then
+the next cycle.
 
 At the end (a last run settles every reply, then SIGTERM) it checks:
 - every message that got a 200 is present exactly once, unless an operator's `delete` of
-  its user came after it, and then it is gone (erasure is complete);
+  its user came after it, and then it is gone (erasure is complete). A delete through the
+  running bridge is decided by the bridge: what was acknowledged before the command was
+  sent is gone, what was acknowledged after it returned is present, and what was
+  acknowledged in between is present at most once (either way is right); when the kill
+  came before the delete's answer, its user's earlier messages may go either way too;
 - each imported conversation is whole (or absent, when its import was killed);
 - the idle history retention erased is gone, and what arrived for those users is kept;
 - no user message was answered twice or left unanswered; no reply reached Graph twice;
@@ -64,21 +71,32 @@ class Ledger:
     """What the operator and Meta were told, to check the store against at the end."""
 
     acked: dict[str, str] = field(default_factory=dict)  # wamid -> phone, for every 200
+    acked_at: dict[str, float] = field(default_factory=dict)  # wamid -> time.monotonic()
     erased: set[str] = field(default_factory=set)  # acked, then their user deleted
+    either: set[str] = field(default_factory=set)  # acked while a live delete was decided
     imported: dict[str, list[str]] = field(default_factory=dict)  # key -> message ids
     killed_imports: dict[str, list[str]] = field(default_factory=dict)
     idle_old: dict[str, list[str]] = field(default_factory=dict)  # 40 days old, by user
     idle_phones: list[str] = field(default_factory=list)  # get traffic in the next cycle
+    hot: str | None = None  # writes often this cycle: a live delete takes them mid-stream
     backups: list[Path] = field(default_factory=list)
     counter: int = 0
     requests: int = 0
     deletes: int = 0
+    live_deletes: int = 0
+    live_deletes_cut: int = 0  # the kill came before the answer
+    live_imports: int = 0
+    live_imports_cut: int = 0
+    live_rotations: int = 0
+    live_rotations_cut: int = 0
 
 
 async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
     """Post single-message deliveries at `rate`/s for `seconds` (the process is killed
-    meanwhile); a fifth of them go to the users whose idle history was just imported."""
+    meanwhile); a fifth of them go to the users whose idle history was just imported, and a
+    fifth to this cycle's hot user, if any."""
     idle = list(ledger.idle_phones)
+    hot = ledger.hot
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
@@ -87,12 +105,15 @@ async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
         async def one(n: int) -> None:
             idle_turn = idle and n % 5 == 0
             phone = idle[n % len(idle)] if idle_turn else f"3465{n % LIVE_PHONES:07d}"
+            if hot and n % 5 == 1:
+                phone = hot
             if n % 10 == 3:
                 wamid = await post_image(session, port, n, phone)
             else:
                 wamid = await post_text(session, port, SECRET, f"crash test {n}", phone)
             if wamid:
                 ledger.acked[wamid] = phone
+                ledger.acked_at[wamid] = time.monotonic()
 
         while loop.time() < end:
             ledger.counter += 1
@@ -137,6 +158,78 @@ def admin(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Co
     )
 
 
+@dataclass
+class LiveWrite:
+    """An operator's write sent to the running bridge during the load."""
+
+    kind: str  # "delete", "import" or "rotate-key"
+    env: dict[str, str]
+    tmp: Path
+    number: int
+    victim: str = ""
+    ids: dict[str, list[str]] = field(default_factory=dict)
+    sent: float = 0.0
+    returned: float = 0.0
+    result: subprocess.CompletedProcess[str] | None = None
+
+    async def run(self, ledger: Ledger, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.kind == "delete":
+            # The hot user, writing right now: messages before, during and after.
+            if ledger.hot is None or ledger.hot not in ledger.acked.values():
+                return
+            self.victim = ledger.hot
+            args = ["delete", self.victim]
+        elif self.kind == "rotate-key":
+            args = ["rotate-key"]
+        else:
+            now = int(time.time() * 1000)
+            fresh = conversations_at(f"3468{self.number:03d}", 1000, 5, now - 60_000, "live")
+            path = seed_file(self.tmp / f"live-{self.number}.json", fresh)
+            self.ids = {k: [str(m["id"]) for m in msgs if "id" in m] for k, msgs in fresh.items()}
+            args = ["import", str(path)]
+        self.sent = time.monotonic()
+        self.result = await asyncio.to_thread(admin, self.env, *args)
+        self.returned = time.monotonic()
+
+    def account(self, ledger: Ledger, killed_at: float) -> None:
+        """Book the outcome: what the write took and what it must have left."""
+        if self.result is None:
+            return
+        done = self.result.returncode == 0
+        if not done and killed_at > self.returned:
+            raise SystemExit(f"live {self.kind} failed: {self.result.stderr.strip()}")
+        if self.kind == "rotate-key":  # the store must read after every restart: checked then
+            ledger.live_rotations += 1
+            ledger.live_rotations_cut += not done
+            return
+        if self.kind == "import":
+            ledger.live_imports += 1
+            if done:
+                ledger.imported.update(self.ids)
+            else:  # cut short by the kill: each conversation whole or absent
+                ledger.live_imports_cut += 1
+                ledger.killed_imports.update(self.ids)
+            return
+        ledger.live_deletes += 1
+        # Decided by the bridge between `sent` and `returned` (or, when the kill came first,
+        # at some moment after `sent`, or not at all).
+        bound = self.returned if done else float("inf")
+        if not done:
+            ledger.live_deletes_cut += 1
+        for wamid, phone in list(ledger.acked.items()):
+            if phone != self.victim:
+                continue
+            at = ledger.acked_at[wamid]
+            if at < self.sent and done:
+                ledger.erased.add(wamid)
+            elif at <= bound:
+                ledger.either.add(wamid)
+            else:
+                continue
+            del ledger.acked[wamid]
+
+
 async def cycle(
     proc: subprocess.Popen[bytes],
     port: int,
@@ -144,10 +237,17 @@ async def cycle(
     kill_at: float,
     ledger: Ledger,
     backup_env: dict[str, str] | None,
+    live: LiveWrite | None,
 ) -> None:
-    """Load the bridge, maybe back it up meanwhile, and SIGKILL it `kill_at` seconds in."""
+    """Load the bridge, maybe back it up and write through it meanwhile, and SIGKILL it
+    `kill_at` seconds in."""
     began = time.monotonic()
     task = asyncio.ensure_future(load(port, rate, kill_at + 0.5, ledger))
+    writing = (
+        asyncio.ensure_future(live.run(ledger, random.uniform(0.1, kill_at / 2)))
+        if live is not None
+        else None
+    )
     if backup_env is not None:
         result = await asyncio.to_thread(admin, backup_env, "backup", "--json")
         if result.returncode == 0:
@@ -155,8 +255,12 @@ async def cycle(
         else:
             raise SystemExit(f"backup under load failed: {result.stderr.strip()}")
     await asyncio.sleep(max(0.0, kill_at - (time.monotonic() - began)))
+    killed_at = time.monotonic()
     proc.send_signal(signal.SIGKILL)
     await task
+    if writing is not None and live is not None:
+        await writing
+        live.account(ledger, killed_at)
 
 
 def seed_file(path: Path, conversations: dict[str, list[dict[str, object]]]) -> Path:
@@ -302,7 +406,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             wait_ready(port)
             kill_at = random.uniform(0.3, 2.0)
             backup_env = admin_env if number % 4 == 1 else None
-            asyncio.run(cycle(proc, port, args.rate, kill_at, ledger, backup_env))
+            kind = ("delete", "import", "rotate-key")[number % 3]
+            live = LiveWrite(kind, admin_env, tmp, number)
+            ledger.hot = f"3465{random.randrange(LIVE_PHONES):07d}" if kind == "delete" else None
+            asyncio.run(cycle(proc, port, args.rate, kill_at, ledger, backup_env, live))
             proc.wait()
             operator_writes(number, tmp, admin_env, ledger)
         # A last run: every reply produced and sent, then an orderly stop.
@@ -343,14 +450,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         orjson.loads(live_verify.stdout)["media_files"] if live_verify.returncode == 0 else -1
     )
     rows = [
-        ("cycles (load, kill -9 at a random moment, operator write, restart)", args.cycles),
+        (
+            "cycles (load and a live operator write, kill -9 at a random moment, operator "
+            "write, restart)",
+            args.cycles,
+        ),
         ("requests sent", ledger.requests),
-        ("acknowledged (200)", len(ledger.acked) + len(ledger.erased)),
+        ("acknowledged (200)", len(ledger.acked) + len(ledger.erased) + len(ledger.either)),
         ("acknowledged and present (user not deleted since)", report["present"]),
         ("present more than once", report["duplicated"]),
         ("lost", report["lost"]),
         ("erased by `delete` (acknowledged before it)", len(ledger.erased)),
         ("erased but still present", report["erased_present"]),
+        (
+            "live deletes through the running bridge / cut short by the kill",
+            f"{ledger.live_deletes} / {ledger.live_deletes_cut}",
+        ),
+        (
+            "acknowledged while a live delete was decided: kept / erased / present twice",
+            f"{report['either_kept']} / {len(ledger.either) - report['either_kept']} / "
+            f"{report['either_duplicated']}",
+        ),
+        (
+            "live imports through the running bridge / cut short by the kill",
+            f"{ledger.live_imports} / {ledger.live_imports_cut}",
+        ),
+        (
+            "live key rotations through the running bridge / cut short by the kill",
+            f"{ledger.live_rotations} / {ledger.live_rotations_cut}",
+        ),
         ("imported conversations, whole", report["imports_whole"]),
         ("imported conversations, damaged", report["imports_damaged"]),
         (
@@ -387,7 +515,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         name
         for name, bad in (
             ("acknowledged messages lost", report["lost"]),
-            ("acknowledged messages duplicated", report["duplicated"]),
+            (
+                "acknowledged messages duplicated",
+                report["duplicated"] + report["either_duplicated"],
+            ),
             ("deleted data still present", report["erased_present"]),
             ("imports damaged", report["imports_damaged"] + report["killed_partial"]),
             ("idle history kept past retention", report["idle_kept_without_traffic"]),
@@ -434,6 +565,8 @@ def check(state: State, ledger: Ledger) -> dict[str, int]:
         "duplicated": sum(1 for wamid in ledger.acked if stored[wamid] > 1),
         "lost": len(ledger.acked) - present,
         "erased_present": sum(1 for wamid in ledger.erased if stored[wamid]),
+        "either_kept": sum(1 for wamid in ledger.either if stored[wamid]),
+        "either_duplicated": sum(1 for wamid in ledger.either if stored[wamid] > 1),
         "imports_whole": sum(all(stored[i] for i in ids) for ids in ledger.imported.values()),
         "imports_damaged": sum(
             not all(stored[i] == 1 for i in ids) for ids in ledger.imported.values()

@@ -194,3 +194,20 @@ def test_an_http_backend_sends_an_image_by_link(setup: Setup) -> None:
     assert [r["message_id"] for r in setup.graph.read_receipts] == [
         stored(setup.var).conversations[PHONE].messages[0].id
     ]
+
+
+def test_a_live_delete_erases_the_media_file(setup: Setup) -> None:
+    """sessions-admin delete while the bridge runs: the bridge commits the erasure (control
+    channel) and its media worker deletes the file once that is durable."""
+    photo = b"\xff\xd8\xff" + os.urandom(50_000)
+    setup.graph.add_media("media-photo", photo)
+    served = start_serve(setup.var, env=setup.env)
+    try:
+        assert post(served, media_message("image", "media-photo", photo, "image/jpeg")) == 200
+        wait_for(lambda: len(media_files(setup.var)) == 1, what="the photo to be stored")
+        result = admin(["delete", PHONE], setup.env)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: media_files(setup.var) == [], what="the file to be deleted")
+    finally:
+        code, _ = served.stop()
+    assert code == 0

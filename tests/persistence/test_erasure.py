@@ -14,8 +14,8 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
-from admin.commands import merge_records
 from bridge.config import ProfileConfig
+from bridge.control.writes import merge_records
 from bridge.conversations import Message
 from bridge.outbox import Outbox
 from bridge.persistence import layout
@@ -136,10 +136,8 @@ async def test_an_import_merge_keeps_the_users_queued_reply(opened: Opened) -> N
     queued reply must survive that."""
     store: DurableStore = await opened()
     await store.commit([user(ANA, 1), *queued_reply(ANA, "out.ana", SECRET)])
-    records, left_out = merge_records(
-        store.state, ANA, [Message("user", "from the old system", NOW - 1000)]
-    )
-    await store.commit(records)
-    assert left_out == 0 and list(store.state.outbox) == ["out.ana"]
+    merge = merge_records(store.state, ANA, [Message("user", "from the old system", NOW - 1000)])
+    await store.commit(merge.records)
+    assert merge.left_out == 0 and list(store.state.outbox) == ["out.ana"]
     conv = store.state.conversations[ANA]
     assert [m.content for m in conv.messages][0] == "from the old system"

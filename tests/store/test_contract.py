@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bridge.conversations import Message
-from bridge.records import ConversationDeleted, MessageAdded, OutboxDone, OutboxItem, OutboxQueued
+from bridge.records import (
+    ConversationDeleted,
+    MessageAdded,
+    OutboxDone,
+    OutboxItem,
+    OutboxQueued,
+    Record,
+)
 from bridge.runtime import durable_store, memory_store
+from bridge.state import State
 from bridge.store.base import Store
 from tests.conftest import make_profile
 
@@ -76,3 +85,30 @@ async def test_empty_commit_is_a_no_op(store: Store) -> None:
     seq = store.state.seq
     await store.commit([])
     assert store.state.seq == seq
+
+
+async def test_a_decided_commit_sees_every_earlier_commit_and_is_applied(store: Store) -> None:
+    earlier = asyncio.ensure_future(store.commit([MessageAdded("k", msg(1))]))
+    await asyncio.sleep(0)  # queued; with a journal, not yet written
+    seen: list[int] = []
+
+    def decide(state: State) -> list[Record]:
+        conv = state.conversations.get("k")
+        seen.append(len(conv.messages) if conv else 0)
+        return [MessageAdded("k", msg(2))]
+
+    records = await store.commit_decided(decide)
+    await earlier
+    assert seen == [1] and len(records) == 1
+    view = store.state.get("k")
+    assert view is not None and [m.content for m in view.messages] == ["m1", "m2"]
+
+
+async def test_a_decision_that_raises_commits_nothing(store: Store) -> None:
+    def decide(state: State) -> list[Record]:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await store.commit_decided(decide)
+    await store.commit([MessageAdded("k", msg(1))])  # and commits go on
+    assert store.state.get("k") is not None
