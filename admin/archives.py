@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def prune(directory: Path, slug: str, keep: int, written: Path) -> list[Path]:
     removed = others[: max(0, len(others) - (keep - 1))]
     for path in removed:
         path.unlink(missing_ok=True)
+        # The archive's media (admin/media.py): `<archive>.media/`.
+        shutil.rmtree(path.with_name(path.name + ".media"), ignore_errors=True)
     return removed
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from admin import commands, operator_commands, writer
+from admin import media as admin_media
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
 
@@ -23,6 +24,7 @@ EPILOG = """\
 examples:
   sessions-admin list --limit 20                 most recently active conversations
   sessions-admin show 34600000001                one conversation, readable
+  sessions-admin media 34600000001 wamid.HBg... -o photo.jpg  one message's file, decrypted
   sessions-admin stats --all-profiles
   sessions-admin backup --keep 14                encrypted archive into var/profiles/<p>/backups/
   sessions-admin verify                          decrypt and check the live store (exit 1 on problems)
@@ -105,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("show", "a whole conversation: time, role, text", commands.cmd_show)
     p.add_argument("key", help=KEY_HELP)
+
+    p = add(
+        "media",
+        "write one message's media file, decrypted (an operator's look, a data request)",
+        admin_media.cmd_media,
+    )
+    p.add_argument("key", help=KEY_HELP)
+    p.add_argument("wamid", help="the message's id, as `show` lists it under the entry")
+    p.add_argument(
+        "-o", "--output", required=True, help="the file to write (- for stdout); plaintext!"
+    )
 
     p = add("stats", "counts, activity range, sizes on disk, outbox", commands.cmd_stats)
     p.add_argument("--all-profiles", action="store_true", help="every profile under the var dir")

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from admin import archives, render, writer
+from admin import media as admin_media
 from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, StoreSettings, load_settings, validate_slug
 from bridge.control.protocol import MAX_REQUEST
@@ -215,6 +216,9 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         "newest_activity": max(activity, default=None),
         "outbox": len(state.outbox),
         "seen_ids": len(state.seen),
+        "media_files": len(state.media_files),
+        "media_pending": len(state.media_jobs),
+        "media_bytes": _dir_size(layout.media_dir(profile.state_dir)),
         "store_bytes": _dir_size(profile.state_dir) - _dir_size(profile.state_dir / "backups"),
         "snapshot_bytes": snapshot.stat().st_size if snapshot.exists() else 0,
         "snapshot_age_seconds": snapshot_age,
@@ -248,6 +252,11 @@ def _stats_text(stats: dict[str, Any]) -> str:
             + (f"{age} s old" if age is not None else "none yet"),
         ),
         ("journal", f"{stats['journal_bytes']:,} bytes"),
+        (
+            "media",
+            f"{stats['media_files']} file(s), {stats['media_bytes']:,} bytes"
+            + (f", {stats['media_pending']} to fetch" if stats["media_pending"] else ""),
+        ),
         (
             "business hours",
             f"{stats['hours']} now ({stats['hours_spec']})"
@@ -478,6 +487,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         else:
             archives.backup_dir(target_dir)
         path = target_dir / archives.archive_name(profile.slug)
+        # The media first: an archive under its name always has its media beside it.
+        media_files, media_missing = admin_media.backup_media(profile, state, path)
         size = asyncio.run(
             write_snapshot(
                 path, state, keyring, profile.slug, 0, render.terminal_progress("backup")
@@ -492,11 +503,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 "path": str(path),
                 "bytes": size,
                 "conversations": len(state.conversations),
+                "media_files": media_files,
+                "media_missing": media_missing,
                 "removed": [str(p) for p in removed],
             }
         )
     else:
         print(path)  # alone on stdout, for scripts
+        if media_missing:
+            print(
+                f"{media_missing} media file(s) were erased or dropped while the backup ran",
+                file=sys.stderr,
+            )
         for old in removed:
             print(f"removed old archive {old}", file=sys.stderr)
     return 0
@@ -522,17 +540,26 @@ def _summary(state: State) -> dict[str, int]:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Decrypt and parse everything; any problem is exit 1 with the file and the cause."""
     profile = resolve_profile(args)
+    keyring = load_keyring(profile, create=False)
     if args.archive is not None:
         state, what = _check_archive(profile, args.archive), str(args.archive)
+        directory = admin_media.companion(args.archive)
     else:
         state, what = read_state(profile), f"profile {profile.slug!r} store"
+        directory = layout.media_dir(profile.state_dir)
+    media = admin_media.check_media(admin_media.media_store(profile, keyring, directory), state)
     summary = _summary(state)
+    if media.damaged:
+        for problem in media.damaged:
+            print(f"sessions-admin: media: {problem}", file=sys.stderr)
+        raise BridgeError(f"{what}: {len(media.damaged)} media file(s) damaged (listed above)")
     if args.json:
-        render.emit_json({"ok": True, "checked": what, **summary})
+        render.emit_json({"ok": True, "checked": what, **summary, **media.as_json()})
     else:
         print(
             f"ok: {what}: {summary['conversations']} conversations, {summary['messages']} "
-            f"messages, {summary['outbox']} queued replies"
+            f"messages, {summary['outbox']} queued replies, {media.checked} media files"
+            + (f" ({len(media.missing)} missing: erased or dropped)" if media.missing else "")
         )
     return 0
 
@@ -548,7 +575,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     state = _check_archive(profile, args.archive)
     with exclusive(profile):
         try:
-            keep = _restore(profile, state)
+            keep = _restore(profile, state, args.archive)
         except OSError as exc:
             raise BridgeError(
                 f"restore failed: cannot write {exc.filename or profile.state_dir}: "
@@ -562,7 +589,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore(profile: ProfileConfig, state: State) -> Path:
+def _restore(profile: ProfileConfig, state: State, archive: Path) -> Path:
     keyring = load_keyring(profile, create=False)
     journal = layout.journal_dir(profile.state_dir)
     segments = list_segments(journal)
@@ -579,6 +606,7 @@ def _restore(profile: ProfileConfig, state: State) -> Path:
             finally:
                 os.close(fd)
     fsync_dir(keep)
+    admin_media.restore_media(profile, archive, keep)
     # The new snapshot continues in a segment after every existing one: an empty newest
     # segment is reused, else a new one is created, and made durable, before the snapshot
     # that names it exists.

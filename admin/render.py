@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from bridge.conversations import ConversationView
+from bridge.conversations import ConversationView, Message
+from bridge.media.entry import duration_text, media_of
 from bridge.modes import current_mode
 
 
@@ -122,7 +123,35 @@ def conversation_text(view: ConversationView) -> str:
         role = f"{m.role} ({operator})" if operator else m.role
         lines.append(f"{when(m.timestamp)}  {role:<9}{state} {first}")
         lines.extend(indent + line for line in rest)
+        media = media_line(m)
+        if media:
+            lines.append(indent + media)
     return "\n".join(head + lines)
+
+
+def media_line(message: Message) -> str | None:
+    """`media: audio/ogg, 48,213 bytes, 0:07, stored, transcribed (id wamid...)`: what an
+    operator needs to judge a media entry and to get its file (`sessions-admin media`)."""
+    media = media_of(message)
+    if media is None:
+        return None
+    parts = [str(media.get("mime_type") or message.type or "media").split(";")[0]]
+    if isinstance(media.get("size"), int):
+        parts.append(f"{media['size']:,} bytes")
+    if isinstance(media.get("duration_ms"), int):
+        parts.append(duration_text(media["duration_ms"]))
+    state = media.get("state")
+    if state is None:
+        parts.append("not fetched yet")
+    elif state == "failed":
+        parts.append(f"failed: {media.get('error', '?')}")
+    else:
+        parts.append(str(state))
+    if "transcript" in media:
+        parts.append("transcribed")
+    elif "transcript_error" in media:
+        parts.append(f"no transcript: {media['transcript_error']}")
+    return f"media: {', '.join(parts)} (id {message.id})"
 
 
 def terminal_progress(what: str) -> Callable[[int, int], None] | None:

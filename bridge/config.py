@@ -40,6 +40,58 @@ class AssistantConfig:
     fallback_reply: str | None = None
     # How many recent messages go to the backend as context.
     history_limit: int = 50
+    # Stored media sent along (see README "Media"): `openai` with `vision` gets the recent
+    # images as content parts; `http` with `send_media` gets a `media` list per message. At
+    # most `media_max_items` items (the most recent), each at most `media_max_bytes`.
+    vision: bool = False
+    send_media: bool = False
+    media_max_items: int = 3
+    media_max_bytes: int = 5 * 1024 * 1024
+
+
+# Meta's own limits for what a user can send (Cloud API "Supported media types"), the default
+# largest file the bridge fetches of each type.
+MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+DEFAULT_MEDIA_MAX_BYTES: dict[str, int] = {
+    "image": 5 * 1024 * 1024,
+    "audio": 16 * 1024 * 1024,
+    "video": 16 * 1024 * 1024,
+    "document": 100 * 1024 * 1024,
+    "sticker": 500 * 1024,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TranscribeConfig:
+    """An OpenAI-compatible `/v1/audio/transcriptions` endpoint for voice notes and audio;
+    `url` None: no transcription (the entry keeps `[voice 0:07]`)."""
+
+    url: str | None = None
+    model: str = "whisper-1"
+    api_key: str | None = field(default=None, repr=False)
+    language: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Inbound media: fetched after the 200, checked, stored encrypted (bridge/media/)."""
+
+    fetch: bool = True
+    # Largest file fetched, per message type (bytes); larger ones are refused and logged.
+    max_bytes: tuple[tuple[str, int], ...] = tuple(DEFAULT_MEDIA_MAX_BYTES.items())
+    # Days the bytes are kept; the history entry (type, size, transcript) stays longer.
+    retention_days: int = 90
+    # How long a reply waits for the media work (download, transcription) of the messages
+    # it answers before it goes ahead with what is known.
+    wait_seconds: float = 30.0
+    transcribe: TranscribeConfig = TranscribeConfig()
+
+    def limit(self, media_type: str) -> int:
+        for name, size in self.max_bytes:
+            if name == media_type:
+                return size
+        return DEFAULT_MEDIA_MAX_BYTES["document"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +133,10 @@ class ProfileConfig:
     # but never longer than the max after the burst's first message.
     reply_debounce_seconds: float = 2.0
     reply_debounce_max_seconds: float = 8.0
+    media: MediaConfig = MediaConfig()
+    # Mark a message read, with the typing indicator, when a reply to it is being made
+    # (only where an access token is set: the log-only sender does nothing).
+    read_receipts: bool = True
     # A reaction (👍 to a reply) gets an answer only when this is on.
     reply_to_reactions: bool = False
     # Business hours (None: always open) and what happens outside them: "assistant" answers
@@ -321,6 +377,80 @@ def _url(value: Any, what: str) -> str | None:
     return text
 
 
+def _bool(value: Any, what: str) -> bool:
+    """A TOML boolean, or `1/true/yes/on` and `0/false/no/off` from the environment."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{what} must be true or false, got {value!r}")
+
+
+def _megabytes(value: Any, what: str) -> int:
+    """A size given in MB (fractions allowed: `0.5`), as bytes."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number of MB, got {value!r}") from None
+    if not 0 < number <= 4096:
+        raise ConfigError(f"{what} must be between 0 and 4096 MB, got {number:g}")
+    return int(number * 1024 * 1024)
+
+
+def _transcribe(
+    env: Mapping[str, str], table: Mapping[str, Any], slug: str, prefixed: bool
+) -> TranscribeConfig:
+    """`[profiles.X.transcribe]` or BRIDGE_TRANSCRIBE_*."""
+
+    def get(name: str) -> Any:
+        if name in table:
+            return table[name]
+        return None if prefixed else env.get(f"BRIDGE_TRANSCRIBE_{name.upper()}")
+
+    prefix = _env_prefix(slug, prefixed)
+    creds = (f"{slug}.transcribe_api_key",) if prefixed else ("transcribe_api_key",)
+    api_key = _secret("api_key", table, env, f"{prefix}TRANSCRIBE_API_KEY", creds)
+    url, model, language, timeout = get("url"), get("model"), get("language"), get("timeout")
+    return TranscribeConfig(
+        url=str(url).strip() if url else None,
+        model=str(model) if model else "whisper-1",
+        api_key=api_key,
+        language=str(language) if language else None,
+        timeout=_float(timeout, "transcribe timeout") if timeout is not None else 60.0,
+    )
+
+
+def _media(
+    env: Mapping[str, str],
+    table: Mapping[str, Any],
+    transcribe: TranscribeConfig,
+    prefixed: bool,
+) -> MediaConfig:
+    """`[profiles.X.media]` or BRIDGE_MEDIA_*: fetching, per-type limits, retention."""
+
+    def get(name: str) -> Any:
+        if name in table:
+            return table[name]
+        return None if prefixed else env.get(f"BRIDGE_MEDIA_{name.upper()}")
+
+    limits = dict(DEFAULT_MEDIA_MAX_BYTES)
+    for kind in MEDIA_TYPES:
+        given = get(f"{kind}_max_mb")
+        if given is not None:
+            limits[kind] = _megabytes(given, f"media {kind}_max_mb")
+    fetch, retention, wait = get("fetch"), get("retention_days"), get("wait_seconds")
+    return MediaConfig(
+        fetch=_bool(fetch, "media fetch") if fetch is not None else True,
+        max_bytes=tuple(limits.items()),
+        retention_days=_int(retention, "media retention_days", 1) if retention else 90,
+        wait_seconds=_seconds(wait, "media wait_seconds") if wait is not None else 30.0,
+        transcribe=transcribe,
+    )
+
+
 def _assistant(
     env: Mapping[str, str], table: Mapping[str, Any], slug: str, prefixed: bool
 ) -> AssistantConfig:
@@ -347,6 +477,8 @@ def _assistant(
     timeout = get("timeout")
     history = get("history_limit")
     fallback = get("fallback_reply")
+    vision, send_media = get("vision"), get("send_media")
+    max_items, max_mb = get("media_max_items"), get("media_max_mb")
     return AssistantConfig(
         kind=kind,
         url=str(url) if url else None,
@@ -356,6 +488,14 @@ def _assistant(
         timeout=_float(timeout, "assistant timeout") if timeout is not None else 30.0,
         fallback_reply=str(fallback) if fallback else None,
         history_limit=_int(history, "assistant history_limit", 1, 250) if history else 50,
+        vision=_bool(vision, "assistant vision") if vision is not None else False,
+        send_media=_bool(send_media, "assistant send_media") if send_media is not None else False,
+        media_max_items=(
+            _int(max_items, "assistant media_max_items", 0, 20) if max_items is not None else 3
+        ),
+        media_max_bytes=(
+            _megabytes(max_mb, "assistant media_max_mb") if max_mb is not None else 5 * 1024 * 1024
+        ),
     )
 
 
@@ -388,6 +528,7 @@ def _profile(
     reconcile = get("send_reconcile_seconds")
     debounce = get("reply_debounce_seconds")
     debounce_max = get("reply_debounce_max_seconds")
+    receipts = get("read_receipts")
     reactions = get("reply_to_reactions")
     hours, outside, outside_reply = _hours(get, slug)
     key_file = get("key_file")
@@ -395,6 +536,10 @@ def _profile(
     assistant_table = table.get("assistant", {})
     if not isinstance(assistant_table, Mapping):
         raise ConfigError(f"profile {slug!r}: [assistant] must be a table")
+    media_table, transcribe_table = table.get("media", {}), table.get("transcribe", {})
+    for name, sub in (("media", media_table), ("transcribe", transcribe_table)):
+        if not isinstance(sub, Mapping):
+            raise ConfigError(f"profile {slug!r}: [{name}] must be a table")
     return ProfileConfig(
         slug=slug,
         state_dir=var_dir / "profiles" / slug,
@@ -420,6 +565,10 @@ def _profile(
             if debounce_max is not None
             else 8.0
         ),
+        media=_media(
+            env, media_table, _transcribe(env, transcribe_table, slug, prefixed), prefixed
+        ),
+        read_receipts=_bool(receipts, "read_receipts") if receipts is not None else True,
         reply_to_reactions=_flag(reactions),
         hours=hours,
         outside_hours=outside,

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from bridge import logs
 from bridge.conversations import ASSISTANT, MODES
 from bridge.loopwatch import LoopWatch
-from bridge.whatsapp.sender import Sender, SendError
+from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
 
 if TYPE_CHECKING:
     from bridge.runtime import ProfileRuntime
@@ -112,6 +112,29 @@ class Metrics:
             ["profile", "action"],
             registry=r,
         )
+        self.media_downloads = Counter(
+            f"{PREFIX}_media_downloads",
+            "Inbound media fetched: result `stored`, else why it failed for good "
+            "(too_large, digest_mismatch, not_found, ...)",
+            ["profile", "result"],
+            registry=r,
+        )
+        self.media_bytes = Counter(
+            f"{PREFIX}_media_bytes", "Bytes of inbound media stored", ["profile"], registry=r
+        )
+        self.transcription_seconds = Histogram(
+            f"{PREFIX}_transcription_seconds",
+            "Transcription latency (the server's answer)",
+            ["profile"],
+            buckets=SLOW,
+            registry=r,
+        )
+        self.transcription_failures = Counter(
+            f"{PREFIX}_transcription_failures",
+            "Voice notes and audio left without a transcript",
+            ["profile"],
+            registry=r,
+        )
         self.loop = LoopWatch(r)
         r.register(LogCollector())
 
@@ -141,6 +164,11 @@ class StateCollector(Collector):
             labels=["profile", "mode"],
         )
         now = int(time.time() * 1000)
+        media = GaugeMetricFamily(
+            f"{PREFIX}_media_pending",
+            "Inbound media whose download or transcription is still to do",
+            labels=["profile"],
+        )
         for slug, runtime in self._runtimes().items():
             state = runtime.store.state
             convs.add_metric([slug], len(state.conversations))
@@ -151,7 +179,8 @@ class StateCollector(Collector):
                 counts[ASSISTANT if conv.mode is None else conv.mode.current(now)] += 1
             for mode, count in counts.items():
                 modes.add_metric([slug, mode], count)
-        return [convs, msgs, outbox, modes]
+            media.add_metric([slug], len(state.media_jobs))
+        return [convs, msgs, outbox, modes, media]
 
 
 class LogCollector(Collector):
@@ -192,6 +221,20 @@ class MeteredSender(Sender):
             raise
         self._sends.labels(self._profile, "ok", "").inc()
         return ids
+
+    async def send_media(
+        self, to: str, media: OutboundMedia, index: int, tag: str | None = None
+    ) -> list[str]:
+        try:
+            ids = await self._inner.send_media(to, media, index, tag)
+        except SendError as exc:
+            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            raise
+        self._sends.labels(self._profile, "ok", "").inc()
+        return ids
+
+    async def mark_read(self, message_id: str) -> None:
+        await self._inner.mark_read(message_id)
 
     async def close(self) -> None:
         await self._inner.close()

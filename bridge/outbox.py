@@ -4,7 +4,9 @@ Items live in the store (journaled), so a reply produced before a crash is sent 
 restart. Replies to one user go out in order, one at a time: a later reply waits while an
 earlier one is retried. Different users proceed concurrently, up to `max_concurrency` sends.
 
-A reply longer than one WhatsApp message goes out as several parts. When a later part fails,
+A reply longer than one WhatsApp message goes out as several parts; a reply with media
+(`Message.extra["sent_media"]`, set by the replier) sends each file by link as one more
+part after the text. When a later part fails,
 the wamids of the parts already sent are kept (in memory, and committed to the store as the
 reply's wamids with status still `pending`), and the retry resumes after them with the
 sender's `skip_parts`: neither a retry nor a restart sends a part twice.
@@ -34,7 +36,13 @@ from bridge.modes import outbox_hold
 from bridge.records import OutboxDone, OutboxItem, OutboxUncertain, StatusChanged
 from bridge.store.base import Store
 from bridge.whatsapp.graph import WINDOW_CLOSED, PartialSendError
-from bridge.whatsapp.sender import Sender, SendError, parse_part_tag, split_text
+from bridge.whatsapp.sender import (
+    OutboundMedia,
+    Sender,
+    SendError,
+    parse_part_tag,
+    text_parts,
+)
 
 # How long `stop` lets sends already on the wire finish and be recorded, at least; it is
 # raised above the sender's own timeout, so a send in flight ends by itself (sent, or known
@@ -232,6 +240,41 @@ class Outbox:
         until = window_until(conv.last_user_message)
         return until is None or time.time() * 1000 >= until
 
+    def _media_of(self, item: OutboxItem) -> list[OutboundMedia]:
+        """The files `item` sends after its text, from its reply's entry."""
+        conv = self._conversation(item)
+        for message in reversed(conv.messages if conv is not None else ()):
+            if message.id == item.id:
+                listed = (message.extra or {}).get("sent_media")
+                if not isinstance(listed, list):
+                    return []
+                found = (OutboundMedia.from_dict(m) for m in listed if isinstance(m, dict))
+                return [m for m in found if m is not None]
+        return []
+
+    def _part_count(self, item: OutboxItem) -> int:
+        return len(text_parts(item.text)) + len(self._media_of(item))
+
+    async def _send(self, item: OutboxItem, sent: list[str]) -> None:
+        """Send the parts of `item` after those in `sent`, appending each one's wamid as it
+        goes: the text parts, then the media. A media part that fails after others went
+        out is a PartialSendError, so the progress is recorded."""
+        texts = len(text_parts(item.text))
+        if len(sent) < texts:
+            sent.extend(await self._sender.send_text(item.to, item.text, len(sent), item.id))
+        media = self._media_of(item)
+        # A sender that assigns no ids (the log-only one) sends everything in one go.
+        for index in range(max(0, len(sent) - texts), len(media)):
+            before = len(sent)
+            try:
+                sent.extend(
+                    await self._sender.send_media(item.to, media[index], texts + index, item.id)
+                )
+            except SendError as exc:
+                if before:
+                    raise PartialSendError(exc, []) from None
+                raise
+
     def _needs_reconcile(self, item_id: str) -> bool:
         return (
             self._sender.confirms_by_status
@@ -253,7 +296,7 @@ class Outbox:
                 await self._reconcile(item, sent)
                 if self._stopping:
                     return
-                if len(sent) >= len(split_text(item.text)):
+                if len(sent) >= self._part_count(item):
                     # Every part reached Meta before: record that, send nothing again.
                     await self._finish(item, "sent", None)
                     self._log.info("reply_sent", item=item.id, to=mask(item.to), reconciled=True)
@@ -272,9 +315,7 @@ class Outbox:
                         return
                     self._in_flight.add(item.id)
                     try:
-                        sent.extend(
-                            await self._sender.send_text(item.to, item.text, len(sent), item.id)
-                        )
+                        await self._send(item, sent)
                     finally:
                         self._in_flight.discard(item.id)
             except SendError as exc:
@@ -364,7 +405,7 @@ class Outbox:
         confirmed part joins `sent` (and is recorded), so only the rest is sent again."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconcile_seconds
-        total = len(split_text(item.text))
+        total = self._part_count(item)
         before = len(sent)
         wake = self._confirm_wake.setdefault(item.id, asyncio.Event())
         try:

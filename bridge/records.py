@@ -7,6 +7,7 @@ the store's sequence number; replay skips those a snapshot already contains.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,22 @@ class ModeChanged:
     mode: ConversationMode
 
 
+@dataclass(frozen=True, slots=True)
+class MediaUpdated:
+    """What the media work (bridge/media/worker.py) learnt about an inbound message's media:
+    stored (encrypted, in the profile's `media/`), failed for good, transcribed, or its
+    bytes dropped by media retention. `media` replaces the message's `extra["media"]`;
+    `content`, when set, its readable content (`[voice 0:07] quiero fotos de salado`).
+
+    A message with media and no `state` in it is work still to do: that is what makes the
+    work durable (the message itself is the queue entry, journaled before the 200)."""
+
+    key: str
+    message_id: str
+    media: Mapping[str, Any]
+    content: str | None = None
+
+
 Record = (
     MessageAdded
     | StatusChanged
@@ -131,6 +148,7 @@ Record = (
     | IdentityLinked
     | SettingsChanged
     | ModeChanged
+    | MediaUpdated
 )
 
 
@@ -176,6 +194,11 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             return {"t": "c", **settings_to_dict(settings)}
         case ModeChanged(key, mode):
             return {"t": "mo", "k": key, **mode.to_dict()}
+        case MediaUpdated(key, message_id, media, content):
+            out = {"t": "a", "k": key, "i": message_id, "x": dict(media)}
+            if content is not None:
+                out["m"] = content
+            return out
     raise TypeError(f"not a record: {record!r}")
 
 
@@ -207,6 +230,11 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return SettingsChanged(settings_from_dict(data))
     if kind == "mo":
         return ModeChanged(str(data["k"]), ConversationMode.from_dict(data))
+    if kind == "a":
+        media, content = data["x"], data.get("m")
+        if type(media) is not dict or not (content is None or type(content) is str):
+            raise ValueError("media update: malformed media or content")
+        return MediaUpdated(str(data["k"]), str(data["i"]), media, content)
     raise ValueError(f"unknown record kind {kind!r}")
 
 

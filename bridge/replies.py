@@ -19,10 +19,10 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from bridge.assistants.base import Assistant, TurnLike
+from bridge.assistants.base import Assistant, TurnLike, reply_parts
 from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
@@ -31,6 +31,7 @@ from bridge.logs import get_logger, mask
 from bridge.modes import assistant_may_answer
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
+from bridge.whatsapp.sender import OutboundMedia
 
 # Backoff while a reply cannot be committed (seconds): quick at first, a gentle probe later.
 RECORD_RETRY_BASE = 0.5
@@ -60,11 +61,19 @@ class Replier:
         outside_hours: str = "assistant",
         outside_hours_reply: str | None = None,
         clock: Callable[[], float] = time.time,
+        media_ready: Callable[[str], Awaitable[None]] | None = None,
+        on_answering: Callable[[str], None] | None = None,
     ) -> None:
         self._hours = hours
         self._outside_hours = outside_hours
         self._outside_hours_reply = outside_hours_reply
         self._clock = clock
+        # Told the id of each message a reply is about to be made for (read receipt and
+        # typing indicator; must return at once, never fail the reply).
+        self._on_answering = on_answering
+        # Waits (bounded) until the media work of a conversation's messages is done, so the
+        # assistant hears the voice note's words and sees the photo (bridge/media/worker.py).
+        self._media_ready = media_ready
         self._observe_assistant = observe_assistant
         self._debounce = debounce
         self._debounce_max = max(debounce, debounce_max)
@@ -185,13 +194,20 @@ class Replier:
             if not self._hours.is_open(now):
                 await self._closed(key, message_id, recipient, now)
                 return
+        if self._on_answering is not None:
+            self._on_answering(message_id)
+        if self._media_ready is not None:
+            await self._media_ready(key)
+            history = self._history(key, message_id)  # with the transcripts now in it
+            if not history:
+                return
         started = time.monotonic()
         ok = True
         try:
             # The backend enforces config.timeout itself with a clearer error; this outer
             # limit only guards against a backend that hangs past it.
             async with asyncio.timeout(self._config.timeout + 1):
-                text = await self._assistant.reply(key, history)
+                text, media = reply_parts(await self._assistant.reply(key, history))
         except (AssistantError, TimeoutError) as exc:
             reason = str(exc) or f"timed out after {self._config.timeout:g}s"
             self._log.warning(
@@ -202,17 +218,17 @@ class Replier:
                 error=reason,
                 fallback=self._config.fallback_reply is not None,
             )
-            text = self._config.fallback_reply or ""
+            text, media = self._config.fallback_reply or "", ()
             ok = False
         elapsed = time.monotonic() - started
         if self._observe_assistant:
             self._observe_assistant(elapsed, ok)
         elapsed_ms = round(elapsed * 1000, 1)
-        if not text:
+        if not text and not media:
             self._log.info("no_reply", key=mask(key), message_id=message_id)
             return
         reply_id = new_reply_id()
-        if not await self._record(key, message_id, recipient, reply_id, text):
+        if not await self._record(key, message_id, recipient, reply_id, text, media=media):
             return
         # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
         self._log.debug(
@@ -223,6 +239,7 @@ class Replier:
             assistant=self._assistant.kind,
             assistant_ms=elapsed_ms,
             chars=len(text),
+            media=len(media),
             burst=burst,
         )
         self._on_queued(key)
@@ -260,6 +277,7 @@ class Replier:
         reply_id: str,
         text: str,
         extra: dict[str, object] | None = None,
+        media: tuple[OutboundMedia, ...] = (),
     ) -> bool:
         """Commit the reply and its outbox item; while the store fails (a full disk), keep
         the text and try again with backoff rather than drop an acknowledged user's answer.
@@ -280,14 +298,18 @@ class Replier:
                 return False
             now_ms = int(self._clock() * 1000)
             item = OutboxItem(id=reply_id, key=key, to=recipient, text=text, created_ms=now_ms)
+            # Media parts live on the reply's entry (the outbox reads them there): the
+            # history reads `[image] Salado` after the text.
             message = Message(
                 role="assistant",
-                content=text,
+                content="\n".join([text] * bool(text) + [m.readable() for m in media]),
                 timestamp=now_ms,
                 id=reply_id,
                 status="pending",
                 reply_to=message_id,
-                extra=extra,
+                extra={**(extra or {}), "sent_media": [m.as_dict() for m in media]}
+                if media
+                else extra,
             )
             try:
                 await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,15 +18,22 @@ from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.keywords import KeywordRules
 from bridge.logs import get_logger, mask, set_log_id_key
+from bridge.media.store import MediaStore
+from bridge.media.transcribe import Transcriber
+from bridge.media.worker import MediaWorker
 from bridge.metrics import MeteredSender, Metrics
 from bridge.modes import owed_answer
 from bridge.notify import Notifier
 from bridge.operators import Operators
 from bridge.outbox import Outbox
+from bridge.persistence import layout
+from bridge.persistence.crypto import Keyring
 from bridge.replies import Replier
 from bridge.store import MemoryStore, Store
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.media import MediaClient
 from bridge.whatsapp.models import InboundMessage
+from bridge.whatsapp.receipts import ReadReceipts
 from bridge.whatsapp.sender import LogSender, Sender
 
 if TYPE_CHECKING:
@@ -53,6 +61,36 @@ def default_sender(profile: ProfileConfig) -> Sender:
     return LogSender(profile.slug)
 
 
+def media_keyring(store: Store) -> Callable[[], Keyring]:
+    """The keys media files are sealed with: the durable store's own (so a rotation covers
+    them), else a key of this process (a memory store keeps nothing across restarts)."""
+    from bridge.store.durable import DurableStore
+
+    if isinstance(store, DurableStore):
+        return lambda: store.keyring
+    ephemeral = Keyring([os.urandom(32)])
+    return lambda: ephemeral
+
+
+def media_worker(config: ProfileConfig, store: Store, metrics: Metrics) -> MediaWorker:
+    """Fetching needs the access token; transcription a configured endpoint."""
+    client = None
+    if config.media.fetch and config.access_token:
+        client = MediaClient(
+            config.graph_url, config.graph_version, config.access_token, config.phone_number_id
+        )
+    transcribe = config.media.transcribe
+    return MediaWorker(
+        store,
+        MediaStore(layout.media_dir(config.state_dir), media_keyring(store), config.slug),
+        config.media,
+        profile=config.slug,
+        client=client,
+        transcriber=Transcriber(transcribe) if transcribe.url else None,
+        metrics=metrics,
+    )
+
+
 @dataclass(slots=True)
 class ProfileRuntime:
     config: ProfileConfig
@@ -66,7 +104,9 @@ class ProfileRuntime:
     # What a person can do (pause, resume, send, delete): the HTTP API and the control
     # channel act through it.
     operators: Operators
+    media: MediaWorker
     notifier: Notifier | None = None
+    receipts: ReadReceipts | None = None
     # The profile's control channel (operators' writes while it runs); file stores only.
     control: ControlServer | None = None
 
@@ -97,6 +137,8 @@ class ProfileRuntime:
             if not ok:
                 metrics.assistant_failures.labels(slug).inc()
 
+        media = media_worker(config, store, metrics)
+        receipts = ReadReceipts(sender, profile=slug) if config.read_receipts else None
         replier = Replier(
             store,
             assistant,
@@ -106,6 +148,8 @@ class ProfileRuntime:
             observe_assistant=observe_assistant,
             debounce=config.reply_debounce_seconds,
             debounce_max=config.reply_debounce_max_seconds,
+            media_ready=media.ready,
+            on_answering=receipts,
             hours=config.hours,
             outside_hours=config.outside_hours,
             outside_hours_reply=config.outside_hours_reply,
@@ -125,6 +169,7 @@ class ProfileRuntime:
         notifier = (
             Notifier(config.notify_url, config.notify_secret, slug) if config.notify_url else None
         )
+        assistant.attach_media(media.files)
         runtime = cls(
             config,
             store,
@@ -135,7 +180,9 @@ class ProfileRuntime:
             sender,
             metrics,
             operators,
-            notifier,
+            media,
+            notifier=notifier,
+            receipts=receipts,
         )
         if control:
             runtime.control = control_server(runtime)
@@ -149,6 +196,7 @@ class ProfileRuntime:
         """Load state, then resume what a previous run left: unsent replies, unanswered users."""
         await self.store.open()
         self._use_log_id_key()
+        await self.media.start()  # before replies resume: they wait for its work
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
         if self.control is not None:
@@ -211,6 +259,8 @@ class ProfileRuntime:
         assistant."""
         handled = {hit.message_id for hit in result.keyword_hits}
         for message in result.recorded:
+            if message.extra is not None and "media" in message.extra:
+                self.media.enqueue(message.key, message.id)  # a sticker too: kept, not answered
             if message.id in handled:
                 continue
             stored = Message("user", message.content, 0, type=message.type, extra=message.extra)
@@ -236,6 +286,9 @@ class ProfileRuntime:
         if self.control is not None:
             await self.control.stop(timeout)
         await self.replier.stop(timeout)
+        if self.receipts is not None:
+            await self.receipts.stop()
+        await self.media.stop()
         await self.outbox.stop()
         await self.assistant.close()
         await self.sender.close()

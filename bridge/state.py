@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import Any
 
 from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
 from bridge.events import EVENT_TYPES, apply_event
 from bridge.identities import merge_conversation
+from bridge.media.entry import has_work, stored_file
 from bridge.records import (
     ConversationDeleted,
     IdentityLinked,
+    MediaUpdated,
     MessageAdded,
     ModeChanged,
     OutboxDone,
@@ -61,6 +65,12 @@ class State:
         self.replies: dict[str, tuple[str, str]] = {}
         # Business-scoped user id -> the conversation key (a phone) of the same person.
         self.aliases: dict[str, str] = {}
+        # Derived from the messages (so snapshots need nothing of their own): inbound media
+        # whose download or transcription is still to do, message id -> conversation key;
+        # and the files the media store must keep, file name -> (conversation key, message
+        # id). Keys may be a user id since linked to a phone: `resolve` them.
+        self.media_jobs: dict[str, str] = {}
+        self.media_files: dict[str, tuple[str, str]] = {}
         self.seq = 0  # last sequence number applied
 
     # -- mutation -------------------------------------------------------------------------
@@ -99,6 +109,8 @@ class State:
                 conv.mode = mode
                 if seq:
                     conv.seq = seq
+            case MediaUpdated(key, message_id, media, content):
+                self._update_media(seq, key, message_id, media, content)
 
     def _link(self, seq: int, user_id: str, key: str) -> None:
         """Record that `user_id` is the person of conversation `key`, and move a conversation
@@ -117,17 +129,21 @@ class State:
         if target is not None and seq and target.seq >= seq:
             for message in source.messages:
                 self._forget_reply(message)
+                self._forget_media(message)
             for message in target.messages:  # ids the stale copy shared with the target
                 self._index_reply(key, message)
+                self._index_media(key, message)
             return
         merged, dropped = merge_conversation(source, target, key, self.max_messages)
         for message in dropped:
             self._forget_reply(message)
+            self._forget_media(message)
         if seq:
             merged.seq = seq
         self.conversations[key] = merged
         for message in merged.messages:
             self._index_reply(key, message)
+            self._index_media(key, message)
 
     def _forget_identities(self, key: str) -> None:
         """A user's conversation erased: the link from their user id goes with it."""
@@ -150,7 +166,9 @@ class State:
         for conv in self.conversations.values():
             if conv.messages.maxlen != cap:
                 for _ in range(len(conv.messages) - cap):
-                    self._forget_reply(conv.messages.popleft())
+                    dropped = conv.messages.popleft()
+                    self._forget_reply(dropped)
+                    self._forget_media(dropped)
                 conv.messages = deque(conv.messages, maxlen=cap)
 
     def queue_reply(self, item: OutboxItem) -> None:
@@ -202,6 +220,7 @@ class State:
                 conv.first_interaction = conv.messages[0].timestamp
         for message in erased:
             self._forget_reply(message)
+            self._forget_media(message)
             self._forget_seen(message)
         self._erase_outbox(key)
 
@@ -218,6 +237,7 @@ class State:
             return  # already in the snapshot this journal is replayed over
         if len(conv.messages) == conv.messages.maxlen:
             self._forget_reply(conv.messages[0])
+            self._forget_media(conv.messages[0])
         conv.append(message, at_ms)
         if message.role == "user" and message.type in EVENT_TYPES:
             apply_event(conv, message)
@@ -226,6 +246,55 @@ class State:
         if contact_name:
             conv.contact_name = contact_name
         self._index_reply(key, message)
+        if message.extra is not None:
+            self._index_media(key, message)
+
+    def _update_media(
+        self,
+        seq: int,
+        key: str,
+        message_id: str,
+        media: Mapping[str, Any],
+        content: str | None,
+    ) -> None:
+        """Replace a message's media fields (and content); see `MediaUpdated`. Guarded by
+        the conversation's seq, so replay over a snapshot that holds it changes nothing."""
+        conv = self.conversations.get(key)
+        if conv is None or (seq and seq <= conv.seq):
+            return
+        for index in range(len(conv.messages) - 1, -1, -1):  # media work is on recent ones
+            message = conv.messages[index]
+            if message.id == message_id and message.role == "user":
+                break
+        else:
+            return  # erased, or dropped by the cap, meanwhile
+        self._forget_media(message)
+        updated = replace(
+            message,
+            content=message.content if content is None else content,
+            extra={**(message.extra or {}), "media": dict(media)},
+        )
+        conv.messages[index] = updated
+        if seq:
+            conv.seq = seq
+        self._index_media(key, updated)
+
+    def _index_media(self, key: str, message: Message) -> None:
+        if message.id is None:
+            return
+        if has_work(message):
+            self.media_jobs[message.id] = key
+        name = stored_file(message)
+        if name is not None:
+            self.media_files[name] = (key, message.id)
+
+    def _forget_media(self, message: Message) -> None:
+        if message.id is None or message.extra is None:
+            return
+        self.media_jobs.pop(message.id, None)
+        name = stored_file(message)
+        if name is not None:
+            self.media_files.pop(name, None)
 
     def _index_reply(self, key: str, message: Message) -> None:
         if message.role == "assistant" and message.id is not None:
@@ -253,6 +322,8 @@ class State:
         self.conversations[conv.key] = conv
         for message in conv.messages:
             self._index_reply(conv.key, message)
+            if message.extra is not None:
+                self._index_media(conv.key, message)
         self.seq = max(self.seq, conv.seq)
 
     def prune_seen(self, now_ms: int) -> int:
@@ -276,6 +347,16 @@ class State:
     def get(self, key: str) -> ConversationView | None:
         conv = self.conversations.get(key)
         return conv.view() if conv is not None else None
+
+    def find_message(self, key: str, message_id: str) -> Message | None:
+        """A message of conversation `key` (or the phone's it was merged into), newest first."""
+        conv = self.conversations.get(self.resolve(key))
+        if conv is None:
+            return None
+        for message in reversed(conv.messages):
+            if message.id == message_id:
+                return message
+        return None
 
     def keys(self) -> list[str]:
         return list(self.conversations)

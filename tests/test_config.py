@@ -269,3 +269,87 @@ def test_keywords_in_toml_are_lists(tmp_path: Path) -> None:
 def test_humans_in_the_loop_settings_are_checked(env: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         load_settings(env)
+
+
+def test_media_and_transcription_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "BRIDGE_TRANSCRIBE_URL": "http://127.0.0.1:8000",
+            "BRIDGE_TRANSCRIBE_MODEL": "Systran/faster-whisper-small",
+            "BRIDGE_TRANSCRIBE_API_KEY": "stt-key",
+            "BRIDGE_TRANSCRIBE_LANGUAGE": "es",
+            "BRIDGE_TRANSCRIBE_TIMEOUT": "20",
+            "BRIDGE_MEDIA_IMAGE_MAX_MB": "2.5",
+            "BRIDGE_MEDIA_RETENTION_DAYS": "30",
+            "BRIDGE_MEDIA_WAIT_SECONDS": "10",
+            "BRIDGE_ASSISTANT": "openai",
+            "BRIDGE_ASSISTANT_URL": "http://127.0.0.1:11434",
+            "BRIDGE_ASSISTANT_VISION": "true",
+            "BRIDGE_ASSISTANT_MEDIA_MAX_ITEMS": "2",
+            "BRIDGE_READ_RECEIPTS": "false",
+        }
+    )
+    (p,) = settings.profiles
+    t = p.media.transcribe
+    assert (t.url, t.model, t.api_key, t.language, t.timeout) == (
+        "http://127.0.0.1:8000",
+        "Systran/faster-whisper-small",
+        "stt-key",
+        "es",
+        20.0,
+    )
+    assert "stt-key" not in repr(p)
+    assert p.media.limit("image") == int(2.5 * 1024 * 1024)
+    assert p.media.limit("document") == 100 * 1024 * 1024  # Meta's own limit, by default
+    assert (p.media.retention_days, p.media.wait_seconds, p.media.fetch) == (30, 10.0, True)
+    assert p.read_receipts is False and load_settings({}).profiles[0].read_receipts is True
+    assert (p.assistant.vision, p.assistant.send_media, p.assistant.media_max_items) == (
+        True,
+        False,
+        2,
+    )
+
+
+def test_media_and_transcription_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        """
+[profiles.shop]
+phone_number_id = "111"
+[profiles.shop.transcribe]
+url = "https://api.groq.com/openai/v1"
+model = "whisper-large-v3"
+api_key_file = "%s"
+[profiles.shop.media]
+fetch = false
+audio_max_mb = 4
+[profiles.shop.assistant]
+kind = "http"
+url = "http://127.0.0.1:9000/bot"
+send_media = true
+[profiles.clinic]
+phone_number_id = "222"
+"""
+        % (tmp_path / "stt-key")
+    )
+    (tmp_path / "stt-key").write_text("groq-key\n")
+    shop, clinic = load_settings({"BRIDGE_TRANSCRIBE_URL": "http://ignored"}, path).profiles
+    assert shop.media.transcribe.model == "whisper-large-v3"
+    assert shop.media.transcribe.api_key == "groq-key"
+    assert (shop.media.fetch, shop.media.limit("audio")) == (False, 4 * 1024 * 1024)
+    assert shop.assistant.send_media is True
+    assert clinic.media.transcribe.url is None  # TOML profiles take nothing from the env
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BRIDGE_MEDIA_FETCH", "maybe", "media fetch must be true or false, got 'maybe'"),
+        ("BRIDGE_MEDIA_VIDEO_MAX_MB", "-1", "media video_max_mb must be between 0 and 4096 MB"),
+        ("BRIDGE_MEDIA_RETENTION_DAYS", "0", "media retention_days must be >= 1, got 0"),
+        ("BRIDGE_TRANSCRIBE_TIMEOUT", "soon", "transcribe timeout must be a number"),
+    ],
+)
+def test_bad_media_settings_are_one_line(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_settings({name: value})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.assistants.base import Assistant, Turn, TurnLike
+from bridge.assistants.base import Assistant, Reply, Turn, TurnLike
 from bridge.assistants.echo import EchoAssistant
 from bridge.assistants.http import HttpAssistant
 from bridge.assistants.openai import OpenAIAssistant
@@ -14,6 +14,7 @@ __all__ = [
     "EchoAssistant",
     "HttpAssistant",
     "OpenAIAssistant",
+    "Reply",
     "Turn",
     "TurnLike",
     "create_assistant",

@@ -11,9 +11,15 @@ The HTTP protocol, for a backend of your own:
 Each stored message also carries, when set: `id` (Meta's wamid), `type` (WhatsApp's message
 type), `timestamp` (ms) and `extra` (structured fields: reply ids and payloads, referral,
 context, media ids, ...; see bridge/whatsapp/content.py), so a bot can branch on a button's id
-while a language model reads `content`. The request is answered with JSON `{"reply": "..."}`
-(`"text"` or `"content"` are accepted too) or with a `text/plain` body that is the reply. An
-empty reply, `null` or 204 No Content means "no reply".
+while a language model reads `content`. With `send_media = true`, a message whose file is
+stored (the most recent `media_max_items` of them, each at most `media_max_mb`) also carries
+`media`: `[{"type", "mime_type", "caption"?, "filename"?, "data": base64}]`.
+
+The request is answered with JSON `{"reply": "..."}` (`"text"` or `"content"` are accepted
+too) or with a `text/plain` body that is the reply. An empty reply, `null` or 204 No Content
+means "no reply". A JSON answer may add files to send, each by link after the text:
+`"media": [{"type": "image"|"document"|"audio"|"video", "url": "https://...", "caption"?,
+"filename"?}]`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from bridge.assistants.base import Assistant, TurnLike
-from bridge.config import AssistantConfig
+from bridge.assistants.base import Assistant, Reply, TurnLike
+from bridge.assistants.media import attachments
+from bridge.config import MEDIA_TYPES, AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, ConfigError
+from bridge.whatsapp.sender import OutboundMedia
 
 # A chat reply is a few KiB; the cap stops a misbehaving backend from filling our memory.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -213,6 +221,9 @@ class HttpAssistant(Assistant):
 
     def __init__(self, config: AssistantConfig) -> None:
         self._history_limit = config.history_limit
+        self._send_media = config.send_media
+        self._media_max_items = config.media_max_items
+        self._media_max_bytes = config.media_max_bytes
         self._endpoint = JsonEndpoint(
             parse_url(config.url, "http assistant"),
             api_key=config.api_key,
@@ -227,11 +238,20 @@ class HttpAssistant(Assistant):
     def url(self) -> URL:
         return self._endpoint.url
 
-    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
-        payload = {
-            "conversation": key,
-            "messages": as_rich_messages(recent(history, self._history_limit)),
-        }
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str | Reply:
+        turns = recent(history, self._history_limit)
+        messages = as_rich_messages(turns)
+        if self._send_media:
+            found = await attachments(
+                turns,
+                self.media,
+                types=MEDIA_TYPES,
+                max_items=self._media_max_items,
+                max_bytes=self._media_max_bytes,
+            )
+            for index, attachment in found.items():
+                messages[index]["media"] = [attachment.as_json()]
+        payload = {"conversation": key, "messages": messages}
         response = await self._endpoint.post(payload)
         return parse_reply(response)
 
@@ -239,26 +259,48 @@ class HttpAssistant(Assistant):
         await self._endpoint.close()
 
 
-def parse_reply(response: Response) -> str:
-    """The reply text from a 2xx answer of the HTTP protocol."""
+def parse_reply(response: Response) -> str | Reply:
+    """The reply from a 2xx answer of the HTTP protocol: its text, with its media if any."""
     if response.status == 204 or not response.body.strip():
         return ""
     if response.is_json:
         data = response.json("http assistant")
         if isinstance(data, dict):
+            media = _media(data.get("media"))
             for name in REPLY_FIELDS:
                 if name in data:
                     value = data[name]
                     if value is None:
-                        return ""
+                        value = ""
                     if isinstance(value, str):
-                        return value.strip()
+                        return Reply(value.strip(), media) if media else value.strip()
                     raise AssistantError(
                         f"http assistant: {name!r} must be a string, got {type(value).__name__}"
                     )
+            if media:
+                return Reply("", media)
         raise AssistantError(
             "http assistant: JSON response has none of " + ", ".join(map(repr, REPLY_FIELDS))
         )
     if response.content_type == "text/plain":
         return response.text().strip()
     raise AssistantError(f"http assistant: unexpected content type {response.content_type!r}")
+
+
+def _media(value: Any) -> tuple[OutboundMedia, ...]:
+    """The answer's `media` list; one item WhatsApp could not send fails the answer (a
+    backend's bug: better said in the log than half sent)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise AssistantError("http assistant: 'media' must be a list")
+    out = []
+    for index, item in enumerate(value):
+        media = OutboundMedia.from_dict(item) if isinstance(item, dict) else None
+        if media is None:
+            raise AssistantError(
+                f"http assistant: media[{index}] needs a type (image, document, audio, video) "
+                "and an http(s) url"
+            )
+        out.append(media)
+    return tuple(out)

@@ -12,15 +12,19 @@ from typing import Any
 
 from yarl import URL
 
-from bridge.assistants.base import Assistant, TurnLike
+from bridge.assistants.base import Assistant, Reply, TurnLike
 from bridge.assistants.http import JsonEndpoint, as_messages, parse_url, recent
+from bridge.assistants.media import attachments
 from bridge.config import AssistantConfig
 from bridge.errors import AssistantError
+from bridge.whatsapp.sender import OutboundMedia
 
 DEFAULT_MODEL = "gpt-4o-mini"
 WHAT = "openai assistant"
 # A last path segment that names an API version: `v1`, `v1beta`, `v2`...
 _VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*")
+# A markdown image: `![alt](https://... "optional title")`.
+_MARKDOWN_IMAGE = re.compile(r"!\[([^\]\n]*)\]\((https?://[^\s)]+)(?:\s+\"[^\"\n]*\")?\)")
 
 
 def chat_completions_url(base: URL) -> URL:
@@ -50,6 +54,10 @@ class OpenAIAssistant(Assistant):
         self.model = config.model or DEFAULT_MODEL
         self._system_prompt = config.system_prompt
         self._history_limit = config.history_limit
+        # Vision: the newest images of the history go as `image_url` content parts.
+        self._vision = config.vision
+        self._media_max_items = config.media_max_items
+        self._media_max_bytes = config.media_max_bytes
         self._endpoint = JsonEndpoint(
             chat_completions_url(parse_url(config.url, WHAT)),
             api_key=config.api_key,
@@ -64,17 +72,49 @@ class OpenAIAssistant(Assistant):
     def url(self) -> URL:
         return self._endpoint.url
 
-    async def reply(self, key: str, history: Sequence[TurnLike]) -> str:
+    async def reply(self, key: str, history: Sequence[TurnLike]) -> str | Reply:
         # `key` stays here: the conversation key is a phone number, not something to send a
         # third-party provider.
-        messages = as_messages(recent(history, self._history_limit))
+        turns = recent(history, self._history_limit)
+        messages: list[dict[str, Any]] = list(as_messages(turns))
+        if self._vision:
+            images = await attachments(
+                turns,
+                self.media,
+                types=("image",),
+                max_items=self._media_max_items,
+                max_bytes=self._media_max_bytes,
+                images_only=True,
+            )
+            for index, image in images.items():
+                # Chat Completions' content parts: the turn's text, then the image.
+                messages[index]["content"] = [
+                    {"type": "text", "text": turns[index].content},
+                    {"type": "image_url", "image_url": {"url": image.data_url()}},
+                ]
         if self._system_prompt:
             messages.insert(0, {"role": "system", "content": self._system_prompt})
         response = await self._endpoint.post({"model": self.model, "messages": messages})
-        return parse_completion(response.json(WHAT))
+        return split_images(parse_completion(response.json(WHAT)))
 
     async def close(self) -> None:
         await self._endpoint.close()
+
+
+def split_images(text: str) -> str | Reply:
+    """Markdown images in a model's answer become image messages (WhatsApp shows no
+    markdown): `![Salado](https://.../salado.jpg)` is sent as that image with the caption
+    `Salado`, after the rest of the text."""
+    images = [
+        OutboundMedia("image", m.group(2), m.group(1).strip() or None)
+        for m in _MARKDOWN_IMAGE.finditer(text)
+    ]
+    if not images:
+        return text
+    rest = _MARKDOWN_IMAGE.sub("", text)
+    rest = re.sub(r"[ \t]+\n", "\n", rest)
+    rest = re.sub(r"\n{3,}", "\n\n", rest).strip()
+    return Reply(rest, tuple(images))
 
 
 def parse_completion(data: Any) -> str:

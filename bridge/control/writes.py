@@ -26,6 +26,7 @@ from bridge.control.registry import OPERATIONS, ControlContext, argument
 from bridge.conversations import Message
 from bridge.errors import BridgeError
 from bridge.identities import normalize_key
+from bridge.media import upkeep as media_upkeep
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
@@ -65,6 +66,7 @@ async def delete(ctx: ControlContext, args: Args) -> Result:
         return [deletion]
 
     await ctx.store.commit_decided(decide)
+    _media_after_erasure(ctx)
     return {"key": erased[0], "settings": stored_settings(ctx.store.state)}
 
 
@@ -75,7 +77,16 @@ async def prune(ctx: ControlContext, args: Args) -> Result:
     if days < 1:
         raise BadRequest("--older-than must be at least 1 day")
     records = await ctx.store.commit_decided(lambda state: state.expired(now_ms(), days * DAY_MS))
+    if records:
+        _media_after_erasure(ctx)
     return {"deleted": len(records), "settings": stored_settings(ctx.store.state)}
+
+
+def _media_after_erasure(ctx: ControlContext) -> None:
+    """The erasure is durable: its media files go. A running bridge's media worker sees the
+    commit and does it (it knows the files it is writing); sessions-admin does it here."""
+    if ctx.runtime is None:
+        media_upkeep.sweep(ctx.store)
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -233,6 +244,7 @@ async def rotate_key(ctx: ControlContext, args: Args) -> Result:
         path = layout.key_path(profile.state_dir)
         await asyncio.to_thread(write_key_file, path, keyring.keys)
         await store.rekey(keyring, ctx.progress)
+        await media_upkeep.reseal(store)
         return {**result, "key": keyring.active_id.decode(), "rekeyed": True, "key_file": str(path)}
     # The source as it reads now: a running bridge read the key file when it started.
     fresh = replace(profile, key=None) if profile.key_file else profile
@@ -254,7 +266,8 @@ async def rotate_key(ctx: ControlContext, args: Args) -> Result:
     older = store.sealed_with - {keyring.active_id}
     if older:
         await store.rekey(keyring, ctx.progress)
-    return {**result, "key": keyring.active_id.decode(), "rekeyed": bool(older)}
+    resealed = await media_upkeep.reseal(store)  # media files sealed with an older key
+    return {**result, "key": keyring.active_id.decode(), "rekeyed": bool(older or resealed)}
 
 
 def now_ms() -> int:

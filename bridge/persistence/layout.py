@@ -13,6 +13,7 @@ JOURNAL = "journal"
 LOCK = "lock"
 KEY = "key"
 BACKUPS = "backups"
+MEDIA = "media"
 CONTROL_SOCKET = "control.sock"
 
 
@@ -34,6 +35,11 @@ def key_path(state_dir: Path) -> Path:
 
 def backups_dir(state_dir: Path) -> Path:
     return state_dir / BACKUPS
+
+
+def media_dir(state_dir: Path) -> Path:
+    """The encrypted media files (bridge/media/store.py)."""
+    return state_dir / MEDIA
 
 
 def control_socket_path(state_dir: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
+from bridge.logs import get_logger
 from bridge.records import Record
 from bridge.state import State
 
@@ -18,6 +19,20 @@ class Store(ABC):
 
     def __init__(self, state: State) -> None:
         self.state = state
+        self._listeners: list[Callable[[Sequence[Record]], None]] = []
+
+    def add_listener(self, callback: Callable[[Sequence[Record]], None]) -> None:
+        """Call `callback(records)` after every commit, once its records are durable and
+        applied: for what lives outside the store and must follow it (the media files of an
+        erased conversation are deleted only once the erasure cannot be taken back)."""
+        self._listeners.append(callback)
+
+    def _committed(self, records: Sequence[Record]) -> None:
+        for callback in self._listeners:
+            try:
+                callback(records)
+            except Exception as exc:  # the commit itself succeeded: never report otherwise
+                get_logger().error("commit_listener_failed", exc_info=exc)
 
     async def open(self) -> None:
         """Load what a previous run left; called once before serving."""

@@ -329,6 +329,7 @@ class DurableStore(Store):
         while not self._gate.is_set():  # an operator's write is deciding (commit_decided)
             await self._gate.wait()
         await self._enqueue(records)
+        self._committed(records)
 
     async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
         """Commit what `decide` makes of the state with every earlier commit applied.
@@ -350,6 +351,7 @@ class DurableStore(Store):
                 self._gate.set()
             if done is not None:
                 await done
+                self._committed(records)
         return records
 
     def _enqueue(self, records: tuple[Record, ...]) -> asyncio.Future[None]:

@@ -11,3 +11,4 @@ from bridge.store.base import Store
 class MemoryStore(Store):
     async def commit(self, records: Sequence[Record]) -> None:
         self._apply(records)
+        self._committed(records)

@@ -138,7 +138,9 @@ def _text(body: Mapping[str, Any], msg: Mapping[str, Any]) -> Rendered:
 
 def _media(label: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Rendered]:
     def render(body: Mapping[str, Any], msg: Mapping[str, Any]) -> Rendered:
-        media = _strings(body, "id", "mime_type", "sha256", "filename", "url")
+        # The caption too, although `content` holds it: a backend that gets the file
+        # (bridge/assistants/, `send_media`) gets its caption beside it.
+        media = _strings(body, "id", "mime_type", "sha256", "filename", "caption", "url")
         for flag in ("voice", "animated"):
             value = _flag(body, flag)
             if value is not None:

@@ -30,7 +30,14 @@ import aiohttp
 
 from bridge.config import ProfileConfig
 from bridge.whatsapp.pacing import PairPacer
-from bridge.whatsapp.sender import Sender, SendError, part_tag, split_text
+from bridge.whatsapp.sender import (
+    OUTBOUND_MEDIA_TYPES,
+    OutboundMedia,
+    Sender,
+    SendError,
+    part_tag,
+    split_text,
+)
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
@@ -129,6 +136,47 @@ class GraphClient(Sender):
                     raise PartialSendError(exc, sent) from None
                 raise
         return sent
+
+    async def send_media(
+        self, to: str, media: OutboundMedia, index: int, tag: str | None = None
+    ) -> list[str]:
+        """One media message by link: `{"type": "image", "image": {"link", "caption"}}`
+        (caption for image, video and document; filename for documents)."""
+        part: dict[str, str] = {"link": media.url}
+        if media.caption and OUTBOUND_MEDIA_TYPES.get(media.type):
+            part["caption"] = media.caption[:1024]  # WhatsApp's caption limit
+        if media.filename and media.type == "document":
+            part["filename"] = media.filename
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": media.type,
+            media.type: part,
+        }
+        if tag is not None:
+            body["biz_opaque_callback_data"] = part_tag(tag, index)
+        await self._pacer.wait(to)  # a media part is a message to the user like any other
+        try:
+            return [await self._post_message(body)]
+        except SendError as exc:
+            if exc.code == PAIR_RATE_LIMIT:
+                self._pacer.exhaust(to)
+            raise
+
+    async def mark_read(self, message_id: str) -> None:
+        """`{"status": "read", "message_id", "typing_indicator": {"type": "text"}}`: the
+        user sees blue ticks and "typing..." until the reply arrives (or 25 s pass)."""
+        await self._request(
+            "POST",
+            f"{self._url}/messages",
+            {
+                "messaging_product": "whatsapp",
+                "status": "read",
+                "message_id": message_id,
+                "typing_indicator": {"type": "text"},
+            },
+        )
 
     async def _post_message(self, body: dict[str, Any]) -> str:
         data = await self._request("POST", f"{self._url}/messages", body)

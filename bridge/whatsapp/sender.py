@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
@@ -34,6 +37,54 @@ class SendError(BridgeError):
         self.retryable = retryable
         self.auth = auth
         self.uncertain = uncertain
+
+
+# What WhatsApp sends by link (Cloud API "Media messages"): type -> whether it takes a caption.
+OUTBOUND_MEDIA_TYPES = {"image": True, "video": True, "document": True, "audio": False}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMedia:
+    """A file a reply sends by link: one message of its own, after the reply's text."""
+
+    type: str  # image, document, audio, video
+    url: str
+    caption: str | None = None
+    filename: str | None = None  # documents: the name the user sees
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"type": self.type, "url": self.url}
+        if self.caption:
+            out["caption"] = self.caption
+        if self.filename:
+            out["filename"] = self.filename
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutboundMedia | None:
+        """None unless `data` names a type WhatsApp sends and an http(s) URL."""
+        kind, url = data.get("type"), data.get("url")
+        if kind not in OUTBOUND_MEDIA_TYPES or not isinstance(url, str):
+            return None
+        if not url.startswith(("https://", "http://")):
+            return None
+        caption, filename = data.get("caption"), data.get("filename")
+        return cls(
+            str(kind),
+            url,
+            caption if isinstance(caption, str) and caption else None,
+            filename if isinstance(filename, str) and filename else None,
+        )
+
+    def readable(self) -> str:
+        """How the part reads in the history: `[image] Salado`."""
+        label = self.caption or self.filename
+        return f"[{self.type}] {label}" if label else f"[{self.type}]"
+
+
+def text_parts(text: str) -> list[str]:
+    """The text messages of a reply: none for a reply that is only media."""
+    return split_text(text) if text else []
 
 
 def part_tag(tag: str, index: int) -> str:
@@ -91,6 +142,16 @@ class Sender(ABC):
         self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
     ) -> list[str]: ...
 
+    async def send_media(
+        self, to: str, media: OutboundMedia, index: int, tag: str | None = None
+    ) -> list[str]:
+        """Send one media part (part `index` of reply `tag`) by link; its wamid."""
+        raise SendError(f"{type(self).__name__} cannot send media", retryable=False)
+
+    async def mark_read(self, message_id: str) -> None:
+        """Mark a user's message read and show the typing indicator while the reply is
+        made (it clears when the reply arrives, or after 25 s). Best effort."""
+
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
 
@@ -112,4 +173,10 @@ class LogSender(Sender):
     ) -> list[str]:
         parts = split_text(text)[skip_parts:]
         self._log.info("reply_not_sent_no_token", to=mask(to), parts=len(parts), chars=len(text))
+        return []
+
+    async def send_media(
+        self, to: str, media: OutboundMedia, index: int, tag: str | None = None
+    ) -> list[str]:
+        self._log.info("reply_not_sent_no_token", to=mask(to), media=media.type)
         return []

@@ -35,7 +35,11 @@ At the end (a last run settles every reply, then SIGTERM) it checks:
 - the idle history retention erased is gone, and what arrived for those users is kept;
 - no user message was answered twice or left unanswered (unless a person took the
   conversation over); no reply reached Graph twice;
-- every backup taken under load verifies; no temp file is left behind.
+- every backup taken under load verifies; no temp file is left behind;
+- every image (a tenth of the deliveries, fetched from the fake Graph API after the 200 and
+  stored encrypted while the kills come) ends up stored, with exactly one file each: no
+  file of an erased user or of a download a kill interrupted is left, and `verify`
+  decrypts every one.
 
 Usage: python -m tests.bench.crash_loop [--cycles 20] [--rate 200] [--out FILE]
 """
@@ -59,6 +63,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.modes import owed_answer
 from bridge.state import State
@@ -67,11 +72,14 @@ from tests.bench.webhook_load import free_port, wait_ready
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.load import post_text
+from tests.media.support import b64_sha256
 
 SECRET = "crash-app-secret"
 API_TOKEN = "crash-api-token-0123456789"
 DAY_MS = 24 * 3600 * 1000
 LIVE_PHONES = 300
+# A tenth of the deliveries are images, from this many files the fake Graph API serves.
+PHOTOS = [os.urandom(150_000) for _ in range(5)]
 
 
 @dataclass
@@ -117,7 +125,10 @@ async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
             phone = idle[n % len(idle)] if idle_turn else f"3465{n % LIVE_PHONES:07d}"
             if hot and n % 5 == 1:
                 phone = hot
-            wamid = await post_text(session, port, SECRET, f"crash test {n}", phone)
+            if n % 10 == 3:
+                wamid = await post_image(session, port, n, phone)
+            else:
+                wamid = await post_text(session, port, SECRET, f"crash test {n}", phone)
             if wamid:
                 ledger.acked[wamid] = phone
                 ledger.acked_at[wamid] = time.monotonic()
@@ -130,6 +141,28 @@ async def load(port: int, rate: float, seconds: float, ledger: Ledger) -> None:
             task.add_done_callback(tasks.discard)
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def post_image(session: aiohttp.ClientSession, port: int, n: int, phone: str) -> str | None:
+    """One image delivery (photo `n % len(PHOTOS)`); its wamid if it got a 200."""
+    photo = n % len(PHOTOS)
+    body = {
+        "id": f"media-{photo}",
+        "mime_type": "image/jpeg",
+        "sha256": b64_sha256(PHOTOS[photo]),
+        "caption": f"crash photo {n}",  # every reply text unique, like the texts'
+    }
+    message = simulate.typed_message("image", body, phone)
+    raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+    try:
+        async with session.post(
+            f"http://127.0.0.1:{port}/webhook",
+            data=raw,
+            headers=simulate.signed_headers(raw, SECRET),
+        ) as resp:
+            return str(message["id"]) if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 def admin(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -213,6 +246,10 @@ class LiveWrite:
             else:
                 continue
             del ledger.acked[wamid]
+        # The erasure takes the user's mode and operator messages too (may, when it was cut).
+        ledger.pauses.pop(self.victim, None)
+        for text in [t for t, k in ledger.operator_texts.items() if k == self.victim]:
+            del ledger.operator_texts[text]
 
 
 async def operators_at_work(port: int, seconds: float, ledger: Ledger) -> None:
@@ -386,7 +423,7 @@ def settle(var: Path, timeout: float = 120) -> State:
             for c in state.conversations.values()
             if now - (c.last_user_message or 0) < DAY_MS and owed_answer(c, now) is not None
         ]
-        if not state.outbox and not owed:
+        if not state.outbox and not owed and not state.media_jobs:
             return state
         if time.monotonic() > deadline:
             return state
@@ -406,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ledger = Ledger()
     graph = FakeGraph()
     graph.delay = 0.05  # replies are on the wire when the kill comes
+    graph.trickle = 0.01  # and downloads are running
+    for index, photo in enumerate(PHOTOS):
+        graph.add_media(f"media-{index}", photo)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp_name, serve_in_thread(graph.app()) as graph_url:
         tmp = Path(tmp_name)
@@ -462,11 +502,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             admin(admin_env, "verify", str(path)).returncode == 0 for path in ledger.backups
         )
         temp_files = [p for p in (var / "profiles").rglob("*.tmp")]
+        media_dir = var / "profiles" / "default" / "media"
+        media_files = {p.name[:-4] for p in media_dir.glob("*.wam")}
+        live_verify = admin(admin_env, "verify", "--json")
         sent_texts = Counter(m["text"]["body"] for m in graph.sent)
     seconds = time.monotonic() - started
     report = check(state, ledger)
     sent_twice = sum(1 for n in sent_texts.values() if n > 1)
     operators_unsent = sum(1 for text in ledger.operator_texts if sent_texts[text] == 0)
+    images = [
+        m
+        for c in state.conversations.values()
+        for m in c.messages
+        if m.role == "user" and m.type == "image" and m.extra
+    ]
+    not_stored = sum(1 for m in images if m.extra and m.extra["media"].get("state") != "stored")
+    referenced = set(state.media_files)
+    orphans = len(media_files - referenced)
+    missing = len(referenced - media_files)
+    verified_media = (
+        orjson.loads(live_verify.stdout)["media_files"] if live_verify.returncode == 0 else -1
+    )
     rows = [
         (
             "cycles (load and a live operator write, kill -9 at a random moment, operator "
@@ -520,6 +576,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("conversations left owing a reply", report["owed"]),
         ("reply texts sent to Graph twice", sent_twice),
         ("backups under load taken / verified", f"{len(ledger.backups)} / {verified}"),
+        (
+            "images present / stored / not stored",
+            f"{len(images)} / {len(images) - not_stored} / {not_stored}",
+        ),
+        (
+            "media files / orphans (unreferenced) / missing / verified",
+            f"{len(media_files)} / {orphans} / {missing} / {verified_media}",
+        ),
         ("temp files left behind", len(temp_files)),
         ("final SIGTERM exit code", stop_code),
         ("duration", f"{seconds:.0f} s"),
@@ -547,6 +611,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("replies owed", report["owed"]),
             ("backups that do not verify", len(ledger.backups) - verified),
             ("temp files left", len(temp_files)),
+            ("images not stored", not_stored),
+            ("media files orphaned or missing", orphans + missing),
+            ("media files that do not verify", verified_media != len(referenced)),
             ("final stop failed", stop_code),
         )
         if bad

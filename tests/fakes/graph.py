@@ -12,12 +12,27 @@ message is followed by a signed `sent` status webhook carrying the message's
 `biz_opaque_callback_data`, retried until the bridge answers 200 (Meta retries for days).
 And it can lose its answer after taking a message (`lose_answers`), as a dropped
 connection does.
+
+Besides text it takes media messages sent by link (`{"type": "image", "image": {"link",
+"caption"}}`, the same for document, audio, video) and read receipts with the typing
+indicator (`{"status": "read", "message_id", "typing_indicator"}`), which it keeps apart
+(`read_receipts`: they are not messages, so `requests`, `received` and `sent` leave them out).
+
+Media, as Meta's "Media" reference documents them: `add_media` registers a file under a
+media id; `GET /{version}/{media_id}` answers `{"messaging_product", "url", "mime_type",
+"sha256" (hex), "file_size", "id"}` (or error 100 with HTTP 404 for an id it does not know),
+and `GET url` with the bearer token answers the bytes until the URL expires (`url_ttl`,
+`expire_urls`: then 404, as lookaside does). Lookups and downloads can fail on script, a
+download can be held in the middle of its body (`hold_downloads`) or trickle (`trickle`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import secrets
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,6 +82,16 @@ class Received:
 
 
 @dataclass
+class FakeMedia:
+    """A file the fake serves; `sha256`/`file_size` override what the lookup announces."""
+
+    data: bytes
+    mime_type: str
+    sha256: str | None = None
+    file_size: int | None = None
+
+
+@dataclass
 class FakeGraph:
     token: str = TOKEN
     received: list[Received] = field(default_factory=list)  # every request, in order
@@ -80,6 +105,19 @@ class FakeGraph:
     delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
     lose_answers: int = 0  # the next N accepted messages: taken, then the connection dropped
     reported: list[str] = field(default_factory=list)  # wamids whose status webhook got a 200
+    read_receipts: list[dict[str, Any]] = field(default_factory=list)  # bodies, in order
+    receipts_fail: bool = False  # read receipts answer 500 (Meta's trouble) while set
+    media: dict[str, FakeMedia] = field(default_factory=dict)  # media id -> file
+    url_ttl: float = 300.0  # seconds a download URL works (Meta: about 5 minutes)
+    lookup_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
+    download_failures: deque[int] = field(default_factory=deque)
+    lookups: list[str] = field(default_factory=list)  # media ids looked up
+    downloads: list[str] = field(default_factory=list)  # media ids whose bytes were all sent
+    # While set, a download sends the first half of its body, then waits until cleared.
+    hold_downloads: threading.Event = field(default_factory=threading.Event)
+    held: threading.Event = field(default_factory=threading.Event)  # a download is held now
+    trickle: float = 0.0  # seconds between 64 KiB pieces of a download
+    _urls: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (id, expiry)
     _report: tuple[str, str] | None = None  # (webhook url, app secret)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -121,11 +159,23 @@ class FakeGraph:
         queue.extend([None] * times)
 
     def bodies(self, to: str | None = None) -> list[str]:
-        """Texts of the accepted messages (to `to` only, if given), in order."""
-        return [m["text"]["body"] for m in self.sent if to is None or m["to"] == to]
+        """Texts of the accepted text messages (to `to` only, if given), in order."""
+        return [
+            m["text"]["body"]
+            for m in self.sent
+            if m["type"] == "text" and (to is None or m["to"] == to)
+        ]
+
+    def media_sent(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The accepted media messages as `{"type", "link", "caption"?, "filename"?}`."""
+        return [
+            {"type": m["type"], **m[m["type"]]}
+            for m in self.sent
+            if m["type"] != "text" and (to is None or m["to"] == to)
+        ]
 
     async def _receive(self, request: web.Request) -> Any:
-        body = await request.json() if request.can_read_body else None
+        body = await request.json() if request.body_exists else None
         self.received.append(
             Received(request.method, request.path, dict(request.query), dict(request.headers), body)
         )
@@ -145,12 +195,16 @@ class FakeGraph:
         return self.failures.popleft() if self.failures else None
 
     async def messages(self, request: web.Request) -> web.Response:
+        if request.body_exists:
+            peek = await request.json()
+            if isinstance(peek, dict) and peek.get("status") == "read":
+                return self._read_receipt(request, peek)
         self.arrivals.append(time.monotonic())
         body = await self._receive(request)
         self.requests.append(body)
         if not self._authorized(request):
             return self._error(401, 190)
-        if not _valid_text_message(body):
+        if not (_valid_text_message(body) or _valid_media_message(body)):
             return self._error(400, 100)
         outcome = self._next_outcome(body["to"])
         if outcome is not None:
@@ -175,11 +229,126 @@ class FakeGraph:
             }
         )
 
+    def _read_receipt(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if not self._authorized(request):
+            return self._error(401, 190)
+        if self.fail_all is not None:
+            return self._error(*self.fail_all)
+        if self.receipts_fail:
+            return self._error(500, 131000)
+        if not isinstance(body.get("message_id"), str) or body.get("messaging_product") != (
+            "whatsapp"
+        ):
+            return self._error(400, 100)
+        self.read_receipts.append(body)
+        return web.json_response({"success": True})
+
     async def phone_number(self, request: web.Request) -> web.Response:
         await self._receive(request)
         if not self._authorized(request):
             return self._error(401, 190)
-        return web.json_response({"id": request.match_info["phone"]})
+        object_id = request.match_info["phone"]
+        if object_id in self.media or object_id.startswith("media"):
+            return self._lookup(request, object_id)
+        return web.json_response({"id": object_id})
+
+    # -- media ------------------------------------------------------------------------------
+
+    def add_media(
+        self,
+        media_id: str,
+        data: bytes,
+        mime_type: str = "image/jpeg",
+        *,
+        sha256: str | None = None,
+        file_size: int | None = None,
+    ) -> FakeMedia:
+        self.media[media_id] = FakeMedia(data, mime_type, sha256, file_size)
+        return self.media[media_id]
+
+    def expire_urls(self) -> None:
+        """Every download URL handed out so far stops working, as after Meta's 5 minutes."""
+        self._urls = {t: (m, 0.0) for t, (m, _expiry) in self._urls.items()}
+
+    def _lookup(self, request: web.Request, media_id: str) -> web.Response:
+        self.lookups.append(media_id)
+        if self.lookup_failures:
+            return self._error(self.lookup_failures.popleft(), 131016)
+        media = self.media.get(media_id)
+        if media is None:
+            # What Graph answers for an id it does not know.
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Unsupported get request. Object with ID '{media_id}' "
+                        "does not exist",
+                        "type": "GraphMethodException",
+                        "code": 100,
+                        "error_subcode": 33,
+                        "fbtrace_id": "AFakeTraceId",
+                    }
+                },
+                status=404,
+            )
+        token = secrets.token_urlsafe(12)
+        self._urls[token] = (media_id, time.monotonic() + self.url_ttl)
+        url = (
+            request.url.origin()
+            .with_path("/whatsapp_business/attachments/")
+            .with_query(mid=token, ext=str(int(time.time())))
+        )
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": str(url),
+                "mime_type": media.mime_type,
+                "sha256": media.sha256 or hashlib.sha256(media.data).hexdigest(),
+                "file_size": str(
+                    media.file_size if media.file_size is not None else len(media.data)
+                ),
+                "id": media_id,
+            }
+        )
+
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+        await resp.prepare(request)
+        half = len(data) // 2
+        sent = 0
+        step = 64 * 1024
+        while sent < len(data):
+            if self.hold_downloads.is_set() and sent >= half:
+                self.held.set()
+                while self.hold_downloads.is_set():
+                    await asyncio.sleep(0.02)
+                self.held.clear()
+            end = min(len(data), sent + step)
+            if self.hold_downloads.is_set():
+                end = min(end, max(half, sent + 1))
+            await resp.write(data[sent:end])
+            sent = end
+            if self.trickle:
+                await asyncio.sleep(self.trickle)
+        await resp.write_eof()
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        await self._receive(request)
+        if not self._authorized(request):
+            return web.Response(status=401, text="Unauthorized")
+        found = self._urls.get(request.query.get("mid", ""))
+        if found is None or found[1] < time.monotonic():
+            return web.Response(status=404, text="URL signature expired")
+        if self.download_failures:
+            return web.Response(status=self.download_failures.popleft(), text="scripted failure")
+        media_id = found[0]
+        data = self.media[media_id].data
+        resp = web.StreamResponse(headers={"Content-Type": self.media[media_id].mime_type})
+        resp.content_length = len(data)
+        try:
+            await self._stream(request, resp, data)
+        except ConnectionResetError:
+            return resp  # the client went away (killed, timed out): nothing more to send
+        self.downloads.append(media_id)
+        return resp
 
     @staticmethod
     def _error(status: int, code: int | None) -> web.Response:
@@ -207,6 +376,7 @@ class FakeGraph:
         app = web.Application()
         app.on_cleanup.append(self._stop_reporting)
         app.router.add_post("/{version}/{phone}/messages", self.messages)
+        app.router.add_get("/whatsapp_business/attachments/", self.download)
         app.router.add_get("/{version}/{phone}", self.phone_number)
         return app
 
@@ -224,4 +394,20 @@ def _valid_text_message(body: Any) -> bool:
         and isinstance(text, dict)
         and isinstance(text.get("body"), str)
         and 0 < len(text["body"]) <= MAX_TEXT
+    )
+
+
+def _valid_media_message(body: Any) -> bool:
+    """A media message by link, as the real endpoint requires it (caption where allowed)."""
+    if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+        return False
+    kind = body.get("type")
+    part = body.get(kind) if isinstance(kind, str) else None
+    return (
+        kind in ("image", "document", "audio", "video")
+        and isinstance(body.get("to"), str)
+        and isinstance(part, dict)
+        and isinstance(part.get("link"), str)
+        and part["link"].startswith(("https://", "http://"))
+        and not (kind == "audio" and "caption" in part)
     )

@@ -18,6 +18,7 @@ class FakeLLM:
     requests: list[dict[str, Any]] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     fail_status: int | None = None
+    answer: str | None = None  # the answer to every request (default: `Reply to: <last>`)
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -38,7 +39,10 @@ class FakeLLM:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": f"Reply to: {last}"},
+                        "message": {
+                            "role": "assistant",
+                            "content": self.answer or f"Reply to: {last}",
+                        },
                         "finish_reason": "stop",
                     }
                 ],

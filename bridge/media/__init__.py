@@ -1,0 +1,1 @@
+"""Inbound media: the encrypted media store, the fetch-and-transcribe worker, transcription."""

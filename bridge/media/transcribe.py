@@ -1,0 +1,155 @@
+"""Speech to text through any OpenAI-compatible `POST /v1/audio/transcriptions`.
+
+OpenAI Whisper, faster-whisper-server (speaches), LocalAI, vLLM and Groq speak it: a
+multipart body with `file` (the audio, its name's extension telling the format), `model`,
+optional `language` (ISO 639-1, e.g. `es`), `response_format=json`; the answer is
+`{"text": "..."}`. Reference: https://platform.openai.com/docs/api-reference/audio
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from bridge.config import TranscribeConfig
+from bridge.errors import BridgeError, ConfigError
+
+# A transcript longer than this is cut: it becomes part of a history entry.
+MAX_TRANSCRIPT_CHARS = 8000
+MAX_RESPONSE_BYTES = 1024 * 1024
+_VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*")
+# The file name's extension is how OpenAI's endpoint tells the format.
+EXTENSIONS = {
+    "audio/ogg": "ogg",
+    "audio/opus": "ogg",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/mp4": "m4a",
+    "audio/m4a": "m4a",
+    "audio/x-m4a": "m4a",
+    "audio/aac": "aac",
+    "audio/amr": "amr",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/webm": "webm",
+    "audio/flac": "flac",
+}
+
+
+class TranscriptionError(BridgeError):
+    """The transcription failed; `retryable`: a timeout or the server's temporary trouble."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def transcriptions_url(raw: str) -> URL:
+    """The endpoint from a base URL with or without `/v1`, or the full endpoint."""
+    url = URL(raw.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"transcribe URL must be http:// or https:// with a host, got {raw!r}")
+    path = url.path.rstrip("/")
+    if path.endswith("/audio/transcriptions"):
+        new_path = path
+    elif _VERSION_SEGMENT.fullmatch(path.rpartition("/")[2]):
+        new_path = f"{path}/audio/transcriptions"
+    else:
+        new_path = f"{path}/v1/audio/transcriptions"
+    return url.with_path(new_path).with_query(url.query)
+
+
+def file_name(mime_type: str | None) -> str:
+    base = (mime_type or "").split(";")[0].strip().lower()
+    return f"audio.{EXTENSIONS.get(base, 'ogg')}"
+
+
+class Transcriber:
+    """One transcription endpoint; one HTTP session, made on first use."""
+
+    def __init__(self, config: TranscribeConfig) -> None:
+        if not config.url:
+            raise ConfigError("transcription needs a URL (BRIDGE_TRANSCRIBE_URL)")
+        self.url = transcriptions_url(config.url)
+        self.model = config.model
+        self._api_key = config.api_key
+        self._language = config.language
+        self._timeout = config.timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise TranscriptionError("transcriber is closed", retryable=True)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
+        return self._session
+
+    async def transcribe(self, audio: bytes, mime_type: str | None) -> tuple[str, float]:
+        """The words of `audio`, and the seconds the server took."""
+        form = aiohttp.FormData()
+        form.add_field(
+            "file",
+            audio,
+            filename=file_name(mime_type),
+            content_type=(mime_type or "application/octet-stream"),
+        )
+        form.add_field("model", self.model)
+        if self._language:
+            form.add_field("language", self._language)
+        form.add_field("response_format", "json")
+        headers = {"Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        started = time.monotonic()
+        try:
+            async with self._client().post(self.url, data=form, headers=headers) as resp:
+                body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                status, content_type = resp.status, resp.content_type
+        except TimeoutError:
+            raise TranscriptionError(
+                f"transcription timed out after {self._timeout:g}s", retryable=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TranscriptionError(
+                self._redact(f"transcription request failed: {exc}"), retryable=True
+            ) from None
+        elapsed = time.monotonic() - started
+        if status >= 300:
+            excerpt = self._redact(" ".join(body[:200].decode(errors="replace").split()))
+            raise TranscriptionError(
+                f"transcription HTTP {status}: {excerpt}",
+                retryable=status >= 500 or status == 429,
+            )
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise TranscriptionError("transcription answer too large")
+        return _text(body, content_type)[:MAX_TRANSCRIPT_CHARS], elapsed
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+def _text(body: bytes, content_type: str) -> str:
+    """`{"text": ...}` (response_format=json); a plain-text answer is taken as it is."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if content_type.startswith("text/"):
+            return " ".join(body.decode(errors="replace").split())
+        raise TranscriptionError("transcription answer is not JSON") from None
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str):
+        raise TranscriptionError('transcription answer has no "text"')
+    return " ".join(text.split())
