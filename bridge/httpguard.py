@@ -226,6 +226,9 @@ class ConnectionGuard:
         from now on; without it, new connections are refused anyway."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # Connections the listener accepted just before it closed are made by tasks that
+        # may not have run yet: let them, or they would be closed unread at exit (a reset).
+        await asyncio.sleep(0.1)
         while loop.time() < deadline and any(
             c.fresh and c.state is _State.IDLE for c in self._connections.values()
         ):

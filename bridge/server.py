@@ -104,7 +104,7 @@ async def _serve_until_stopped(
         for server in servers:
             server.close()  # stop accepting; runner.cleanup() then closes the connections
         # A connection accepted just before has its request on the way: serve it, not reset.
-        await guard.serve_accepted(timeout=min(2.0, settings.header_timeout))
+        await guard.serve_accepted(timeout=settings.header_timeout)
         notifier.stopping("final snapshot")
         scheduler.shutdown(wait=False)
         for sig in (signal.SIGTERM, signal.SIGINT):
