@@ -28,7 +28,7 @@ from bridge.persistence.files import fsync_dir, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.persistence.lock import ProfileLock
-from bridge.persistence.snapshot import read_snapshot, write_snapshot
+from bridge.persistence.snapshot import SnapshotInfo, read_snapshot, write_snapshot
 from bridge.records import IdentityLinked, MessageAdded, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
@@ -56,9 +56,9 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
     return profile
 
 
-def read_state(profile: ProfileConfig) -> State:
+def read_state(profile: ProfileConfig, info: SnapshotInfo | None = None) -> State:
     """Snapshot + journal as of now; no lock taken, nothing written."""
-    state = load_state(profile)
+    state = load_state(profile, info=info)
     report_settings(profile, state)
     return state
 
@@ -541,11 +541,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_archive(profile: ProfileConfig, path: Path) -> State:
+def _check_archive(profile: ProfileConfig, path: Path, info: SnapshotInfo | None = None) -> State:
     if not path.is_file():
         raise UsageError(f"no such archive: {path}")
     state = State()  # the archive's own settings come with it
-    read_snapshot(path, load_keyring(profile, create=False), profile.slug, state)
+    read_snapshot(path, load_keyring(profile, create=False), profile.slug, state, info)
     return state
 
 
@@ -561,17 +561,26 @@ def _summary(state: State) -> dict[str, int]:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Decrypt and parse everything; any problem is exit 1 with the file and the cause."""
     profile = resolve_profile(args)
+    info = SnapshotInfo()
     if args.archive is not None:
-        state, what = _check_archive(profile, args.archive), str(args.archive)
+        state, what = _check_archive(profile, args.archive, info), str(args.archive)
     else:
-        state, what = read_state(profile), f"profile {profile.slug!r} store"
+        state, what = read_state(profile, info), f"profile {profile.slug!r} store"
     summary = _summary(state)
+    described = info.describe() if info.version else "no snapshot yet (journal only)"
     if args.json:
-        render.emit_json({"ok": True, "checked": what, **summary})
+        fmt = {
+            "snapshot": info.version or None,
+            "frames": info.frames,
+            "compressed_frames": info.compressed_frames,
+            "bytes": info.file_bytes,
+            "json_bytes": info.json_bytes,
+        }
+        render.emit_json({"ok": True, "checked": what, **summary, "format": fmt})
     else:
         print(
             f"ok: {what}: {summary['conversations']} conversations, {summary['messages']} "
-            f"messages, {summary['outbox']} queued replies"
+            f"messages, {summary['outbox']} queued replies; {described}"
         )
     return 0
 

@@ -32,7 +32,7 @@ from bridge.persistence.segments import (
     MissingSegment,
     replay_journal,
 )
-from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
+from bridge.persistence.snapshot import Progress, SnapshotInfo, read_snapshot, write_snapshot
 from bridge.records import (
     OutboxUncertain,
     Record,
@@ -54,18 +54,23 @@ __all__ = ["DurableStore", "MissingSegment", "load_state", "replay"]
 
 
 def replay(
-    profile: ProfileConfig, keyring: Keyring, state: State, accept_loss: bool = False
+    profile: ProfileConfig,
+    keyring: Keyring,
+    state: State,
+    accept_loss: bool = False,
+    info: SnapshotInfo | None = None,
 ) -> JournalEnd:
     """Load snapshot + journal into `state`; returns where appending continues.
 
     The segments from the one the snapshot names (or from 1, without a snapshot) must all be
     there and chained (segments.py). Each commit is applied whole: the journal holds only
     whole commits, so a crash never leaves half of one. With `accept_loss`, damage stops the
-    replay instead of failing it, and the result says what to set aside.
+    replay instead of failing it, and the result says what to set aside. `info` receives the
+    snapshot's format and sizes.
     """
     snapshot = layout.snapshot_path(profile.state_dir)
     has_snapshot = snapshot.exists()
-    first = read_snapshot(snapshot, keyring, profile.slug, state) if has_snapshot else 1
+    first = read_snapshot(snapshot, keyring, profile.slug, state, info) if has_snapshot else 1
     previous_seq = 0
 
     def apply(path: Path, commits: list[Commit]) -> None:
@@ -97,7 +102,9 @@ def replay(
     )
 
 
-def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
+def load_state(
+    profile: ProfileConfig, attempts: int = 5, info: SnapshotInfo | None = None
+) -> State:
     """The profile's current state, read-only: no lock taken, nothing written.
 
     Safe while the bridge runs: a record being appended right now is a torn tail and left
@@ -107,7 +114,7 @@ def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
     for attempt in range(attempts):
         state = State()
         try:
-            replay(profile, keyring, state)
+            replay(profile, keyring, state, info=info)
         except (FileNotFoundError, JournalDamage) as exc:
             if attempt == attempts - 1:
                 if isinstance(exc, JournalDamage):
