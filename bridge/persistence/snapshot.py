@@ -35,15 +35,16 @@ serialization.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -54,6 +55,8 @@ from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, temp_path, write_all
 from bridge.records import OutboxItem, settings_from_dict, settings_to_dict
 from bridge.state import State
+
+T = TypeVar("T")
 
 MAGIC_V1 = b"WABSNAP1"
 MAGIC = b"WABSNAP2"
@@ -265,6 +268,55 @@ async def write_snapshot(
     return writer.size
 
 
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    index: int
+    end: int  # the byte after it
+    body: bytes | memoryview  # its JSON
+    compressed: bool
+
+
+def _frame_spans(data: bytes) -> Iterator[tuple[int, int, int] | str]:
+    """(index, offset, length) of each frame in turn; a problem with the bytes where the
+    next frame should be ends it, as a message."""
+    offset, index = len(MAGIC) + ID_LEN, 0
+    while offset < len(data):
+        if len(data) - offset < LENGTH.size:
+            yield f"truncated at byte {offset}"
+            return
+        length = LENGTH.unpack_from(data, offset)[0]
+        if length == 0 or length > MAX_FRAME or offset + LENGTH.size + length > len(data):
+            yield f"truncated or damaged record at byte {offset}"
+            return
+        yield index, offset, length
+        offset += LENGTH.size + length
+        index += 1
+
+
+def _decoded(
+    items: Iterator[T], decode: Callable[[T], _Frame], ahead: int = 2
+) -> Generator[_Frame, None, None]:
+    """`decode` each item in a thread of its own, up to `ahead` items ahead of the caller.
+
+    Decryption and decompression release the GIL, so at start-up they run on the second
+    core while this thread turns the previous frame's JSON into conversations; a few frames
+    ahead at most, so memory holds only those. An exception reaches the caller at the frame
+    that raised it, in order."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read") as pool:
+        pending = collections.deque(
+            pool.submit(decode, item) for item in itertools.islice(items, ahead)
+        )
+        try:
+            while pending:
+                frame = pending.popleft().result()
+                for item in itertools.islice(items, 1):
+                    pending.append(pool.submit(decode, item))
+                yield frame
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def read_snapshot(
     path: Path, keyring: Keyring, slug: str, state: State, info: SnapshotInfo | None = None
 ) -> int:
@@ -285,17 +337,14 @@ def read_snapshot(
     info.version, info.file_bytes = version, len(data)
     info.frames = info.compressed_frames = info.json_bytes = 0  # a reader may read again
     snapshot_id = data[len(MAGIC) : len(MAGIC) + ID_LEN]
-    offset = len(MAGIC) + ID_LEN
-    index = 0
-    segment: int | None = None
-    ended = False
-    while offset < len(data) and not ended:
-        if len(data) - offset < LENGTH.size:
-            raise CorruptStateError(f"{path}: truncated at byte {offset}")
-        length = LENGTH.unpack_from(data, offset)[0]
-        if length == 0 or length > MAX_FRAME or offset + LENGTH.size + length > len(data):
-            raise CorruptStateError(f"{path}: truncated or damaged record at byte {offset}")
+
+    def decode(span: tuple[int, int, int] | str) -> _Frame:
+        """Runs in the reading thread: one frame's JSON, decrypted and decompressed."""
+        if isinstance(span, str):
+            raise CorruptStateError(f"{path}: {span}")
+        index, offset, length = span
         sealed = data[offset + LENGTH.size : offset + LENGTH.size + length]
+        compressed = False
         try:
             plaintext = keyring.open(sealed, _aad(slug, snapshot_id, index, version))
             body: bytes | memoryview = plaintext
@@ -308,49 +357,64 @@ def read_snapshot(
                     )
                 body = memoryview(plaintext)[1:]
                 if flags & ZSTD:
-                    body = compression.unpack(body, MAX_PLAIN)
-                    info.compressed_frames += 1
-            info.json_bytes += len(body)
-            record = orjson.loads(body)
+                    body, compressed = compression.unpack(body, MAX_PLAIN), True
         except DecryptError as exc:
             raise CorruptStateError(f"{path}: record {index} does not decrypt ({exc})") from None
         except compression.DecompressError as exc:
             raise CorruptStateError(f"{path}: record {index}: {exc}") from None
-        except orjson.JSONDecodeError:
-            raise CorruptStateError(f"{path}: record {index} is not valid JSON") from None
-        try:
-            if index == 0:
-                if record.get("v") != version or record.get("profile") != slug:
-                    raise CorruptStateError(f"{path}: snapshot of another profile or format")
-                segment = int(record["segment"])
-                if "settings" in record:
-                    state.use_settings(settings_from_dict(record["settings"]))
-            elif "conversations" in record:
-                for key, seed in record["conversations"]:
-                    state.add_conversation(
-                        Conversation.from_seed(str(key), seed, state.max_messages)
+        return _Frame(index, offset + LENGTH.size + length, body, compressed)
+
+    offset = len(MAGIC) + ID_LEN
+    segment: int | None = None
+    ended = False
+    frames = _decoded(_frame_spans(data), decode)
+    try:
+        for frame in frames:
+            index = frame.index
+            info.compressed_frames += frame.compressed
+            info.json_bytes += len(frame.body)
+            try:
+                record = orjson.loads(frame.body)
+            except orjson.JSONDecodeError:
+                raise CorruptStateError(f"{path}: record {index} is not valid JSON") from None
+            try:
+                if index == 0:
+                    if record.get("v") != version or record.get("profile") != slug:
+                        raise CorruptStateError(f"{path}: snapshot of another profile or format")
+                    segment = int(record["segment"])
+                    if "settings" in record:
+                        state.use_settings(settings_from_dict(record["settings"]))
+                elif "conversations" in record:
+                    for key, seed in record["conversations"]:
+                        state.add_conversation(
+                            Conversation.from_seed(str(key), seed, state.max_messages)
+                        )
+                elif "seen" in record:
+                    state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
+                elif "identities" in record:
+                    state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
+                elif "erased_seen" in record:
+                    state.erased_seen.update(
+                        {str(k): int(v) for k, v in record["erased_seen"].items()}
                     )
-            elif "seen" in record:
-                state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
-            elif "identities" in record:
-                state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
-            elif "erased_seen" in record:
-                state.erased_seen.update({str(k): int(v) for k, v in record["erased_seen"].items()})
-            elif "outbox" in record:
-                for item_id, key, to, text, created, *uncertain in record["outbox"]:
-                    state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
-                    if uncertain:
-                        state.uncertain.add(item_id)
-            elif record.get("end") is True:
-                if int(record["frames"]) != index + 1:
-                    raise CorruptStateError(f"{path}: record count does not match")
-                state.seq = max(state.seq, int(record["seq"]))
-                ended = True
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CorruptStateError(f"{path}: record {index} is malformed ({exc!r})") from None
-        offset += LENGTH.size + length
-        index += 1
-    info.frames = index
+                elif "outbox" in record:
+                    for item_id, key, to, text, created, *uncertain in record["outbox"]:
+                        state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
+                        if uncertain:
+                            state.uncertain.add(item_id)
+                elif record.get("end") is True:
+                    if int(record["frames"]) != index + 1:
+                        raise CorruptStateError(f"{path}: record count does not match")
+                    state.seq = max(state.seq, int(record["seq"]))
+                    ended = True
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise CorruptStateError(f"{path}: record {index} is malformed ({exc!r})") from None
+            offset = frame.end
+            info.frames = index + 1
+            if ended:
+                break
+    finally:
+        frames.close()  # stops the reading thread
     if not ended or segment is None:
         raise CorruptStateError(f"{path}: truncated (no end record)")
     if offset != len(data):
