@@ -6,9 +6,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge import __version__
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
+from bridge.events import EventLog
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger, set_log_id_key
@@ -99,9 +101,15 @@ class ProfileRuntime:
     def slug(self) -> str:
         return self.config.slug
 
+    @property
+    def events(self) -> EventLog:
+        """The profile's event log (nothing is written where it has no state directory)."""
+        return EventLog(self.config.state_dir)
+
     async def start(self) -> None:
         """Load state, then resume what a previous run left: unsent replies, unanswered users."""
         await self.store.open()
+        self.events.record("started", version=__version__)
         self._use_log_id_key()
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
@@ -154,6 +162,7 @@ class ProfileRuntime:
         await self.assistant.close()
         await self.sender.close()
         await self.store.close()
+        self.events.record("stopped")
 
 
 def recipient_of(message: InboundMessage) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from bridge import gcpolicy
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError, StorageError, StorageUnavailableError
+from bridge.events import EventLog
 from bridge.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
@@ -161,6 +162,7 @@ class DurableStore(Store):
         self._accept_data_loss = accept_data_loss
         self._enforce_settings = enforce_settings
         self._lock = ProfileLock(profile.state_dir, profile.slug)
+        self.events = EventLog(profile.state_dir)
         self._journal: Journal | None = None
         self._keyring: Keyring | None = None
         self._snapshotting = asyncio.Lock()
@@ -184,6 +186,10 @@ class DurableStore(Store):
             layout.create_profile_dir(state_dir)
         with _writing(layout.lock_path(state_dir)):
             self._lock.acquire()
+        if self._lock.previous_unclean:
+            # Whoever opens the store first after a crash tells: the next opener finds the
+            # lock clean (the crash's consequences are journaled below).
+            self.events.record("crashed", crashed_pid=self._lock.previous_pid)
         try:
             with _writing(self.profile.key_file or layout.key_path(state_dir)):
                 self._keyring = load_keyring(self.profile, create=True)
@@ -329,7 +335,15 @@ class DurableStore(Store):
         await self.journal.append(payloads, apply)
 
     async def snapshot(self, progress: Progress | None = None) -> None:
-        """Retention, then a fuzzy snapshot; older journal segments go once it is durable."""
+        """Retention, then a fuzzy snapshot; older journal segments go once it is durable.
+        A failure is in the profile's event log too (the journal still holds everything)."""
+        try:
+            await self._snapshot(progress)
+        except StorageError as exc:
+            self.events.record("snapshot_failed", error=str(exc))
+            raise
+
+    async def _snapshot(self, progress: Progress | None) -> None:
         async with self._snapshotting:
             started = time.monotonic()
             now_ms = int(time.time() * 1000)
