@@ -43,7 +43,9 @@ SYSTEMD_DIR ?= /etc/systemd/system
 ## Copy the systemd units (as root); daemon-reload only when systemd is running.
 install-systemd:
 	install -d $(DESTDIR)$(SYSTEMD_DIR)
-	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service $(DESTDIR)$(SYSTEMD_DIR)/
+	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service \
+		systemd/whatsapp-bridge-backup@.service systemd/whatsapp-bridge-backup@.timer \
+		$(DESTDIR)$(SYSTEMD_DIR)/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload; \
 	else \
