@@ -36,13 +36,16 @@ from bridge.persistence.lock import ProfileLock
 DELETING = ".deleting-"  # var/.deleting-<slug>.<pid>: a profile being removed
 
 
-def known_profiles(args: argparse.Namespace) -> tuple[Settings, dict[str, ProfileConfig]]:
-    """Every profile: configured (TOML or environment) or only on disk, by slug. A profile
-    found only on disk gets the configured defaults and its own directory (and its key
-    from that directory)."""
+def known_profiles(
+    args: argparse.Namespace,
+) -> tuple[Settings, dict[str, ProfileConfig], set[str]]:
+    """Every profile, configured (TOML or environment) or only on disk, by slug, and which
+    of them are configured. A profile found only on disk gets the configured defaults, no
+    phone number or secrets, and its own directory (and its key from that directory)."""
     settings = load_settings(config_path=args.config, var_dir=args.var_dir)
     root = settings.var_dir / "profiles"
     found = {p.slug: p for p in settings.profiles if args.config or p.state_dir.is_dir()}
+    configured = set(found)
     if root.is_dir():
         for path in root.iterdir():
             if path.is_dir() and path.name not in found:
@@ -50,24 +53,22 @@ def known_profiles(args: argparse.Namespace) -> tuple[Settings, dict[str, Profil
                     slug = validate_slug(path.name)
                 except ConfigError:
                     continue  # not a profile of ours
-                found[slug] = replace(
-                    settings.profiles[0], slug=slug, state_dir=path, key=None, key_file=None
-                )
-    return settings, dict(sorted(found.items()))
+                found[slug] = ProfileConfig(slug=slug, state_dir=path)
+    return settings, dict(sorted(found.items())), configured
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     if args.action == "create":
         return _create(args)
-    settings, profiles = known_profiles(args)
+    settings, profiles, configured = known_profiles(args)
     _remove_interrupted_deletions(settings.var_dir)
     if args.action == "list":
-        return _list(args, settings, list(profiles.values()))
+        return _list(args, settings, list(profiles.values()), configured)
     if not args.slug or args.slug not in profiles:
         raise BridgeError(f"unknown profile {args.slug!r} (known: {', '.join(profiles) or 'none'})")
     profile = profiles[args.slug]
     if args.action == "show":
-        return _list(args, settings, [profile])
+        return _list(args, settings, [profile], configured)
     if args.action == "events":
         return _events(args, profile)
     return _delete(args, settings, profile)
@@ -90,17 +91,21 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace, settings: Settings, profiles: list[ProfileConfig]) -> int:
+def _list(
+    args: argparse.Namespace,
+    settings: Settings,
+    profiles: list[ProfileConfig],
+    configured: set[str],
+) -> int:
     rows = []
     for profile in profiles:
         status, pid = layout.run_status(profile.state_dir)
-        configured = profile.phone_number_id is not None or bool(args.config)
         rows.append(
             {
                 "profile": profile.slug,
                 "directory": str(profile.state_dir),
                 "phone_number_id": profile.phone_number_id,
-                "port": (profile.port or settings.port) if configured else None,
+                "port": (profile.port or settings.port) if profile.slug in configured else None,
                 "status": status,
                 "pid": pid,
                 "bytes": dir_size(profile.state_dir),
@@ -141,7 +146,9 @@ def _events(args: argparse.Namespace, profile: ProfileConfig) -> int:
     rows = []
     for event in events:
         details = " ".join(
-            f"{k}={v}" for k, v in event.items() if k not in ("ts", "event") and v is not None
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in event.items()
+            if k not in ("ts", "event") and v is not None
         )
         rows.append((event.get("ts", "-"), event.get("event", "-"), details))
     print(render.table(("TIME (UTC)", "EVENT", "DETAILS"), rows))

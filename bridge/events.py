@@ -17,8 +17,8 @@ Rules:
   `write` under an exclusive flock of the file, and a rotation happens under that lock too;
   a writer that waited for the lock while the file was rotated sees that its file is no
   longer the log and opens the new one.
-- Recording an event never fails the caller, like a log line: an error is logged and the
-  event dropped. Without a profile directory (deleted, or a store kept in memory) there is
+- Recording an event never fails the caller, like a log line: an error is logged (info) and
+  the event dropped. Without a profile directory (deleted, or a store kept in memory) there is
   nowhere to record: nothing is written and nothing created.
 - Not fsynced: events are for people, and a line lost to a power cut is told by the log.
 """
@@ -59,8 +59,10 @@ class EventLog:
         except FileNotFoundError:
             return  # no profile directory: nothing to record into
         except OSError as exc:
-            get_logger().warning(
-                "event_not_recorded", event=event, path=str(self.path), error=exc.strerror
+            # Info, not warning: the cause (a full or read-only disk) fails louder elsewhere,
+            # and a command's error stays the one line it prints.
+            get_logger().info(
+                "event_not_recorded", kind=event, path=str(self.path), error=exc.strerror
             )
 
     def _append(self, line: bytes) -> None:

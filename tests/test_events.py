@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from bridge.events import EventLog
 
 WRITER = r"""
 import sys
 from pathlib import Path
+from structlog.testing import capture_logs
+
 from bridge.events import EventLog
 
 log = EventLog(Path(sys.argv[1]), max_bytes=int(sys.argv[2]))
@@ -67,3 +71,12 @@ def test_several_processes_appending_and_rotating_lose_no_line_whole(tmp_path: P
     for w in range(4):
         ns = [json.loads(x)["n"] for x in lines if f'"writer-{w}"' in x]
         assert ns == list(range(300 - len(ns), 300))
+
+
+def test_a_log_that_cannot_be_written_is_logged_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").mkdir()  # not a file: every append fails
+
+    with capture_logs() as logs:
+        EventLog(tmp_path).record("backup_failed", error="No space left on device")
+
+    assert [(e["event"], e["kind"]) for e in logs] == [("event_not_recorded", "backup_failed")]
