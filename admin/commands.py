@@ -21,7 +21,7 @@ from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, load_settings
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError, ConfigError, CorruptStateError, ProfileLockedError
-from bridge.events import EventLog
+from bridge.eventlog import EventLog
 from bridge.identities import normalize_key
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring

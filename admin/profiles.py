@@ -27,7 +27,7 @@ from admin.commands import UsageError, resolve_profile, write_checked_archive
 from bridge.config import ProfileConfig, Settings, load_settings, validate_slug
 from bridge.diskspace import dir_size
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
-from bridge.events import EventLog
+from bridge.eventlog import EventLog
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir, pid_alive, secure_dir
 from bridge.persistence.keys import load_keyring

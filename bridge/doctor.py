@@ -441,9 +441,9 @@ async def assistant(profile: ProfileConfig, deep: bool) -> Result:
 
 def transcription_url(profile: ProfileConfig) -> str | None:
     """The transcription backend of voice notes, when the profile configures one. The media
-    work adds that setting to ProfileConfig (as `transcription_url`); until then no profile
-    has one and the check says so."""
-    url = getattr(profile, "transcription_url", None)
+    work (issue 12) adds that setting, `profile.transcribe.url`; on a branch without it no
+    profile has one and the check says so."""
+    url = getattr(getattr(profile, "transcribe", None), "url", None)
     return url if isinstance(url, str) and url else None
 
 

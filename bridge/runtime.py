@@ -10,7 +10,7 @@ from bridge import __version__
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
-from bridge.events import EventLog
+from bridge.eventlog import EventLog
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.logs import get_logger, set_log_id_key

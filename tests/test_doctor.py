@@ -9,10 +9,14 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+from pytest_aiohttp import AiohttpServer
 
+from bridge import doctor as doctor_module
+from bridge.config import ProfileConfig
 from tests.admin.support import admin
 from tests.conftest import APP_SECRET, VERIFY_TOKEN
 from tests.fakes.graph import APP_ID, TOKEN, FakeGraph
@@ -237,3 +241,20 @@ def test_a_configuration_that_does_not_parse_is_one_failing_line(tmp_path: Path)
     assert result.returncode == 1
     assert result.stdout.startswith("✗ configuration: config file")
     assert len(result.stdout.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+async def test_a_configured_transcription_backend_is_checked(aiohttp_server: AiohttpServer) -> None:
+    """`profile.transcribe.url` comes with the media work; any profile that has one is
+    checked (stood in for here, since this branch's ProfileConfig has no such field)."""
+    server = await aiohttp_server(FakeLLM().app())
+
+    def with_url(url: str | None) -> ProfileConfig:
+        return cast(ProfileConfig, SimpleNamespace(transcribe=SimpleNamespace(url=url)))
+
+    answered = await doctor_module.transcription(with_url(str(server.make_url("/v1"))))
+    down = await doctor_module.transcription(with_url(f"http://127.0.0.1:{free_port()}/v1"))
+    none = await doctor_module.transcription(with_url(None))
+
+    assert answered.status == "ok" and "answers" in answered.detail
+    assert down.status == "fail" and "unreachable" in down.detail and down.fix
+    assert none.status == "skip"

@@ -18,7 +18,7 @@ from pathlib import Path
 from bridge import gcpolicy
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError, StorageError, StorageUnavailableError
-from bridge.events import EventLog
+from bridge.eventlog import EventLog
 from bridge.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
