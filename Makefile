@@ -48,7 +48,9 @@ SYSTEMD_DIR ?= /etc/systemd/system
 install-systemd:
 	install -d $(DESTDIR)$(SYSTEMD_DIR)
 	install -m 0644 systemd/whatsapp-bridge.service systemd/whatsapp-bridge@.service \
-		systemd/whatsapp-bridge.socket systemd/whatsapp-bridge@.socket $(DESTDIR)$(SYSTEMD_DIR)/
+		systemd/whatsapp-bridge.socket systemd/whatsapp-bridge@.socket \
+		systemd/whatsapp-bridge-backup@.service systemd/whatsapp-bridge-backup@.timer \
+		$(DESTDIR)$(SYSTEMD_DIR)/
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload; \
 	else \

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from admin import commands, operator_commands, writer
+from admin import commands, operator_commands, profiles, writer
 from admin import media as admin_media
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
@@ -177,10 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator_commands.add_commands(add, KEY_HELP)
 
-    p = add("profiles", "list, show or create profiles", commands.cmd_profiles)
-    p.add_argument("action", choices=("list", "show", "create"), nargs="?", default="list")
-    p.add_argument("slug", nargs="?", help="profile for show/create")
+    p = add(
+        "profiles",
+        "list, show, create or delete profiles, or read a profile's events",
+        profiles.cmd_profiles,
+    )
+    p.add_argument(
+        "action",
+        choices=("list", "show", "create", "delete", "events"),
+        nargs="?",
+        default="list",
+        help="list (default): status running/stopped/crashed and pid, sizes; show SLUG; "
+        "create SLUG; delete SLUG: remove the profile's directory after a last backup; "
+        "events SLUG: its event log",
+    )
+    p.add_argument("slug", nargs="?", help="profile for show/create/delete/events")
+    p.add_argument("--yes", action="store_true", help="delete: do not ask")
+    p.add_argument(
+        "--no-backup", action="store_true", help="delete: without a last backup (unrecoverable)"
+    )
+    p.add_argument(
+        "--to",
+        type=Path,
+        help="delete: where the last backup goes (default var/backups, outside the profile)",
+    )
     return parser
+
+
+WRITES = ("restore", "import", "delete", "prune", "rotate-key")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure("console", "warning")
     try:
         result: int = args.func(args)
+        if result == 0 and args.command in WRITES:
+            profiles.record_write(args, args.command)
     except BridgeError as exc:
         print(f"sessions-admin: error: {exc}", file=sys.stderr)
         # Usage and configuration mistakes are 2; everything else (corrupt data, a locked

@@ -21,17 +21,18 @@ import orjson
 from admin import archives, render, writer
 from admin import media as admin_media
 from admin.seedfile import load_seed_file
-from bridge.config import ProfileConfig, StoreSettings, load_settings, validate_slug
+from bridge.config import ProfileConfig, StoreSettings, load_settings
 from bridge.control.protocol import MAX_REQUEST
 from bridge.control.writes import conversation_key, import_arguments
 from bridge.conversations import Conversation, Message
-from bridge.errors import BridgeError, ConfigError, ProfileLockedError
+from bridge.errors import BridgeError, ConfigError, CorruptStateError, ProfileLockedError
+from bridge.eventlog import EventLog
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
-from bridge.persistence.snapshot import read_snapshot, write_snapshot
+from bridge.persistence.snapshot import SnapshotInfo, read_snapshot, write_snapshot
 from bridge.records import settings_from_dict
 from bridge.state import State
 from bridge.store.durable import load_state
@@ -60,9 +61,9 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
     return profile
 
 
-def read_state(profile: ProfileConfig) -> State:
+def read_state(profile: ProfileConfig, info: SnapshotInfo | None = None) -> State:
     """Snapshot + journal as of now; no lock taken, nothing written."""
-    state = load_state(profile)
+    state = load_state(profile, info=info)
     report_settings(profile, state)
     return state
 
@@ -396,75 +397,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_profiles(args: argparse.Namespace) -> int:
-    settings = load_settings(config_path=args.config, var_dir=args.var_dir)
-    root = settings.var_dir / "profiles"
-    configured = {p.slug: p for p in settings.profiles if args.config or p.state_dir.is_dir()}
-    on_disk = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
-    if args.action == "create":
-        if not args.slug:
-            raise UsageError("profiles create needs a SLUG")
-        slug = validate_slug(args.slug)
-        state_dir = root / slug
-        if state_dir.exists():
-            raise BridgeError(f"profile {slug!r} already exists at {state_dir}")
-        layout.create_profile_dir(state_dir)
-        load_keyring(
-            replace(settings.profiles[0], slug=slug, state_dir=state_dir, key=None, key_file=None),
-            create=True,
-        )
-        print(
-            f"created profile {slug!r} at {state_dir} (back up its key file: {state_dir / 'key'})"
-        )
-        return 0
-    slugs = sorted(set(configured) | on_disk)
-    if args.action == "show":
-        if not args.slug or args.slug not in slugs:
-            raise BridgeError(
-                f"unknown profile {args.slug!r} (known: {', '.join(slugs) or 'none'})"
-            )
-        slugs = [args.slug]
-    rows = []
-    for slug in slugs:
-        config = configured.get(slug)
-        state_dir = config.state_dir if config else root / slug
-        holder = layout.lock_holder(state_dir)
-        rows.append(
-            {
-                "profile": slug,
-                "directory": str(state_dir),
-                "phone_number_id": config.phone_number_id if config else None,
-                "port": (config.port if config and config.port else settings.port)
-                if config
-                else None,
-                "status": f"running (pid {holder})" if holder else "stopped",
-                "bytes": _dir_size(state_dir),
-            }
-        )
-    if args.json:
-        render.emit_json(rows if args.action == "list" else rows[0])
-    elif rows:
-        print(
-            render.table(
-                ("PROFILE", "STATUS", "PHONE NUMBER ID", "PORT", "BYTES", "DIRECTORY"),
-                [
-                    (
-                        r["profile"],
-                        r["status"],
-                        r["phone_number_id"] or "-",
-                        r["port"] or "-",
-                        f"{r['bytes']:,}",
-                        r["directory"],
-                    )
-                    for r in rows
-                ],
-            )
-        )
-    else:
-        print(f"no profiles under {root}")
-    return 0
-
-
 # -- backups and keys -------------------------------------------------------------------------
 
 
@@ -474,45 +406,41 @@ def _stamp() -> str:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent archive of the current state (snapshot + journal as of now), encrypted
-    with the profile's active key, in the snapshot format so `verify`/`restore` read it."""
+    with the profile's active key, in the snapshot format so `verify`/`restore` read it.
+    Checked by reading it back before older archives are pruned; a failure of any step is
+    exit 1, one line, and a `backup_failed` event in the profile's event log."""
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
     profile = resolve_profile(args)
-    keyring = load_keyring(profile, create=False)
-    state = read_state(profile)
     target_dir = args.to or layout.backups_dir(profile.state_dir)
     try:
-        if args.to is None:
-            secure_dir(target_dir)  # inside the profile directory: ours
-        else:
-            archives.backup_dir(target_dir)
-        path = target_dir / archives.archive_name(profile.slug)
-        # The media first: an archive under its name always has its media beside it.
-        media_files, media_missing = admin_media.backup_media(profile, state, path)
-        size = asyncio.run(
-            write_snapshot(
-                path, state, keyring, profile.slug, 0, render.terminal_progress("backup")
-            )
-        )
+        path, size, summary = write_checked_archive(profile, target_dir)
         removed = archives.prune(target_dir, profile.slug, args.keep, path)
+    except BridgeError as exc:
+        EventLog(profile.state_dir).record("backup_failed", error=str(exc))
+        raise
     except OSError as exc:
-        raise BridgeError(f"backup to {target_dir} failed: {exc.strerror or exc}") from None
+        error = BridgeError(f"backup to {target_dir} failed: {exc.strerror or exc}")
+        EventLog(profile.state_dir).record("backup_failed", error=str(error))
+        raise error from None
     if args.json:
         render.emit_json(
             {
                 "path": str(path),
                 "bytes": size,
-                "conversations": len(state.conversations),
-                "media_files": media_files,
-                "media_missing": media_missing,
+                "conversations": summary["conversations"],
+                "media_files": summary["media_files"],
+                "media_missing": summary["media_missing"],
+                "verified": True,
                 "removed": [str(p) for p in removed],
             }
         )
     else:
         print(path)  # alone on stdout, for scripts
-        if media_missing:
+        if summary["media_missing"]:
             print(
-                f"{media_missing} media file(s) were erased or dropped while the backup ran",
+                f"{summary['media_missing']} media file(s) were erased or dropped while the "
+                "backup ran",
                 file=sys.stderr,
             )
         for old in removed:
@@ -520,11 +448,51 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_archive(profile: ProfileConfig, path: Path) -> State:
+def write_checked_archive(
+    profile: ProfileConfig, target_dir: Path
+) -> tuple[Path, int, dict[str, int]]:
+    """Write the archive atomically, then read it back whole and compare what it holds with
+    what was written: a disk or a mount that returns other bytes than it took must not go
+    unnoticed until the day of a restore. Returns (path, size, summary)."""
+    keyring = load_keyring(profile, create=False)
+    state = read_state(profile)
+    if target_dir == layout.backups_dir(profile.state_dir):
+        secure_dir(target_dir)  # inside the profile directory: ours
+    else:
+        archives.backup_dir(target_dir)
+    archives.remove_stale_temps(target_dir, profile.slug)
+    path = target_dir / archives.archive_name(profile.slug)
+    # The media first: an archive under its name always has its media beside it.
+    media_files, media_missing = admin_media.backup_media(profile, state, path)
+    size = asyncio.run(
+        write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
+    )
+    written = _summary(state)
+    del state  # the read-back below needs the memory
+    problem: str | None = None
+    try:
+        check = State()
+        read_snapshot(path, keyring, profile.slug, check)
+    except CorruptStateError as exc:
+        problem = str(exc)
+    else:
+        if _summary(check) != written:
+            problem = f"it holds {_summary(check)} instead of {written}"
+        del check
+    if problem is not None:
+        bad = archives.set_aside_bad(path)
+        raise BridgeError(
+            f"backup {path} failed its check, kept as {bad} and no older archive was "
+            f"removed: {problem}"
+        )
+    return path, size, {**written, "media_files": media_files, "media_missing": media_missing}
+
+
+def _check_archive(profile: ProfileConfig, path: Path, info: SnapshotInfo | None = None) -> State:
     if not path.is_file():
         raise UsageError(f"no such archive: {path}")
     state = State()  # the archive's own settings come with it
-    read_snapshot(path, load_keyring(profile, create=False), profile.slug, state)
+    read_snapshot(path, load_keyring(profile, create=False), profile.slug, state, info)
     return state
 
 
@@ -541,11 +509,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Decrypt and parse everything; any problem is exit 1 with the file and the cause."""
     profile = resolve_profile(args)
     keyring = load_keyring(profile, create=False)
+    info = SnapshotInfo()
     if args.archive is not None:
-        state, what = _check_archive(profile, args.archive), str(args.archive)
+        state, what = _check_archive(profile, args.archive, info), str(args.archive)
         directory = admin_media.companion(args.archive)
     else:
-        state, what = read_state(profile), f"profile {profile.slug!r} store"
+        state, what = read_state(profile, info), f"profile {profile.slug!r} store"
         directory = layout.media_dir(profile.state_dir)
     media = admin_media.check_media(admin_media.media_store(profile, keyring, directory), state)
     summary = _summary(state)
@@ -553,13 +522,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for problem in media.damaged:
             print(f"sessions-admin: media: {problem}", file=sys.stderr)
         raise BridgeError(f"{what}: {len(media.damaged)} media file(s) damaged (listed above)")
+    described = info.describe() if info.version else "no snapshot yet (journal only)"
     if args.json:
-        render.emit_json({"ok": True, "checked": what, **summary, **media.as_json()})
+        fmt = {
+            "snapshot": info.version or None,
+            "frames": info.frames,
+            "compressed_frames": info.compressed_frames,
+            "bytes": info.file_bytes,
+            "json_bytes": info.json_bytes,
+        }
+        render.emit_json({"ok": True, "checked": what, **summary, **media.as_json(), "format": fmt})
     else:
         print(
             f"ok: {what}: {summary['conversations']} conversations, {summary['messages']} "
             f"messages, {summary['outbox']} queued replies, {media.checked} media files"
             + (f" ({len(media.missing)} missing: erased or dropped)" if media.missing else "")
+            + f"; {described}"
         )
     return 0
 

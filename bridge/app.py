@@ -39,10 +39,11 @@ def create_app(
     by_slug = {r.slug: r for r in runtimes}
     app[webhook.RUNTIMES] = by_slug
     app[health.READY] = {}
-    metrics.watch(lambda: by_slug)
+    monitor = HealthMonitor(list(runtimes))
+    metrics.watch(lambda: by_slug, lambda: monitor.store_bytes)
     app[webhook.METRICS] = metrics
     app[health.METRICS_TOKEN] = settings.metrics_token
-    app[health.MONITOR] = HealthMonitor(list(runtimes))
+    app[health.MONITOR] = monitor
     webhook.add_routes(app)
     health.add_routes(app)
     api.add_routes(app, settings.api_token)  # operators: /api/v1 and /console, with a token

@@ -40,6 +40,18 @@ written by `bridge serve --dev`). The reply shows in the bridge's log.
 """
 
 
+EPILOG_DOCTOR = """\
+examples:
+  bridge doctor                                   every configured profile
+  bridge doctor --config /etc/whatsapp-bridge/bridge.toml --profile shop --deep
+  bridge doctor --fix                             also subscribe the app to the WABA
+
+Run it as the bridge runs (same user, configuration and secrets): under systemd, see
+README 'Day-2 operations'. Set BRIDGE_BUSINESS_ACCOUNT_ID (or business_account_id) to have
+the app's webhook subscription checked.
+"""
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML file with one or more profiles")
     parser.add_argument("--var-dir", type=Path, help="state directory (default ./var)")
@@ -112,6 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--profile", metavar="SLUG", help="profile whose secret signs the delivery")
     sim.add_argument("--url", help="webhook URL (default: the local bridge's /webhook)")
     sim.add_argument("--wamid", help="message id (default: random; repeat one to test dedupe)")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check everything a profile needs, one line each (✓ ! ✗)",
+        description=(
+            "Check each configured profile (or --profile): the configuration, its secrets "
+            "(never shown), the state directory's permissions, that the key opens the store, "
+            "free disk, whether its bridge runs, the Graph API (token, phone number, the app's "
+            "webhook subscription to the business account), the assistant and transcription "
+            "backends. Every failure says what to do. Exit 0 when nothing fails, 1 otherwise."
+        ),
+        epilog=EPILOG_DOCTOR,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(doctor)
+    doctor.add_argument(
+        "--profile", action="append", default=[], metavar="SLUG", help="only this profile"
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--fix",
+        action="store_true",
+        help="subscribe the app to the business account's webhooks when it is not",
+    )
+    doctor.add_argument(
+        "--deep", action="store_true", help="also ask the assistant for a real completion"
+    )
 
     ids = sub.add_parser(
         "log-id",
@@ -261,11 +300,32 @@ def run_log_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    from bridge import doctor
+
+    logs.configure("console", "error")  # its own lines only
+    try:
+        settings = _settings(args, args.profile)
+    except ConfigError as exc:
+        failed = doctor.Result(
+            "configuration", "fail", str(exc), "fix it: `bridge serve` refuses to start"
+        )
+        doctor.emit([failed], args.json)
+        return 1
+    profiles = [with_dev_secrets(p, generate=False) for p in settings.profiles]
+    results = [doctor.config_result(settings, args.config)]
+    results += asyncio.run(doctor.diagnose(profiles, fix=args.fix, deep=args.deep))
+    doctor.emit(results, args.json)
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "doctor":
+            return run_doctor(args)
         if args.command == "log-id":
             return run_log_id(args)
         return run_simulate(args)

@@ -120,6 +120,9 @@ class ProfileConfig:
     app_secret: str | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
     phone_number_id: str | None = None
+    # The WhatsApp Business Account the number belongs to: only `bridge doctor` uses it, to
+    # check (and with --fix, make) the app's webhook subscription to it.
+    business_account_id: str | None = None
     graph_url: str = DEFAULT_GRAPH_URL
     graph_version: str = DEFAULT_GRAPH_VERSION
     assistant: AssistantConfig = AssistantConfig()
@@ -548,6 +551,9 @@ def _profile(
         app_secret_source=app_secret_source,
         access_token=secret("access_token"),
         phone_number_id=str(get("phone_number_id")) if get("phone_number_id") else None,
+        business_account_id=(
+            str(get("business_account_id")) if get("business_account_id") else None
+        ),
         graph_url=str(get("graph_url") or DEFAULT_GRAPH_URL).rstrip("/"),
         graph_version=str(get("graph_version") or DEFAULT_GRAPH_VERSION),
         assistant=_assistant(env, assistant_table, slug, prefixed),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from bridge.httpguard import expect_continue
-from bridge.monitor import HealthMonitor
+from bridge.monitor import HealthMonitor, disk_check
 from bridge.webhook import METRICS, RUNTIMES
 
 READY = web.AppKey("ready", dict[str, bool])
@@ -23,14 +23,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Every profile's state is loaded and it accepts deliveries; 503 until then. Each
-    profile's outbound health (Graph API, assistant) is reported but does not make the bridge
-    unready: deliveries are still recorded while replies wait in the outbox."""
+    profile's outbound health (Graph API, assistant) and its free disk are reported but do
+    not make the bridge unready: deliveries are still recorded while replies wait in the
+    outbox. The disk is checked now, not at the monitor's last round: a profile shows
+    `degraded` as soon as its disk runs low."""
     ready = request.app[READY]
     monitor = request.app[MONITOR]
-    profiles = {
-        slug: {
+    profiles = {}
+    for slug, runtime in request.app[RUNTIMES].items():
+        last = monitor.health[slug]
+        checks = {**last.checks, "disk": disk_check(runtime)}
+        status = "degraded" if checks["disk"] != "ok" else last.status
+        health = {"status": status, "checks": checks, "checked_at": last.checked_at}
+        profiles[slug] = {
             "ready": ready.get(slug, False),
-            "health": monitor.health[slug].as_json(),
+            "health": health,
             "conversations": len(runtime.store.state.conversations),
             "outbox": len(runtime.store.state.outbox),
             # Business hours: "open"/"closed" now, "always" without configured hours.
@@ -38,8 +45,6 @@ async def readyz(request: web.Request) -> web.Response:
             if runtime.config.hours is not None
             else "always",
         }
-        for slug, runtime in request.app[RUNTIMES].items()
-    }
     ok = bool(profiles) and all(p["ready"] for p in profiles.values())
     return web.json_response(
         {"status": "ready" if ok else "starting", "profiles": profiles}, status=200 if ok else 503

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from bridge import logs
 from bridge.conversations import ASSISTANT, MODES
+from bridge.diskspace import disk_space
 from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
 
@@ -138,17 +139,27 @@ class Metrics:
         self.loop = LoopWatch(r)
         r.register(LogCollector())
 
-    def watch(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
-        """Expose in-memory sizes (conversations, messages, outbox) computed at scrape time."""
-        self.registry.register(StateCollector(runtimes))
+    def watch(
+        self,
+        runtimes: Callable[[], Mapping[str, ProfileRuntime]],
+        store_bytes: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
+        """Expose in-memory sizes (conversations, messages, outbox) and each profile's free
+        disk, computed at scrape time, and its bytes on disk as last measured."""
+        self.registry.register(StateCollector(runtimes, store_bytes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class StateCollector(Collector):
-    def __init__(self, runtimes: Callable[[], Mapping[str, ProfileRuntime]]) -> None:
+    def __init__(
+        self,
+        runtimes: Callable[[], Mapping[str, ProfileRuntime]],
+        store_bytes: Callable[[], Mapping[str, int]],
+    ) -> None:
         self._runtimes = runtimes
+        self._store_bytes = store_bytes
 
     def collect(self) -> Iterable[Metric]:
         convs = GaugeMetricFamily(
@@ -169,18 +180,45 @@ class StateCollector(Collector):
             "Inbound media whose download or transcription is still to do",
             labels=["profile"],
         )
+        free = GaugeMetricFamily(
+            f"{PREFIX}_disk_free_bytes",
+            "Bytes an unprivileged process may still write on the file system of the profile's "
+            "state",
+            labels=["profile"],
+        )
+        total = GaugeMetricFamily(
+            f"{PREFIX}_disk_size_bytes",
+            "Size of the file system of the profile's state",
+            labels=["profile"],
+        )
+        stored = GaugeMetricFamily(
+            f"{PREFIX}_store_bytes",
+            "Bytes under the profile's state directory (store, backups, everything), as the "
+            "health monitor last measured them",
+            labels=["profile"],
+        )
+        sizes = self._store_bytes()
         for slug, runtime in self._runtimes().items():
             state = runtime.store.state
             convs.add_metric([slug], len(state.conversations))
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
+            try:
+                space = disk_space(runtime.config.state_dir)
+            except OSError:
+                pass  # no number rather than a wrong one
+            else:
+                free.add_metric([slug], space.free)
+                total.add_metric([slug], space.total)
+            if slug in sizes:
+                stored.add_metric([slug], sizes[slug])
             counts = dict.fromkeys(MODES, 0)
             for conv in state.conversations.values():
                 counts[ASSISTANT if conv.mode is None else conv.mode.current(now)] += 1
             for mode, count in counts.items():
                 modes.add_metric([slug, mode], count)
             media.add_metric([slug], len(state.media_jobs))
-        return [convs, msgs, outbox, modes, media]
+        return [convs, msgs, outbox, modes, media, free, total, stored]
 
 
 class LogCollector(Collector):

@@ -1,10 +1,13 @@
 """Health monitor: checks each profile's outbound path without sending any message.
 
 Every two minutes (APScheduler) and once at start: the Graph API token and phone number
-(an authenticated read of the number), and the assistant backend (any HTTP answer from its
-URL counts as reachable). A profile is `up` when every configured part answers, `degraded`
-otherwise; each change is logged once, and on the way back to `up` the outbox retries its
-queued replies at once instead of waiting out its backoff.
+(an authenticated read of the number), the assistant backend (any HTTP answer from its
+URL counts as reachable), and the free disk under the profile's state (diskspace.py). A
+profile is `up` when every configured part answers and the disk is not low, `degraded`
+otherwise; each change is logged once and recorded in the profile's event log, and on the
+way back to `up` the outbox retries its queued replies at once instead of waiting out its
+backoff. The size of each profile's directory is measured here too (in a thread: it walks
+every file), for /metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bridge.diskspace import dir_size, disk_space, low_disk_advice
 from bridge.logs import get_logger
 from bridge.metrics import MeteredSender
 from bridge.runtime import ProfileRuntime
@@ -57,6 +61,7 @@ class HealthMonitor:
     def __init__(self, runtimes: list[ProfileRuntime]) -> None:
         self._runtimes = runtimes
         self.health: dict[str, ProfileHealth] = {r.slug: ProfileHealth() for r in runtimes}
+        self.store_bytes: dict[str, int] = {}  # bytes under each profile's directory
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(r) for r in self._runtimes))
@@ -74,6 +79,8 @@ class HealthMonitor:
                 checks["graph"] = str(exc)
         url = runtime.assistant.health_url()
         checks["assistant"] = await _reachable(url) if url else "embedded"
+        checks["disk"] = disk_check(runtime)
+        self.store_bytes[runtime.slug] = await asyncio.to_thread(dir_size, runtime.config.state_dir)
         failing = [part for part, result in checks.items() if result not in _HEALTHY]
         status = "degraded" if failing else "up"
         previous = self.health[runtime.slug]
@@ -83,9 +90,24 @@ class HealthMonitor:
             log = get_logger(profile=runtime.slug)
             event = log.warning if status == "degraded" else log.info
             event("health_changed", previous=previous.status, status=status, checks=checks)
+            if previous.status != "unknown" or status == "degraded":
+                # Not the first "up" of every start. The parts' names only: a check's text
+                # may quote the Graph API's answer.
+                runtime.events.record(
+                    "health_changed", previous=previous.status, status=status, failing=failing
+                )
             if status == "up" and previous.status == "degraded":
                 runtime.outbox.kick()
         return current
+
+
+def disk_check(runtime: ProfileRuntime) -> str:
+    """ "ok", or why the disk under the profile's state is low (a statvfs: cheap, live)."""
+    try:
+        space = disk_space(runtime.config.state_dir)
+    except OSError as exc:
+        return f"cannot check: {exc.strerror or exc}"
+    return low_disk_advice(space) if space.low else "ok"
 
 
 _HEALTHY = ("ok", "embedded", "not configured (replies are logged, not sent)")

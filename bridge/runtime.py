@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from bridge import __version__
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
 from bridge.conversations import WINDOW_MS, Message
+from bridge.eventlog import EventLog
 from bridge.events import expects_reply
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
@@ -192,9 +194,15 @@ class ProfileRuntime:
     def slug(self) -> str:
         return self.config.slug
 
+    @property
+    def events(self) -> EventLog:
+        """The profile's event log (nothing is written where it has no state directory)."""
+        return EventLog(self.config.state_dir)
+
     async def start(self) -> None:
         """Load state, then resume what a previous run left: unsent replies, unanswered users."""
         await self.store.open()
+        self.events.record("started", version=__version__)
         self._use_log_id_key()
         await self.media.start()  # before replies resume: they wait for its work
         self.outbox.start()
@@ -295,6 +303,7 @@ class ProfileRuntime:
         if self.notifier is not None:
             await self.notifier.close()
         await self.store.close()
+        self.events.record("stopped")
 
 
 def control_server(runtime: ProfileRuntime) -> ControlServer:

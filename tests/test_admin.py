@@ -259,7 +259,8 @@ def test_missing_profile_is_a_clear_error(running: Served) -> None:
 
 def test_profiles_list_shows_status_and_create_makes_a_private_dir(running: Served) -> None:
     rows = admin_json(["profiles"], running.env)
-    assert rows[0]["profile"] == "default" and rows[0]["status"].startswith("running (pid ")
+    assert rows[0]["profile"] == "default" and rows[0]["status"] == "running"
+    assert rows[0]["pid"] == running.proc.pid
     created = admin(["profiles", "create", "shop"], running.env)
     assert created.returncode == 0, created.stderr
     shop = running.var_dir / "profiles" / "shop"

@@ -26,6 +26,10 @@ MAIN = SYSTEMD / "whatsapp-bridge.service"
 TEMPLATE = SYSTEMD / "whatsapp-bridge@.service"
 EXAMPLE_TOML = SYSTEMD / "bridge.example.toml"
 UNITS = [MAIN, TEMPLATE]
+SOCKETS = [SYSTEMD / "whatsapp-bridge.socket", SYSTEMD / "whatsapp-bridge@.socket"]
+BACKUP = SYSTEMD / "whatsapp-bridge-backup@.service"
+BACKUP_TIMER = SYSTEMD / "whatsapp-bridge-backup@.timer"
+ADMIN_EXEC = "/opt/whatsapp-bridge/.venv/bin/sessions-admin"
 CREDENTIALS = ("verify_token", "app_secret", "access_token", "key", "assistant_api_key")
 EXEC = "/opt/whatsapp-bridge/.venv/bin/bridge"
 
@@ -313,27 +317,105 @@ def test_example_config_holds_no_secrets() -> None:
     assert not keys(data) & secret_keys
 
 
+# The bridge units' hardening and identity, which the backup unit shares: everything in
+# COMMON from the user on, except what only a long-running notify service has.
+SHARED_WITH_BACKUP = {
+    key: value
+    for key, value in COMMON.items()
+    if key[0] == "Service"
+    and key[1]
+    not in {
+        "Type",
+        "NotifyAccess",
+        "WatchdogSec",
+        "Restart",
+        "RestartSec",
+        "RestartPreventExitStatus",
+        "TimeoutStopSec",
+        "KillSignal",
+        "RestrictAddressFamilies",
+    }
+}
+
+
+@pytest.mark.parametrize(("section", "key"), list(SHARED_WITH_BACKUP), ids="/".join)
+def test_backup_unit_is_hardened_like_the_bridge(section: str, key: str) -> None:
+    assert one(load(BACKUP), section, key) == SHARED_WITH_BACKUP[(section, key)]
+
+
+def test_backup_unit_needs_no_network_and_files_the_same_system_calls() -> None:
+    service = load(BACKUP)["Service"]
+
+    assert service["PrivateNetwork"] == ["yes"] and service["IPAddressDeny"] == ["any"]
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert service["SystemCallFilter"] == load(TEMPLATE)["Service"]["SystemCallFilter"]
+
+
+def test_backup_unit_backs_up_the_instance_profile_with_its_key() -> None:
+    from admin.cli import build_parser as admin_parser
+
+    unit = load(BACKUP)
+    exec_start = one(unit, "Service", "ExecStart")
+    assert one(unit, "Service", "Type") == "oneshot"
+    assert exec_start == f"{ADMIN_EXEC} --profile %i backup --keep 14"
+    args = admin_parser().parse_args(exec_start.replace("%i", "shop").split()[1:])
+    assert (args.command, args.profile, args.keep, args.to) == ("backup", "shop", 14, None)
+    env = environment(unit)
+    assert env["BRIDGE_PROFILE"] == "%i" and env["BRIDGE_VAR_DIR"] == "%S/whatsapp-bridge"
+    # The same key credential as the bridge instance's: archives are encrypted with it.
+    key = credentials(unit["Service"]["LoadCredential"])
+    assert key == {"key": credentials(load(TEMPLATE)["Service"]["LoadCredential"])["key"]}
+
+
+def test_backup_timer_runs_daily_catching_up_with_a_random_delay() -> None:
+    timer = load(BACKUP_TIMER)
+
+    assert one(timer, "Timer", "OnCalendar") == "daily"
+    assert one(timer, "Timer", "Persistent") == "true"
+    assert one(timer, "Timer", "RandomizedDelaySec") == "1h"
+    assert one(timer, "Install", "WantedBy") == "timers.target"
+    assert "Unit" not in timer["Timer"]  # it starts the service of its own name
+
+
+def test_make_install_systemd_installs_every_unit(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "install-systemd", f"DESTDIR={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / "etc" / "systemd" / "system"
+    names = sorted(p.name for p in installed.iterdir())
+    assert names == sorted(p.name for p in [*UNITS, BACKUP, BACKUP_TIMER, *SOCKETS])
+    assert all((installed / n).stat().st_mode & 0o777 == 0o644 for n in names)
+
+
 # systemd checks the ExecStart= binary exists; it is not installed on a test machine.
-MISSING_BINARY = re.compile(rf"Command {re.escape(EXEC)} is not executable: No such file")
+MISSING_BINARY = re.compile(
+    rf"Command ({re.escape(EXEC)}|{re.escape(ADMIN_EXEC)}) is not executable: No such file"
+)
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (Debian package: systemd)"
 )
 
 
-SOCKETS = [SYSTEMD / "whatsapp-bridge.socket", SYSTEMD / "whatsapp-bridge@.socket"]
-
-
 def instantiated_units(tmp_path: Path) -> list[Path]:
     """Copies systemd can load: a template is only checked through an instance."""
-    main = tmp_path / MAIN.name
-    instance = tmp_path / "whatsapp-bridge@shop.service"
-    shutil.copy(MAIN, main)
-    shutil.copy(TEMPLATE, instance)
-    sockets = [tmp_path / "whatsapp-bridge.socket", tmp_path / "whatsapp-bridge@shop.socket"]
-    for source, copy in zip(SOCKETS, sockets, strict=True):
+    copies = {
+        MAIN: tmp_path / MAIN.name,
+        TEMPLATE: tmp_path / "whatsapp-bridge@shop.service",
+        BACKUP: tmp_path / "whatsapp-bridge-backup@shop.service",
+        BACKUP_TIMER: tmp_path / "whatsapp-bridge-backup@shop.timer",
+        SOCKETS[0]: tmp_path / "whatsapp-bridge.socket",
+        SOCKETS[1]: tmp_path / "whatsapp-bridge@shop.socket",
+    }
+    for source, copy in copies.items():
         shutil.copy(source, copy)
-    return [main, instance, *sockets]
+    return list(copies.values())
 
 
 @pytest.mark.parametrize("path", SOCKETS, ids=lambda p: p.name)
@@ -368,7 +450,14 @@ def test_systemd_analyze_verify_finds_nothing_but_the_missing_binary(tmp_path: P
 
 @pytest.mark.slow
 @needs_systemd_analyze
-@pytest.mark.parametrize("name", ["whatsapp-bridge.service", "whatsapp-bridge@shop.service"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "whatsapp-bridge.service",
+        "whatsapp-bridge@shop.service",
+        "whatsapp-bridge-backup@shop.service",
+    ],
+)
 def test_systemd_analyze_security_rates_exposure_ok(tmp_path: Path, name: str) -> None:
     assert SYSTEMD_ANALYZE is not None
     instantiated_units(tmp_path)

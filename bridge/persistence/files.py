@@ -71,7 +71,7 @@ def temp_path(path: Path) -> Path:
 _TEMP = re.compile(r"\..+\.(\d+)\.tmp")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid in (0, os.getpid()):
         return True
     try:
@@ -95,7 +95,7 @@ def remove_stale_temps(directory: Path) -> list[tuple[Path, int]]:
         return []
     for path in entries:
         match = _TEMP.fullmatch(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         try:
             size = path.stat().st_size

@@ -12,8 +12,10 @@ v3, written since this release:
     one write and one fsync carry), so every commit in it is on disk whole or not at all;
   - kind 2, end: body = JSON `{"next": n}`: the segment is complete and the journal
     continues in segment n (so a missing newest segment is noticed);
-  - flags: 0 today. Reserved for compressing the body (bit 0: zstd); a reader refuses flags
-    it does not know rather than misread the body.
+  - flags: bit 0 (ZSTD) says the body is zstd-compressed (compression.py), set per frame
+    when compressing pays (a frame of one short message often stays plain); a reader
+    refuses flags it does not know rather than misread the body. Releases before
+    compression wrote 0, and refuse a compressed frame with "unknown flags".
 
 v2, segments written before this release (still replayed): header check = CRC-32 of the 4
 length bytes alone, AAD tag `wab-journal-v2`, plaintext = one record. The two checks differ
@@ -33,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from bridge.persistence import compression
 from bridge.persistence.crypto import OVERHEAD, Keyring
 
 HEADER = struct.Struct(">II")  # sealed length, header check
@@ -41,7 +44,8 @@ V2, V3 = 2, 3
 _TAGS = {V2: b"wab-journal-v2", V3: b"wab-journal-v3"}
 _V3_SEED = zlib.crc32(_TAGS[V3])
 COMMITS, END = 1, 2
-KNOWN_FLAGS = 0
+PLAIN, ZSTD = 0, 0x01
+KNOWN_FLAGS = ZSTD
 
 
 class FrameContentError(ValueError):
@@ -74,11 +78,20 @@ def commits_plaintext(commits: Sequence[Sequence[bytes]]) -> bytes:
     """The plaintext of one group commit: each commit's encoded records, joined as JSON
     without decoding them again."""
     body = b"],[".join(b",".join(records) for records in commits)
-    return bytes((COMMITS, KNOWN_FLAGS)) + b"[[" + body + b"]]"
+    return bytes((COMMITS, PLAIN)) + b"[[" + body + b"]]"
 
 
 def end_plaintext(next_segment: int) -> bytes:
-    return bytes((END, KNOWN_FLAGS)) + orjson.dumps({"next": next_segment})
+    return bytes((END, PLAIN)) + orjson.dumps({"next": next_segment})
+
+
+def compressed(plaintext: bytes) -> bytes:
+    """A plain frame plaintext with its body zstd-compressed and flagged, when that pays;
+    else `plaintext` itself. Run in the journal's thread: zstd releases the GIL."""
+    packed = compression.pack(plaintext[2:])
+    if packed is None:
+        return plaintext
+    return bytes((plaintext[0], plaintext[1] | ZSTD)) + packed
 
 
 def seal(keyring: Keyring, plaintext: bytes, slug: str, segment: int, offset: int) -> bytes:
@@ -110,7 +123,12 @@ def parse(version: int, plaintext: bytes) -> Content:
             raise FrameContentError(
                 f"written with flags {flags:#04x}, unknown to this version (a newer bridge?)"
             )
-        body = orjson.loads(plaintext[2:])
+        raw = plaintext[2:]
+        if flags & ZSTD:
+            raw = compression.unpack(raw, MAX_FRAME)
+        body = orjson.loads(raw)
+    except compression.DecompressError as exc:
+        raise FrameContentError(str(exc)) from None
     except orjson.JSONDecodeError as exc:
         raise FrameContentError(f"not valid JSON ({exc})") from None
     if kind == COMMITS:

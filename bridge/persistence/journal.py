@@ -307,14 +307,18 @@ class Journal:
                     item.future.set_result(None)
 
     def _append_frame(self, plaintext: bytes) -> None:
-        """Runs in the journal thread: seal `plaintext` for the next offset and write it.
+        """Runs in the journal thread: compress (when it pays) and seal `plaintext` for the
+        next offset, and write it.
 
         Sealing here, in order with the writes, keeps the offset in the AAD exact and the
-        cipher's work off the event loop."""
+        compressor's and the cipher's work off the event loop."""
         w = self._w
         if w.broken or w.fd is None:
             self._open_segment()  # before sealing: it may be a segment switch back
-        self._write(frames.seal(self._keyring, plaintext, self._slug, w.segment, w.size))
+        sealed = frames.seal(
+            self._keyring, frames.compressed(plaintext), self._slug, w.segment, w.size
+        )
+        self._write(sealed)
 
     def _write(self, data: bytes) -> None:
         """Runs in the journal thread: append at the last good size and fsync, or cut back

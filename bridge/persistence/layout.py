@@ -15,6 +15,7 @@ KEY = "key"
 BACKUPS = "backups"
 MEDIA = "media"
 CONTROL_SOCKET = "control.sock"
+EVENTS = "events.jsonl"
 
 
 def snapshot_path(state_dir: Path) -> Path:
@@ -47,6 +48,10 @@ def control_socket_path(state_dir: Path) -> Path:
     return state_dir / CONTROL_SOCKET
 
 
+def events_path(state_dir: Path) -> Path:
+    return state_dir / EVENTS
+
+
 def lock_holder(state_dir: Path) -> int | None:
     """The pid of the process holding the profile lock, or None when nobody runs it."""
     path = lock_path(state_dir)
@@ -64,6 +69,23 @@ def lock_holder(state_dir: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def run_status(state_dir: Path) -> tuple[str, int | None]:
+    """Whether the profile's bridge is `running` (and its pid), `stopped` (stopped cleanly, or
+    never started), or `crashed`: the last process that held the lock died without releasing
+    it cleanly (kill -9, power loss, a failed start) and none has started since; the pid is
+    the dead one's, when the lock file still names it."""
+    holder = lock_holder(state_dir)
+    if holder is not None:
+        return "running", holder if holder > 0 else None
+    try:
+        text = lock_path(state_dir).read_bytes().strip()
+    except FileNotFoundError:
+        return "stopped", None
+    if text.isdigit():
+        return "crashed", int(text)
+    return "stopped", None
 
 
 def create_profile_dir(state_dir: Path) -> None:

@@ -27,6 +27,7 @@ class ProfileLock:
         self._slug = slug
         self._fd: int | None = None
         self.previous_unclean = False  # the previous holder died without releasing cleanly
+        self.previous_pid: int | None = None  # ... and that holder's pid
 
     def acquire(self) -> None:
         """Take the lock or raise ProfileLockedError naming the holder's pid."""
@@ -48,6 +49,7 @@ class ProfileLock:
                 os.fchmod(fd, 0o600)
             previous = os.read(fd, 32).strip()
             self.previous_unclean = previous.isdigit()
+            self.previous_pid = int(previous) if previous.isdigit() else None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
@@ -59,13 +61,17 @@ class ProfileLock:
         """Unlock. `clean`: this process stops normally and left nothing in flight that it
         did not record; by default, only if the previous holder had stopped cleanly too (a
         short admin write after a crash must not hide the crash from the next bridge)."""
+        keep_crashed = clean is None and self.previous_unclean
         if clean is None:
             clean = not self.previous_unclean
         if self._fd is not None:
-            if clean:
+            if clean or keep_crashed:
+                # After a crash, a short admin write leaves the dead process's pid in place:
+                # `profiles list` still names the process that crashed.
+                content = CLEAN if clean else f"{self.previous_pid}\n".encode()
                 try:
                     os.ftruncate(self._fd, 0)
-                    os.pwrite(self._fd, CLEAN, 0)
+                    os.pwrite(self._fd, content, 0)
                 except OSError:
                     pass  # a full disk: the next start just reconciles as after a crash
             fcntl.flock(self._fd, fcntl.LOCK_UN)

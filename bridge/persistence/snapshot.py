@@ -1,11 +1,12 @@
 """Snapshots: the whole state of a profile in one encrypted file, written without stalling.
 
-File: `WABSNAP1` magic, a 16-hex snapshot id, then frames `length (u32 BE) | sealed record`
-(sealed as in crypto.py: key id | nonce | ciphertext + tag), each sealed with associated
-data `wab-snapshot-v1|<profile>|<snapshot id>|<index>`, so a frame cannot be dropped,
-reordered or spliced in from another snapshot. Decrypted, the frames are JSON objects in
-this order:
-- `{"v": 1, "profile", "segment", "created", "settings"?}`: the journal segment that
+File (format v2, written since this release): `WABSNAP2` magic, a 16-hex snapshot id, then
+frames `length (u32 BE) | sealed record` (sealed as in crypto.py: key id | nonce | ciphertext
++ tag), each sealed with associated data `wab-snapshot-v2|<profile>|<snapshot id>|<index>`,
+so a frame cannot be dropped, reordered or spliced in from another snapshot. Decrypted, a
+frame is `flags (1 byte) | body`: flags bit 0 says the body is zstd-compressed
+(compression.py; set per frame, when it pays), and the body is a JSON object. In this order:
+- `{"v": 2, "profile", "segment", "created", "settings"?}`: the journal segment that
   continues it, and the store's settings (`{"max_messages", "retention_days"}`, absent in
   files of older versions); first, so the cap is known before any conversation is loaded;
 - `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
@@ -18,39 +19,57 @@ this order:
   reached Meta unconfirmed)], ...]}`;
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
+Format v1, written by releases before compression, is still read: `WABSNAP1`, associated
+data `wab-snapshot-v1|...`, each frame's plaintext the JSON object alone, `"v": 1`. Backups
+are snapshots too, so archives of either format verify and restore.
+
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
 traffic goes on. That is safe because the journal segment started just before the snapshot
 holds every later change, and replay skips what a conversation already contains (per
 conversation sequence numbers) or re-applies idempotent changes. The event loop only builds
-and serializes each slice; sealing, writing and fsync run in a thread of the snapshot's own,
-one slice behind, so the disk and the cipher overlap with serialization.
+and serializes each slice; compression, sealing, writing and fsync run in a thread of the
+snapshot's own, one slice behind, so the disk, zstd and the cipher overlap with
+serialization.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
+from bridge.persistence import compression
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, temp_path, write_all
 from bridge.records import OutboxItem, settings_from_dict, settings_to_dict
 from bridge.state import State
 
-MAGIC = b"WABSNAP1"
+T = TypeVar("T")
+
+MAGIC_V1 = b"WABSNAP1"
+MAGIC = b"WABSNAP2"
+VERSION = 2
+VERSIONS = {MAGIC_V1: 1, MAGIC: VERSION}
 ID_LEN = 16
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
+# What one frame's body may decompress to: far above any frame we write (a slice of a few
+# milliseconds of serialization, 20,000 seen ids), far below what would exhaust memory.
+MAX_PLAIN = 1024 * 1024 * 1024
+PLAIN, ZSTD = 0, 0x01
+KNOWN_FLAGS = ZSTD
 # Longest stretch of serialization (to_seed + orjson) on the loop between two yields. The
 # slice size adapts to it, so it holds whatever the conversations' sizes.
 SLICE_SECONDS = 0.003
@@ -58,8 +77,36 @@ SEEN_PER_FRAME = 20_000  # ~2 ms to build and serialize
 SYNC_EVERY = 8 * 1024 * 1024
 
 
-def _aad(slug: str, snapshot_id: bytes, index: int) -> bytes:
-    return b"wab-snapshot-v1|" + slug.encode() + b"|" + snapshot_id + b"|" + str(index).encode()
+def _aad(slug: str, snapshot_id: bytes, index: int, version: int = VERSION) -> bytes:
+    tag = b"wab-snapshot-v%d|" % version
+    return tag + slug.encode() + b"|" + snapshot_id + b"|" + str(index).encode()
+
+
+def _frame_plaintext(body: bytes) -> bytes:
+    """flags | body, compressed when that pays."""
+    packed = compression.pack(body)
+    return bytes((ZSTD,)) + packed if packed is not None else bytes((PLAIN,)) + body
+
+
+@dataclass
+class SnapshotInfo:
+    """What `read_snapshot` found besides the state: the format, and how well it packed."""
+
+    version: int = 0
+    frames: int = 0
+    compressed_frames: int = 0
+    file_bytes: int = 0
+    json_bytes: int = 0  # the frames' JSON, uncompressed: what format v1 would have stored
+
+    def describe(self) -> str:
+        """One phrase for `verify`: "format v2, zstd: 1.2 MB for 6.1 MB of JSON (0.20x)"."""
+        if self.version == 1:
+            return "format v1 (uncompressed, written before compression)"
+        ratio = self.file_bytes / self.json_bytes if self.json_bytes else 1.0
+        return (
+            f"format v{self.version}, zstd ({self.compressed_frames} of {self.frames} frames): "
+            f"{self.file_bytes:,} bytes for {self.json_bytes:,} bytes of JSON ({ratio:.2f}x)"
+        )
 
 
 class _Writer:
@@ -98,8 +145,8 @@ class _Writer:
         if self.fd < 0:
             self._open_sync()
         out = []
-        for index, plaintext in records:
-            sealed = self.keyring.seal(plaintext, _aad(self.slug, self.id, index))
+        for index, body in records:
+            sealed = self.keyring.seal(_frame_plaintext(body), _aad(self.slug, self.id, index))
             out.append(LENGTH.pack(len(sealed)) + sealed)
         data = b"".join(out)
         write_all(self.fd, data)
@@ -161,7 +208,7 @@ async def write_snapshot(
     writer = _Writer(path, keyring, slug)
     try:
         head: dict[str, Any] = {
-            "v": 1,
+            "v": VERSION,
             "profile": slug,
             "segment": segment,
             "created": int(time.time() * 1000),
@@ -221,68 +268,153 @@ async def write_snapshot(
     return writer.size
 
 
-def read_snapshot(path: Path, keyring: Keyring, slug: str, state: State) -> int:
-    """Load a snapshot into an empty `state`; returns the journal segment that continues it.
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    index: int
+    end: int  # the byte after it
+    body: bytes | memoryview  # its JSON
+    compressed: bool
 
-    Any problem (not a snapshot, wrong key, changed or missing bytes) is a CorruptStateError
-    naming the file; the file itself is never touched.
+
+def _frame_spans(data: bytes) -> Iterator[tuple[int, int, int] | str]:
+    """(index, offset, length) of each frame in turn; a problem with the bytes where the
+    next frame should be ends it, as a message."""
+    offset, index = len(MAGIC) + ID_LEN, 0
+    while offset < len(data):
+        if len(data) - offset < LENGTH.size:
+            yield f"truncated at byte {offset}"
+            return
+        length = LENGTH.unpack_from(data, offset)[0]
+        if length == 0 or length > MAX_FRAME or offset + LENGTH.size + length > len(data):
+            yield f"truncated or damaged record at byte {offset}"
+            return
+        yield index, offset, length
+        offset += LENGTH.size + length
+        index += 1
+
+
+def _decoded(
+    items: Iterator[T], decode: Callable[[T], _Frame], ahead: int = 2
+) -> Generator[_Frame, None, None]:
+    """`decode` each item in a thread of its own, up to `ahead` items ahead of the caller.
+
+    Decryption and decompression release the GIL, so at start-up they run on the second
+    core while this thread turns the previous frame's JSON into conversations; a few frames
+    ahead at most, so memory holds only those. An exception reaches the caller at the frame
+    that raised it, in order."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-read") as pool:
+        pending = collections.deque(
+            pool.submit(decode, item) for item in itertools.islice(items, ahead)
+        )
+        try:
+            while pending:
+                frame = pending.popleft().result()
+                for item in itertools.islice(items, 1):
+                    pending.append(pool.submit(decode, item))
+                yield frame
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def read_snapshot(
+    path: Path, keyring: Keyring, slug: str, state: State, info: SnapshotInfo | None = None
+) -> int:
+    """Load a snapshot (either format) into an empty `state`; returns the journal segment
+    that continues it. `info`, when given, is filled with the format and sizes.
+
+    Any problem (not a snapshot, wrong key, changed or missing bytes, a body that does not
+    decompress) is a CorruptStateError naming the file; the file itself is never touched.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CorruptStateError(f"{path}: cannot read snapshot: {exc.strerror}") from None
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + ID_LEN:
+    version = VERSIONS.get(data[: len(MAGIC)])
+    if version is None or len(data) < len(MAGIC) + ID_LEN:
         raise CorruptStateError(f"{path}: not a whatsapp-bridge snapshot")
+    info = info if info is not None else SnapshotInfo()
+    info.version, info.file_bytes = version, len(data)
+    info.frames = info.compressed_frames = info.json_bytes = 0  # a reader may read again
     snapshot_id = data[len(MAGIC) : len(MAGIC) + ID_LEN]
-    offset = len(MAGIC) + ID_LEN
-    index = 0
-    segment: int | None = None
-    ended = False
-    while offset < len(data) and not ended:
-        if len(data) - offset < LENGTH.size:
-            raise CorruptStateError(f"{path}: truncated at byte {offset}")
-        length = LENGTH.unpack_from(data, offset)[0]
-        if length == 0 or length > MAX_FRAME or offset + LENGTH.size + length > len(data):
-            raise CorruptStateError(f"{path}: truncated or damaged record at byte {offset}")
+
+    def decode(span: tuple[int, int, int] | str) -> _Frame:
+        """Runs in the reading thread: one frame's JSON, decrypted and decompressed."""
+        if isinstance(span, str):
+            raise CorruptStateError(f"{path}: {span}")
+        index, offset, length = span
         sealed = data[offset + LENGTH.size : offset + LENGTH.size + length]
+        compressed = False
         try:
-            record = orjson.loads(keyring.open(sealed, _aad(slug, snapshot_id, index)))
+            plaintext = keyring.open(sealed, _aad(slug, snapshot_id, index, version))
+            body: bytes | memoryview = plaintext
+            if version >= 2:
+                flags = plaintext[0] if plaintext else PLAIN
+                if not plaintext or flags & ~KNOWN_FLAGS:
+                    raise CorruptStateError(
+                        f"{path}: record {index} has flags {flags:#04x}, unknown to this "
+                        "version (a newer bridge?)"
+                    )
+                body = memoryview(plaintext)[1:]
+                if flags & ZSTD:
+                    body, compressed = compression.unpack(body, MAX_PLAIN), True
         except DecryptError as exc:
             raise CorruptStateError(f"{path}: record {index} does not decrypt ({exc})") from None
-        except orjson.JSONDecodeError:
-            raise CorruptStateError(f"{path}: record {index} is not valid JSON") from None
-        try:
-            if index == 0:
-                if record.get("v") != 1 or record.get("profile") != slug:
-                    raise CorruptStateError(f"{path}: snapshot of another profile or format")
-                segment = int(record["segment"])
-                if "settings" in record:
-                    state.use_settings(settings_from_dict(record["settings"]))
-            elif "conversations" in record:
-                for key, seed in record["conversations"]:
-                    state.add_conversation(
-                        Conversation.from_seed(str(key), seed, state.max_messages)
+        except compression.DecompressError as exc:
+            raise CorruptStateError(f"{path}: record {index}: {exc}") from None
+        return _Frame(index, offset + LENGTH.size + length, body, compressed)
+
+    offset = len(MAGIC) + ID_LEN
+    segment: int | None = None
+    ended = False
+    frames = _decoded(_frame_spans(data), decode)
+    try:
+        for frame in frames:
+            index = frame.index
+            info.compressed_frames += frame.compressed
+            info.json_bytes += len(frame.body)
+            try:
+                record = orjson.loads(frame.body)
+            except orjson.JSONDecodeError:
+                raise CorruptStateError(f"{path}: record {index} is not valid JSON") from None
+            try:
+                if index == 0:
+                    if record.get("v") != version or record.get("profile") != slug:
+                        raise CorruptStateError(f"{path}: snapshot of another profile or format")
+                    segment = int(record["segment"])
+                    if "settings" in record:
+                        state.use_settings(settings_from_dict(record["settings"]))
+                elif "conversations" in record:
+                    for key, seed in record["conversations"]:
+                        state.add_conversation(
+                            Conversation.from_seed(str(key), seed, state.max_messages)
+                        )
+                elif "seen" in record:
+                    state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
+                elif "identities" in record:
+                    state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
+                elif "erased_seen" in record:
+                    state.erased_seen.update(
+                        {str(k): int(v) for k, v in record["erased_seen"].items()}
                     )
-            elif "seen" in record:
-                state.seen.update({str(k): int(v) for k, v in record["seen"].items()})
-            elif "identities" in record:
-                state.aliases.update({str(k): str(v) for k, v in record["identities"].items()})
-            elif "erased_seen" in record:
-                state.erased_seen.update({str(k): int(v) for k, v in record["erased_seen"].items()})
-            elif "outbox" in record:
-                for item_id, key, to, text, created, *uncertain in record["outbox"]:
-                    state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
-                    if uncertain:
-                        state.uncertain.add(item_id)
-            elif record.get("end") is True:
-                if int(record["frames"]) != index + 1:
-                    raise CorruptStateError(f"{path}: record count does not match")
-                state.seq = max(state.seq, int(record["seq"]))
-                ended = True
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CorruptStateError(f"{path}: record {index} is malformed ({exc!r})") from None
-        offset += LENGTH.size + length
-        index += 1
+                elif "outbox" in record:
+                    for item_id, key, to, text, created, *uncertain in record["outbox"]:
+                        state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
+                        if uncertain:
+                            state.uncertain.add(item_id)
+                elif record.get("end") is True:
+                    if int(record["frames"]) != index + 1:
+                        raise CorruptStateError(f"{path}: record count does not match")
+                    state.seq = max(state.seq, int(record["seq"]))
+                    ended = True
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                raise CorruptStateError(f"{path}: record {index} is malformed ({exc!r})") from None
+            offset = frame.end
+            info.frames = index + 1
+            if ended:
+                break
+    finally:
+        frames.close()  # stops the reading thread
     if not ended or segment is None:
         raise CorruptStateError(f"{path}: truncated (no end record)")
     if offset != len(data):

@@ -18,6 +18,7 @@ from pathlib import Path
 from bridge import gcpolicy
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError, StorageError, StorageUnavailableError
+from bridge.eventlog import EventLog
 from bridge.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
@@ -32,7 +33,7 @@ from bridge.persistence.segments import (
     MissingSegment,
     replay_journal,
 )
-from bridge.persistence.snapshot import Progress, read_snapshot, write_snapshot
+from bridge.persistence.snapshot import Progress, SnapshotInfo, read_snapshot, write_snapshot
 from bridge.records import (
     OutboxUncertain,
     Record,
@@ -54,18 +55,23 @@ __all__ = ["DurableStore", "MissingSegment", "load_state", "replay"]
 
 
 def replay(
-    profile: ProfileConfig, keyring: Keyring, state: State, accept_loss: bool = False
+    profile: ProfileConfig,
+    keyring: Keyring,
+    state: State,
+    accept_loss: bool = False,
+    info: SnapshotInfo | None = None,
 ) -> JournalEnd:
     """Load snapshot + journal into `state`; returns where appending continues.
 
     The segments from the one the snapshot names (or from 1, without a snapshot) must all be
     there and chained (segments.py). Each commit is applied whole: the journal holds only
     whole commits, so a crash never leaves half of one. With `accept_loss`, damage stops the
-    replay instead of failing it, and the result says what to set aside.
+    replay instead of failing it, and the result says what to set aside. `info` receives the
+    snapshot's format and sizes.
     """
     snapshot = layout.snapshot_path(profile.state_dir)
     has_snapshot = snapshot.exists()
-    first = read_snapshot(snapshot, keyring, profile.slug, state) if has_snapshot else 1
+    first = read_snapshot(snapshot, keyring, profile.slug, state, info) if has_snapshot else 1
     previous_seq = 0
 
     def apply(path: Path, commits: list[Commit]) -> None:
@@ -97,7 +103,9 @@ def replay(
     )
 
 
-def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
+def load_state(
+    profile: ProfileConfig, attempts: int = 5, info: SnapshotInfo | None = None
+) -> State:
     """The profile's current state, read-only: no lock taken, nothing written.
 
     Safe while the bridge runs: a record being appended right now is a torn tail and left
@@ -107,7 +115,7 @@ def load_state(profile: ProfileConfig, attempts: int = 5) -> State:
     for attempt in range(attempts):
         state = State()
         try:
-            replay(profile, keyring, state)
+            replay(profile, keyring, state, info=info)
         except (FileNotFoundError, JournalDamage) as exc:
             if attempt == attempts - 1:
                 if isinstance(exc, JournalDamage):
@@ -154,6 +162,7 @@ class DurableStore(Store):
         self._accept_data_loss = accept_data_loss
         self._enforce_settings = enforce_settings
         self._lock = ProfileLock(profile.state_dir, profile.slug)
+        self.events = EventLog(profile.state_dir)
         self._journal: Journal | None = None
         self._keyring: Keyring | None = None
         self._snapshotting = asyncio.Lock()
@@ -183,6 +192,10 @@ class DurableStore(Store):
             layout.create_profile_dir(state_dir)
         with _writing(layout.lock_path(state_dir)):
             self._lock.acquire()
+        if self._lock.previous_unclean:
+            # Whoever opens the store first after a crash tells: the next opener finds the
+            # lock clean (the crash's consequences are journaled below).
+            self.events.record("crashed", crashed_pid=self._lock.previous_pid)
         try:
             with _writing(self.profile.key_file or layout.key_path(state_dir)):
                 self._keyring = load_keyring(self.profile, create=True)
@@ -370,7 +383,15 @@ class DurableStore(Store):
         return self.journal.submit(payloads, apply)
 
     async def snapshot(self, progress: Progress | None = None) -> None:
-        """Retention, then a fuzzy snapshot; older journal segments go once it is durable."""
+        """Retention, then a fuzzy snapshot; older journal segments go once it is durable.
+        A failure is in the profile's event log too (the journal still holds everything)."""
+        try:
+            await self._snapshot(progress)
+        except StorageError as exc:
+            self.events.record("snapshot_failed", error=str(exc))
+            raise
+
+    async def _snapshot(self, progress: Progress | None) -> None:
         async with self._snapshotting:
             started = time.monotonic()
             now_ms = int(time.time() * 1000)

@@ -6,9 +6,18 @@ Builds 10,000 conversations x 250 messages in memory, then measures, in one run:
 - the floor for the same data: orjson.dumps + one AES-GCM encrypt + write + fsync;
 - start-up (`DurableStore.open()`: read, decrypt, parse, rebuild) against its floor:
   read + decrypt + orjson.loads;
-- RSS with the state loaded, against a plain list of dicts of the same messages.
+- RSS with the state loaded, against a plain list of dicts of the same messages;
+- the snapshot's size against its JSON (zstd before encryption).
 
-Usage: python -m tests.bench.snapshot_stall [--conversations N] [--messages M] [--out FILE]
+CPU seconds (all threads) are shown beside the wall times: on a shared machine they say
+more about a change than the wall time, which other processes stretch.
+
+With `--chat` the messages are realistic Spanish/English chats (tests/chattext.py: varied
+text, Meta-like random ids) instead of one repeated sentence; the RSS comparison is then
+left out (the plain list would need the same text).
+
+Usage: python -m tests.bench.snapshot_stall [--conversations N] [--messages M] [--chat]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -32,11 +42,19 @@ from bridge.config import ProfileConfig
 from bridge.conversations import Conversation, Message
 from bridge.logs import configure
 from bridge.store.durable import DurableStore
+from tests import chattext
 
 
-def build(store: DurableStore, conversations: int, messages: int) -> None:
+def build(store: DurableStore, conversations: int, messages: int, chat: bool = False) -> None:
     now = int(time.time() * 1000)
     state = store.state
+    if chat:
+        rnd = random.Random(15)
+        for c in range(conversations):
+            conv = chattext.conversation(c, messages, now, rnd)
+            conv.seq = c + 1
+            state.add_conversation(conv)
+        return
     for c in range(conversations):
         key = f"34{c:09d}"
         conv = Conversation(key, 250, now)
@@ -106,23 +124,25 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def main(conversations: int, messages: int, out: Path | None) -> None:
+async def main(conversations: int, messages: int, out: Path | None, chat: bool = False) -> None:
     configure("console", "warning")
     with tempfile.TemporaryDirectory() as tmp:
         profile = ProfileConfig(slug="bench", state_dir=Path(tmp) / "profiles" / "bench")
         store = DurableStore(profile)
         await store.open()
         rss_before = rss_mb()
-        build(store, conversations, messages)
+        build(store, conversations, messages, chat)
         gc.collect()
         rss_loaded = rss_mb()
         total = store.state.message_count()
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         task = asyncio.ensure_future(store.snapshot())
         late = await stalls_during(task)
         await task
         snapshot_s = time.perf_counter() - started
+        snapshot_cpu = time.process_time() - cpu_started
         size = (profile.state_dir / "snapshot.wab").stat().st_size
 
         # Floor, same data: one dumps, one encrypt, one write + fsync.
@@ -138,6 +158,7 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         floor_save_s = time.perf_counter() - started
+        json_bytes = len(plain)
         started = time.perf_counter()
         orjson.loads(key.decrypt(nonce, floor_path.read_bytes(), b""))
         floor_load_s = time.perf_counter() - started
@@ -146,13 +167,15 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
         gc.collect()
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         reopened = DurableStore(profile)
         await reopened.open()
         load_s = time.perf_counter() - started
+        load_cpu = time.process_time() - cpu_started
         assert reopened.state.message_count() == total
         await reopened.close()
 
-    plain_mb = plain_rss_mb(conversations, messages)
+    plain_mb = plain_rss_mb(conversations, messages) if not chat else 0.0
     rows = [
         ("state", f"{conversations:,} conversations x {messages} messages = {total:,} messages"),
         ("longest event-loop stall during snapshot", f"{max(late):.1f} ms"),
@@ -160,22 +183,35 @@ async def main(conversations: int, messages: int, out: Path | None) -> None:
             "p99 / median ticker lateness",
             f"{statistics.quantiles(late, n=100)[98]:.2f} / {statistics.median(late):.2f} ms",
         ),
-        ("snapshot (sliced, incl. fsync)", f"{snapshot_s:.2f} s, {size / 1e6:.0f} MB"),
+        (
+            "snapshot (sliced, incl. fsync)",
+            f"{snapshot_s:.2f} s ({snapshot_cpu:.2f} s CPU), {size / 1e6:.1f} MB",
+        ),
+        (
+            "snapshot size / its JSON",
+            f"{size / 1e6:.1f} / {json_bytes / 1e6:.0f} MB = {size / json_bytes:.3f}x",
+        ),
         (
             "floor: dumps + encrypt + write + fsync",
             f"{floor_save_s:.2f} s  (ratio {snapshot_s / floor_save_s:.2f}x)",
         ),
-        ("start-up: open (read, decrypt, parse, rebuild)", f"{load_s:.2f} s"),
+        (
+            "start-up: open (read, decrypt, parse, rebuild)",
+            f"{load_s:.2f} s ({load_cpu:.2f} s CPU)",
+        ),
         (
             "floor: read + decrypt + loads",
             f"{floor_load_s:.2f} s  (ratio {load_s / floor_load_s:.2f}x)",
         ),
         ("RSS growth with the state loaded", f"{rss_loaded - rss_before:.0f} MB"),
-        (
-            "same messages as a plain list of dicts (fresh process)",
-            f"{plain_mb:.0f} MB  (store / plain {(rss_loaded - rss_before) / plain_mb:.2f}x)",
-        ),
     ]
+    if not chat:
+        rows.append(
+            (
+                "same messages as a plain list of dicts (fresh process)",
+                f"{plain_mb:.0f} MB  (store / plain {(rss_loaded - rss_before) / plain_mb:.2f}x)",
+            )
+        )
     table = "| measure | result |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
     print(table)
     if out:
@@ -188,5 +224,6 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--messages", type=int, default=250)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--chat", action="store_true", help="realistic Spanish/English chats")
     args = parser.parse_args()
-    asyncio.run(main(args.conversations, args.messages, args.out))
+    asyncio.run(main(args.conversations, args.messages, args.out, args.chat))

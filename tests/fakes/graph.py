@@ -1,4 +1,5 @@
-"""A fake WhatsApp Cloud API (Graph API): `/{version}/{phone_number_id}/messages` and the number.
+"""A fake WhatsApp Cloud API (Graph API): `/{version}/{phone_number_id}/messages`, the number,
+the app, and the app's webhook subscriptions to business accounts (WABAs).
 
 Speaks Meta's documented shapes: `{"messaging_product", "contacts", "messages": [{"id"}]}` on
 success and `{"error": {"message", "type", "code", "error_subcode", "error_data": {"details"},
@@ -24,6 +25,13 @@ media id; `GET /{version}/{media_id}` answers `{"messaging_product", "url", "mim
 and `GET url` with the bearer token answers the bytes until the URL expires (`url_ttl`,
 `expire_urls`: then 404, as lookaside does). Lookups and downloads can fail on script, a
 download can be held in the middle of its body (`hold_downloads`) or trickle (`trickle`).
+
+For `bridge doctor`: `GET /{phone_number_id}?fields=display_phone_number,verified_name,
+quality_rating` answers the number's fields (any id, unless `numbers` lists the known ones:
+then another id gets Meta's error 100, subcode 33, "does not exist"); `GET /app` names the
+app the token belongs to; `GET /{waba_id}/subscribed_apps` lists the apps subscribed to a
+WABA in `subscriptions` (unknown WABA: error 100/33) and `POST` subscribes the token's app,
+answering `{"success": true}`.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ from bridge import simulate
 
 TOKEN = "test-access-token"
 MAX_TEXT = 4096
+APP_ID = "987654321098765"
+NUMBER_FIELDS = {
+    "display_phone_number": "+34 600 00 00 00",
+    "verified_name": "Tienda de Prueba",
+    "quality_rating": "GREEN",
+}
 
 # Meta's messages (and details, where it sends some) for the codes the bridge treats specially,
 # from the Cloud API "Error codes" reference.
@@ -66,6 +80,13 @@ META_ERRORS: dict[int, tuple[str, str | None]] = {
         "number in a short period of time.",
     ),
 }
+
+# Code 100 with subcode 33: an id that does not exist or that the token may not read.
+NOT_FOUND = (
+    "Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to "
+    "missing permissions, or does not support this operation. Please read the Graph API "
+    "documentation at https://developers.facebook.com/docs/graph-api"
+)
 
 Outcome = tuple[int, int | None] | None  # (HTTP status, Graph code), or None for success
 
@@ -118,6 +139,12 @@ class FakeGraph:
     held: threading.Event = field(default_factory=threading.Event)  # a download is held now
     trickle: float = 0.0  # seconds between 64 KiB pieces of a download
     _urls: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (id, expiry)
+    # The numbers the token can read, with their fields; None: any id, with NUMBER_FIELDS.
+    numbers: dict[str, dict[str, str]] | None = None
+    app_id: str = APP_ID
+    app_name: str = "Bridge test app"
+    # WABA id -> ids of the apps subscribed to its webhooks.
+    subscriptions: dict[str, list[str]] = field(default_factory=dict)
     _report: tuple[str, str] | None = None  # (webhook url, app secret)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -250,7 +277,13 @@ class FakeGraph:
         object_id = request.match_info["phone"]
         if object_id in self.media or object_id.startswith("media"):
             return self._lookup(request, object_id)
-        return web.json_response({"id": object_id})
+        phone = object_id
+        known = NUMBER_FIELDS if self.numbers is None else self.numbers.get(phone)
+        if known is None:
+            return self._missing(phone)
+        wanted = request.query.get("fields", "id").split(",")
+        data = {"id": phone, **known}
+        return web.json_response({k: data[k] for k in wanted if k in data} | {"id": phone})
 
     # -- media ------------------------------------------------------------------------------
 
@@ -350,6 +383,48 @@ class FakeGraph:
         self.downloads.append(media_id)
         return resp
 
+    async def app_info(self, request: web.Request) -> web.Response:
+        await self._receive(request)
+        if not self._authorized(request):
+            return self._error(401, 190)
+        return web.json_response({"id": self.app_id, "name": self.app_name})
+
+    async def subscribed_apps(self, request: web.Request) -> web.Response:
+        await self._receive(request)
+        if not self._authorized(request):
+            return self._error(401, 190)
+        waba = request.match_info["waba"]
+        if waba not in self.subscriptions:
+            return self._missing(waba)
+        if request.method == "POST":
+            if self.app_id not in self.subscriptions[waba]:
+                self.subscriptions[waba].append(self.app_id)
+            return web.json_response({"success": True})
+        apps = [
+            {
+                "whatsapp_business_api_data": {
+                    "id": app,
+                    "name": self.app_name if app == self.app_id else f"app {app}",
+                    "link": f"https://www.facebook.com/games/?app_id={app}",
+                }
+            }
+            for app in self.subscriptions[waba]
+        ]
+        return web.json_response({"data": apps})
+
+    @staticmethod
+    def _missing(object_id: str) -> web.Response:
+        """Meta's answer for an id the token cannot read: error 100, subcode 33."""
+        message = NOT_FOUND.format(id=object_id)
+        error = {
+            "message": message,
+            "type": "GraphMethodException",
+            "code": 100,
+            "error_subcode": 33,
+            "fbtrace_id": "AFakeTraceId",
+        }
+        return web.json_response({"error": error}, status=400)
+
     @staticmethod
     def _error(status: int, code: int | None) -> web.Response:
         if code is None:  # what a load balancer in front of the Graph API answers
@@ -376,6 +451,8 @@ class FakeGraph:
         app = web.Application()
         app.on_cleanup.append(self._stop_reporting)
         app.router.add_post("/{version}/{phone}/messages", self.messages)
+        app.router.add_get("/{version}/app", self.app_info)
+        app.router.add_route("*", "/{version}/{waba}/subscribed_apps", self.subscribed_apps)
         app.router.add_get("/whatsapp_business/attachments/", self.download)
         app.router.add_get("/{version}/{phone}", self.phone_number)
         return app

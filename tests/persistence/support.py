@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import random
 import struct
 import time
 import zlib
@@ -26,6 +28,12 @@ def user(key: str, n: int, text: str | None = None, ts: int | None = None) -> Me
         key,
         Message("user", text or f"hello {n}", ts or NOW + n, id=f"wamid.{key}.{n}", type="text"),
     )
+
+
+def noise(n: int, chars: int = 200) -> str:
+    """Text that zstd cannot shrink much (random base64), for tests about frames that span
+    several disk blocks: chat-like text would compress to a fraction of a block."""
+    return base64.b64encode(random.Random(n).randbytes(chars * 3 // 4)).decode()
 
 
 def reply(key: str, n: int) -> list[Record]:

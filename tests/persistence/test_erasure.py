@@ -19,10 +19,11 @@ from bridge.control.writes import merge_records
 from bridge.conversations import Message
 from bridge.outbox import Outbox
 from bridge.persistence import layout
+from bridge.persistence.compression import unpack
 from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.segments import read_segment
-from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, _aad
+from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, MAX_PLAIN, ZSTD, _aad
 from bridge.records import ConversationDeleted, MessageAdded, OutboxItem, OutboxQueued, Record
 from bridge.store.durable import DurableStore, load_state
 from bridge.whatsapp.graph import GraphClient
@@ -54,7 +55,8 @@ def plaintext_on_disk(profile: ProfileConfig) -> bytes:
     while offset < len(snapshot):
         (length,) = LENGTH.unpack_from(snapshot, offset)
         sealed = snapshot[offset + LENGTH.size : offset + LENGTH.size + length]
-        out.append(keyring.open(sealed, _aad(profile.slug, snapshot_id, index)))
+        plain = keyring.open(sealed, _aad(profile.slug, snapshot_id, index))
+        out.append(unpack(plain[1:], MAX_PLAIN) if plain[0] & ZSTD else plain[1:])
         offset, index = offset + LENGTH.size + length, index + 1
     journal = layout.journal_dir(profile.state_dir)
     for segment in list_segments(journal):

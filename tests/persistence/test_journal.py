@@ -16,14 +16,16 @@ from bridge.persistence.crypto import Keyring
 from bridge.persistence.keys import new_key
 from bridge.state import State
 from bridge.store.durable import DurableStore, load_state
-from tests.persistence.support import Opened, crash, snapshot_of, split_frames, user
+from tests.persistence.support import Opened, crash, noise, snapshot_of, split_frames, user
+
+LONG = noise(3, 600)  # a frame several blocks long, compressed or not
 
 
 async def crashed_with_three_records(opened: Opened) -> tuple[DurableStore, Path]:
     store = await opened()
     for n in range(3):
         # The last is long, like a frame of several blocks.
-        await store.commit([user("1", n, text="x" * 300 if n == 2 else None)])
+        await store.commit([user("1", n, text=LONG if n == 2 else None)])
     await crash(store)
     (segment,) = layout.journal_dir(store.profile.state_dir).glob("*.wal")
     return store, segment
@@ -55,11 +57,11 @@ async def test_an_unfinished_append_is_cut_off_and_appending_resumes(
         fh.write(tail(last))
     assert contents(store) == contents(load_state(store.profile))  # a reader skips it too
     again = await opened()
-    assert contents(again) == ["hello 0", "hello 1", "x" * 300]
+    assert contents(again) == ["hello 0", "hello 1", LONG]
     await again.commit([user("1", 3)])
     await crash(again)
     third = await opened()
-    assert contents(third) == ["hello 0", "hello 1", "x" * 300, "hello 3"]
+    assert contents(third) == ["hello 0", "hello 1", LONG, "hello 3"]
 
 
 async def test_a_cut_off_tail_with_data_is_kept_aside(opened: Opened) -> None:

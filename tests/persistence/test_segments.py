@@ -20,6 +20,7 @@ from tests.persistence.support import (
     Opened,
     contents,
     crash,
+    noise,
     segment_file,
     snapshot_of,
     split_frames,
@@ -46,7 +47,9 @@ async def crashed_during_an_import(opened: Opened) -> tuple[Path, bytes, int, di
     before = snapshot_of(store.state)
     segment = segment_file(store, 1)
     start = segment.stat().st_size
-    await store.commit([ConversationDeleted("1"), *(user("1", n) for n in range(-5, 10))])
+    await store.commit(
+        [ConversationDeleted("1"), *(user("1", n, text=noise(n)) for n in range(-5, 10))]
+    )
     await crash(store)
     return segment, segment.read_bytes(), start, before
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 
 from bridge.errors import CorruptStateError, StorageError
 from bridge.persistence import layout, snapshot
@@ -26,13 +27,15 @@ def decrypted_frames(store: DurableStore) -> list[dict[str, Any]]:
     path = layout.snapshot_path(store.profile.state_dir)
     keyring = load_keyring(store.profile, create=False)
     data = path.read_bytes()
-    assert data.startswith(b"WABSNAP1")
+    assert data.startswith(b"WABSNAP2")
     snapshot_id, offset = data[8:24], 24
     out: list[dict[str, Any]] = []
     while offset < len(data):
         (length,) = struct.unpack_from(">I", data, offset)
-        aad = b"wab-snapshot-v1|default|" + snapshot_id + b"|" + str(len(out)).encode()
-        out.append(orjson.loads(keyring.open(data[offset + 4 : offset + 4 + length], aad)))
+        aad = b"wab-snapshot-v2|default|" + snapshot_id + b"|" + str(len(out)).encode()
+        plain = keyring.open(data[offset + 4 : offset + 4 + length], aad)
+        assert plain[0] in (0, 1)  # flags: bit 0 is zstd
+        out.append(orjson.loads(zstandard.decompress(plain[1:]) if plain[0] else plain[1:]))
         offset += 4 + length
     return out
 
@@ -43,7 +46,7 @@ async def test_conversations_inside_are_the_seeds_format(opened: Opened) -> None
         await store.commit([user(f"3460000{i:04d}", i), *reply(f"3460000{i:04d}", i)])
     await store.snapshot()
     frames = decrypted_frames(store)
-    assert frames[0]["v"] == 1 and frames[0]["segment"] == 2
+    assert frames[0]["v"] == 2 and frames[0]["segment"] == 2
     assert frames[-1]["end"] is True and frames[-1]["frames"] == len(frames)
     seed = [pair for f in frames if "conversations" in f for pair in f["conversations"]]
     assert seed == [[k, c.to_seed()] for k, c in store.state.conversations.items()]
@@ -156,7 +159,7 @@ async def test_a_cancelled_snapshot_leaves_no_temp_file_and_no_damage(opened: Op
         pytest.param(lambda d: d[:-10], id="truncated"),
         pytest.param(lambda d: d + b"\0\0\0\1x", id="trailing-bytes"),
         pytest.param(lambda d: d[:30] + bytes([d[30] ^ 1]) + d[31:], id="bit-flip"),
-        pytest.param(lambda d: b"WABSNAP1" + os.urandom(16).hex()[:16].encode() + d[24:], id="id"),
+        pytest.param(lambda d: b"WABSNAP2" + os.urandom(16).hex()[:16].encode() + d[24:], id="id"),
     ],
 )
 async def test_a_damaged_snapshot_is_refused_and_kept(opened: Opened, damage: Any) -> None:
