@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
+from typing import Any
 
 import aiohttp
 
@@ -12,9 +15,15 @@ from bridge import simulate
 async def post_text(
     session: aiohttp.ClientSession, port: int, secret: str, text: str, phone: str
 ) -> str | None:
-    """Post one single-message delivery; the message id if it got a 200, else None (a
+    """Post one single-message text delivery; the message id if it got a 200, else None."""
+    return await post_message(session, port, secret, simulate.text_message(text, phone))
+
+
+async def post_message(
+    session: aiohttp.ClientSession, port: int, secret: str, message: dict[str, Any]
+) -> str | None:
+    """Post a delivery of one message (any type); its id if it got a 200, else None (a
     refused or interrupted request was not acknowledged: Meta would redeliver it)."""
-    message = simulate.text_message(text, phone)
     raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
     try:
         async with session.post(
@@ -35,3 +44,14 @@ def post_signed_sync(port: int, raw: bytes, secret: str, timeout: float = 10) ->
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+def start_bridge_quietly(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`bridge serve` in a subprocess with its output discarded (benchmarks read the store
+    or the fake Graph API, not its logs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

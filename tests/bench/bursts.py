@@ -17,8 +17,6 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,7 +27,7 @@ import aiohttp
 from tests.bench.webhook_load import free_port, wait_ready
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
-from tests.load import post_text
+from tests.load import post_text, start_bridge_quietly
 
 SECRET = "bursts-app-secret"
 SIZES = (1, 1, 1, 1, 2, 2, 2, 3, 3, 4)  # messages per burst: 40% one, 30% two, ...
@@ -79,12 +77,7 @@ def run(debounce: str, messages: Sequence[tuple[float, str, str]], tmp: Path) ->
             BRIDGE_GRAPH_URL=graph_url,
             BRIDGE_REPLY_DEBOUNCE_SECONDS=debounce,
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_bridge_quietly(env)
         try:
             wait_ready(port)
             posted = asyncio.run(play(port, messages))

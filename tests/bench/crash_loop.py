@@ -71,7 +71,7 @@ from bridge.store.durable import load_state
 from tests.bench.webhook_load import free_port, wait_ready
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
-from tests.load import post_text
+from tests.load import post_message, post_text, start_bridge_quietly
 from tests.media.support import b64_sha256
 
 SECRET = "crash-app-secret"
@@ -152,17 +152,7 @@ async def post_image(session: aiohttp.ClientSession, port: int, n: int, phone: s
         "sha256": b64_sha256(PHOTOS[photo]),
         "caption": f"crash photo {n}",  # every reply text unique, like the texts'
     }
-    message = simulate.typed_message("image", body, phone)
-    raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
-    try:
-        async with session.post(
-            f"http://127.0.0.1:{port}/webhook",
-            data=raw,
-            headers=simulate.signed_headers(raw, SECRET),
-        ) as resp:
-            return str(message["id"]) if resp.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError):
-        return None
+    return await post_message(session, port, SECRET, simulate.typed_message("image", body, phone))
 
 
 def admin(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -470,12 +460,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         admin_env = dict(base, BRIDGE_RETENTION_DAYS="3650")
         graph.report_to(f"http://127.0.0.1:{port}/webhook", SECRET)
         for number in range(args.cycles):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            proc = start_bridge_quietly(env)
             wait_ready(port)
             kill_at = random.uniform(0.3, 2.0)
             backup_env = admin_env if number % 4 == 1 else None
@@ -486,12 +471,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             proc.wait()
             operator_writes(number, tmp, admin_env, ledger)
         # A last run: every reply produced and sent, then an orderly stop.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_bridge_quietly(env)
         wait_ready(port)
         time.sleep(1.5)  # at least one sweep of the idle history imported last
         settle(var)

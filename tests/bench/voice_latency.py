@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from tests.fakes.audio import ogg_opus
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.fakes.transcribe import FakeTranscriber
-from tests.load import post_signed_sync
+from tests.load import post_signed_sync, start_bridge_quietly
 from tests.media.support import voice_note
 
 SECRET = "voice-bench-secret"
@@ -68,12 +66,7 @@ def main() -> None:
             BRIDGE_LOG_LEVEL="warning",
             BRIDGE_HEALTH_INTERVAL="3600",
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_bridge_quietly(env)
         try:
             wait_ready(port)
             for n in range(args.notes):
