@@ -27,22 +27,27 @@ _VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*")
 _MARKDOWN_IMAGE = re.compile(r"!\[([^\]\n]*)\]\((https?://[^\s)]+)(?:\s+\"[^\"\n]*\")?\)")
 
 
-def chat_completions_url(base: URL) -> URL:
-    """Where to POST, from the URL an operator is likely to paste.
+def openai_endpoint(base: URL, endpoint: str) -> URL:
+    """Where to POST `endpoint` (e.g. `chat/completions`), from the URL an operator is likely
+    to paste.
 
     Providers document their base URL both with and without the version
     (`http://localhost:11434` vs `http://localhost:11434/v1`), and some give the full endpoint;
-    all three work. Any other layout can be given as the full `.../chat/completions` URL.
+    all three work. Any other layout can be given as the full endpoint URL.
     The query string is kept (Azure-style gateways put `api-version` there).
     """
     path = base.path.rstrip("/")
-    if path.endswith("/chat/completions"):
+    if path.endswith(f"/{endpoint}"):
         new_path = path
     elif _VERSION_SEGMENT.fullmatch(path.rpartition("/")[2]):
-        new_path = f"{path}/chat/completions"
+        new_path = f"{path}/{endpoint}"
     else:
-        new_path = f"{path}/v1/chat/completions"
+        new_path = f"{path}/v1/{endpoint}"
     return base.with_path(new_path).with_query(base.query)
+
+
+def chat_completions_url(base: URL) -> URL:
+    return openai_endpoint(base, "chat/completions")
 
 
 class OpenAIAssistant(Assistant):

@@ -8,20 +8,19 @@ optional `language` (ISO 639-1, e.g. `es`), `response_format=json`; the answer i
 
 from __future__ import annotations
 
-import re
 import time
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from bridge.assistants.openai import openai_endpoint
 from bridge.config import TranscribeConfig
 from bridge.errors import BridgeError, ConfigError
 
 # A transcript longer than this is cut: it becomes part of a history entry.
 MAX_TRANSCRIPT_CHARS = 8000
 MAX_RESPONSE_BYTES = 1024 * 1024
-_VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*")
 # The file name's extension is how OpenAI's endpoint tells the format.
 EXTENSIONS = {
     "audio/ogg": "ogg",
@@ -53,14 +52,7 @@ def transcriptions_url(raw: str) -> URL:
     url = URL(raw.strip())
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(f"transcribe URL must be http:// or https:// with a host, got {raw!r}")
-    path = url.path.rstrip("/")
-    if path.endswith("/audio/transcriptions"):
-        new_path = path
-    elif _VERSION_SEGMENT.fullmatch(path.rpartition("/")[2]):
-        new_path = f"{path}/audio/transcriptions"
-    else:
-        new_path = f"{path}/v1/audio/transcriptions"
-    return url.with_path(new_path).with_query(url.query)
+    return openai_endpoint(url, "audio/transcriptions")
 
 
 def file_name(mime_type: str | None) -> str:
