@@ -27,7 +27,7 @@ import aiohttp
 from tests.bench.webhook_load import free_port, wait_ready
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
-from tests.load import post_text, start_bridge_quietly
+from tests.load import post_text, publish, start_bridge_quietly
 
 SECRET = "bursts-app-secret"
 SIZES = (1, 1, 1, 1, 2, 2, 2, 3, 3, 4)  # messages per burst: 40% one, 30% two, ...
@@ -134,10 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = "| measure | debounce off | debounce 2 s (max 8 s) |\n|---|---|---|\n" + "\n".join(
         f"| {a} | {b} | {c} |" for a, b, c in rows
     )
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ from bridge.store.durable import load_state
 from tests.bench.webhook_load import free_port, wait_ready
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
-from tests.load import post_message, post_text, start_bridge_quietly
+from tests.load import post_message, post_text, publish, start_bridge_quietly
 from tests.media.support import b64_sha256
 
 SECRET = "crash-app-secret"
@@ -569,10 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("duration", f"{seconds:.0f} s"),
     ]
     table = "| measure | count |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
     failures = [
         name
         for name, bad in (

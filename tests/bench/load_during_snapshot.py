@@ -38,6 +38,7 @@ from bridge.logs import configure
 from bridge.persistence.stallbench import build_state
 from bridge.store.durable import DurableStore
 from tests.bench.webhook_load import LUA, SECRET, free_port, run_wrk, write_deliveries
+from tests.load import publish
 
 
 async def prepare(var: Path, conversations: int, messages: int) -> None:
@@ -162,10 +163,7 @@ def main() -> None:
         )
     lines.append(f"| **p99 ratio** | | | **{busy['p99'] / quiet['p99']:.2f}x** | | | |")
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tests.fakes.audio import ogg_opus
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.fakes.transcribe import FakeTranscriber
-from tests.load import post_signed_sync, start_bridge_quietly
+from tests.load import post_signed_sync, publish, start_bridge_quietly
 from tests.media.support import voice_note
 
 SECRET = "voice-bench-secret"
@@ -103,10 +103,7 @@ def main() -> None:
             f"| max | {ms[-1]:.0f} |",
         ]
     )
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from bridge import simulate
+from tests.load import publish
 
 SECRET = "bench-app-secret"
 LUA = """
@@ -250,10 +251,7 @@ def main() -> None:
             bridge=True,
         )
     table = render(bare, bridge, args.connections, args.seconds)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    publish(table, args.out)
 
 
 def render(bare: dict[str, float], bridge: dict[str, float], connections: int, seconds: int) -> str:
