@@ -34,14 +34,18 @@ EVENT_TYPES = frozenset({"revoke", "edit", "reaction"})
 
 def expects_reply(message: Message, reactions: bool = False) -> bool:
     """Whether a user message asks for an answer (`reactions`: reply to reactions too)."""
-    if message.role != "user":
-        return False
-    if message.type in SAYS_SOMETHING:
+    return message.role == "user" and says_something(message.type, message.extra, reactions)
+
+
+def says_something(
+    kind: str | None, extra: Mapping[str, Any] | None, reactions: bool = False
+) -> bool:
+    """Whether a message of this type (and structured fields) asks for an answer."""
+    if kind in SAYS_SOMETHING:
         return True
-    if message.type == "interactive":
-        extra = message.extra or {}
-        return "reply" in extra or "flow" in extra
-    return reactions and message.type == "reaction"
+    if kind == "interactive":
+        return "reply" in (extra or {}) or "flow" in (extra or {})
+    return reactions and kind == "reaction"
 
 
 def apply_event(conv: Conversation, message: Message) -> None:

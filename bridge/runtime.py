@@ -15,7 +15,7 @@ from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
 from bridge.conversations import WINDOW_MS, Message
 from bridge.eventlog import EventLog
-from bridge.events import expects_reply
+from bridge.events import expects_reply, says_something
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.keywords import KeywordRules
@@ -271,8 +271,7 @@ class ProfileRuntime:
                 self.media.enqueue(message.key, message.id)  # a sticker too: kept, not answered
             if message.id in handled:
                 continue
-            stored = Message("user", message.content, 0, type=message.type, extra=message.extra)
-            if self._wants_reply(stored):
+            if says_something(message.type, message.extra, self.config.reply_to_reactions):
                 self.replier.enqueue(message.key, message.id, recipient_of(message))
         log = get_logger(profile=self.slug)
         for hit in result.keyword_hits:
