@@ -38,6 +38,7 @@ from bridge.whatsapp.sender import (
     part_tag,
     split_text,
 )
+from bridge.whatsapp.template import Template
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
@@ -154,15 +155,35 @@ class GraphClient(Sender):
             "type": media.type,
             media.type: part,
         }
+        return await self._send_one(to, body, index, tag)
+
+    async def _send_one(
+        self, to: str, body: dict[str, Any], index: int, tag: str | None
+    ) -> list[str]:
+        """One message that is a whole part of a reply (a file, a template), paced like text."""
         if tag is not None:
             body["biz_opaque_callback_data"] = part_tag(tag, index)
-        await self._pacer.wait(to)  # a media part is a message to the user like any other
+        await self._pacer.wait(to)  # a message to the user like any other
         try:
             return [await self._post_message(body)]
         except SendError as exc:
             if exc.code == PAIR_RATE_LIMIT:
                 self._pacer.exhaust(to)
             raise
+
+    async def send_template(
+        self, to: str, template: Template, index: int = 0, tag: str | None = None
+    ) -> list[str]:
+        """One template message (bridge/whatsapp/template.py): allowed outside the 24-hour
+        window, where free-form messages get 131047."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "template",
+            "template": template.graph(),
+        }
+        return await self._send_one(to, body, index, tag)
 
     async def mark_read(self, message_id: str) -> None:
         """`{"status": "read", "message_id", "typing_indicator": {"type": "text"}}`: the

@@ -19,6 +19,13 @@ Besides text it takes media messages sent by link (`{"type": "image", "image": {
 indicator (`{"status": "read", "message_id", "typing_indicator"}`), which it keeps apart
 (`read_receipts`: they are not messages, so `requests`, `received` and `sent` leave them out).
 
+Template messages (`{"type": "template", "template": {"name", "language": {"code"},
+"components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]}}`) are checked
+like Meta checks them: a malformed one (no name, no language code, a component or parameter
+of the wrong shape, an empty text parameter) gets error 100 with HTTP 400; with `templates`
+set (the approved ones: (name, language) -> number of body parameters), an unknown
+template gets 132001 and a wrong number of parameters 132000.
+
 Media, as Meta's "Media" reference documents them: `add_media` registers a file under a
 media id; `GET /{version}/{media_id}` answers `{"messaging_product", "url", "mime_type",
 "sha256" (hex), "file_size", "id"}` (or error 100 with HTTP 404 for an id it does not know),
@@ -73,6 +80,14 @@ META_ERRORS: dict[int, tuple[str, str | None]] = {
         "Re-engagement message",
         "Message failed to send because more than 24 hours have passed since the customer "
         "last replied to this number.",
+    ),
+    132000: (
+        "Number of parameters does not match the expected number of params",
+        "body: number of localizable_params does not match the expected number of params",
+    ),
+    132001: (
+        "Template name does not exist in the translation",
+        "template name does not exist in the translation",
     ),
     131056: (
         "(Business Account, Consumer Account) pair rate limit hit",
@@ -145,6 +160,8 @@ class FakeGraph:
     app_name: str = "Bridge test app"
     # WABA id -> ids of the apps subscribed to its webhooks.
     subscriptions: dict[str, list[str]] = field(default_factory=dict)
+    # Approved templates, (name, language code) -> body parameters; None: any well-formed one.
+    templates: dict[tuple[str, str], int] | None = None
     _report: tuple[str, str] | None = None  # (webhook url, app secret)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -198,7 +215,15 @@ class FakeGraph:
         return [
             {"type": m["type"], **m[m["type"]]}
             for m in self.sent
-            if m["type"] != "text" and (to is None or m["to"] == to)
+            if m["type"] not in ("text", "template") and (to is None or m["to"] == to)
+        ]
+
+    def templates_sent(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The `template` objects of the accepted template messages, in order."""
+        return [
+            m["template"]
+            for m in self.sent
+            if m["type"] == "template" and (to is None or m["to"] == to)
         ]
 
     async def _receive(self, request: web.Request) -> Any:
@@ -231,7 +256,11 @@ class FakeGraph:
         self.requests.append(body)
         if not self._authorized(request):
             return self._error(401, 190)
-        if not (_valid_text_message(body) or _valid_media_message(body)):
+        if isinstance(body, dict) and body.get("type") == "template":
+            refused = self._template_refusal(body)
+            if refused is not None:
+                return self._error(400, *refused)
+        elif not (_valid_text_message(body) or _valid_media_message(body)):
             return self._error(400, 100)
         outcome = self._next_outcome(body["to"])
         if outcome is not None:
@@ -255,6 +284,22 @@ class FakeGraph:
                 "messages": [{"id": wamid}],
             }
         )
+
+    def _template_refusal(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        """(code, details) Meta would answer a template message with, or None to take it."""
+        problem = _template_problem(body)
+        if problem is not None:
+            return 100, problem
+        if self.templates is None:
+            return None
+        template = body["template"]
+        wanted = self.templates.get((template["name"], template["language"]["code"]))
+        if wanted is None:
+            return 132001, f"template name ({template['name']}) does not exist in the translation"
+        given = sum(len(c["parameters"]) for c in template.get("components", ()))
+        if given != wanted:
+            return 132000, f"body: number of params ({given}) does not match expected ({wanted})"
+        return None
 
     def _read_receipt(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if not self._authorized(request):
@@ -426,10 +471,11 @@ class FakeGraph:
         return web.json_response({"error": error}, status=400)
 
     @staticmethod
-    def _error(status: int, code: int | None) -> web.Response:
+    def _error(status: int, code: int | None, detail: str | None = None) -> web.Response:
         if code is None:  # what a load balancer in front of the Graph API answers
             return web.Response(status=status, text="<html>Server Error</html>")
         message, details = META_ERRORS.get(code, ("scripted failure", None))
+        details = detail or details
         error: dict[str, Any] = {
             "message": message,
             "type": "OAuthException",
@@ -488,3 +534,51 @@ def _valid_media_message(body: Any) -> bool:
         and part["link"].startswith(("https://", "http://"))
         and not (kind == "audio" and "caption" in part)
     )
+
+
+def _template_problem(body: dict[str, Any]) -> str | None:
+    """What is wrong with a template message, as Meta's error details say it; None if
+    nothing. Meta's shape: `template: {name, language: {code, policy?}, components?:
+    [{type: header|body|button, parameters: [{type: text, text}, ...]}]}`."""
+    if body.get("messaging_product") != "whatsapp":
+        return "messaging_product is required"
+    if not isinstance(body.get("to"), str) or not body["to"]:
+        return "to is required"
+    template = body.get("template")
+    if not isinstance(template, dict):
+        return "template is required"
+    unknown = set(template) - {"name", "language", "components", "namespace"}
+    if unknown:
+        return f"Unexpected key(s) {sorted(unknown)} in template"
+    name = template.get("name")
+    if not isinstance(name, str) or not name:
+        return "template.name is required"
+    language = template.get("language")
+    if not isinstance(language, dict) or not isinstance(language.get("code"), str):
+        return "template.language.code is required"
+    if set(language) - {"code", "policy"} or language.get("policy", "deterministic") != (
+        "deterministic"
+    ):
+        return "template.language: only code and policy (deterministic)"
+    components = template.get("components", [])
+    if not isinstance(components, list):
+        return "template.components must be an array"
+    for component in components:
+        if not isinstance(component, dict) or component.get("type") not in (
+            "header",
+            "body",
+            "button",
+        ):
+            return "template.components[].type must be header, body or button"
+        parameters = component.get("parameters")
+        if not isinstance(parameters, list):
+            return "template.components[].parameters must be an array"
+        for parameter in parameters:
+            if not isinstance(parameter, dict) or parameter.get("type") != "text":
+                return "Parameter type is not valid (only text parameters here)"
+            text = parameter.get("text")
+            if not isinstance(text, str) or not text.strip():
+                return "Parameter value is missing or empty"
+            if "\n" in text or "\t" in text or "     " in text:
+                return "Param text cannot have new-line/tab characters or more than 4 spaces"
+    return None
