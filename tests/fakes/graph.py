@@ -33,6 +33,13 @@ and `GET url` with the bearer token answers the bytes until the URL expires (`ur
 `expire_urls`: then 404, as lookaside does). Lookups and downloads can fail on script, a
 download can be held in the middle of its body (`hold_downloads`) or trickle (`trickle`).
 
+Uploads (`upload_media`), as the "Media" reference documents them: `POST /{version}/
+{phone_number_id}/media`, a multipart form with `messaging_product=whatsapp`, `type` (a MIME
+type WhatsApp takes) and `file` (non-empty, within Meta's size for its kind), answers `{"id"}`
+and keeps the file under that id (`uploads`); anything else is error 100 with HTTP 400. A
+media message may then name the file by `{"id"}` instead of `{"link"}`: an id never uploaded,
+or a file of another kind than the message (a PDF as an image), is error 100 too.
+
 For `bridge doctor`: `GET /{phone_number_id}?fields=display_phone_number,verified_name,
 quality_rating` answers the number's fields (any id, unless `numbers` lists the known ones:
 then another id gets Meta's error 100, subcode 33, "does not exist"); `GET /app` names the
@@ -103,6 +110,27 @@ NOT_FOUND = (
     "documentation at https://developers.facebook.com/docs/graph-api"
 )
 
+# What an upload may be (Cloud API "Supported media types"), by the message kind it serves,
+# and Meta's size limits.
+UPLOAD_TYPES: dict[str, frozenset[str]] = {
+    "image": frozenset({"image/jpeg", "image/png"}),
+    "audio": frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"}),
+    "video": frozenset({"video/mp4", "video/3gpp"}),
+    "document": frozenset(
+        {
+            "text/plain",
+            "application/pdf",
+            "application/msword",
+            "application/vnd.ms-excel",
+            "application/vnd.ms-powerpoint",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        }
+    ),
+}
+UPLOAD_MAX = {"image": 5 << 20, "audio": 16 << 20, "video": 16 << 20, "document": 100 << 20}
+
 Outcome = tuple[int, int | None] | None  # (HTTP status, Graph code), or None for success
 
 
@@ -160,6 +188,8 @@ class FakeGraph:
     app_name: str = "Bridge test app"
     # WABA id -> ids of the apps subscribed to its webhooks.
     subscriptions: dict[str, list[str]] = field(default_factory=dict)
+    uploads: dict[str, FakeMedia] = field(default_factory=dict)  # uploaded media id -> file
+    upload_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
     # Approved templates, (name, language code) -> body parameters; None: any well-formed one.
     templates: dict[tuple[str, str], int] | None = None
     _report: tuple[str, str] | None = None  # (webhook url, app secret)
@@ -262,6 +292,8 @@ class FakeGraph:
                 return self._error(400, *refused)
         elif not (_valid_text_message(body) or _valid_media_message(body)):
             return self._error(400, 100)
+        elif (bad_id := self._unknown_upload(body)) is not None:
+            return self._error(400, 100, bad_id)
         outcome = self._next_outcome(body["to"])
         if outcome is not None:
             return self._error(*outcome)
@@ -284,6 +316,54 @@ class FakeGraph:
                 "messages": [{"id": wamid}],
             }
         )
+
+    def _unknown_upload(self, body: dict[str, Any]) -> str | None:
+        """Why a media message's `id` names no uploaded file of its kind; None if it is fine
+        (or the message is not one by id)."""
+        if body.get("type") not in UPLOAD_TYPES or "id" not in body[body["type"]]:
+            return None
+        media_id = body[body["type"]]["id"]
+        upload = self.uploads.get(media_id) if isinstance(media_id, str) else None
+        if upload is None:
+            return f"Invalid media id: {media_id!r} was not uploaded"
+        if upload.mime_type not in UPLOAD_TYPES[body["type"]]:
+            return f"Media type {upload.mime_type} cannot be sent as {body['type']}"
+        return None
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """`POST /{version}/{phone_number_id}/media` (multipart), as Meta documents it."""
+        if not self._authorized(request):
+            return self._error(401, 190)
+        try:
+            form = await request.post()
+        except ValueError:
+            return self._error(400, 100, "The request body is not a multipart form")
+        self.received.append(
+            Received(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                {k: v for k, v in form.items() if isinstance(v, str)},
+            )
+        )
+        if self.upload_failures:
+            return self._error(self.upload_failures.popleft(), 131016)
+        if form.get("messaging_product") != "whatsapp":
+            return self._error(400, 100, "messaging_product is required")
+        mime, file = form.get("type"), form.get("file")
+        kind = next((k for k, types in UPLOAD_TYPES.items() if mime in types), None)
+        if kind is None:
+            return self._error(400, 100, f"Param type must be a supported MIME type, got {mime!r}")
+        if not isinstance(file, web.FileField):
+            return self._error(400, 100, "Param file is required (a file part)")
+        data = file.file.read()
+        if not data or len(data) > UPLOAD_MAX[kind]:
+            return self._error(400, 100, "File is empty or larger than WhatsApp allows")
+        media_id = str(10**15 + next(self._ids))
+        assert isinstance(mime, str)
+        self.uploads[media_id] = FakeMedia(data, mime)
+        return web.json_response({"id": media_id})
 
     def _template_refusal(self, body: dict[str, Any]) -> tuple[int, str] | None:
         """(code, details) Meta would answer a template message with, or None to take it."""
@@ -497,6 +577,7 @@ class FakeGraph:
         app = web.Application()
         app.on_cleanup.append(self._stop_reporting)
         app.router.add_post("/{version}/{phone}/messages", self.messages)
+        app.router.add_post("/{version}/{phone}/media", self.upload)
         app.router.add_get("/{version}/app", self.app_info)
         app.router.add_route("*", "/{version}/{waba}/subscribed_apps", self.subscribed_apps)
         app.router.add_get("/whatsapp_business/attachments/", self.download)
@@ -521,17 +602,20 @@ def _valid_text_message(body: Any) -> bool:
 
 
 def _valid_media_message(body: Any) -> bool:
-    """A media message by link, as the real endpoint requires it (caption where allowed)."""
+    """A media message by link or by uploaded id (exactly one of them), as the real endpoint
+    requires it (caption where allowed)."""
     if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
         return False
     kind = body.get("type")
     part = body.get(kind) if isinstance(kind, str) else None
+    if not isinstance(part, dict) or ("link" in part) == ("id" in part):
+        return False
+    by_link = isinstance(part.get("link"), str) and part["link"].startswith(("https://", "http://"))
+    by_id = isinstance(part.get("id"), str) and part["id"].isdigit()
     return (
         kind in ("image", "document", "audio", "video")
         and isinstance(body.get("to"), str)
-        and isinstance(part, dict)
-        and isinstance(part.get("link"), str)
-        and part["link"].startswith(("https://", "http://"))
+        and (by_link or by_id)
         and not (kind == "audio" and "caption" in part)
     )
 
