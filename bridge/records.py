@@ -15,7 +15,7 @@ import orjson
 
 from bridge.config import StoreSettings
 from bridge.conversations import ConversationMode, Message
-from bridge.whatsapp.template import Template, TemplateError
+from bridge.whatsapp.template import Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +169,8 @@ def settings_from_dict(data: dict[str, Any]) -> StoreSettings:
 def template_from_dict(data: Any) -> Template:
     """A stored template (journal, snapshot); ValueError when malformed, like any record."""
     try:
-        return Template.from_json(data)
-    except TemplateError as exc:
+        return Template.from_stored(data)
+    except ValueError as exc:
         raise ValueError(f"outbox item: {exc}") from None
 
 

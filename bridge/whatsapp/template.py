@@ -80,6 +80,23 @@ class Template:
         params = data.get("params")
         return cls.build(data["name"], data["language"], () if params is None else params)
 
+    @classmethod
+    def from_stored(cls, data: Any) -> Template:
+        """A template as `to_dict` wrote it (journal, snapshot): only the types are checked,
+        so a stored template loads even if a later version checks new ones more strictly.
+        ValueError when malformed."""
+        if not isinstance(data, Mapping):
+            raise ValueError("stored template is not an object")
+        name, language, params = data.get("name"), data.get("language"), data.get("params", [])
+        if (
+            type(name) is not str
+            or type(language) is not str
+            or type(params) is not list
+            or not all(type(p) is str for p in params)
+        ):
+            raise ValueError("stored template: malformed name, language or params")
+        return cls(name, language, tuple(params))
+
     def to_dict(self) -> dict[str, Any]:
         """How it is stored (journal, snapshot, the message's extra): from_json reads it."""
         return {"name": self.name, "language": self.language, "params": list(self.params)}

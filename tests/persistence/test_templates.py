@@ -46,9 +46,18 @@ def test_a_queued_record_of_an_older_version_loads_as_a_text_item() -> None:
 
 
 def test_a_malformed_stored_template_is_a_corrupt_record() -> None:
-    bad = {"t": "q", "i": "r1", "k": ANA, "to": ANA, "x": "", "c": 5, "tp": {"name": "X"}}
+    bad = {"t": "q", "i": "r1", "k": ANA, "to": ANA, "x": "", "c": 5, "tp": {"name": "x"}}
     with pytest.raises(ValueError, match="outbox item"):
         record_from_dict(bad)
+
+
+def test_a_stored_template_loads_even_if_todays_checks_would_refuse_it() -> None:
+    """What was queued stays loadable: checks belong before queuing, not at start-up."""
+    stored = {"name": "Old-Style", "language": "es", "params": ["a\nb"]}
+    record = {"t": "q", "i": "r1", "k": ANA, "to": ANA, "x": "", "c": 5, "tp": stored}
+    loaded = record_from_dict(record)
+    assert isinstance(loaded, OutboxQueued)
+    assert loaded.item.template == Template("Old-Style", "es", ("a\nb",))
 
 
 async def test_a_queued_template_survives_a_crash(opened: Opened) -> None:
