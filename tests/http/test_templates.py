@@ -170,13 +170,23 @@ def test_a_queued_template_survives_kill_9_and_a_snapshot_and_goes_out_once(
         live.wait_logged("reply_retry")
         assert live.stop() == 0  # a clean stop writes a snapshot that holds it
         assert live.stored().outbox[item].template == queued.template
+        # With no bridge running, sessions-admin queues one in the store itself.
+        result = admin(live.env, "send", ANA, "--template", "seguimos_aqui", "--lang", "en_US")
+        assert result.returncode == 0, result.stderr
+        assert "sent when the bridge starts" in result.stdout
         live.graph.fail_all = None
         live.start()
-        live.wait(lambda: len(live.graph.templates_sent()) == 1, "the template sent")
+        live.wait(lambda: len(live.graph.templates_sent()) == 2, "both templates sent")
         live.wait(
-            lambda: live.conversation()["messages"][-1].get("status") == "sent", "recorded sent"
+            lambda: (
+                [m.get("status") for m in live.conversation()["messages"]][1:] == ["sent", "sent"]
+            ),
+            "both recorded as sent",
         )
         time.sleep(1)  # nothing else goes out
-        assert live.graph.templates_sent() == [PEDIDO]
+        assert live.graph.templates_sent() == [
+            PEDIDO,
+            {"name": "seguimos_aqui", "language": {"code": "en_US"}},
+        ]
         assert live.stop() == 0
-        assert item not in live.stored().outbox
+        assert live.stored().outbox == {}
