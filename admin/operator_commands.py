@@ -17,6 +17,7 @@ from admin import render, writer
 from admin.commands import UsageError, resolve_profile
 from bridge.config import ProfileConfig
 from bridge.operators import iso, now_ms
+from bridge.whatsapp.template import Template, TemplateError
 
 T = TypeVar("T")
 UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -72,9 +73,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def send_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request of `send`: a text, or `--template NAME --lang CODE --param V...`
+    (checked here too, so a mistake is a usage error before anything is contacted)."""
+    request: dict[str, Any] = {"key": args.key, "who": args.operator}
+    if args.template is None:
+        if args.lang is not None or args.params:
+            raise UsageError("--lang and --param go with --template NAME")
+        if args.text is None:
+            raise UsageError("send needs the message TEXT, or --template NAME --lang CODE")
+        request["text"] = args.text
+        return request
+    if args.text is not None:
+        raise UsageError("send either a TEXT or a --template, not both")
+    if args.lang is None:
+        raise UsageError(
+            "--template needs --lang CODE: the language the template was approved in "
+            "(es, en_US, pt_BR)"
+        )
+    try:
+        template = Template.build(args.template, args.lang, args.params)
+    except TemplateError as exc:
+        raise UsageError(str(exc)) from None
+    request["template"] = template.to_dict()
+    return request
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    request = send_request(args)
     profile = resolve_profile(args)
-    request = {"key": args.key, "text": args.text, "who": args.operator}
     data = _perform(profile, "send", request, args)
     if args.json:
         render.emit_json(data)
@@ -122,12 +149,27 @@ def add_commands(
 
     p = add(
         "send",
-        "queue a message written by a person (sent when the bridge starts); pauses the "
-        "conversation for the profile's handoff_minutes",
+        "queue a message written by a person, or an approved template (--template); the "
+        "running bridge sends it at once, else when it starts; pauses the conversation for "
+        "the profile's handoff_minutes",
         cmd_send,
     )
     p.add_argument("key", help=key_help)
-    p.add_argument("text", help="the message")
+    p.add_argument("text", nargs="?", help="the message (free text: within the 24-hour window)")
+    p.add_argument(
+        "--template",
+        metavar="NAME",
+        help="send this approved template instead of a text (allowed after the 24-hour window)",
+    )
+    p.add_argument("--lang", metavar="CODE", help="the template's language code: es, en_US, pt_BR")
+    p.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a body parameter of the template ({{1}}, {{2}}, ... in order; repeat it)",
+    )
     p.add_argument(
         "--as",
         dest="operator",

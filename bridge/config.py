@@ -140,6 +140,9 @@ class ProfileConfig:
     # Mark a message read, with the typing indicator, when a reply to it is being made
     # (only where an access token is set: the log-only sender does nothing).
     read_receipts: bool = True
+    # Outbound media: fetched by the bridge and uploaded to Meta (`POST /{phone_number_id}/
+    # media`), then sent by id, for URLs Meta cannot reach; off: Meta fetches the link.
+    upload_media: bool = False
     # A reaction (👍 to a reply) gets an answer only when this is on.
     reply_to_reactions: bool = False
     # Business hours (None: always open) and what happens outside them: "assistant" answers
@@ -532,6 +535,7 @@ def _profile(
     debounce = get("reply_debounce_seconds")
     debounce_max = get("reply_debounce_max_seconds")
     receipts = get("read_receipts")
+    upload_media = get("upload_media")
     reactions = get("reply_to_reactions")
     hours, outside, outside_reply = _hours(get, slug)
     key_file = get("key_file")
@@ -575,6 +579,7 @@ def _profile(
             env, media_table, _transcribe(env, transcribe_table, slug, prefixed), prefixed
         ),
         read_receipts=_bool(receipts, "read_receipts") if receipts is not None else True,
+        upload_media=_bool(upload_media, "upload_media") if upload_media is not None else False,
         reply_to_reactions=_flag(reactions),
         hours=hours,
         outside_hours=outside,

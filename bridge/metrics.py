@@ -20,6 +20,7 @@ from bridge.conversations import ASSISTANT, MODES
 from bridge.diskspace import disk_space
 from bridge.loopwatch import LoopWatch
 from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
+from bridge.whatsapp.template import Template
 
 if TYPE_CHECKING:
     from bridge.runtime import ProfileRuntime
@@ -265,6 +266,17 @@ class MeteredSender(Sender):
     ) -> list[str]:
         try:
             ids = await self._inner.send_media(to, media, index, tag)
+        except SendError as exc:
+            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            raise
+        self._sends.labels(self._profile, "ok", "").inc()
+        return ids
+
+    async def send_template(
+        self, to: str, template: Template, index: int = 0, tag: str | None = None
+    ) -> list[str]:
+        try:
+            ids = await self._inner.send_template(to, template, index, tag)
         except SendError as exc:
             self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
             raise

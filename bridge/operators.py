@@ -37,9 +37,10 @@ from bridge.logs import get_logger, mask
 from bridge.modes import OPERATOR, current_mode
 from bridge.records import MessageAdded, ModeChanged, OutboxItem, OutboxQueued, Record
 from bridge.store.base import Store
+from bridge.whatsapp.template import Template
 
 # WhatsApp's customer service window: free-form messages only within 24 h of the user's last
-# message; after it only (paid) template messages, which the bridge does not send.
+# message; after it only (paid, approved) template messages (`send_template`).
 WINDOW_MS = 24 * 3600 * 1000
 # An operator's message: WhatsApp takes 4096 characters a message; longer ones go out in
 # parts, up to this many characters in all.
@@ -47,6 +48,8 @@ MAX_TEXT = 16_384
 MAX_NAME = 64
 MAX_REASON = 500
 MAX_PAUSE_MS = 366 * 24 * 3600 * 1000
+# The key of an operator's template message's `extra`: {"name", "language", "params"}.
+TEMPLATE = "template"
 
 
 class OperatorError(BridgeError):
@@ -225,33 +228,53 @@ class Operators:
             )
             raise WindowClosed(
                 f"the 24-hour window of conversation {conv.key!r} is closed (the user {when}): "
-                "WhatsApp accepts only template messages then, which the bridge does not send; "
-                "nothing was sent"
+                "WhatsApp accepts only approved template messages then (sessions-admin send "
+                'KEY --template NAME --lang CODE, or the API\'s "template"); nothing was sent'
             )
+        return await self._queue(conv, name, now, text, None)
+
+    async def send_template(self, key: str, template: Template, *, operator: str) -> SendOutcome:
+        """Queue an approved template message (bridge/whatsapp/template.py), inside or
+        outside the 24-hour window: templates are what WhatsApp delivers after it closes.
+        Recorded in the history as `[template NAME] param | param`."""
+        conv = self.conversation(key)
+        name = _name(operator)
+        return await self._queue(conv, name, self._clock(), "", template)
+
+    async def _queue(
+        self, conv: Conversation, name: str, now: int, text: str, template: Template | None
+    ) -> SendOutcome:
+        """One commit: the message, its outbox item and the handoff pause it starts."""
         message_id = "op." + secrets.token_hex(12)
+        extra: dict[str, Any] = {OPERATOR: name}
+        if template is not None:
+            extra[TEMPLATE] = template.to_dict()
         message = Message(
             role="assistant",
-            content=text,
+            content=text if template is None else template.readable(),
             timestamp=now,
             id=message_id,
             status="pending",
-            extra={OPERATOR: name},
+            extra=extra,
         )
         records: list[Record] = [
             MessageAdded(conv.key, message),
-            OutboxQueued(OutboxItem(message_id, conv.key, conv.key, text, now)),
+            OutboxQueued(OutboxItem(message_id, conv.key, conv.key, text, now, template)),
         ]
         mode = self._handoff_pause(conv, name, now)
         if mode is not None:
             records.append(ModeChanged(conv.key, mode))
         await self._store.commit(records)
+        fields: dict[str, Any] = (
+            {"chars": len(text)} if template is None else {"template": template.name}
+        )
         self._done(
             "send",
             conv.key,
             by=name,
             item=message_id,
-            chars=len(text),
             paused_until=mode and mode.until_ms,
+            **fields,
         )
         if self._on_queued is not None:
             self._on_queued(conv.key)

@@ -253,12 +253,19 @@ class Outbox:
         return []
 
     def _part_count(self, item: OutboxItem) -> int:
+        if item.template is not None:
+            return 1  # a template item is that one message
         return len(text_parts(item.text)) + len(self._media_of(item))
 
     async def _send(self, item: OutboxItem, sent: list[str]) -> None:
         """Send the parts of `item` after those in `sent`, appending each one's wamid as it
         goes: the text parts, then the media. A media part that fails after others went
-        out is a PartialSendError, so the progress is recorded."""
+        out is a PartialSendError, so the progress is recorded. A template item is one
+        template message."""
+        if item.template is not None:
+            if not sent:
+                sent.extend(await self._sender.send_template(item.to, item.template, 0, item.id))
+            return
         texts = len(text_parts(item.text))
         if len(sent) < texts:
             sent.extend(await self._sender.send_text(item.to, item.text, len(sent), item.id))
@@ -301,7 +308,7 @@ class Outbox:
                     await self._finish(item, "sent", None)
                     self._log.info("reply_sent", item=item.id, to=mask(item.to), reconciled=True)
                     return
-            if self._window_closed(item):
+            if item.template is None and self._window_closed(item):  # templates may go
                 # Meta would refuse it (131047): say so now, without a call that cannot work.
                 await self._finish(item, "failed", WINDOW_CLOSED_TEXT)
                 self._log.warning(

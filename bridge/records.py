@@ -15,6 +15,7 @@ import orjson
 
 from bridge.config import StoreSettings
 from bridge.conversations import ConversationMode, Message
+from bridge.whatsapp.template import Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +75,17 @@ class IdentityLinked:
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """A reply waiting to be sent; it stays queued until sent or failed for good."""
+    """A reply waiting to be sent; it stays queued until sent or failed for good.
+
+    With `template` (an operator's template message) the item sends that template and no
+    text (`text` is empty); it may go out after the 24-hour window, free text may not."""
 
     id: str  # the assistant message's local id
     key: str  # conversation key
     to: str  # recipient: phone, else the business-scoped user id
     text: str
     created_ms: int
+    template: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,14 @@ def settings_from_dict(data: dict[str, Any]) -> StoreSettings:
     return StoreSettings(data["max_messages"], data["retention_days"])
 
 
+def template_from_dict(data: Any) -> Template:
+    """A stored template (journal, snapshot); ValueError when malformed, like any record."""
+    try:
+        return Template.from_stored(data)
+    except ValueError as exc:
+        raise ValueError(f"outbox item: {exc}") from None
+
+
 def record_to_dict(record: Record) -> dict[str, Any]:
     """A compact JSON-able dict with a one-letter kind tag."""
     match record:
@@ -176,7 +189,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
         case ConversationDeleted(key, upto):
             return {"t": "d", "k": key} if upto is None else {"t": "d", "k": key, "u": upto}
         case OutboxQueued(item):
-            return {
+            out = {
                 "t": "q",
                 "i": item.id,
                 "k": item.key,
@@ -184,6 +197,9 @@ def record_to_dict(record: Record) -> dict[str, Any]:
                 "x": item.text,
                 "c": item.created_ms,
             }
+            if item.template is not None:
+                out["tp"] = item.template.to_dict()  # absent in records of older versions
+            return out
         case OutboxDone(item_id):
             return {"t": "o", "i": item_id}
         case OutboxUncertain(item_id):
@@ -219,7 +235,17 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         upto = data.get("u")
         return ConversationDeleted(data["k"], None if upto is None else int(upto))
     if kind == "q":
-        return OutboxQueued(OutboxItem(data["i"], data["k"], data["to"], data["x"], int(data["c"])))
+        template = data.get("tp")
+        return OutboxQueued(
+            OutboxItem(
+                data["i"],
+                data["k"],
+                data["to"],
+                data["x"],
+                int(data["c"]),
+                None if template is None else template_from_dict(template),
+            )
+        )
     if kind == "o":
         return OutboxDone(data["i"])
     if kind == "u":

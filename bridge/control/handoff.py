@@ -10,6 +10,7 @@ from __future__ import annotations
 from bridge.control.protocol import Args, BadRequest, Result
 from bridge.control.registry import OPERATIONS, ControlContext, argument
 from bridge.operators import Operators, now_ms
+from bridge.whatsapp.template import Template, TemplateError
 
 
 def _operators(ctx: ControlContext) -> Operators:
@@ -49,7 +50,16 @@ async def resume(ctx: ControlContext, args: Args) -> Result:
 
 @OPERATIONS.operation("send")
 async def send(ctx: ControlContext, args: Args) -> Result:
-    outcome = await _operators(ctx).send(
-        argument(args, "key", str), argument(args, "text", str), operator=argument(args, "who", str)
-    )
+    """`text`, or `template` (`{"name", "language", "params"}`): one of the two."""
+    key, who = argument(args, "key", str), argument(args, "who", str)
+    if args.get("template") is not None:
+        if args.get("text") is not None:
+            raise BadRequest("bad request: send either a text or a template, not both")
+        try:
+            template = Template.from_json(args["template"])
+        except TemplateError as exc:
+            raise BadRequest(str(exc)) from None
+        outcome = await _operators(ctx).send_template(key, template, operator=who)
+    else:
+        outcome = await _operators(ctx).send(key, argument(args, "text", str), operator=who)
     return {**outcome.to_json(now_ms()), "running": ctx.runtime is not None}

@@ -41,6 +41,7 @@ from bridge.operators import (
 )
 from bridge.runtime import ProfileRuntime
 from bridge.webhook import RUNTIMES
+from bridge.whatsapp.template import Template, TemplateError
 
 PREFIX = "/api/v1"
 API_TOKEN: web.AppKey[str | None] = web.AppKey("api_token")
@@ -49,6 +50,7 @@ BODY_LIMIT = 64 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 PREVIEW_CHARS = 140
+SEND_FIELDS = frozenset({"text", "template", "operator"})
 
 log = get_logger()
 
@@ -362,12 +364,27 @@ async def send(request: web.Request) -> web.StreamResponse:
     conversation): `sent`, `delivered`, `read`, or `failed` with Meta's error."""
     runtime = runtime_of(request)
     data = await body_of(request)
+    unknown = sorted(str(k) for k in data if k not in SEND_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            f"unknown field(s) {', '.join(map(repr, unknown))}: "
+            'a message has "text" or "template", and "operator"',
+        )
     text = text_field(data, "text")
-    if text is None:
-        raise ApiError(400, 'missing "text"')
-    outcome = await runtime.operators.send(
-        request.match_info["key"], text, operator=operator_of(data)
-    )
+    key, who = request.match_info["key"], operator_of(data)
+    if data.get("template") is not None:
+        if text is not None:
+            raise ApiError(400, 'send either "text" or "template", not both')
+        try:
+            template = Template.from_json(data["template"])
+        except TemplateError as exc:
+            raise ApiError(400, str(exc)) from None
+        outcome = await runtime.operators.send_template(key, template, operator=who)
+    elif text is None:
+        raise ApiError(400, 'missing "text" (or "template": {"name", "language", "params"})')
+    else:
+        outcome = await runtime.operators.send(key, text, operator=who)
     return json(outcome.to_json(now_ms()), status=202)
 
 

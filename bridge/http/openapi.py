@@ -50,6 +50,21 @@ def _body(properties: dict[str, Any], required: list[str] | None = None) -> dict
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+    "Template": {
+        "type": "object",
+        "description": "An approved template message: recorded as `[template NAME] p1 | p2`",
+        "additionalProperties": False,
+        "required": ["name", "language"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9_]{1,512}$"},
+            "language": {"type": "string", "description": "es, en_US, pt_BR, ..."},
+            "params": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 1024},
+                "description": "the body's {{1}}, {{2}}, ... in order",
+            },
+        },
+    },
     "ModeChange": {
         "type": "object",
         "description": "The last change of a conversation's mode",
@@ -245,11 +260,26 @@ def document() -> dict[str, Any]:
             conversation + "/messages": {
                 "parameters": [SLUG, KEY],
                 "post": {
-                    "summary": "Send a message as a person (pauses the conversation for the "
-                    "profile's handoff_minutes)",
-                    "requestBody": _body(
-                        {"text": {"type": "string", "maxLength": 16384}, **OPERATOR}, ["text"]
-                    ),
+                    "summary": "Send a message as a person, or an approved template (allowed "
+                    "after the 24-hour window); pauses the conversation for the profile's "
+                    "handoff_minutes",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "text": {"type": "string", "maxLength": 16384},
+                                        "template": _ref("Template"),
+                                        **OPERATOR,
+                                    },
+                                    "oneOf": [{"required": ["text"]}, {"required": ["template"]}],
+                                }
+                            }
+                        },
+                    },
                     "responses": {
                         "202": _json(
                             {

@@ -16,7 +16,8 @@ frame is `flags (1 byte) | body`: flags bit 0 says the body is zstd-compressed
   (business-scoped user ids linked to a phone's conversation; readers that predate it skip
   it), `{"erased_seen": {hash: ms, ...}}` (when there are any: the hashed ids of erased
   messages), `{"outbox": [[id, key, to, text, created_ms(, 1 when a send of it may have
-  reached Meta unconfirmed)], ...]}`;
+  reached Meta unconfirmed, else 0 when a template follows)(, template)], ...]}` (a template
+  item's `{"name", "language", "params"}`: absent in files of older versions);
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
 Format v1, written by releases before compression, is still read: `WABSNAP1`, associated
@@ -53,7 +54,12 @@ from bridge.errors import CorruptStateError
 from bridge.persistence import compression
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, temp_path, write_all
-from bridge.records import OutboxItem, settings_from_dict, settings_to_dict
+from bridge.records import (
+    OutboxItem,
+    settings_from_dict,
+    settings_to_dict,
+    template_from_dict,
+)
 from bridge.state import State
 
 T = TypeVar("T")
@@ -194,6 +200,19 @@ class _Writer:
 Progress = Callable[[int, int], None]
 
 
+def _outbox_entry(item: OutboxItem, state: State) -> list[Any]:
+    """`[id, key, to, text, created_ms]`, then 1 when uncertain, then a template item's
+    template (with 0 before it when certain): readers of older versions load entries
+    without a template unchanged."""
+    entry: list[Any] = [item.id, item.key, item.to, item.text, item.created_ms]
+    uncertain = item.id in state.uncertain
+    if uncertain or item.template is not None:
+        entry.append(1 if uncertain else 0)
+    if item.template is not None:
+        entry.append(item.template.to_dict())
+    return entry
+
+
 async def write_snapshot(
     path: Path,
     state: State,
@@ -251,15 +270,7 @@ async def write_snapshot(
             writer.add({"identities": dict(state.aliases)})
         if state.erased_seen:
             writer.add({"erased_seen": dict(state.erased_seen)})
-        writer.add(
-            {
-                "outbox": [
-                    [i.id, i.key, i.to, i.text, i.created_ms]
-                    + ([1] if i.id in state.uncertain else [])
-                    for i in state.outbox.values()
-                ]
-            }
-        )
+        writer.add({"outbox": [_outbox_entry(i, state) for i in state.outbox.values()]})
         writer.add({"end": True, "seq": state.seq, "frames": writer.index + 1})
         await writer.flush(finish=True)
     except BaseException:
@@ -398,9 +409,12 @@ def read_snapshot(
                         {str(k): int(v) for k, v in record["erased_seen"].items()}
                     )
                 elif "outbox" in record:
-                    for item_id, key, to, text, created, *uncertain in record["outbox"]:
-                        state.queue_reply(OutboxItem(item_id, key, to, text, int(created)))
-                        if uncertain:
+                    for item_id, key, to, text, created, *rest in record["outbox"]:
+                        template = template_from_dict(rest[1]) if len(rest) > 1 else None
+                        state.queue_reply(
+                            OutboxItem(item_id, key, to, text, int(created), template)
+                        )
+                        if rest and rest[0]:
                             state.uncertain.add(item_id)
                 elif record.get("end") is True:
                     if int(record["frames"]) != index + 1:

@@ -38,6 +38,8 @@ from bridge.whatsapp.sender import (
     part_tag,
     split_text,
 )
+from bridge.whatsapp.template import Template
+from bridge.whatsapp.upload import Fetched, MediaFetcher
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
 AUTH_CODES = frozenset({190})
@@ -74,6 +76,8 @@ class GraphClient(Sender):
         access_token: str,
         timeout: float = DEFAULT_TIMEOUT,
         pacer: PairPacer | None = None,
+        *,
+        upload_media: MediaFetcher | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
         self._token = access_token
@@ -82,6 +86,9 @@ class GraphClient(Sender):
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # `upload_media`: files are fetched by the bridge and uploaded, then sent by id
+        # (bridge/whatsapp/upload.py); None: sent by link, Meta fetches them.
+        self._fetcher = upload_media
 
     @classmethod
     def from_profile(cls, profile: ProfileConfig, timeout: float = DEFAULT_TIMEOUT) -> GraphClient:
@@ -93,6 +100,7 @@ class GraphClient(Sender):
             profile.phone_number_id,
             profile.access_token,
             timeout,
+            upload_media=MediaFetcher(profile.media.limit) if profile.upload_media else None,
         )
 
     def _client(self) -> aiohttp.ClientSession:
@@ -141,8 +149,12 @@ class GraphClient(Sender):
         self, to: str, media: OutboundMedia, index: int, tag: str | None = None
     ) -> list[str]:
         """One media message by link: `{"type": "image", "image": {"link", "caption"}}`
-        (caption for image, video and document; filename for documents)."""
-        part: dict[str, str] = {"link": media.url}
+        (caption for image, video and document; filename for documents); with
+        `upload_media`, fetched and uploaded first, then sent as `{"id": media_id, ...}`."""
+        if self._fetcher is None:
+            part: dict[str, str] = {"link": media.url}
+        else:
+            part = {"id": await self._upload(await self._fetcher.fetch(media.url, media.type))}
         if media.caption and OUTBOUND_MEDIA_TYPES.get(media.type):
             part["caption"] = media.caption[:1024]  # WhatsApp's caption limit
         if media.filename and media.type == "document":
@@ -154,15 +166,57 @@ class GraphClient(Sender):
             "type": media.type,
             media.type: part,
         }
+        return await self._send_one(to, body, index, tag)
+
+    async def _send_one(
+        self, to: str, body: dict[str, Any], index: int, tag: str | None
+    ) -> list[str]:
+        """One message that is a whole part of a reply (a file, a template), paced like text."""
         if tag is not None:
             body["biz_opaque_callback_data"] = part_tag(tag, index)
-        await self._pacer.wait(to)  # a media part is a message to the user like any other
+        await self._pacer.wait(to)  # a message to the user like any other
         try:
             return [await self._post_message(body)]
         except SendError as exc:
             if exc.code == PAIR_RATE_LIMIT:
                 self._pacer.exhaust(to)
             raise
+
+    async def send_template(
+        self, to: str, template: Template, index: int = 0, tag: str | None = None
+    ) -> list[str]:
+        """One template message (bridge/whatsapp/template.py): allowed outside the 24-hour
+        window, where free-form messages get 131047."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "template",
+            "template": template.graph(),
+        }
+        return await self._send_one(to, body, index, tag)
+
+    async def _upload(self, fetched: Fetched) -> str:
+        """`POST /{phone_number_id}/media` (multipart: messaging_product, type, file); the
+        media id. Its failures are never uncertain: nothing reached the user."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", fetched.mime_type)
+        form.add_field(
+            "file", fetched.data, filename=fetched.filename, content_type=fetched.mime_type
+        )
+        # A large file needs longer than a message; at least 1 s per 256 KiB.
+        timeout = aiohttp.ClientTimeout(total=max(self.timeout, len(fetched.data) / 262_144))
+        try:
+            data = await self._request("POST", f"{self._url}/media", None, form, timeout)
+        except SendError as exc:
+            raise SendError(
+                f"media upload: {exc}", exc.code, exc.retryable, exc.auth, uncertain=False
+            ) from None
+        media_id = data.get("id")
+        if not isinstance(media_id, str | int) or isinstance(media_id, bool) or not media_id:
+            raise SendError("media upload: Graph API answered without a media id", retryable=True)
+        return str(media_id)
 
     async def mark_read(self, message_id: str) -> None:
         """`{"status": "read", "message_id", "typing_indicator": {"type": "text"}}`: the
@@ -191,9 +245,22 @@ class GraphClient(Sender):
         and the number reachable. Raises SendError like a send would."""
         await self._request("GET", f"{self._url}?fields=id", None)
 
-    async def _request(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        form: aiohttp.FormData | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
         try:
-            async with self._client().request(method, url, json=body) as resp:
+            async with self._client().request(
+                method,
+                url,
+                json=body if form is None else None,
+                data=form,
+                timeout=timeout or self._timeout,
+            ) as resp:
                 try:
                     data = await resp.json(content_type=None)
                 except ValueError:
@@ -232,6 +299,8 @@ class GraphClient(Sender):
 
     async def close(self) -> None:
         self._closed = True
+        if self._fetcher is not None:
+            await self._fetcher.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

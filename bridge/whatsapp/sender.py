@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
+from bridge.whatsapp.template import Template
 
 # WhatsApp's limit for a text message body.
 MAX_TEXT = 4096
@@ -148,6 +149,12 @@ class Sender(ABC):
         """Send one media part (part `index` of reply `tag`) by link; its wamid."""
         raise SendError(f"{type(self).__name__} cannot send media", retryable=False)
 
+    async def send_template(
+        self, to: str, template: Template, index: int = 0, tag: str | None = None
+    ) -> list[str]:
+        """Send one template message (part `index` of reply `tag`); its wamid."""
+        raise SendError(f"{type(self).__name__} cannot send templates", retryable=False)
+
     async def mark_read(self, message_id: str) -> None:
         """Mark a user's message read and show the typing indicator while the reply is
         made (it clears when the reply arrives, or after 25 s). Best effort."""
@@ -179,4 +186,10 @@ class LogSender(Sender):
         self, to: str, media: OutboundMedia, index: int, tag: str | None = None
     ) -> list[str]:
         self._log.info("reply_not_sent_no_token", to=mask(to), media=media.type)
+        return []
+
+    async def send_template(
+        self, to: str, template: Template, index: int = 0, tag: str | None = None
+    ) -> list[str]:
+        self._log.info("reply_not_sent_no_token", to=mask(to), template=template.name)
         return []

@@ -19,12 +19,26 @@ Besides text it takes media messages sent by link (`{"type": "image", "image": {
 indicator (`{"status": "read", "message_id", "typing_indicator"}`), which it keeps apart
 (`read_receipts`: they are not messages, so `requests`, `received` and `sent` leave them out).
 
+Template messages (`{"type": "template", "template": {"name", "language": {"code"},
+"components": [{"type": "body", "parameters": [{"type": "text", "text"}]}]}}`) are checked
+like Meta checks them: a malformed one (no name, no language code, a component or parameter
+of the wrong shape, an empty text parameter) gets error 100 with HTTP 400; with `templates`
+set (the approved ones: (name, language) -> number of body parameters), an unknown
+template gets 132001 and a wrong number of parameters 132000.
+
 Media, as Meta's "Media" reference documents them: `add_media` registers a file under a
 media id; `GET /{version}/{media_id}` answers `{"messaging_product", "url", "mime_type",
 "sha256" (hex), "file_size", "id"}` (or error 100 with HTTP 404 for an id it does not know),
 and `GET url` with the bearer token answers the bytes until the URL expires (`url_ttl`,
 `expire_urls`: then 404, as lookaside does). Lookups and downloads can fail on script, a
 download can be held in the middle of its body (`hold_downloads`) or trickle (`trickle`).
+
+Uploads (`upload_media`), as the "Media" reference documents them: `POST /{version}/
+{phone_number_id}/media`, a multipart form with `messaging_product=whatsapp`, `type` (a MIME
+type WhatsApp takes) and `file` (non-empty, within Meta's size for its kind), answers `{"id"}`
+and keeps the file under that id (`uploads`); anything else is error 100 with HTTP 400. A
+media message may then name the file by `{"id"}` instead of `{"link"}`: an id never uploaded,
+or a file of another kind than the message (a PDF as an image), is error 100 too.
 
 For `bridge doctor`: `GET /{phone_number_id}?fields=display_phone_number,verified_name,
 quality_rating` answers the number's fields (any id, unless `numbers` lists the known ones:
@@ -74,6 +88,14 @@ META_ERRORS: dict[int, tuple[str, str | None]] = {
         "Message failed to send because more than 24 hours have passed since the customer "
         "last replied to this number.",
     ),
+    132000: (
+        "Number of parameters does not match the expected number of params",
+        "body: number of localizable_params does not match the expected number of params",
+    ),
+    132001: (
+        "Template name does not exist in the translation",
+        "template name does not exist in the translation",
+    ),
     131056: (
         "(Business Account, Consumer Account) pair rate limit hit",
         "Too many messages sent from the sender phone number to the same recipient phone "
@@ -87,6 +109,27 @@ NOT_FOUND = (
     "missing permissions, or does not support this operation. Please read the Graph API "
     "documentation at https://developers.facebook.com/docs/graph-api"
 )
+
+# What an upload may be (Cloud API "Supported media types"), by the message kind it serves,
+# and Meta's size limits.
+UPLOAD_TYPES: dict[str, frozenset[str]] = {
+    "image": frozenset({"image/jpeg", "image/png"}),
+    "audio": frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"}),
+    "video": frozenset({"video/mp4", "video/3gpp"}),
+    "document": frozenset(
+        {
+            "text/plain",
+            "application/pdf",
+            "application/msword",
+            "application/vnd.ms-excel",
+            "application/vnd.ms-powerpoint",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        }
+    ),
+}
+UPLOAD_MAX = {"image": 5 << 20, "audio": 16 << 20, "video": 16 << 20, "document": 100 << 20}
 
 Outcome = tuple[int, int | None] | None  # (HTTP status, Graph code), or None for success
 
@@ -145,6 +188,10 @@ class FakeGraph:
     app_name: str = "Bridge test app"
     # WABA id -> ids of the apps subscribed to its webhooks.
     subscriptions: dict[str, list[str]] = field(default_factory=dict)
+    uploads: dict[str, FakeMedia] = field(default_factory=dict)  # uploaded media id -> file
+    upload_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
+    # Approved templates, (name, language code) -> body parameters; None: any well-formed one.
+    templates: dict[tuple[str, str], int] | None = None
     _report: tuple[str, str] | None = None  # (webhook url, app secret)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -198,7 +245,15 @@ class FakeGraph:
         return [
             {"type": m["type"], **m[m["type"]]}
             for m in self.sent
-            if m["type"] != "text" and (to is None or m["to"] == to)
+            if m["type"] not in ("text", "template") and (to is None or m["to"] == to)
+        ]
+
+    def templates_sent(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The `template` objects of the accepted template messages, in order."""
+        return [
+            m["template"]
+            for m in self.sent
+            if m["type"] == "template" and (to is None or m["to"] == to)
         ]
 
     async def _receive(self, request: web.Request) -> Any:
@@ -231,8 +286,14 @@ class FakeGraph:
         self.requests.append(body)
         if not self._authorized(request):
             return self._error(401, 190)
-        if not (_valid_text_message(body) or _valid_media_message(body)):
+        if isinstance(body, dict) and body.get("type") == "template":
+            refused = self._template_refusal(body)
+            if refused is not None:
+                return self._error(400, *refused)
+        elif not (_valid_text_message(body) or _valid_media_message(body)):
             return self._error(400, 100)
+        elif (bad_id := self._unknown_upload(body)) is not None:
+            return self._error(400, 100, bad_id)
         outcome = self._next_outcome(body["to"])
         if outcome is not None:
             return self._error(*outcome)
@@ -255,6 +316,70 @@ class FakeGraph:
                 "messages": [{"id": wamid}],
             }
         )
+
+    def _unknown_upload(self, body: dict[str, Any]) -> str | None:
+        """Why a media message's `id` names no uploaded file of its kind; None if it is fine
+        (or the message is not one by id)."""
+        if body.get("type") not in UPLOAD_TYPES or "id" not in body[body["type"]]:
+            return None
+        media_id = body[body["type"]]["id"]
+        upload = self.uploads.get(media_id) if isinstance(media_id, str) else None
+        if upload is None:
+            return f"Invalid media id: {media_id!r} was not uploaded"
+        if upload.mime_type not in UPLOAD_TYPES[body["type"]]:
+            return f"Media type {upload.mime_type} cannot be sent as {body['type']}"
+        return None
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """`POST /{version}/{phone_number_id}/media` (multipart), as Meta documents it."""
+        if not self._authorized(request):
+            return self._error(401, 190)
+        try:
+            form = await request.post()
+        except ValueError:
+            return self._error(400, 100, "The request body is not a multipart form")
+        self.received.append(
+            Received(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                {k: v for k, v in form.items() if isinstance(v, str)},
+            )
+        )
+        if self.upload_failures:
+            return self._error(self.upload_failures.popleft(), 131016)
+        if form.get("messaging_product") != "whatsapp":
+            return self._error(400, 100, "messaging_product is required")
+        mime, file = form.get("type"), form.get("file")
+        kind = next((k for k, types in UPLOAD_TYPES.items() if mime in types), None)
+        if kind is None:
+            return self._error(400, 100, f"Param type must be a supported MIME type, got {mime!r}")
+        if not isinstance(file, web.FileField):
+            return self._error(400, 100, "Param file is required (a file part)")
+        data = file.file.read()
+        if not data or len(data) > UPLOAD_MAX[kind]:
+            return self._error(400, 100, "File is empty or larger than WhatsApp allows")
+        media_id = str(10**15 + next(self._ids))
+        assert isinstance(mime, str)
+        self.uploads[media_id] = FakeMedia(data, mime)
+        return web.json_response({"id": media_id})
+
+    def _template_refusal(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        """(code, details) Meta would answer a template message with, or None to take it."""
+        problem = _template_problem(body)
+        if problem is not None:
+            return 100, problem
+        if self.templates is None:
+            return None
+        template = body["template"]
+        wanted = self.templates.get((template["name"], template["language"]["code"]))
+        if wanted is None:
+            return 132001, f"template name ({template['name']}) does not exist in the translation"
+        given = sum(len(c["parameters"]) for c in template.get("components", ()))
+        if given != wanted:
+            return 132000, f"body: number of params ({given}) does not match expected ({wanted})"
+        return None
 
     def _read_receipt(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if not self._authorized(request):
@@ -426,10 +551,11 @@ class FakeGraph:
         return web.json_response({"error": error}, status=400)
 
     @staticmethod
-    def _error(status: int, code: int | None) -> web.Response:
+    def _error(status: int, code: int | None, detail: str | None = None) -> web.Response:
         if code is None:  # what a load balancer in front of the Graph API answers
             return web.Response(status=status, text="<html>Server Error</html>")
         message, details = META_ERRORS.get(code, ("scripted failure", None))
+        details = detail or details
         error: dict[str, Any] = {
             "message": message,
             "type": "OAuthException",
@@ -451,6 +577,7 @@ class FakeGraph:
         app = web.Application()
         app.on_cleanup.append(self._stop_reporting)
         app.router.add_post("/{version}/{phone}/messages", self.messages)
+        app.router.add_post("/{version}/{phone}/media", self.upload)
         app.router.add_get("/{version}/app", self.app_info)
         app.router.add_route("*", "/{version}/{waba}/subscribed_apps", self.subscribed_apps)
         app.router.add_get("/whatsapp_business/attachments/", self.download)
@@ -475,16 +602,67 @@ def _valid_text_message(body: Any) -> bool:
 
 
 def _valid_media_message(body: Any) -> bool:
-    """A media message by link, as the real endpoint requires it (caption where allowed)."""
+    """A media message by link or by uploaded id (exactly one of them), as the real endpoint
+    requires it (caption where allowed)."""
     if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
         return False
     kind = body.get("type")
     part = body.get(kind) if isinstance(kind, str) else None
+    if not isinstance(part, dict) or ("link" in part) == ("id" in part):
+        return False
+    by_link = isinstance(part.get("link"), str) and part["link"].startswith(("https://", "http://"))
+    by_id = isinstance(part.get("id"), str) and part["id"].isdigit()
     return (
         kind in ("image", "document", "audio", "video")
         and isinstance(body.get("to"), str)
-        and isinstance(part, dict)
-        and isinstance(part.get("link"), str)
-        and part["link"].startswith(("https://", "http://"))
+        and (by_link or by_id)
         and not (kind == "audio" and "caption" in part)
     )
+
+
+def _template_problem(body: dict[str, Any]) -> str | None:
+    """What is wrong with a template message, as Meta's error details say it; None if
+    nothing. Meta's shape: `template: {name, language: {code, policy?}, components?:
+    [{type: header|body|button, parameters: [{type: text, text}, ...]}]}`."""
+    if body.get("messaging_product") != "whatsapp":
+        return "messaging_product is required"
+    if not isinstance(body.get("to"), str) or not body["to"]:
+        return "to is required"
+    template = body.get("template")
+    if not isinstance(template, dict):
+        return "template is required"
+    unknown = set(template) - {"name", "language", "components", "namespace"}
+    if unknown:
+        return f"Unexpected key(s) {sorted(unknown)} in template"
+    name = template.get("name")
+    if not isinstance(name, str) or not name:
+        return "template.name is required"
+    language = template.get("language")
+    if not isinstance(language, dict) or not isinstance(language.get("code"), str):
+        return "template.language.code is required"
+    if set(language) - {"code", "policy"} or language.get("policy", "deterministic") != (
+        "deterministic"
+    ):
+        return "template.language: only code and policy (deterministic)"
+    components = template.get("components", [])
+    if not isinstance(components, list):
+        return "template.components must be an array"
+    for component in components:
+        if not isinstance(component, dict) or component.get("type") not in (
+            "header",
+            "body",
+            "button",
+        ):
+            return "template.components[].type must be header, body or button"
+        parameters = component.get("parameters")
+        if not isinstance(parameters, list):
+            return "template.components[].parameters must be an array"
+        for parameter in parameters:
+            if not isinstance(parameter, dict) or parameter.get("type") != "text":
+                return "Parameter type is not valid (only text parameters here)"
+            text = parameter.get("text")
+            if not isinstance(text, str) or not text.strip():
+                return "Parameter value is missing or empty"
+            if "\n" in text or "\t" in text or "     " in text:
+                return "Param text cannot have new-line/tab characters or more than 4 spaces"
+    return None
