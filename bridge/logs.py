@@ -29,6 +29,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from os import write as _write_fd  # bound now: tests that patch os.write mean the journal's
 from typing import Any
@@ -96,6 +97,20 @@ def _hash_wamids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> A
             event[name] = [log_id(str(v), key=key) for v in value]
         elif value is not None:
             event[name] = log_id(str(value), key=key)
+    return event
+
+
+# --- the request id ----------------------------------------------------------------------------
+
+# The webhook request being handled: every line logged meanwhile carries its id. One variable
+# read per line, where structlog's merge_contextvars copies the whole context for every line.
+REQUEST_ID: ContextVar[str | None] = ContextVar("bridge_request_id", default=None)
+
+
+def _add_request_id(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
     return event
 
 
@@ -251,7 +266,7 @@ def configure(
     sink = LineSink(stream, _json_notice if use_json else _console_notice)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _add_request_id,
             _hash_wamids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

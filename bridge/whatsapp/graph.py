@@ -27,6 +27,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bridge.config import ProfileConfig
 from bridge.whatsapp.pacing import PairPacer
@@ -59,6 +60,9 @@ class PartialSendError(SendError):
             str(cause), cause.code, cause.retryable, cause.auth, uncertain=cause.uncertain
         )
         self.sent_ids = sent_ids
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class GraphClient(Sender):
@@ -193,9 +197,12 @@ class GraphClient(Sender):
 
     async def _request(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
         try:
-            async with self._client().request(method, url, json=body) as resp:
+            # orjson both ways: aiohttp's `json=` and `resp.json()` use the stdlib's json.
+            payload = None if body is None else orjson.dumps(body)
+            headers = _JSON if body is not None else None
+            async with self._client().request(method, url, data=payload, headers=headers) as resp:
                 try:
-                    data = await resp.json(content_type=None)
+                    data = orjson.loads(await resp.read())
                 except ValueError:
                     data = None  # an HTML error page from a proxy: judged by status alone
                 if resp.status < 300 and isinstance(data, dict):
