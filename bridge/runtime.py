@@ -134,8 +134,10 @@ class ProfileRuntime:
             store, sender, profile=slug, reconcile_seconds=config.send_reconcile_seconds
         )
 
+        assistant_seconds = metrics.assistant_seconds.labels(slug)
+
         def observe_assistant(seconds: float, ok: bool) -> None:
-            metrics.assistant_seconds.labels(slug).observe(seconds)
+            assistant_seconds.observe(seconds)
             if not ok:
                 metrics.assistant_failures.labels(slug).inc()
 
