@@ -46,6 +46,29 @@ def summarize(text: str, thread: str | None) -> tuple[int, Counter[str], Counter
     return total, own, inclusive
 
 
+# Where a sample's time goes, by the first of these frames found from the stack's root.
+PARTS = (
+    ("journal thread", "_worker (concurrent/futures/thread.py"),
+    ("webhook handler", "receive_delivery (bridge/webhook.py"),
+    ("replier", "Replier._work"),
+    ("outbox (send)", "Outbox._work"),
+    ("journal writer (loop side)", "Journal._run"),
+    ("metrics scrape", "Metrics.render"),
+)
+
+
+def parts(text: str) -> Counter[str]:
+    """Samples per part of the bridge (PARTS; the rest is the loop and aiohttp's protocol)."""
+    out: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        part = next((name for name, frame in PARTS if frame in stack), "loop, HTTP protocol, other")
+        out[part] += int(count_text)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("file", type=Path)
@@ -54,6 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     total, own, inclusive = summarize(args.file.read_text(), args.thread)
     print(f"{total} samples")
+    for name, count in parts(args.file.read_text()).most_common():
+        print(f"{100 * count / total:5.1f}%  {name}")
     for title, table in (("own time", own), ("including callees", inclusive)):
         print(f"\n{title}:")
         for name, count in table.most_common(args.top):
