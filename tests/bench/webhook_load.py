@@ -236,11 +236,14 @@ def measure(
     *,
     replies: bool,
     check: Callable[[int], None] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, float]:
     """Warm up, then one measured wrk run; CPU per request, and with `replies` the time until
     every reply is sent."""
     with log.open("w") as fh:
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh)
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh, cwd=cwd
+        )
     try:
         wait_ready(port)
         run_wrk(port, scripts[0], 2, connections)  # warm-up, its own deliveries
@@ -337,10 +340,18 @@ class Bench:
         }
         if "BENCH_EVENT_LOOP" in os.environ:
             env["BRIDGE_EVENT_LOOP"] = os.environ["BENCH_EVENT_LOOP"]
+        cwd = None
+        if column.endswith("-baseline"):
+            # Another checkout's bridge (`--baseline DIR`), in this run, for before/after:
+            # `python -m` finds the package in its working directory first.
+            cwd = self.args.baseline
+            column = column.removesuffix("-baseline")
         cmd = [sys.executable, "-m", "bridge", "serve"]
         if column == "status":
             try:
-                return measure(cmd, env, port, self.scripts["status"], *common, replies=False)
+                return measure(
+                    cmd, env, port, self.scripts["status"], *common, replies=False, cwd=cwd
+                )
             finally:
                 shutil.rmtree(var, ignore_errors=True)
         graph_port = free_port()
@@ -355,7 +366,7 @@ class Bench:
             "BRIDGE_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
         }
         try:
-            return measure(cmd, env, port, self.scripts["message"], *common, replies=True)
+            return measure(cmd, env, port, self.scripts["message"], *common, replies=True, cwd=cwd)
         finally:
             graph.terminate()
             graph.wait(timeout=30)
@@ -382,10 +393,18 @@ def main() -> None:
         default=100_000,
         help="unique deliveries for the measured run (wrk repeats them past the end)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier bridge: its message and status columns are measured too",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     columns = [c for c in args.columns.split(",") if c]
-    unknown = set(columns) - set(COLUMNS)
+    if args.baseline:
+        args.baseline = args.baseline.resolve()
+        columns += [f"{c}-baseline" for c in columns if c in ("message", "status")]
+    unknown = {c.removesuffix("-baseline") for c in columns} - set(COLUMNS)
     if unknown:
         parser.error(f"unknown columns: {', '.join(sorted(unknown))}")
     if "pywa" in columns:
@@ -412,6 +431,20 @@ def _ratio(results: dict[str, list[dict[str, float]]], top: str, bottom: str) ->
     return f"{statistics.median(t['rps'] / b['rps'] for t, b in pairs):.2f}"
 
 
+def _per_core(results: dict[str, list[dict[str, float]]], top: str, bottom: str) -> str:
+    """The same ratio from CPU time: what one quiet core would give (bottom's CPU per request
+    over top's), which the other agents on a shared machine disturb far less than req/s.
+    A message's CPU is all of it, its reply included."""
+    if top not in results or bottom not in results:
+        return "-"
+
+    def cost(run: dict[str, float]) -> float:
+        return run.get("cpu_us_replied", run["cpu_us"])
+
+    pairs = zip(results[top], results[bottom], strict=True)
+    return f"{statistics.median(cost(b) / cost(t) for t, b in pairs):.2f}"
+
+
 def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
     rounds = len(next(iter(results.values()), []))
     lines = [
@@ -422,22 +455,34 @@ def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "|---|---|---|---|---|---|---|",
     ]
     for column, runs in results.items():
+        name = NAMES[column.removesuffix("-baseline")]
+        if column.endswith("-baseline"):
+            name = f"baseline ({args.baseline.name}): {name}"
         lines.append(
-            f"| {NAMES[column]} | {_median(runs, 'rps'):,.0f} | {_median(runs, 'p50'):.2f} "
+            f"| {name} | {_median(runs, 'rps'):,.0f} | {_median(runs, 'p50'):.2f} "
             f"| {_median(runs, 'p99'):.2f} | {_median(runs, 'max'):.1f} "
             f"| {_median(runs, 'errors'):.0f} | {_median(runs, 'cpu_us'):.0f} |"
         )
     lines += [
         "",
-        "| ratio (median of the rounds' ratios) | value | target |",
-        "|---|---|---|",
-        f"| bridge messages / pywa | **{_ratio(results, 'message', 'pywa')}** | ≥ 1.5 |",
-        f"| bridge status / bare on uvloop | **{_ratio(results, 'status', 'bare-uvloop')}** "
-        "| ≥ 0.4 |",
-        f"| bridge messages / bare on uvloop | {_ratio(results, 'message', 'bare-uvloop')} | |",
-        f"| bare on uvloop / bare on asyncio | {_ratio(results, 'bare-uvloop', 'bare-asyncio')} "
-        "| |",
+        "| ratio (median of the rounds' ratios) | requests/s | per core (CPU) | target |",
+        "|---|---|---|---|",
     ]
+    pairs = [
+        ("bridge messages / pywa", "message", "pywa", "≥ 1.5"),
+        ("bridge status / bare on uvloop", "status", "bare-uvloop", "≥ 0.4"),
+        ("bridge messages / bare on uvloop", "message", "bare-uvloop", ""),
+        ("bare on uvloop / bare on asyncio", "bare-uvloop", "bare-asyncio", ""),
+        ("bridge messages / baseline", "message", "message-baseline", ""),
+        ("bridge status / baseline", "status", "status-baseline", ""),
+    ]
+    for name, top, bottom, target in pairs:
+        if top in results and bottom in results:
+            bold = "**" if target else ""
+            lines.append(
+                f"| {name} | {bold}{_ratio(results, top, bottom)}{bold} "
+                f"| {_per_core(results, top, bottom)} | {target} |"
+            )
     if "message" in results:
         runs = results["message"]
         lines += [
