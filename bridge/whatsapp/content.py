@@ -41,8 +41,10 @@ def text(obj: Any, key: str) -> str | None:
     if not isinstance(obj, MAPPING):
         return None
     value = obj.get(key)
-    if isinstance(value, str) and value:
-        return value
+    if value is None:  # most optional fields are absent: no type checks for them
+        return None
+    if isinstance(value, str):
+        return value or None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
