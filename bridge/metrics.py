@@ -260,7 +260,8 @@ class MeteredSender(Sender):
 
     def __init__(self, inner: Sender, metrics: Metrics, profile: str) -> None:
         self._inner = inner
-        self._sends = metrics.sends_by
+        self._sends = metrics.sends  # for any kind of send without a child looked up here
+        self._failed = metrics.sends_by  # children by (profile, "error", code), looked up once
         self._profile = profile
         self._ok = metrics.sends_by(profile, "ok", "")
         self.outcome = inner.outcome
@@ -278,7 +279,7 @@ class MeteredSender(Sender):
         try:
             ids = await self._inner.send_text(to, text, skip_parts, tag)
         except SendError as exc:
-            self._sends(self._profile, "error", str(exc.code or "none")).inc()
+            self._failed(self._profile, "error", str(exc.code or "none")).inc()
             raise
         self._ok.inc()
         return ids
@@ -289,7 +290,7 @@ class MeteredSender(Sender):
         try:
             ids = await self._inner.send_media(to, media, index, tag)
         except SendError as exc:
-            self._sends(self._profile, "error", str(exc.code or "none")).inc()
+            self._failed(self._profile, "error", str(exc.code or "none")).inc()
             raise
         self._ok.inc()
         return ids
