@@ -27,7 +27,8 @@ test: $(STAMP)
 		|| echo "chromium could not be installed: the console test will be skipped"
 	$(BIN)/pytest -q
 
-## Benchmarks (results as markdown tables in var/bench/, ~5 min, ~3 GB RAM); installs wrk if missing.
+## Benchmarks (results as markdown tables in var/bench/, ~12 min, ~3 GB RAM); installs wrk if missing,
+## and pywa in its own venv (var/bench/pywa-venv) for the webhook benchmark's peer column.
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m tests.bench.webhook_load --out var/bench/webhook.md

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge import __version__, logs
+from bridge import __version__, eventloop, logs
 from bridge.config import Settings, load_settings
 from bridge.devsecrets import load_dev_secrets, with_dev_secrets
 from bridge.errors import BridgeError, ConfigError
@@ -207,6 +207,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # written and the stores opened (which creates keys, journals and snapshots).
     settings = _settings(args, args.profile)
     logs.configure(args.log_format or settings.log_format, settings.log_level, cache=True)
+    loop = eventloop.resolve(settings.event_loop)
     _check_known_profiles(args, settings)
     loaded = [load_dev_secrets(p, generate=args.dev) for p in settings.profiles]
     for profile, _ in loaded:
@@ -228,7 +229,7 @@ def run_serve(args: argparse.Namespace) -> int:
         for _, pending in loaded:
             if pending is not None:
                 pending.write()
-        asyncio.run(serve(settings, runtimes, metrics, sockets))
+        eventloop.run(serve(settings, runtimes, metrics, sockets), loop)
     finally:
         for sock in sockets:
             sock.close()

@@ -211,6 +211,8 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
+    # `auto` (uvloop when installed), `uvloop` or `asyncio` (bridge/eventloop.py).
+    event_loop: str = "auto"
     # Bearer token required by /metrics; None leaves it open (bind to localhost then).
     metrics_token: str | None = field(default=None, repr=False)
     # Bearer token of the operators' HTTP API (/api/v1) and console (/console); None: both
@@ -705,6 +707,7 @@ def load_settings(
         health_interval=_float(health, "health_interval") if health else 120.0,
         log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),
         log_level=str(data.get("log_level") or env.get("BRIDGE_LOG_LEVEL") or "info").lower(),
+        event_loop=str(data.get("event_loop") or env.get("BRIDGE_EVENT_LOOP") or "auto").lower(),
         metrics_token=_secret(
             "metrics_token", data, env, "BRIDGE_METRICS_TOKEN", ("metrics_token",)
         ),

@@ -25,7 +25,7 @@ import resource
 import time
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
@@ -103,8 +103,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio's protocol interface, forwarded once admitted
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass (uvloop's).
+        self.transport = transport = cast(asyncio.Transport, transport)
         if not self.guard._admit(self):
             transport.abort()
             return
@@ -261,6 +261,10 @@ class ConnectionGuard:
         if connection is not None:
             connection.reading_body()
         try:
+            if request.content.is_eof():
+                # The whole body came with the head (Meta's deliveries almost always do):
+                # nothing to wait for, so no deadline to arm and cancel.
+                return await request.read()
             async with asyncio.timeout(self.body_timeout):
                 return await request.read()
         except TimeoutError:

@@ -102,28 +102,10 @@ class Ingestor:
                 if hit is not None:
                     hits.append(hit)
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
-        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for message in fresh:
-            self._in_flight[message.id] = outcome
-        try:
-            if records:
-                started = time.monotonic()
-                await self._store.commit(records)
-                if self._observe_commit:
-                    self._observe_commit(time.monotonic() - started)
-        except BaseException as exc:
-            outcome.set_exception(
-                exc if isinstance(exc, StorageError) else StorageError("commit failed")
-            )
-            # Waiters (concurrent copies) see the failure; if nobody waits, mark it retrieved.
-            outcome.exception()
-            raise
-        else:
-            outcome.set_result(None)
-        finally:
-            for message in fresh:
-                self._in_flight.pop(message.id, None)
-            self._links.settle(links)
+        if fresh:
+            await self._commit_claimed(records, fresh, links)
+        elif records:  # statuses only: nothing claimed that a concurrent copy could wait for
+            await self._commit(records)
         if self._on_confirmed is not None:
             for status in statuses:
                 if status.callback_data is not None:
@@ -137,6 +119,39 @@ class Ingestor:
             status_names=tuple(s.status for s in statuses),
             keyword_hits=tuple(hits),
         )
+
+    async def _commit_claimed(
+        self,
+        records: list[Record],
+        fresh: list[InboundMessage],
+        links: dict[IdentityLinked, None],
+    ) -> None:
+        """Commit records that record the claimed `fresh` messages: concurrent copies of them
+        wait for this outcome."""
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for message in fresh:
+            self._in_flight[message.id] = outcome
+        try:
+            await self._commit(records)
+        except BaseException as exc:
+            outcome.set_exception(
+                exc if isinstance(exc, StorageError) else StorageError("commit failed")
+            )
+            # Waiters (concurrent copies) see the failure; if nobody waits, mark it retrieved.
+            outcome.exception()
+            raise
+        else:
+            outcome.set_result(None)
+        finally:
+            for message in fresh:
+                self._in_flight.pop(message.id, None)
+            self._links.settle(links)
+
+    async def _commit(self, records: list[Record]) -> None:
+        started = time.monotonic()
+        await self._store.commit(records)
+        if self._observe_commit:
+            self._observe_commit(time.monotonic() - started)
 
 
 def new_number(message: InboundMessage) -> str | None:

@@ -28,7 +28,9 @@ import logging
 import secrets
 import sys
 import threading
+import weakref
 from collections.abc import Callable, MutableMapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from os import write as _write_fd  # bound now: tests that patch os.write mean the journal's
 from typing import Any
@@ -78,8 +80,8 @@ def log_id(wamid: str, profile: str | None = None, key: bytes | None = None) -> 
     """What logs show instead of `wamid`: 12 hex digits of HMAC-SHA256 under the profile's key."""
     if key is None:
         key = _log_id_keys.get(profile or "", _process_log_id_key)
-    digest = hmac.new(key, wamid.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-    return digest[:LOG_ID_HEX]
+    digest = hmac.digest(key, wamid.encode("utf-8", "surrogatepass"), "sha256")
+    return digest[: LOG_ID_HEX // 2].hex()
 
 
 def _hash_wamids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
@@ -96,6 +98,20 @@ def _hash_wamids(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> A
             event[name] = [log_id(str(v), key=key) for v in value]
         elif value is not None:
             event[name] = log_id(str(value), key=key)
+    return event
+
+
+# --- the request id ----------------------------------------------------------------------------
+
+# The webhook request being handled: every line logged meanwhile carries its id. One variable
+# read per line, where structlog's merge_contextvars copies the whole context for every line.
+REQUEST_ID: ContextVar[str | None] = ContextVar("bridge_request_id", default=None)
+
+
+def _add_request_id(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
     return event
 
 
@@ -251,7 +267,7 @@ def configure(
     sink = LineSink(stream, _json_notice if use_json else _console_notice)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _add_request_id,
             _hash_wamids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -266,6 +282,10 @@ def configure(
         logger_factory=_SinkLoggerFactory(sink),
         cache_logger_on_first_use=cache,
     )
+    global _cached
+    _cached = cache
+    for logger in list(_loggers):
+        logger._forget()
 
 
 def _isatty(stream: Any) -> bool:
@@ -275,6 +295,42 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
+# Loggers handed out by get_logger; configure() makes them resolve their methods again.
+_loggers: weakref.WeakSet[Logger] = weakref.WeakSet()
+_cached = False  # configure(cache=True): loggers keep their resolved methods
+
+
+class Logger:
+    """A logger made before `configure` that still follows it, and costs nothing to call once
+    resolved.
+
+    structlog's lazy proxy assembles (or, cached, looks up) a bound logger on every call, so
+    even a debug line the level filters out cost about 2 us. Under `configure(cache=True)`
+    (the server) the first call resolves the bound logger and keeps its methods on this
+    object: a filtered level is then structlog's no-op, called directly. `configure` clears
+    them, so a later configuration still reaches every logger. Without `cache` (tests),
+    each call resolves afresh, so `capture_logs` sees every line."""
+
+    def __init__(self, bound: dict[str, Any]) -> None:
+        self._bound = bound
+        _loggers.add(self)
+
+    def __getattr__(self, name: str) -> Any:
+        logger = structlog.get_logger(**self._bound).bind()
+        if _cached:
+            for level in _LEVELS:
+                setattr(self, level, getattr(logger, level))
+            self.bind = logger.bind
+        return getattr(logger, name)
+
+    def _forget(self) -> None:
+        for name in (*_LEVELS, "bind"):
+            self.__dict__.pop(name, None)
+
+
+_LEVELS = ("debug", "info", "warning", "warn", "error", "exception", "critical", "msg", "log")
+
+
 def get_logger(**bound: Any) -> Any:
-    """A lazy logger: module-level loggers made before `configure` still use its settings."""
-    return structlog.get_logger(**bound)
+    """A logger with `bound` fields in every line (see Logger)."""
+    return Logger(bound)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +28,22 @@ if TYPE_CHECKING:
 PREFIX = "whatsapp_bridge"
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Children:
+    """A labelled metric's children, each looked up once: prometheus_client's `labels()`
+    validates its arguments and takes a lock on every call, which the message path would
+    pay several times per delivery."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -139,6 +155,12 @@ class Metrics:
         )
         self.loop = LoopWatch(r)
         r.register(LogCollector())
+        # Pre-bound children of the metrics the message path counts on every delivery.
+        self.deliveries_by = Children(self.deliveries)
+        self.messages_by = Children(self.messages)
+        self.duplicates_by = Children(self.duplicates)
+        self.statuses_by = Children(self.statuses)
+        self.sends_by = Children(self.sends)
 
     def watch(
         self,
@@ -239,8 +261,10 @@ class MeteredSender(Sender):
 
     def __init__(self, inner: Sender, metrics: Metrics, profile: str) -> None:
         self._inner = inner
-        self._sends = metrics.sends
+        self._sends = metrics.sends  # for any kind of send without a child looked up here
+        self._failed = metrics.sends_by  # children by (profile, "error", code), looked up once
         self._profile = profile
+        self._ok = metrics.sends_by(profile, "ok", "")
         self.outcome = inner.outcome
 
         self.confirms_by_status = inner.confirms_by_status
@@ -256,9 +280,9 @@ class MeteredSender(Sender):
         try:
             ids = await self._inner.send_text(to, text, skip_parts, tag)
         except SendError as exc:
-            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            self._failed(self._profile, "error", str(exc.code or "none")).inc()
             raise
-        self._sends.labels(self._profile, "ok", "").inc()
+        self._ok.inc()
         return ids
 
     async def send_media(
@@ -267,9 +291,9 @@ class MeteredSender(Sender):
         try:
             ids = await self._inner.send_media(to, media, index, tag)
         except SendError as exc:
-            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            self._failed(self._profile, "error", str(exc.code or "none")).inc()
             raise
-        self._sends.labels(self._profile, "ok", "").inc()
+        self._ok.inc()
         return ids
 
     async def send_template(

@@ -16,6 +16,7 @@ never lets a later reply overtake an earlier one; different users proceed concur
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections import deque
@@ -38,9 +39,15 @@ RECORD_RETRY_BASE = 0.5
 RECORD_RETRY_MAX = 30.0
 
 
+# Reply ids: a random prefix per process and a counter (24 hex digits, as before); unique
+# across restarts (a new prefix) without a getrandom(2) per reply.
+_REPLY_PREFIX = secrets.token_hex(8)
+_reply_numbers = itertools.count(1)
+
+
 def new_reply_id() -> str:
     """Our id for a reply until Meta assigns wamids to its parts."""
-    return "out." + secrets.token_hex(12)
+    return f"out.{_REPLY_PREFIX}{next(_reply_numbers):08x}"
 
 
 class Replier:

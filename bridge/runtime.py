@@ -134,8 +134,10 @@ class ProfileRuntime:
             store, sender, profile=slug, reconcile_seconds=config.send_reconcile_seconds
         )
 
+        assistant_seconds = metrics.assistant_seconds.labels(slug)
+
         def observe_assistant(seconds: float, ok: bool) -> None:
-            metrics.assistant_seconds.labels(slug).observe(seconds)
+            assistant_seconds.observe(seconds)
             if not ok:
                 metrics.assistant_failures.labels(slug).inc()
 
@@ -265,7 +267,8 @@ class ProfileRuntime:
         recorded and changes what it is about, and gets no reply. A keyword that changed its
         conversation's mode was answered by its own reply (already queued), not by the
         assistant."""
-        handled = {hit.message_id for hit in result.keyword_hits}
+        hits = result.keyword_hits
+        handled = {hit.message_id for hit in hits} if hits else frozenset()
         for message in result.recorded:
             if message.extra is not None and "media" in message.extra:
                 self.media.enqueue(message.key, message.id)  # a sticker too: kept, not answered
@@ -273,8 +276,10 @@ class ProfileRuntime:
                 continue
             if says_something(message.type, message.extra, self.config.reply_to_reactions):
                 self.replier.enqueue(message.key, message.id, recipient_of(message))
+        if not hits:
+            return  # the usual delivery: no logger to make
         log = get_logger(profile=self.slug)
-        for hit in result.keyword_hits:
+        for hit in hits:
             self.metrics.keywords.labels(self.slug, hit.kind).inc()
             log.info("keyword_mode_changed", key=mask(hit.key), kind=hit.kind)
             if hit.reply_id is not None:

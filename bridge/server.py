@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from bridge import eventloop
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
@@ -95,6 +96,7 @@ async def _serve_until_stopped(
         urls=urls,
         profiles=[r.slug for r in runtimes],
         webhook=[f"{u}/webhook" for u in urls[:1]],
+        event_loop=eventloop.running(),
     )
     notifier.ready(f"serving {len(runtimes)} profile(s) on {', '.join(urls)}")
     try:

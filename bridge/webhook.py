@@ -14,13 +14,13 @@ import os
 import time
 from collections.abc import Sequence
 
-import structlog
+import orjson
 from aiohttp import web
 
 from bridge.errors import PayloadError, StorageError
 from bridge.httpguard import GUARD, UnreadableBody, expect_continue
 from bridge.ingest import IngestResult
-from bridge.logs import get_logger
+from bridge.logs import REQUEST_ID, get_logger
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from bridge.whatsapp import signature
@@ -115,8 +115,7 @@ def _route(
 async def receive_delivery(request: web.Request) -> web.StreamResponse:
     """Verify, parse, record durably, answer 200, then hand new messages to the replier."""
     started = time.monotonic()
-    request_id = f"{_REQUEST_PREFIX}{next(_request_numbers):06x}"
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    token = REQUEST_ID.set(f"{_REQUEST_PREFIX}{next(_request_numbers):06x}")
     metrics = request.app[METRICS]
     outcome = "error"
     try:
@@ -124,8 +123,8 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
         outcome = OUTCOMES.get(response.status, str(response.status))
         return response
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-        metrics.deliveries.labels(outcome).inc()
+        REQUEST_ID.reset(token)
+        metrics.deliveries_by(outcome).inc()
         metrics.webhook_seconds.observe(time.monotonic() - started)
 
 
@@ -206,17 +205,19 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
     answer = {"recorded": recorded, "duplicates": duplicates}
     if delivery.skipped:
         answer["skipped"] = len(delivery.skipped)
-    response = web.json_response(answer)
+    response = web.Response(body=orjson.dumps(answer), content_type="application/json")
     # Send the 200 before any reply work can start: the reply must never precede the ack.
     await response.prepare(request)
     await response.write_eof()
     metrics = request.app[METRICS]
     for slug, result in results.items():
         runtimes[slug].acknowledged(result)
-        metrics.messages.labels(slug).inc(len(result.recorded))
-        metrics.duplicates.labels(slug).inc(result.duplicates)
+        if result.recorded:
+            metrics.messages_by(slug).inc(len(result.recorded))
+        if result.duplicates:
+            metrics.duplicates_by(slug).inc(result.duplicates)
         for status in result.status_names:
-            metrics.statuses.labels(slug, status).inc()
+            metrics.statuses_by(slug, status).inc()
         log.info(
             "delivery_recorded",
             profile=slug,

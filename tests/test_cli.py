@@ -125,7 +125,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
 def test_serve_and_simulate_round_trip(served: Served) -> None:
     result = run(["simulate", "Hola", "--from", "34600000001"], served.env)
     assert result.returncode == 0, result.stderr
-    assert "-> 200" in result.stdout and '"recorded": 1' in result.stdout
+    assert "-> 200" in result.stdout and '"recorded":1' in result.stdout
     time.sleep(0.5)  # the reply is produced after the 200
     code, events = served.stop()
     assert code == 0
@@ -142,8 +142,8 @@ def test_serve_and_simulate_round_trip(served: Served) -> None:
 def test_simulated_redelivery_is_a_duplicate(served: Served) -> None:
     first = run(["simulate", "Hi", "--wamid", "wamid.SAME"], served.env)
     second = run(["simulate", "Hi", "--wamid", "wamid.SAME"], served.env)
-    assert '"recorded": 1' in first.stdout
-    assert '"recorded": 0, "duplicates": 1' in second.stdout
+    assert '"recorded":1' in first.stdout
+    assert '"recorded":0,"duplicates":1' in second.stdout
 
 
 def test_dev_secrets_are_generated_once_and_private(served: Served) -> None:

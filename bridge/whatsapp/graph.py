@@ -27,6 +27,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 
 from bridge.config import ProfileConfig
 from bridge.whatsapp.pacing import PairPacer
@@ -61,6 +62,9 @@ class PartialSendError(SendError):
             str(cause), cause.code, cause.retryable, cause.auth, uncertain=cause.uncertain
         )
         self.sent_ids = sent_ids
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class GraphClient(Sender):
@@ -254,15 +258,17 @@ class GraphClient(Sender):
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> Any:
         try:
+            # orjson both ways for JSON bodies: aiohttp's `json=` and `resp.json()` use the
+            # stdlib's json. A form (a media upload) is encoded by aiohttp.
+            payload: bytes | aiohttp.FormData | None = form
+            headers = None
+            if form is None and body is not None:
+                payload, headers = orjson.dumps(body), _JSON
             async with self._client().request(
-                method,
-                url,
-                json=body if form is None else None,
-                data=form,
-                timeout=timeout or self._timeout,
+                method, url, data=payload, headers=headers, timeout=timeout or self._timeout
             ) as resp:
                 try:
-                    data = await resp.json(content_type=None)
+                    data = orjson.loads(await resp.read())
                 except ValueError:
                     data = None  # an HTML error page from a proxy: judged by status alone
                 if resp.status < 300 and isinstance(data, dict):

@@ -6,7 +6,6 @@ JSON would not match (escaping of non-ASCII and "/" differs).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 PREFIX = "sha256="
@@ -14,8 +13,7 @@ PREFIX = "sha256="
 
 def sign(body: bytes, app_secret: str) -> str:
     """The header value Meta would send for `body`."""
-    digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return PREFIX + digest
+    return PREFIX + hmac.digest(app_secret.encode(), body, "sha256").hex()
 
 
 def verify(body: bytes, header: str, app_secret: str) -> bool:
@@ -26,5 +24,6 @@ def verify(body: bytes, header: str, app_secret: str) -> bool:
     """
     if not header.startswith(PREFIX) or not header.isascii():
         return False
-    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    # hmac.digest: OpenSSL's one-shot HMAC, several times cheaper than an hmac.new object.
+    expected = hmac.digest(app_secret.encode(), body, "sha256").hex().encode()
     return hmac.compare_digest(expected, header[len(PREFIX) :].strip().lower().encode())

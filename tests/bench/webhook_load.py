@@ -1,37 +1,53 @@
-"""Webhook throughput and latency under wrk: `bridge serve` (durable, encrypted) against a bare
-aiohttp handler that only reads the body and answers 200, measured side by side in one run.
+"""Webhook throughput and latency under wrk: the bridge against its floor and its best Python
+peer, side by side in one run.
 
-Deliveries are pre-generated and correctly signed, each with a unique message id, over 1,000
-phones; wrk cycles through them from a Lua script. The warm-up run gets its own deliveries,
-so the measured run records new messages only (a redelivery is far cheaper). The server is
-pinned to core 0 and wrk to core 1 (taskset), since the machine has two.
+Columns (each its own server process, pinned to core 0; wrk on core 1, taskset):
+- a bare aiohttp handler that reads the body and answers 200, on asyncio and on uvloop;
+- pywa on FastAPI + uvicorn[standard] (tests/bench/peers.py: signature, dedupe, history);
+- `bridge serve` (durable, encrypted) taking text messages: each is verified, parsed,
+  deduplicated and journaled (fsync) before the 200, then answered by the echo assistant, the
+  reply journaled and sent to a Graph API on 127.0.0.1 (peers.GRAPH), and its outcome
+  journaled; with `BRIDGE_REPLY_DEBOUNCE_SECONDS=0` every message gets its own reply;
+- `bridge serve` taking status webhooks only (the ack path: verify, parse, journal, 200).
 
-Besides wrk's numbers, the server's CPU time per request is read from /proc (robust against
-the other core's noise), and for the bridge the time until every reply to the measured
-messages has been produced, journaled and sent: the acknowledgement rate alone would hide
-reply work left queued behind the load.
+Deliveries are pre-generated and correctly signed, each with a unique message id and a phone
+of its own (see write_deliveries); wrk cycles through them from a Lua script. The warm-up run gets its own deliveries,
+so the measured run records new messages only (a redelivery is far cheaper).
 
-Usage: python -m tests.bench.webhook_load [--seconds 10] [--connections 32] [--out FILE]
+The machine is shared: `--rounds` repeats every column (interleaved) and the table shows the
+medians, and the ratios are the medians of each round's ratios. Besides wrk's numbers, the
+server's CPU time per request is read from /proc (robust against the other core's noise), and
+for the message path the time until every reply to the measured messages has been produced,
+journaled and sent: the acknowledgement rate alone would hide reply work left queued.
+
+Usage: python -m tests.bench.webhook_load [--seconds 10] [--connections 32] [--rounds 3]
+           [--columns bare-asyncio,bare-uvloop,pywa,message,status] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge import simulate
+from tests.bench import peers
 from tests.load import publish
 
 SECRET = "bench-app-secret"
+PHONE_NUMBER_ID = "100000000000001"
 LUA = """
 local bodies, sigs = {}, {}
 for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
@@ -43,18 +59,6 @@ request = function()
   return wrk.format("POST", "/webhook",
     {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sigs[k]}, bodies[k])
 end
-"""
-
-BARE = """
-import sys
-from aiohttp import web
-async def handle(request):
-    await request.read()
-    return web.Response(text="ok")
-app = web.Application()
-app.router.add_post("/webhook", handle)
-app.router.add_get("/readyz", lambda r: web.Response(text="ok"))
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
 
 
@@ -76,11 +80,46 @@ def wait_ready(port: int, timeout: float = 30) -> None:
 
 
 def write_deliveries(directory: Path, count: int) -> tuple[Path, Path]:
+    """`count` signed single-text deliveries over 1,000 phones (tests/bench/load_during_snapshot)."""
     bodies, sigs = directory / "bodies.txt", directory / "sigs.txt"
     with bodies.open("w") as b, sigs.open("w") as s:
         for i in range(count):
             message = simulate.text_message(f"order status for #{i}?", f"3460{i % 1000:07d}")
             raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+            b.write(raw.decode() + "\n")
+            s.write(simulate.signed_headers(raw, SECRET)["X-Hub-Signature-256"] + "\n")
+    return bodies, sigs
+
+
+def write_bench_deliveries(
+    directory: Path, count: int, kind: str, first_phone: int
+) -> tuple[Path, Path]:
+    """`count` signed bodies of one text message each (`kind` "message") or one status.
+
+    Each from its own phone: the bridge paces its sends to one user (WhatsApp's pair rate
+    limit, about one message per 6 s, bridge/whatsapp/pacing.py), so a few phones writing
+    thousands of messages would measure the pacing, not the bridge."""
+    bodies, sigs = directory / "bodies.txt", directory / "sigs.txt"
+    with bodies.open("w") as b, sigs.open("w") as s:
+        for i in range(count):
+            phone = f"346{first_phone + i:08d}"
+            if kind == "message":
+                # With the business-scoped user id next to the phone, as Meta's payloads now
+                # carry it (pywa 4.5 requires it).
+                body = simulate.simulated_text(
+                    f"order status #{i}?",
+                    phone,
+                    f"ES.{int(phone) * 7919:020d}",
+                    PHONE_NUMBER_ID,
+                    name="WhatsApp User",
+                )
+            else:
+                body = simulate.delivery(
+                    simulate.change_value(
+                        statuses=[simulate.status(simulate.new_wamid(), "delivered", phone)]
+                    )
+                )
+            raw = simulate.encode(body)
             b.write(raw.decode() + "\n")
             s.write(simulate.signed_headers(raw, SECRET)["X-Hub-Signature-256"] + "\n")
     return bodies, sigs
@@ -148,15 +187,42 @@ def bridge_counts(port: int) -> dict[str, float]:
 def wait_replied(port: int, timeout: float = 300) -> dict[str, float]:
     """Until every recorded message has its reply stored and nothing is left to send.
 
-    Holds while no conversation has reached the 250-message cap, which 1,000 phones and the
-    benchmark's message counts never do."""
+    Holds while no conversation has reached the 250-message cap, which the benchmark's
+    deliveries (a few per phone) never do. Asked every 0.2 s: each scrape costs the bridge's
+    core a walk over its conversations."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         counts = bridge_counts(port)
         if counts["outbox"] == 0 and counts["held"] >= 2 * counts["recorded"]:
             return counts
-        time.sleep(0.05)
+        time.sleep(0.2)
     raise SystemExit("the bridge did not finish its replies in time")
+
+
+def profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """With `BENCH_PROFILE=dir`: py-spy samples the server (from core 1) into `dir`, as
+    collapsed stacks (`tests/bench/profile_top.py` sums them up)."""
+    directory = os.environ.get("BENCH_PROFILE")
+    if not directory:
+        return None
+    target = Path(directory) / out.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "1",
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+        ]
+        + ["--nonblocking", "-p", str(pid), "-o", str(target)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def measure(
@@ -168,20 +234,26 @@ def measure(
     connections: int,
     log: Path,
     *,
-    bridge: bool,
+    replies: bool,
+    check: Callable[[int], None] | None = None,
+    cwd: Path | None = None,
 ) -> dict[str, float]:
-    """Warm up, then one measured wrk run; CPU per request, and for the bridge the replies."""
+    """Warm up, then one measured wrk run; CPU per request, and with `replies` the time until
+    every reply is sent."""
     with log.open("w") as fh:
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh)
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh, cwd=cwd
+        )
     try:
         wait_ready(port)
         run_wrk(port, scripts[0], 2, connections)  # warm-up, its own deliveries
-        before = wait_replied(port) if bridge else {}
+        before = wait_replied(port) if replies else {}
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        spy = profiler(proc.pid, log.with_suffix(".pyspy.txt"))
         result = run_wrk(port, scripts[1], seconds, connections)
         cpu1 = cpu_seconds(proc.pid)
         result["cpu_us"] = (cpu1 - cpu0) / result["requests"] * 1e6
-        if bridge:
+        if replies:
             after = wait_replied(port)
             elapsed = time.monotonic() - t0
             recorded = after["recorded"] - before["recorded"]
@@ -189,99 +261,238 @@ def measure(
             result["duplicates"] = after["duplicates"] - before["duplicates"]
             result["replied_per_s"] = recorded / elapsed
             result["cpu_us_replied"] = (cpu_seconds(proc.pid) - cpu0) / recorded * 1e6
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        if check is not None:
+            check(port)
         return result
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
 
 
+COLUMNS = ("bare-asyncio", "bare-uvloop", "pywa", "message", "status")
+NAMES = {
+    "bare-asyncio": "bare aiohttp handler (read body, 200), asyncio",
+    "bare-uvloop": "bare aiohttp handler (read body, 200), uvloop: the floor",
+    "pywa": f"pywa {peers.PYWA_VERSION}, FastAPI + uvicorn[standard] (signature, dedupe, history)",
+    "message": "bridge, messages (verify, dedupe, journal fsync, 200; echo reply journaled, sent)",
+    "status": "bridge, status webhooks only (verify, journal fsync, 200)",
+}
+
+
+class Bench:
+    """Deliveries, scripts and ports of one run; `run(column)` measures one column once."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.tmp = tmp
+        self.args = args
+        self.scripts: dict[str, tuple[Path, Path]] = {}
+        for kind in ("message", "status"):
+            pair = []
+            for part, count, first in (
+                ("warm-up", 20_000, 50_000_000),
+                ("measured", args.deliveries, 0),
+            ):
+                directory = tmp / kind / part
+                directory.mkdir(parents=True)
+                bodies, sigs = write_bench_deliveries(directory, count, kind, first)
+                script = directory / "wrk.lua"
+                script.write_text(LUA % {"bodies": bodies, "sigs": sigs})
+                pair.append(script)
+            self.scripts[kind] = (pair[0], pair[1])
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        self.runs = 0
+
+    def run(self, column: str) -> dict[str, float]:
+        self.runs += 1
+        port = free_port()
+        log = self.tmp / f"{column}-{self.runs}.log"
+        common = (self.args.seconds, self.args.connections, log)
+        if column.startswith("bare-"):
+            cmd = [sys.executable, "-c", peers.BARE, str(port), column.removeprefix("bare-")]
+            return measure(cmd, self.env, port, self.scripts["message"], *common, replies=False)
+        if column == "pywa":
+            cmd = [str(peers.pywa_python()), "-c", peers.PYWA, str(port), SECRET]
+            return measure(
+                cmd,
+                self.env,
+                port,
+                self.scripts["message"],
+                *common,
+                replies=False,
+                check=pywa_kept,
+            )
+        var = self.tmp / f"var-{self.runs}"
+        env = {
+            **self.env,
+            "BRIDGE_APP_SECRET": SECRET,
+            "BRIDGE_VERIFY_TOKEN": "v",
+            "BRIDGE_VAR_DIR": str(var),
+            "BRIDGE_PORT": str(port),
+            "BRIDGE_LOG_FORMAT": "json",
+            "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
+            # Every message gets its own reply, as before the debounce existed.
+            "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
+            # One send per reply: the read receipt would be a second call to the Graph API.
+            "BRIDGE_READ_RECEIPTS": "false",
+        }
+        if "BENCH_EVENT_LOOP" in os.environ:
+            env["BRIDGE_EVENT_LOOP"] = os.environ["BENCH_EVENT_LOOP"]
+        cwd = None
+        if column.endswith("-baseline"):
+            # Another checkout's bridge (`--baseline DIR`), in this run, for before/after:
+            # `python -m` finds the package in its working directory first.
+            cwd = self.args.baseline
+            column = column.removesuffix("-baseline")
+        cmd = [sys.executable, "-m", "bridge", "serve"]
+        if column == "status":
+            try:
+                return measure(
+                    cmd, env, port, self.scripts["status"], *common, replies=False, cwd=cwd
+                )
+            finally:
+                shutil.rmtree(var, ignore_errors=True)
+        graph_port = free_port()
+        graph = subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, "-c", peers.GRAPH, str(graph_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        env |= {
+            "BRIDGE_ACCESS_TOKEN": "bench-token",
+            "BRIDGE_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+            "BRIDGE_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
+        }
+        try:
+            return measure(cmd, env, port, self.scripts["message"], *common, replies=True, cwd=cwd)
+        finally:
+            graph.terminate()
+            graph.wait(timeout=30)
+            shutil.rmtree(var, ignore_errors=True)
+
+
+def pywa_kept(port: int) -> None:
+    """The pywa peer's handler really ran: its history holds messages (its /readyz counts)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        kept = int(json.loads(resp.read())["messages"])
+    if kept == 0:
+        raise SystemExit("the pywa peer kept no message: its handler did not run")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="repeat every column; medians")
+    parser.add_argument("--columns", default=",".join(COLUMNS), help="a comma-separated subset")
     parser.add_argument(
         "--deliveries",
         type=int,
         default=100_000,
         help="unique deliveries for the measured run (wrk repeats them past the end)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier bridge: its message and status columns are measured too",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    columns = [c for c in args.columns.split(",") if c]
+    if args.baseline:
+        args.baseline = args.baseline.resolve()
+        columns += [f"{c}-baseline" for c in columns if c in ("message", "status")]
+    unknown = {c.removesuffix("-baseline") for c in columns} - set(COLUMNS)
+    if unknown:
+        parser.error(f"unknown columns: {', '.join(sorted(unknown))}")
+    if "pywa" in columns:
+        peers.pywa_python()  # created before anything is measured
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in columns}
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        scripts = []
-        for part, count in (("warm-up", 20_000), ("measured", args.deliveries)):
-            (tmp / part).mkdir()
-            bodies, sigs = write_deliveries(tmp / part, count)
-            script = tmp / f"{part}.lua"
-            script.write_text(LUA % {"bodies": bodies, "sigs": sigs})
-            scripts.append(script)
-        pair = (scripts[0], scripts[1])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-        bare_port, bridge_port = free_port(), free_port()
-        bare = measure(
-            [sys.executable, "-c", BARE, str(bare_port)],
-            env,
-            bare_port,
-            pair,
-            args.seconds,
-            args.connections,
-            tmp / "bare.log",
-            bridge=False,
-        )
-        bridge_env = {
-            **env,
-            "BRIDGE_APP_SECRET": SECRET,
-            "BRIDGE_VERIFY_TOKEN": "v",
-            "BRIDGE_VAR_DIR": str(tmp / "var"),
-            "BRIDGE_PORT": str(bridge_port),
-            "BRIDGE_LOG_FORMAT": "json",
-            "BRIDGE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"),
-            # Every message gets its own reply, as before the debounce existed.
-            "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
-        }
-        bridge = measure(
-            [sys.executable, "-m", "bridge", "serve"],
-            bridge_env,
-            bridge_port,
-            pair,
-            args.seconds,
-            args.connections,
-            tmp / "bridge.log",
-            bridge=True,
-        )
-    table = render(bare, bridge, args.connections, args.seconds)
-    publish(table, args.out)
+        bench = Bench(Path(tmp_name), args)
+        for _ in range(args.rounds):
+            for column in columns:
+                results[column].append(bench.run(column))
+                print(f"{column}: {results[column][-1]['rps']:.0f} req/s", file=sys.stderr)
+    publish(render(results, args), args.out)
 
 
-def render(bare: dict[str, float], bridge: dict[str, float], connections: int, seconds: int) -> str:
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _ratio(results: dict[str, list[dict[str, float]]], top: str, bottom: str) -> str:
+    """The median over rounds of top/bottom requests per second, each pair from one round."""
+    if top not in results or bottom not in results:
+        return "-"
+    pairs = zip(results[top], results[bottom], strict=True)
+    return f"{statistics.median(t['rps'] / b['rps'] for t, b in pairs):.2f}"
+
+
+def _per_core(results: dict[str, list[dict[str, float]]], top: str, bottom: str) -> str:
+    """The same ratio from CPU time: what one quiet core would give (bottom's CPU per request
+    over top's), which the other agents on a shared machine disturb far less than req/s.
+    A message's CPU is all of it, its reply included."""
+    if top not in results or bottom not in results:
+        return "-"
+
+    def cost(run: dict[str, float]) -> float:
+        return run.get("cpu_us_replied", run["cpu_us"])
+
+    pairs = zip(results[top], results[bottom], strict=True)
+    return f"{statistics.median(cost(b) / cost(t) for t, b in pairs):.2f}"
+
+
+def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+    rounds = len(next(iter(results.values()), []))
     lines = [
-        f"wrk -t1 -c{connections} -d{seconds}s; server on core 0, wrk on core 1; "
-        "CPU = server process time per request",
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s; server on core 0, wrk on core 1; "
+        f"median of {rounds} round(s); CPU = server process time per request",
         "",
-        "| server | requests/s | p50 ms | p99 ms | max ms | non-2xx | CPU us/request |",
+        "| server | requests/s | p50 ms | p99 ms | max ms | non-2xx | CPU µs/request |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [
-        ("bare aiohttp handler (read body, 200)", bare),
-        ("bridge serve (verify, parse, dedupe, journal fsync, 200)", bridge),
-    ]
-    lines += [
-        f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} "
-        f"| {r['errors']:.0f} | {r['cpu_us']:.0f} |"
-        for name, r in rows
-    ]
-    lines.append(
-        f"| **ratio bridge / bare** | **{bridge['rps'] / bare['rps']:.2f}** | | | | "
-        f"| {bridge['cpu_us'] / bare['cpu_us']:.1f}x |"
-    )
+    for column, runs in results.items():
+        name = NAMES[column.removesuffix("-baseline")]
+        if column.endswith("-baseline"):
+            name = f"baseline ({args.baseline.name}): {name}"
+        lines.append(
+            f"| {name} | {_median(runs, 'rps'):,.0f} | {_median(runs, 'p50'):.2f} "
+            f"| {_median(runs, 'p99'):.2f} | {_median(runs, 'max'):.1f} "
+            f"| {_median(runs, 'errors'):.0f} | {_median(runs, 'cpu_us'):.0f} |"
+        )
     lines += [
         "",
-        f"Bridge, whole message path (200, assistant reply journaled, sent, sent status "
-        f"journaled): {bridge['recorded']:.0f} new messages, {bridge['duplicates']:.0f} "
-        f"redelivered; every reply done at {bridge['replied_per_s']:.0f} messages/s "
-        f"({bridge['cpu_us_replied']:.0f} us CPU per message, all included).",
+        "| ratio (median of the rounds' ratios) | requests/s | per core (CPU) | target |",
+        "|---|---|---|---|",
     ]
+    pairs = [
+        ("bridge messages / pywa", "message", "pywa", "≥ 1.5"),
+        ("bridge status / bare on uvloop", "status", "bare-uvloop", "≥ 0.4"),
+        ("bridge messages / bare on uvloop", "message", "bare-uvloop", ""),
+        ("bare on uvloop / bare on asyncio", "bare-uvloop", "bare-asyncio", ""),
+        ("bridge messages / baseline", "message", "message-baseline", ""),
+        ("bridge status / baseline", "status", "status-baseline", ""),
+    ]
+    for name, top, bottom, target in pairs:
+        if top in results and bottom in results:
+            bold = "**" if target else ""
+            lines.append(
+                f"| {name} | {bold}{_ratio(results, top, bottom)}{bold} "
+                f"| {_per_core(results, top, bottom)} | {target} |"
+            )
+    if "message" in results:
+        runs = results["message"]
+        lines += [
+            "",
+            f"Bridge, whole message path (200, echo reply journaled, sent to the Graph API, its "
+            f"outcome journaled), median run: {_median(runs, 'recorded'):,.0f} new messages, "
+            f"{_median(runs, 'duplicates'):.0f} redelivered; every reply done at "
+            f"{_median(runs, 'replied_per_s'):,.0f} messages/s "
+            f"({_median(runs, 'cpu_us_replied'):.0f} µs CPU per message, all included).",
+        ]
     return "\n".join(lines)
 
 

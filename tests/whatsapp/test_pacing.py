@@ -77,3 +77,19 @@ async def test_pacer_waits_are_cancellable() -> None:
     assert not waiting.done()
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_many_recipients_at_once_cost_no_walk_per_send() -> None:
+    """Past 10,000 recipients within one interval, each send used to walk them all."""
+    pacer = PairPacer(interval=6.0, burst=4)
+    started = time.monotonic()
+    for n in range(40_000):
+        await pacer.wait(f"346{n:08d}")
+    assert time.monotonic() - started < 5.0
+
+
+async def test_recipients_whose_bucket_refilled_are_forgotten() -> None:
+    pacer = PairPacer(interval=1e-9, burst=1)  # full again at once
+    for n in range(50_000):
+        await pacer.wait(f"346{n:08d}")
+    assert pacer.remembered() <= 10_001
