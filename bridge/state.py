@@ -9,16 +9,19 @@ from the snapshot's start over it yields the exact final state.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
+from bridge.errors import CorruptStateError
 from bridge.events import EVENT_TYPES, apply_event
 from bridge.identities import merge_conversation
 from bridge.media.entry import has_work, stored_file
+from bridge.persistence import packed
 from bridge.records import (
     ConversationDeleted,
     IdentityLinked,
@@ -164,12 +167,14 @@ class State:
         self.settings = settings
         cap = settings.max_messages
         for conv in self.conversations.values():
-            if conv.messages.maxlen != cap:
-                for _ in range(len(conv.messages) - cap):
+            if conv.cap == cap:
+                continue
+            if conv.count > cap:  # decodes a cold conversation: only those over the new cap
+                for _ in range(conv.count - cap):
                     dropped = conv.messages.popleft()
                     self._forget_reply(dropped)
                     self._forget_media(dropped)
-                conv.messages = deque(conv.messages, maxlen=cap)
+            conv.recap(cap)
 
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
@@ -318,13 +323,34 @@ class State:
                 self.erased_seen[erased_id(message.id)] = at
 
     def add_conversation(self, conv: Conversation) -> None:
-        """Install a conversation loaded from a snapshot or an import."""
+        """Install a conversation loaded from a snapshot or an import (cold or not)."""
         self.conversations[conv.key] = conv
-        for message in conv.messages:
-            self._index_reply(conv.key, message)
-            if message.extra is not None:
-                self._index_media(conv.key, message)
+        cold = conv.cold
+        if cold is not None:
+            self._index_cold(conv.key, cold)
+        else:
+            for message in conv.messages:
+                self._index_reply(conv.key, message)
+                if message.extra is not None:
+                    self._index_media(conv.key, message)
         self.seq = max(self.seq, conv.seq)
+
+    def _index_cold(self, key: str, cold: bytes) -> None:
+        """Index a cold conversation from its packed index, without decoding its messages."""
+        try:
+            replies, media = packed.index(cold)
+            for local_id, *wamids in replies:
+                ref = (key, local_id)
+                self.replies[local_id] = ref
+                for wamid in wamids:
+                    self.replies[wamid] = ref
+            for message_id, name, work in media:
+                if work:
+                    self.media_jobs[message_id] = key
+                if name is not None:
+                    self.media_files[name] = (key, message_id)
+        except (packed.PackError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"conversation {key!r}: malformed index ({exc})") from None
 
     def prune_seen(self, now_ms: int) -> int:
         """Forget ids older than Meta's redelivery horizon; returns how many were dropped."""
@@ -366,7 +392,7 @@ class State:
             yield conv.view()
 
     def message_count(self) -> int:
-        return sum(len(c.messages) for c in self.conversations.values())
+        return sum(c.count for c in self.conversations.values())
 
     def expired(self, now_ms: int, retention_ms: int) -> list[ConversationDeleted]:
         """Erasures of the conversations idle longer than the retention period, each bounded
@@ -398,6 +424,23 @@ class State:
     def outbox_keys(self) -> list[str]:
         """Conversations with replies queued, in the order their oldest reply was queued."""
         return list(self._outbox_by_key)
+
+
+def packed_parts(conv: Conversation) -> tuple[bytes, bytes]:
+    """A conversation's messages JSON and index JSON (bridge/persistence/packed.py), for a
+    snapshot to compress in its writer thread: the index says, without decoding the
+    messages, what `add_conversation` indexes of them."""
+    replies: list[list[str]] = []
+    media: list[list[Any]] = []
+    for message in conv.messages:
+        if message.role == "assistant" and message.id is not None:
+            replies.append([message.id, *message.wamids])
+        if message.extra is not None and message.id is not None:
+            work, name = has_work(message), stored_file(message)
+            if work or name is not None:
+                media.append([message.id, name, 1 if work else 0])
+    rows = orjson.dumps([m.to_dict() for m in conv.messages])
+    return rows, packed.encode_index(replies, media)
 
 
 def erased_id(message_id: str) -> str:
