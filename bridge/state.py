@@ -36,9 +36,7 @@ from bridge.records import (
     SettingsChanged,
     StatusChanged,
 )
-
-# Meta redelivers an unacknowledged delivery for up to 7 days; remember ids a day longer.
-SEEN_TTL_MS = 8 * 24 * 3600 * 1000
+from bridge.seen import SEEN_TTL_MS, SeenSet
 
 
 class State:
@@ -52,7 +50,8 @@ class State:
     def __init__(self, settings: StoreSettings | None = None) -> None:
         self.settings = settings
         self.conversations: dict[str, Conversation] = {}
-        self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
+        # Inbound wamid -> receive time (ms), kept 8 to 9 days (bridge/seen.py).
+        self.seen = SeenSet()
         # The same for the messages of erased conversations, keyed by `erased_id(wamid)`:
         # Meta's wamids embed the sender's phone number, which must not outlive an erasure,
         # while a redelivery of an erased message must still be recognised (not stored again).
@@ -233,7 +232,7 @@ class State:
         self, seq: int, key: str, message: Message, contact_name: str | None, at_ms: int
     ) -> None:
         if message.role == "user" and message.id is not None:
-            self.seen.setdefault(message.id, at_ms)
+            self.seen.add(message.id, at_ms)
         conv = self.conversations.get(key)
         if conv is None:
             conv = Conversation(key, self.max_messages, at_ms)
@@ -318,7 +317,7 @@ class State:
     def _forget_seen(self, message: Message) -> None:
         """Keep an erased user message's id only as its one-way hash (see `erased_seen`)."""
         if message.role == "user" and message.id is not None:
-            at = self.seen.pop(message.id, None)
+            at = self.seen.pop(message.id)
             if at is not None:
                 self.erased_seen[erased_id(message.id)] = at
 
@@ -354,14 +353,17 @@ class State:
 
     def prune_seen(self, now_ms: int) -> int:
         """Forget ids older than Meta's redelivery horizon; returns how many were dropped."""
+        return sum(self.prune_seen_steps(now_ms))
+
+    def prune_seen_steps(self, now_ms: int) -> Iterator[int]:
+        """`prune_seen` in steps of bounded size, for a caller that yields to the event loop
+        between two: how many ids each step dropped."""
+        yield from self.seen.prune_steps(now_ms)
         cutoff = now_ms - SEEN_TTL_MS
-        stale = [wamid for wamid, ts in self.seen.items() if ts < cutoff]
-        for wamid in stale:
-            del self.seen[wamid]
         erased = [h for h, ts in self.erased_seen.items() if ts < cutoff]
         for digest in erased:
             del self.erased_seen[digest]
-        return len(stale) + len(erased)
+        yield len(erased)
 
     # -- queries --------------------------------------------------------------------------
 

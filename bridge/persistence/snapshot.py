@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from bridge import seen as seen_set
 from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
 from bridge.persistence import compression, packed
@@ -83,7 +84,7 @@ KNOWN_FLAGS = ZSTD | PACKED
 # Longest stretch of serialization (to_seed + orjson) on the loop between two yields. The
 # slice size adapts to it, so it holds whatever the conversations' sizes.
 SLICE_SECONDS = 0.003
-SEEN_PER_FRAME = 20_000  # ~2 ms to build and serialize
+SEEN_PER_FRAME = seen_set.STEP  # ~2 ms to build and serialize
 SYNC_EVERY = 8 * 1024 * 1024
 
 
@@ -283,13 +284,10 @@ async def write_snapshot(
                 progress(min(done, len(keys)), len(keys))
         if progress and not keys:
             progress(0, 0)
-        # Copying the dict is the one step that grows with the seen-set in one go (~20 ns an
-        # id, a C-level copy); it lets the frames below be cut from a stable view across
-        # yields, while new ids keep arriving in the live dict (the journal has those).
-        seen = state.seen.copy()
-        items = iter(seen.items())
-        for _ in range(0, len(seen), SEEN_PER_FRAME):
-            writer.add({"seen": dict(itertools.islice(items, SEEN_PER_FRAME))})
+        # Cut from the seen-set's day buckets a step at a time (bridge/seen.py): no step
+        # grows with the set, and ids arriving meanwhile are in the journal.
+        for seen in state.seen.frames():
+            writer.add({"seen": seen})
             await writer.flush()
             await asyncio.sleep(0)
         if state.aliases:

@@ -407,7 +407,8 @@ class DurableStore(Store):
             if expired:
                 await self.commit(expired)
                 self._log.info("retention_pruned", conversations=len(expired))
-            self.state.prune_seen(now_ms)
+            for _ in self.state.prune_seen_steps(now_ms):
+                await asyncio.sleep(0)  # a step is bounded; let requests in between
             segment = await self.journal.rotate()
             assert self._keyring is not None
             # Slicing keeps each step short, but a full GC triggered by the many short-lived
