@@ -84,6 +84,10 @@ KNOWN_FLAGS = ZSTD | PACKED
 # Longest stretch of serialization (to_seed + orjson) on the loop between two yields. The
 # slice size adapts to it, so it holds whatever the conversations' sizes.
 SLICE_SECONDS = 0.003
+# Bytes of packed conversations per frame: the cipher holds the GIL while it seals a frame
+# (about 1 ms a MB here), so a frame of a hundred untouched conversations, which costs the
+# loop almost nothing to gather, would otherwise stall it while sealed.
+FRAME_BYTES = 256 * 1024
 SEEN_PER_FRAME = seen_set.STEP  # ~2 ms to build and serialize
 SYNC_EVERY = 8 * 1024 * 1024
 
@@ -260,7 +264,9 @@ async def write_snapshot(
         while done < len(keys):
             started = time.perf_counter()
             entries: list[_Entry] = []
+            size = 0
             for key in keys[done : done + per_slice]:
+                done += 1
                 conv = state.conversations.get(key)
                 if conv is None:
                     continue  # deleted while we were yielding
@@ -268,12 +274,15 @@ async def write_snapshot(
                 if cold is not None:
                     line = orjson.dumps([key, conv.head(conv.settled)])
                     entries.append((line, cold, b"", b""))
+                    size += len(cold)
                 else:
                     rows, index = packed_parts(conv)
                     line = orjson.dumps([key, conv.head(conv.unanswered() is None)])
                     entries.append((line, None, rows, index))
+                    size += len(rows) // 4  # about what it compresses to
+                if size >= FRAME_BYTES or time.perf_counter() - started >= SLICE_SECONDS:
+                    break  # a run of touched conversations after many untouched ones
             writer.add_conversations(entries)
-            done += per_slice
             elapsed = time.perf_counter() - started
             per_slice = max(
                 1, min(per_slice * 2, int(per_slice * SLICE_SECONDS / max(elapsed, 1e-6)))
