@@ -9,6 +9,7 @@ from the snapshot's start over it yields the exact final state.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -63,8 +64,9 @@ class State:
         # scanning a long queue (after an outage it can hold thousands).
         self._outbox_by_key: dict[str, dict[str, OutboxItem]] = {}
         # A reply's local id and each of its wamids -> (conversation key, local id), so that
-        # Meta's status webhooks, which name wamids, find the reply.
-        self.replies: dict[str, tuple[str, str]] = {}
+        # Meta's status webhooks, which name wamids, find the reply; or -> the conversation
+        # key alone, for a conversation loaded packed (`reply_ref` finds the rest).
+        self.replies: dict[str, tuple[str, str] | str] = {}
         # Business-scoped user id -> the conversation key (a phone) of the same person.
         self.aliases: dict[str, str] = {}
         # Derived from the messages (so snapshots need nothing of their own): inbound media
@@ -84,7 +86,7 @@ class State:
             case MessageAdded(key, message, contact_name):
                 self._add_message(seq, key, message, contact_name, record.at_ms)
             case StatusChanged(message_id, status, error, wamids):
-                ref = self.replies.get(message_id)
+                ref = self.reply_ref(message_id)
                 conv = self.conversations.get(ref[0]) if ref is not None else None
                 if ref is None or conv is None:
                     return  # a status for a message we no longer hold (deleted, or not ours)
@@ -335,14 +337,12 @@ class State:
         self.seq = max(self.seq, conv.seq)
 
     def _index_cold(self, key: str, cold: bytes) -> None:
-        """Index a cold conversation from its packed index, without decoding its messages."""
+        """Index a cold conversation from its packed index, without decoding its messages:
+        its reply ids and wamids point to the conversation's key alone (resolved when a
+        status names one, `reply_ref`), so the index is built without a Python loop."""
         try:
             replies, media = packed.index(cold)
-            for local_id, *wamids in replies:
-                ref = (key, local_id)
-                self.replies[local_id] = ref
-                for wamid in wamids:
-                    self.replies[wamid] = ref
+            self.replies.update(zip(replies, itertools.repeat(key)))
             for message_id, name, work in media:
                 if work:
                     self.media_jobs[message_id] = key
@@ -350,6 +350,22 @@ class State:
                     self.media_files[name] = (key, message_id)
         except (packed.PackError, TypeError, ValueError) as exc:
             raise CorruptStateError(f"conversation {key!r}: malformed index ({exc})") from None
+
+    def reply_ref(self, message_id: str) -> tuple[str, str] | None:
+        """(conversation key, local id) of the reply `message_id` (a local id or a wamid)
+        names; for a reply indexed from a packed conversation, found in its messages."""
+        ref = self.replies.get(message_id)
+        if not isinstance(ref, str):
+            return ref
+        conv = self.conversations.get(ref)
+        for message in reversed(conv.messages if conv is not None else ()):
+            if (
+                message.role == "assistant"
+                and message.id is not None
+                and (message.id == message_id or message_id in message.wamids)
+            ):
+                return (ref, message.id)
+        return None
 
     def prune_seen(self, now_ms: int) -> int:
         """Forget ids older than Meta's redelivery horizon; returns how many were dropped."""
@@ -432,17 +448,21 @@ def packed_parts(conv: Conversation) -> tuple[bytes, bytes]:
     """A conversation's messages JSON and index JSON (bridge/persistence/packed.py), for a
     snapshot to compress in its writer thread: the index says, without decoding the
     messages, what `add_conversation` indexes of them."""
-    replies: list[list[str]] = []
+    replies: list[str] = []
     media: list[list[Any]] = []
+    rows = []
     for message in conv.messages:
-        if message.role == "assistant" and message.id is not None:
-            replies.append([message.id, *message.wamids])
-        if message.extra is not None and message.id is not None:
+        rows.append(message.to_dict())
+        if message.id is None:
+            continue
+        if message.role == "assistant":
+            replies.append(message.id)
+            replies.extend(message.wamids)
+        elif message.extra is not None:
             work, name = has_work(message), stored_file(message)
             if work or name is not None:
                 media.append([message.id, name, 1 if work else 0])
-    rows = orjson.dumps([m.to_dict() for m in conv.messages])
-    return rows, packed.encode_index(replies, media)
+    return orjson.dumps(rows), packed.encode_index(replies, media)
 
 
 def erased_id(message_id: str) -> str:

@@ -11,10 +11,10 @@ Packed form: `zstd(index length (u32 BE) | index JSON | messages JSON)`, one zst
 that the ids the index repeats cost almost nothing (Meta's ids are random: compressed apart
 they made a snapshot a third larger).
 - messages JSON: the seed's list of message objects (`Message.to_dict`), as in format v2;
-- index JSON: `[[[reply id, wamid, ...], ...], [[message id, stored file or null, 0|1], ...]]`,
-  what the store's indexes need from the messages without decoding them: the replies that
-  status webhooks name (by local id or wamid), and the media a worker still has to fetch
-  (the 1) or whose file the media store must keep.
+- index JSON: `[[reply id or wamid, ...], [[message id, stored file or null, 0|1], ...]]`,
+  what the store's indexes need from the messages without decoding them: the ids of its
+  replies and their wamids (one flat list: status webhooks name either), and the media a
+  worker still has to fetch (the 1) or whose file the media store must keep.
 
 The zstd header carries the plain size, which `plain_size` reads without decompressing (for
 `verify`'s ratio).
@@ -36,7 +36,6 @@ LENGTH = struct.Struct(">I")
 # is 16 MB; an import without a cap may hold more, never this much.
 MAX_PLAIN = 512 * 1024 * 1024
 
-ReplyRow = list[str]  # [local id, wamid, ...]
 MediaRow = list[Any]  # [message id, file name or None, 1 if work is left else 0]
 
 
@@ -75,7 +74,7 @@ def messages(packed: bytes) -> list[dict[str, Any]]:
     return rows
 
 
-def index(packed: bytes) -> tuple[list[ReplyRow], list[MediaRow]]:
+def index(packed: bytes) -> tuple[list[str], list[MediaRow]]:
     """The reply and media rows of a packed conversation (see the module's docstring)."""
     try:
         replies, media = orjson.loads(_parts(packed)[0])
@@ -92,5 +91,5 @@ def plain_size(packed: bytes) -> int:
         raise PackError("packed conversation without a valid zstd header") from None
 
 
-def encode_index(replies: Iterable[ReplyRow], media: Iterable[MediaRow]) -> bytes:
+def encode_index(replies: Iterable[str], media: Iterable[MediaRow]) -> bytes:
     return orjson.dumps([list(replies), list(media)])

@@ -81,7 +81,7 @@ def eager_state(convs: list[Conversation]) -> State:
 
 def indexes(state: State) -> dict[str, object]:
     return {
-        "replies": dict(state.replies),
+        "replies": sorted(state.replies),
         "media_jobs": dict(state.media_jobs),
         "media_files": dict(state.media_files),
         "seq": state.seq,
@@ -106,6 +106,8 @@ async def test_a_cold_conversation_decodes_exactly_as_the_eager_path(opened: Ope
     assert indexes(cold) == indexes(eager)
     assert "wamid.img.1" in cold.media_jobs and "f3.wam" in cold.media_files
     assert all(c.cold is not None for c in cold.conversations.values())
+    # A status finds the same reply either way (decoding the cold conversation it names).
+    assert {i: cold.reply_ref(i) for i in cold.replies} == dict(eager.replies)
     for key, conv in eager.conversations.items():
         thawed = cold.conversations[key]
         assert (thawed.count, thawed.appended, thawed.mode) == (
