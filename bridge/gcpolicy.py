@@ -24,6 +24,12 @@ ten or so young ones, so that is as often as traffic allocates, and nothing when
 from __future__ import annotations
 
 import gc
+import time
+
+# The longest collection since start, in seconds, per generation (for /metrics: the loop
+# watch shows stalls, this says which of them were the collector's).
+longest = [0.0, 0.0, 0.0]
+_started = 0.0
 
 
 def settle(*, collect: bool = True) -> None:
@@ -42,7 +48,13 @@ def install() -> None:
 
 
 def _after_collection(phase: str, info: dict[str, int]) -> None:
-    if phase == "stop" and info.get("generation") == 2:
+    global _started
+    if phase == "start":
+        _started = time.perf_counter()
+        return
+    generation = info.get("generation", 0)
+    longest[generation] = max(longest[generation], time.perf_counter() - _started)
+    if generation == 2:
         gc.freeze()
 
 

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from bridge import gcpolicy
+
 TICK = 0.01  # seconds; 100 wake-ups a second cost a few microseconds each
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -47,6 +49,16 @@ class LoopWatch:
             registry=registry,
         )
         self._max_cpu.set_function(lambda: self.max_cpu_lag)
+        self._gc = Gauge(
+            "whatsapp_bridge_gc_pause_max_seconds",
+            "Longest garbage collection since start, per generation (2: full)",
+            ["generation"],
+            registry=registry,
+        )
+        for generation in range(3):
+            self._gc.labels(str(generation)).set_function(
+                lambda g=generation: gcpolicy.longest[g]  # type: ignore[misc]
+            )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
