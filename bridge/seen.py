@@ -60,6 +60,11 @@ class SeenSet:
             self._times[message_id] = at_ms
             self._bucket(at_ms // DAY_MS).append(message_id)
 
+    def setdefault(self, message_id: str, at_ms: int) -> int:
+        """`add`, answering the receive time kept (as a dict's `setdefault`)."""
+        self.add(message_id, at_ms)
+        return self._times[message_id]
+
     def _bucket(self, day: int) -> list[str]:
         bucket = self._days.get(day)
         if bucket is None:

@@ -27,6 +27,7 @@ def test_an_id_is_kept_once_across_a_day_boundary() -> None:
     seen.add("wamid.late", DAY0 + DAY_MS - 1)  # 23:59:59.999
     seen.add("wamid.late", DAY0 + DAY_MS + 1)  # redelivered after midnight
     seen.update({"wamid.late": DAY0 + 2 * DAY_MS, "wamid.new": DAY0 + 2 * DAY_MS})
+    assert seen.setdefault("wamid.late", DAY0 + 3 * DAY_MS) == DAY0 + DAY_MS - 1
     assert len(seen) == 2 and seen["wamid.late"] == DAY0 + DAY_MS - 1  # the first receipt
     assert seen.days() == {20_400: 1, 20_402: 1}
     assert [dict(f) for f in seen.frames()] == [
