@@ -516,6 +516,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         state, what = read_state(profile, info), f"profile {profile.slug!r} store"
         directory = layout.media_dir(profile.state_dir)
+    for conv in state.conversations.values():
+        conv.messages  # noqa: B018 (decodes a packed conversation: CorruptStateError if bad)
     media = admin_media.check_media(admin_media.media_store(profile, keyring, directory), state)
     summary = _summary(state)
     if media.damaged:
@@ -528,6 +530,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "snapshot": info.version or None,
             "frames": info.frames,
             "compressed_frames": info.compressed_frames,
+            "packed_conversations": info.cold,
             "bytes": info.file_bytes,
             "json_bytes": info.json_bytes,
         }

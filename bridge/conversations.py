@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 
+from bridge.errors import CorruptStateError
+from bridge.persistence import packed
+
 # Delivery states of an outgoing message, in the order Meta reports them. Meta may deliver
 # statuses out of order (a "delivered" after a "read"); we never move a message backwards.
 # "logged": no access token, the reply was written to the log instead of sent (final).
@@ -231,23 +234,37 @@ class ConversationView:
 
 
 class Conversation:
-    """The mutable per-user record inside the store; never handed out directly."""
+    """The mutable per-user record inside the store; never handed out directly.
+
+    A conversation loaded from a snapshot starts *cold*: its messages stay the packed bytes
+    they were stored as (bridge/persistence/packed.py) until something reads `messages`,
+    which decodes them once, transparently. Everything else (times, name, mode, counts) is
+    plain fields, readable without decoding."""
 
     __slots__ = (
+        "_cap",
+        "_cold",
+        "_count",
+        "_messages",
+        "_settled",
         "appended",
         "contact_name",
         "first_interaction",
         "key",
         "last_activity",
         "last_user_message",
-        "messages",
         "mode",
         "seq",
     )
 
     def __init__(self, key: str, cap: int | None, now_ms: int) -> None:
         self.key = key
-        self.messages: deque[Message] = deque(maxlen=cap)
+        self._messages: deque[Message] | None = deque(maxlen=cap)
+        # Cold: the packed messages (and their count, and whether `unanswered` is None).
+        self._cold: bytes | None = None
+        self._cap = cap
+        self._count = 0
+        self._settled = False
         self.first_interaction = now_ms
         self.last_activity = now_ms
         self.last_user_message: int | None = None
@@ -258,6 +275,81 @@ class Conversation:
         # Messages ever appended, including those the cap dropped: message i of `messages`
         # is number `appended - len(messages) + i`. A bounded erasure names a count.
         self.appended = 0
+
+    @property
+    def messages(self) -> deque[Message]:
+        """The messages, oldest first (decoded now if the conversation was cold)."""
+        messages = self._messages
+        return messages if messages is not None else self._thaw()
+
+    @messages.setter
+    def messages(self, value: deque[Message]) -> None:
+        self._messages, self._cold, self._cap = value, None, value.maxlen
+
+    @property
+    def cold(self) -> bytes | None:
+        """The packed messages while nothing has decoded them since loading, else None."""
+        return self._cold
+
+    @property
+    def count(self) -> int:
+        """How many messages it holds, without decoding a cold conversation."""
+        return self._count if self._messages is None else len(self._messages)
+
+    @property
+    def cap(self) -> int | None:
+        return self._cap if self._messages is None else self._messages.maxlen
+
+    def recap(self, cap: int | None) -> None:
+        """Change the cap of a conversation that holds no more than `cap` messages."""
+        if self._messages is None:
+            self._cap = cap
+        elif self._messages.maxlen != cap:
+            self._messages = deque(self._messages, maxlen=cap)
+
+    def _thaw(self) -> deque[Message]:
+        assert self._cold is not None
+        try:
+            rows = packed.messages(self._cold)
+        except packed.PackError as exc:
+            raise CorruptStateError(f"conversation {self.key!r}: {exc}") from None
+        messages = deque(map(Message.from_dict, rows), maxlen=self._cap)
+        if len(messages) != self._count:
+            raise CorruptStateError(
+                f"conversation {self.key!r}: {len(messages)} messages stored, "
+                f"{self._count} announced"
+            )
+        self._messages, self._cold = messages, None
+        return messages
+
+    @classmethod
+    def frozen(cls, key: str, data: dict[str, Any], cold: bytes, cap: int | None) -> Conversation:
+        """A cold conversation: `data` is its seed object without `messages` (`head`), `cold`
+        its packed messages."""
+        conv = cls(key, cap, 0)
+        conv._messages, conv._cold = None, cold
+        count = data.get("count")
+        if type(count) is not int or count < 0:
+            raise ValueError(f"malformed message count: {_shown(count)}")
+        conv._count = count
+        conv._settled = data.get("settled") is True
+        conv._set_fields(data, None)
+        return conv
+
+    def head(self, settled: bool) -> dict[str, Any]:
+        """The seed object without its messages, plus their `count` and, when `settled`,
+        that no user message waits for an answer (`unanswered` is None): what a snapshot
+        stores beside the packed messages."""
+        out = self._fields()
+        out["count"] = self.count
+        if settled:
+            out["settled"] = True
+        return out
+
+    @property
+    def settled(self) -> bool:
+        """Known without decoding that no user message waits for an answer (cold only)."""
+        return self._messages is None and self._settled
 
     def append(self, message: Message, at_ms: int | None = None) -> None:
         """Add a message received (or produced) at `at_ms` (default: its own timestamp); the
@@ -304,6 +396,8 @@ class Conversation:
         """The newest user message (that `wants_reply`) if no reply answers it or any user
         message after the newest one answered: the one to answer (with the run before it as
         history) after a crash or a stop interrupted the replier."""
+        if self.settled:
+            return None  # known when it was packed: no need to decode it to tell
         answered = {m.reply_to for m in self.messages if m.role == "assistant" and m.reply_to}
         last_user: Message | None = None
         for message in reversed(self.messages):
@@ -330,8 +424,10 @@ class Conversation:
 
     def to_seed(self) -> dict[str, Any]:
         """The seed's conversation object, plus our optional fields."""
+        return {"messages": [m.to_dict() for m in self.messages], **self._fields()}
+
+    def _fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "messages": [m.to_dict() for m in self.messages],
             "lastActivity": self.last_activity,
             "firstInteraction": self.first_interaction,
         }
@@ -343,26 +439,35 @@ class Conversation:
             out["mode"] = self.mode.to_dict()
         if self.seq:
             out["seq"] = self.seq
-        if self.appended != len(self.messages):
+        if self.appended != self.count:
             out["appended"] = self.appended
         return out
 
-    @classmethod
-    def from_seed(cls, key: str, data: dict[str, Any], cap: int | None) -> Conversation:
-        messages = [Message.from_dict(m) for m in data.get("messages", [])]
-        first = int(data.get("firstInteraction") or (messages[0].timestamp if messages else 0))
-        conv = cls(key, cap, first)
-        conv.messages.extend(messages)
-        conv.last_activity = int(data.get("lastActivity") or first)
-        user_times = [m.timestamp for m in messages if m.role == "user"]
+    def _set_fields(self, data: dict[str, Any], messages: list[Message] | None) -> None:
+        """The fields of a seed object; `messages` (None for a cold one) supply the defaults
+        of files that predate a field."""
+        first = data.get("firstInteraction") or (messages[0].timestamp if messages else 0)
+        self.first_interaction = int(first)
+        self.last_activity = int(data.get("lastActivity") or first)
         last_user = data.get("lastUserMessage")
-        conv.last_user_message = int(last_user) if last_user else max(user_times, default=None)
-        conv.contact_name = data.get("name")
+        if last_user:
+            self.last_user_message = int(last_user)
+        elif messages is not None:
+            user_times = [m.timestamp for m in messages if m.role == "user"]
+            self.last_user_message = max(user_times, default=None)
+        self.contact_name = data.get("name")
         mode = data.get("mode")
         if mode is not None:
             if not isinstance(mode, dict):
                 raise ValueError(f"malformed conversation mode: {_shown(mode)}")
-            conv.mode = ConversationMode.from_dict(mode)
-        conv.seq = int(data.get("seq") or 0)
-        conv.appended = max(len(conv.messages), int(data.get("appended") or 0))
+            self.mode = ConversationMode.from_dict(mode)
+        self.seq = int(data.get("seq") or 0)
+        self.appended = max(self.count, int(data.get("appended") or 0))
+
+    @classmethod
+    def from_seed(cls, key: str, data: dict[str, Any], cap: int | None) -> Conversation:
+        messages = [Message.from_dict(m) for m in data.get("messages", [])]
+        conv = cls(key, cap, 0)
+        conv.messages.extend(messages)
+        conv._set_fields(data, messages)
         return conv

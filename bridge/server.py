@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from bridge import eventloop
+from bridge import eventloop, gcpolicy
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
@@ -98,6 +98,9 @@ async def _serve_until_stopped(
         webhook=[f"{u}/webhook" for u in urls[:1]],
         event_loop=eventloop.running(),
     )
+    # Start-up made its own long-lived objects after the store froze its state (the app,
+    # the runtimes, the replies owed): out of every later collection's way too.
+    gcpolicy.settle()
     notifier.ready(f"serving {len(runtimes)} profile(s) on {', '.join(urls)}")
     try:
         await stop.wait()

@@ -9,16 +9,20 @@ from the snapshot's start over it yields the exact final state.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import orjson
+
 from bridge.config import StoreSettings
 from bridge.conversations import Conversation, ConversationView, Message
+from bridge.errors import CorruptStateError
 from bridge.events import EVENT_TYPES, apply_event
 from bridge.identities import merge_conversation
 from bridge.media.entry import has_work, stored_file
+from bridge.persistence import packed
 from bridge.records import (
     ConversationDeleted,
     IdentityLinked,
@@ -33,9 +37,7 @@ from bridge.records import (
     SettingsChanged,
     StatusChanged,
 )
-
-# Meta redelivers an unacknowledged delivery for up to 7 days; remember ids a day longer.
-SEEN_TTL_MS = 8 * 24 * 3600 * 1000
+from bridge.seen import SEEN_TTL_MS, SeenSet
 
 
 class State:
@@ -49,7 +51,8 @@ class State:
     def __init__(self, settings: StoreSettings | None = None) -> None:
         self.settings = settings
         self.conversations: dict[str, Conversation] = {}
-        self.seen: dict[str, int] = {}  # inbound wamid -> receive time (ms)
+        # Inbound wamid -> receive time (ms), kept 8 to 9 days (bridge/seen.py).
+        self.seen = SeenSet()
         # The same for the messages of erased conversations, keyed by `erased_id(wamid)`:
         # Meta's wamids embed the sender's phone number, which must not outlive an erasure,
         # while a redelivery of an erased message must still be recognised (not stored again).
@@ -61,8 +64,9 @@ class State:
         # scanning a long queue (after an outage it can hold thousands).
         self._outbox_by_key: dict[str, dict[str, OutboxItem]] = {}
         # A reply's local id and each of its wamids -> (conversation key, local id), so that
-        # Meta's status webhooks, which name wamids, find the reply.
-        self.replies: dict[str, tuple[str, str]] = {}
+        # Meta's status webhooks, which name wamids, find the reply; or -> the conversation
+        # key alone, for a conversation loaded packed (`reply_ref` finds the rest).
+        self.replies: dict[str, tuple[str, str] | str] = {}
         # Business-scoped user id -> the conversation key (a phone) of the same person.
         self.aliases: dict[str, str] = {}
         # Derived from the messages (so snapshots need nothing of their own): inbound media
@@ -82,7 +86,7 @@ class State:
             case MessageAdded(key, message, contact_name):
                 self._add_message(seq, key, message, contact_name, record.at_ms)
             case StatusChanged(message_id, status, error, wamids):
-                ref = self.replies.get(message_id)
+                ref = self.reply_ref(message_id)
                 conv = self.conversations.get(ref[0]) if ref is not None else None
                 if ref is None or conv is None:
                     return  # a status for a message we no longer hold (deleted, or not ours)
@@ -164,12 +168,14 @@ class State:
         self.settings = settings
         cap = settings.max_messages
         for conv in self.conversations.values():
-            if conv.messages.maxlen != cap:
-                for _ in range(len(conv.messages) - cap):
+            if conv.cap == cap:
+                continue
+            if conv.count > cap:  # decodes a cold conversation: only those over the new cap
+                for _ in range(conv.count - cap):
                     dropped = conv.messages.popleft()
                     self._forget_reply(dropped)
                     self._forget_media(dropped)
-                conv.messages = deque(conv.messages, maxlen=cap)
+            conv.recap(cap)
 
     def queue_reply(self, item: OutboxItem) -> None:
         self.outbox[item.id] = item
@@ -228,7 +234,7 @@ class State:
         self, seq: int, key: str, message: Message, contact_name: str | None, at_ms: int
     ) -> None:
         if message.role == "user" and message.id is not None:
-            self.seen.setdefault(message.id, at_ms)
+            self.seen.add(message.id, at_ms)
         conv = self.conversations.get(key)
         if conv is None:
             conv = Conversation(key, self.max_messages, at_ms)
@@ -313,29 +319,67 @@ class State:
     def _forget_seen(self, message: Message) -> None:
         """Keep an erased user message's id only as its one-way hash (see `erased_seen`)."""
         if message.role == "user" and message.id is not None:
-            at = self.seen.pop(message.id, None)
+            at = self.seen.pop(message.id)
             if at is not None:
                 self.erased_seen[erased_id(message.id)] = at
 
     def add_conversation(self, conv: Conversation) -> None:
-        """Install a conversation loaded from a snapshot or an import."""
+        """Install a conversation loaded from a snapshot or an import (cold or not)."""
         self.conversations[conv.key] = conv
-        for message in conv.messages:
-            self._index_reply(conv.key, message)
-            if message.extra is not None:
-                self._index_media(conv.key, message)
+        cold = conv.cold
+        if cold is not None:
+            self._index_cold(conv.key, cold)
+        else:
+            for message in conv.messages:
+                self._index_reply(conv.key, message)
+                if message.extra is not None:
+                    self._index_media(conv.key, message)
         self.seq = max(self.seq, conv.seq)
+
+    def _index_cold(self, key: str, cold: bytes) -> None:
+        """Index a cold conversation from its packed index, without decoding its messages:
+        its reply ids and wamids point to the conversation's key alone (resolved when a
+        status names one, `reply_ref`), so the index is built without a Python loop."""
+        try:
+            replies, media = packed.index(cold)
+            self.replies.update(zip(replies, itertools.repeat(key)))
+            for message_id, name, work in media:
+                if work:
+                    self.media_jobs[message_id] = key
+                if name is not None:
+                    self.media_files[name] = (key, message_id)
+        except (packed.PackError, TypeError, ValueError) as exc:
+            raise CorruptStateError(f"conversation {key!r}: malformed index ({exc})") from None
+
+    def reply_ref(self, message_id: str) -> tuple[str, str] | None:
+        """(conversation key, local id) of the reply `message_id` (a local id or a wamid)
+        names; for a reply indexed from a packed conversation, found in its messages."""
+        ref = self.replies.get(message_id)
+        if not isinstance(ref, str):
+            return ref
+        conv = self.conversations.get(ref)
+        for message in reversed(conv.messages if conv is not None else ()):
+            if (
+                message.role == "assistant"
+                and message.id is not None
+                and (message.id == message_id or message_id in message.wamids)
+            ):
+                return (ref, message.id)
+        return None
 
     def prune_seen(self, now_ms: int) -> int:
         """Forget ids older than Meta's redelivery horizon; returns how many were dropped."""
+        return sum(self.prune_seen_steps(now_ms))
+
+    def prune_seen_steps(self, now_ms: int) -> Iterator[int]:
+        """`prune_seen` in steps of bounded size, for a caller that yields to the event loop
+        between two: how many ids each step dropped."""
+        yield from self.seen.prune_steps(now_ms)
         cutoff = now_ms - SEEN_TTL_MS
-        stale = [wamid for wamid, ts in self.seen.items() if ts < cutoff]
-        for wamid in stale:
-            del self.seen[wamid]
         erased = [h for h, ts in self.erased_seen.items() if ts < cutoff]
         for digest in erased:
             del self.erased_seen[digest]
-        return len(stale) + len(erased)
+        yield len(erased)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -366,7 +410,7 @@ class State:
             yield conv.view()
 
     def message_count(self) -> int:
-        return sum(len(c.messages) for c in self.conversations.values())
+        return sum(c.count for c in self.conversations.values())
 
     def expired(self, now_ms: int, retention_ms: int) -> list[ConversationDeleted]:
         """Erasures of the conversations idle longer than the retention period, each bounded
@@ -398,6 +442,27 @@ class State:
     def outbox_keys(self) -> list[str]:
         """Conversations with replies queued, in the order their oldest reply was queued."""
         return list(self._outbox_by_key)
+
+
+def packed_parts(conv: Conversation) -> tuple[bytes, bytes]:
+    """A conversation's messages JSON and index JSON (bridge/persistence/packed.py), for a
+    snapshot to compress in its writer thread: the index says, without decoding the
+    messages, what `add_conversation` indexes of them."""
+    replies: list[str] = []
+    media: list[list[Any]] = []
+    rows = []
+    for message in conv.messages:
+        rows.append(message.to_dict())
+        if message.id is None:
+            continue
+        if message.role == "assistant":
+            replies.append(message.id)
+            replies.extend(message.wamids)
+        elif message.extra is not None:
+            work, name = has_work(message), stored_file(message)
+            if work or name is not None:
+                media.append([message.id, name, 1 if work else 0])
+    return orjson.dumps(rows), packed.encode_index(replies, media)
 
 
 def erased_id(message_id: str) -> str:

@@ -62,6 +62,11 @@ def pack(body: bytes) -> bytes | None:
     return packed if len(packed) < len(body) * PAYS else None
 
 
+def compress(body: bytes) -> bytes:
+    """`body` compressed whatever it saves (the parts of a packed conversation, packed.py)."""
+    return _compressor().compress(body)
+
+
 def unpack(packed: bytes | memoryview, limit: int) -> bytes:
     """The body `pack` compressed; DecompressError if it is not one, or would exceed `limit`."""
     try:

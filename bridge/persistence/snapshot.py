@@ -1,17 +1,24 @@
 """Snapshots: the whole state of a profile in one encrypted file, written without stalling.
 
-File (format v2, written since this release): `WABSNAP2` magic, a 16-hex snapshot id, then
+File (format v3, written since this release): `WABSNAP3` magic, a 16-hex snapshot id, then
 frames `length (u32 BE) | sealed record` (sealed as in crypto.py: key id | nonce | ciphertext
-+ tag), each sealed with associated data `wab-snapshot-v2|<profile>|<snapshot id>|<index>`,
++ tag), each sealed with associated data `wab-snapshot-v3|<profile>|<snapshot id>|<index>`,
 so a frame cannot be dropped, reordered or spliced in from another snapshot. Decrypted, a
 frame is `flags (1 byte) | body`: flags bit 0 says the body is zstd-compressed
-(compression.py; set per frame, when it pays), and the body is a JSON object. In this order:
-- `{"v": 2, "profile", "segment", "created", "settings"?}`: the journal segment that
+(compression.py; set per frame, when it pays); bit 1 (PACKED) says the body is conversations
+in the packed layout below, else it is a JSON object. In this order:
+- `{"v": 3, "profile", "segment", "created", "settings"?}`: the journal segment that
   continues it, and the store's settings (`{"max_messages", "retention_days"}`, absent in
   files of older versions); first, so the cap is known before any conversation is loaded;
-- `{"conversations": [[key, {...}], ...]}`, as many as needed: concatenated, these lists are
-  the seed's sessions.json format (`messages`, `lastActivity`, `firstInteraction`, plus our
-  optional fields);
+- PACKED frames of conversations, as many as needed: for each conversation `head length
+  (u32 BE) | head | packed length (u32 BE) | packed`, where head is the JSON `[key, {...}]`
+  of the seed's conversation object without `messages` (`lastActivity`, `firstInteraction`,
+  our optional fields) plus `count` (its messages) and `settled` (true when no user message
+  waits for an answer), and packed is its messages, zstd-compressed with an index of the
+  ids the store looks them up by (packed.py). Loading keeps that packed form and decodes a
+  conversation only when it is touched; writing an untouched conversation copies it. The
+  seed's sessions.json is `[[key, head + {"messages": decoded}], ...]` (`sessions-admin
+  export` writes it);
 - `{"seen": {wamid: ms, ...}}` (as many as needed), `{"identities": {user_id: key, ...}}`
   (business-scoped user ids linked to a phone's conversation; readers that predate it skip
   it), `{"erased_seen": {hash: ms, ...}}` (when there are any: the hashed ids of erased
@@ -20,17 +27,19 @@ frame is `flags (1 byte) | body`: flags bit 0 says the body is zstd-compressed
   item's `{"name", "language", "params"}`: absent in files of older versions);
 - `{"end": true, "seq": n, "frames": count}`: a file without it is truncated.
 
-Format v1, written by releases before compression, is still read: `WABSNAP1`, associated
-data `wab-snapshot-v1|...`, each frame's plaintext the JSON object alone, `"v": 1`. Backups
-are snapshots too, so archives of either format verify and restore.
+Formats v1 and v2, written by earlier releases, are still read: `WABSNAP1` / `WABSNAP2`,
+associated data `wab-snapshot-v1|...` / `-v2|...`, conversations as JSON frames
+`{"conversations": [[key, {...}], ...]}` (the seed's format, decoded at once), `"v": 1` / `2`;
+v1 frames are the JSON object alone, without flags. Backups are snapshots too, so archives of
+any of these formats verify and restore.
 
 It is a fuzzy checkpoint: conversations are serialized in slices of a few milliseconds while
 traffic goes on. That is safe because the journal segment started just before the snapshot
 holds every later change, and replay skips what a conversation already contains (per
 conversation sequence numbers) or re-applies idempotent changes. The event loop only builds
-and serializes each slice; compression, sealing, writing and fsync run in a thread of the
-snapshot's own, one slice behind, so the disk, zstd and the cipher overlap with
-serialization.
+and serializes each slice (an untouched conversation costs a head of a few dozen bytes);
+compression, sealing, writing and fsync run in a thread of the snapshot's own, one slice
+behind, so the disk, zstd and the cipher overlap with serialization.
 """
 
 from __future__ import annotations
@@ -49,9 +58,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+from bridge import seen as seen_set
 from bridge.conversations import Conversation
 from bridge.errors import CorruptStateError
-from bridge.persistence import compression
+from bridge.persistence import compression, packed
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.files import fsync_dir, temp_path, write_all
 from bridge.records import (
@@ -60,26 +70,31 @@ from bridge.records import (
     settings_to_dict,
     template_from_dict,
 )
-from bridge.state import State
+from bridge.state import State, packed_parts
 
 T = TypeVar("T")
 
 MAGIC_V1 = b"WABSNAP1"
-MAGIC = b"WABSNAP2"
-VERSION = 2
-VERSIONS = {MAGIC_V1: 1, MAGIC: VERSION}
+MAGIC_V2 = b"WABSNAP2"
+MAGIC = b"WABSNAP3"
+VERSION = 3
+VERSIONS = {MAGIC_V1: 1, MAGIC_V2: 2, MAGIC: VERSION}
 ID_LEN = 16
 LENGTH = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 # What one frame's body may decompress to: far above any frame we write (a slice of a few
 # milliseconds of serialization, 20,000 seen ids), far below what would exhaust memory.
 MAX_PLAIN = 1024 * 1024 * 1024
-PLAIN, ZSTD = 0, 0x01
-KNOWN_FLAGS = ZSTD
+PLAIN, ZSTD, PACKED = 0, 0x01, 0x02
+KNOWN_FLAGS = ZSTD | PACKED
 # Longest stretch of serialization (to_seed + orjson) on the loop between two yields. The
 # slice size adapts to it, so it holds whatever the conversations' sizes.
 SLICE_SECONDS = 0.003
-SEEN_PER_FRAME = 20_000  # ~2 ms to build and serialize
+# Bytes of packed conversations per frame: the cipher holds the GIL while it seals a frame
+# (about 1 ms a MB here), so a frame of a hundred untouched conversations, which costs the
+# loop almost nothing to gather, would otherwise stall it while sealed.
+FRAME_BYTES = 256 * 1024
+SEEN_PER_FRAME = seen_set.STEP  # ~2 ms to build and serialize
 SYNC_EVERY = 8 * 1024 * 1024
 
 
@@ -94,6 +109,22 @@ def _frame_plaintext(body: bytes) -> bytes:
     return bytes((ZSTD,)) + packed if packed is not None else bytes((PLAIN,)) + body
 
 
+# One conversation of a packed frame: its head (JSON), and either its packed messages as
+# they are (a cold conversation: copied, nothing encoded) or its messages JSON and index JSON
+# to pack (compressed in the writer thread).
+_Entry = tuple[bytes, bytes | None, bytes, bytes]
+
+
+def _packed_plaintext(entries: list[_Entry]) -> bytes:
+    """PACKED | (head length | head | packed length | packed) for each conversation."""
+    out = [bytes((PACKED,))]
+    for head, cold, rows, index in entries:
+        body = cold if cold is not None else packed.pack(rows, index)
+        out.append(LENGTH.pack(len(head)) + head + LENGTH.pack(len(body)))
+        out.append(body)
+    return b"".join(out)
+
+
 @dataclass
 class SnapshotInfo:
     """What `read_snapshot` found besides the state: the format, and how well it packed."""
@@ -103,15 +134,18 @@ class SnapshotInfo:
     compressed_frames: int = 0
     file_bytes: int = 0
     json_bytes: int = 0  # the frames' JSON, uncompressed: what format v1 would have stored
+    cold: int = 0  # conversations stored packed (format v3)
 
     def describe(self) -> str:
         """One phrase for `verify`: "format v2, zstd: 1.2 MB for 6.1 MB of JSON (0.20x)"."""
         if self.version == 1:
             return "format v1 (uncompressed, written before compression)"
         ratio = self.file_bytes / self.json_bytes if self.json_bytes else 1.0
+        packed = f", {self.cold:,} conversations packed" if self.version >= 3 else ""
         return (
-            f"format v{self.version}, zstd ({self.compressed_frames} of {self.frames} frames): "
-            f"{self.file_bytes:,} bytes for {self.json_bytes:,} bytes of JSON ({ratio:.2f}x)"
+            f"format v{self.version}, zstd ({self.compressed_frames} of {self.frames} frames"
+            f"{packed}): {self.file_bytes:,} bytes for {self.json_bytes:,} bytes of JSON "
+            f"({ratio:.2f}x)"
         )
 
 
@@ -133,12 +167,17 @@ class _Writer:
         self.size = 0
         self.unsynced = 0
         self.fd = -1
-        self.pending: list[tuple[int, bytes]] = []
+        self.pending: list[tuple[int, bytes | list[_Entry]]] = []
         self.inflight: asyncio.Future[None] | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"snapshot-{slug}")
 
     def add(self, record: dict[str, Any]) -> None:
         self.pending.append((self.index, orjson.dumps(record)))
+        self.index += 1
+
+    def add_conversations(self, entries: list[_Entry]) -> None:
+        """A frame of conversations in the packed layout (see the module's docstring)."""
+        self.pending.append((self.index, entries))
         self.index += 1
 
     def _open_sync(self) -> None:
@@ -147,12 +186,15 @@ class _Writer:
         write_all(self.fd, MAGIC + self.id)
         self.size += len(MAGIC) + len(self.id)
 
-    def _write_sync(self, records: list[tuple[int, bytes]], finish: bool) -> None:
+    def _write_sync(self, records: list[tuple[int, bytes | list[_Entry]]], finish: bool) -> None:
         if self.fd < 0:
             self._open_sync()
         out = []
         for index, body in records:
-            sealed = self.keyring.seal(_frame_plaintext(body), _aad(self.slug, self.id, index))
+            plaintext = (
+                _frame_plaintext(body) if isinstance(body, bytes) else _packed_plaintext(body)
+            )
+            sealed = self.keyring.seal(plaintext, _aad(self.slug, self.id, index))
             out.append(LENGTH.pack(len(sealed)) + sealed)
         data = b"".join(out)
         write_all(self.fd, data)
@@ -240,13 +282,26 @@ async def write_snapshot(
         done = 0
         while done < len(keys):
             started = time.perf_counter()
-            batch: list[list[Any]] = []
+            entries: list[_Entry] = []
+            size = 0
             for key in keys[done : done + per_slice]:
+                done += 1
                 conv = state.conversations.get(key)
-                if conv is not None:  # else deleted while we were yielding
-                    batch.append([key, conv.to_seed()])
-            writer.add({"conversations": batch})
-            done += per_slice
+                if conv is None:
+                    continue  # deleted while we were yielding
+                cold = conv.cold
+                if cold is not None:
+                    line = orjson.dumps([key, conv.head(conv.settled)])
+                    entries.append((line, cold, b"", b""))
+                    size += len(cold)
+                else:
+                    rows, index = packed_parts(conv)
+                    line = orjson.dumps([key, conv.head(conv.unanswered() is None)])
+                    entries.append((line, None, rows, index))
+                    size += len(rows) // 4  # about what it compresses to
+                if size >= FRAME_BYTES or time.perf_counter() - started >= SLICE_SECONDS:
+                    break  # a run of touched conversations after many untouched ones
+            writer.add_conversations(entries)
             elapsed = time.perf_counter() - started
             per_slice = max(
                 1, min(per_slice * 2, int(per_slice * SLICE_SECONDS / max(elapsed, 1e-6)))
@@ -257,13 +312,10 @@ async def write_snapshot(
                 progress(min(done, len(keys)), len(keys))
         if progress and not keys:
             progress(0, 0)
-        # Copying the dict is the one step that grows with the seen-set in one go (~20 ns an
-        # id, a C-level copy); it lets the frames below be cut from a stable view across
-        # yields, while new ids keep arriving in the live dict (the journal has those).
-        seen = state.seen.copy()
-        items = iter(seen.items())
-        for _ in range(0, len(seen), SEEN_PER_FRAME):
-            writer.add({"seen": dict(itertools.islice(items, SEEN_PER_FRAME))})
+        # Cut from the seen-set's day buckets a step at a time (bridge/seen.py): no step
+        # grows with the set, and ids arriving meanwhile are in the journal.
+        for seen in state.seen.frames():
+            writer.add({"seen": seen})
             await writer.flush()
             await asyncio.sleep(0)
         if state.aliases:
@@ -283,8 +335,30 @@ async def write_snapshot(
 class _Frame:
     index: int
     end: int  # the byte after it
-    body: bytes | memoryview  # its JSON
+    body: bytes | memoryview  # its JSON, or its packed conversations
     compressed: bool
+    packed: bool = False
+
+
+def _packed_entries(body: bytes | memoryview) -> Iterator[tuple[Any, bytes]]:
+    """(head, packed messages) of each conversation of a packed frame."""
+    view, offset = memoryview(body), 0
+    while offset < len(view):
+        if len(view) - offset < LENGTH.size:
+            raise ValueError(f"packed entry cut short at byte {offset}")
+        length = LENGTH.unpack_from(view, offset)[0]
+        offset += LENGTH.size
+        head = orjson.loads(view[offset : offset + length])
+        offset += length
+        if len(view) - offset < LENGTH.size:
+            raise ValueError(f"packed entry cut short at byte {offset}")
+        length = LENGTH.unpack_from(view, offset)[0]
+        offset += LENGTH.size
+        if offset + length > len(view):
+            raise ValueError(f"packed entry cut short at byte {offset}")
+        # A copy: a view would keep the whole frame (and the file's bytes) alive.
+        yield head, bytes(view[offset : offset + length])
+        offset += length
 
 
 def _frame_spans(data: bytes) -> Iterator[tuple[int, int, int] | str]:
@@ -346,7 +420,7 @@ def read_snapshot(
         raise CorruptStateError(f"{path}: not a whatsapp-bridge snapshot")
     info = info if info is not None else SnapshotInfo()
     info.version, info.file_bytes = version, len(data)
-    info.frames = info.compressed_frames = info.json_bytes = 0  # a reader may read again
+    info.frames = info.compressed_frames = info.json_bytes = info.cold = 0  # may read again
     snapshot_id = data[len(MAGIC) : len(MAGIC) + ID_LEN]
 
     def decode(span: tuple[int, int, int] | str) -> _Frame:
@@ -355,7 +429,7 @@ def read_snapshot(
             raise CorruptStateError(f"{path}: {span}")
         index, offset, length = span
         sealed = data[offset + LENGTH.size : offset + LENGTH.size + length]
-        compressed = False
+        compressed = is_packed = False
         try:
             plaintext = keyring.open(sealed, _aad(slug, snapshot_id, index, version))
             body: bytes | memoryview = plaintext
@@ -369,11 +443,16 @@ def read_snapshot(
                 body = memoryview(plaintext)[1:]
                 if flags & ZSTD:
                     body, compressed = compression.unpack(body, MAX_PLAIN), True
+                is_packed = bool(flags & PACKED)
+                if is_packed and version < 3:
+                    raise CorruptStateError(
+                        f"{path}: record {index} is packed, unknown to format v{version}"
+                    )
         except DecryptError as exc:
             raise CorruptStateError(f"{path}: record {index} does not decrypt ({exc})") from None
         except compression.DecompressError as exc:
             raise CorruptStateError(f"{path}: record {index}: {exc}") from None
-        return _Frame(index, offset + LENGTH.size + length, body, compressed)
+        return _Frame(index, offset + LENGTH.size + length, body, compressed, is_packed)
 
     offset = len(MAGIC) + ID_LEN
     segment: int | None = None
@@ -383,6 +462,23 @@ def read_snapshot(
         for frame in frames:
             index = frame.index
             info.compressed_frames += frame.compressed
+            if frame.packed:
+                if index == 0:
+                    raise CorruptStateError(f"{path}: snapshot of another profile or format")
+                try:
+                    for head, cold in _packed_entries(frame.body):
+                        key, fields = head
+                        conv = Conversation.frozen(str(key), fields, cold, state.max_messages)
+                        state.add_conversation(conv)
+                        info.json_bytes += len(orjson.dumps(head)) + packed.plain_size(cold)
+                        info.cold += 1
+                except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                    raise CorruptStateError(
+                        f"{path}: record {index} is malformed ({exc!r})"
+                    ) from None
+                offset = frame.end
+                info.frames = index + 1
+                continue
             info.json_bytes += len(frame.body)
             try:
                 record = orjson.loads(frame.body)

@@ -32,6 +32,6 @@ def test_verify_reports_the_compressed_format_and_its_ratio(tmp_path: Path) -> N
     archive = admin(["--profile", "shop", "backup"], env).stdout.strip()
     text = admin(["--profile", "shop", "verify", archive], env)
 
-    assert live["format"]["snapshot"] == 2 and live["format"]["compressed_frames"] >= 1
+    assert live["format"]["snapshot"] == 3 and live["format"]["packed_conversations"] == 50
     assert live["format"]["bytes"] < live["format"]["json_bytes"] / 4
-    assert text.returncode == 0 and "format v2, zstd" in text.stdout, text.stdout
+    assert text.returncode == 0 and "format v3, zstd" in text.stdout, text.stdout

@@ -11,8 +11,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bridge.conversations import Message
-from bridge.persistence import layout
+from bridge.persistence import layout, packed
 from bridge.persistence.crypto import Keyring
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued, Record, encode
 from bridge.state import State
@@ -101,3 +103,22 @@ def segment_file(store: DurableStore, segment: int) -> Path:
 def contents(state: State, key: str = "1") -> list[str]:
     conv = state.conversations.get(key)
     return [m.content for m in conv.messages] if conv else []
+
+
+def unpacked_conversations(body: bytes) -> list[list[Any]]:
+    """The `[key, seed object]` pairs of a packed snapshot frame (format v3, flag 0x02), by
+    hand as snapshot.py's docstring describes them: each entry is `head length | head JSON |
+    packed length | packed`, the head the seed object without its messages (plus `count`,
+    and `settled`), the packed part zstd(index length | index JSON | messages JSON)."""
+    out, offset = [], 0
+    while offset < len(body):
+        (length,) = struct.unpack_from(">I", body, offset)
+        key, fields = orjson.loads(body[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+        (length,) = struct.unpack_from(">I", body, offset)
+        messages = packed.messages(body[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+        assert fields.pop("count") == len(messages)
+        fields.pop("settled", None)
+        out.append([key, {"messages": messages, **fields}])
+    return out

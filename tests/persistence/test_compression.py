@@ -56,8 +56,8 @@ async def test_a_snapshot_of_chat_text_is_under_a_quarter_of_its_json(opened: Op
         State(),
         info,
     )
-    # Every frame but the small ones (head, outbox, end) is stored compressed.
-    assert info.version == 2 and info.compressed_frames >= info.frames - 3
+    # Every conversation is stored packed (its messages compressed on their own).
+    assert info.version == 3 and info.cold == 200
     assert info.json_bytes >= plain_json and info.file_bytes == size
 
 
@@ -197,9 +197,9 @@ async def test_a_snapshot_frame_with_unknown_flags_is_refused(opened: Opened) ->
     await store.close()
     path = layout.snapshot_path(store.profile.state_dir)
     data = path.read_bytes()
-    sealed = store.keyring.seal(b"\x02{}", snapshot._aad("default", data[8:24], 0))
+    sealed = store.keyring.seal(b"\x04{}", snapshot._aad("default", data[8:24], 0))
     first = 24 + 4 + struct.unpack_from(">I", data, 24)[0]
     path.write_bytes(data[:24] + struct.pack(">I", len(sealed)) + sealed + data[first:])
 
-    with pytest.raises(CorruptStateError, match="flags 0x02, unknown to this version"):
+    with pytest.raises(CorruptStateError, match="flags 0x04, unknown to this version"):
         await opened()

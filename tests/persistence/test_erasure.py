@@ -23,13 +23,13 @@ from bridge.persistence.compression import unpack
 from bridge.persistence.journal import list_segments, segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.segments import read_segment
-from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, MAX_PLAIN, ZSTD, _aad
+from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, MAX_PLAIN, PACKED, ZSTD, _aad
 from bridge.records import ConversationDeleted, MessageAdded, OutboxItem, OutboxQueued, Record
 from bridge.store.durable import DurableStore, load_state
 from bridge.whatsapp.graph import GraphClient
 from tests.conftest import eventually, make_profile
 from tests.fakes.graph import TOKEN, FakeGraph
-from tests.persistence.support import NOW, Opened, user
+from tests.persistence.support import NOW, Opened, unpacked_conversations, user
 
 ANA = "34600000001"  # erased
 BEN = "34600000002"  # kept: proves the search below finds what is there
@@ -56,7 +56,10 @@ def plaintext_on_disk(profile: ProfileConfig) -> bytes:
         (length,) = LENGTH.unpack_from(snapshot, offset)
         sealed = snapshot[offset + LENGTH.size : offset + LENGTH.size + length]
         plain = keyring.open(sealed, _aad(profile.slug, snapshot_id, index))
-        out.append(unpack(plain[1:], MAX_PLAIN) if plain[0] & ZSTD else plain[1:])
+        if plain[0] & PACKED:
+            out.append(orjson.dumps(unpacked_conversations(plain[1:])))
+        else:
+            out.append(unpack(plain[1:], MAX_PLAIN) if plain[0] & ZSTD else plain[1:])
         offset, index = offset + LENGTH.size + length, index + 1
     journal = layout.journal_dir(profile.state_dir)
     for segment in list_segments(journal):

@@ -19,7 +19,15 @@ from bridge.persistence import layout, snapshot
 from bridge.persistence.keys import load_keyring
 from bridge.records import ConversationDeleted, OutboxDone, Record, StatusChanged
 from bridge.store.durable import DurableStore
-from tests.persistence.support import NOW, Opened, crash, reply, snapshot_of, user
+from tests.persistence.support import (
+    NOW,
+    Opened,
+    crash,
+    reply,
+    snapshot_of,
+    unpacked_conversations,
+    user,
+)
 
 
 def decrypted_frames(store: DurableStore) -> list[dict[str, Any]]:
@@ -27,15 +35,18 @@ def decrypted_frames(store: DurableStore) -> list[dict[str, Any]]:
     path = layout.snapshot_path(store.profile.state_dir)
     keyring = load_keyring(store.profile, create=False)
     data = path.read_bytes()
-    assert data.startswith(b"WABSNAP2")
+    assert data.startswith(b"WABSNAP3")
     snapshot_id, offset = data[8:24], 24
     out: list[dict[str, Any]] = []
     while offset < len(data):
         (length,) = struct.unpack_from(">I", data, offset)
-        aad = b"wab-snapshot-v2|default|" + snapshot_id + b"|" + str(len(out)).encode()
+        aad = b"wab-snapshot-v3|default|" + snapshot_id + b"|" + str(len(out)).encode()
         plain = keyring.open(data[offset + 4 : offset + 4 + length], aad)
-        assert plain[0] in (0, 1)  # flags: bit 0 is zstd
-        out.append(orjson.loads(zstandard.decompress(plain[1:]) if plain[0] else plain[1:]))
+        assert plain[0] in (0, 1, 2)  # flags: bit 0 is zstd, bit 1 packed conversations
+        if plain[0] == 2:
+            out.append({"conversations": unpacked_conversations(plain[1:])})
+        else:
+            out.append(orjson.loads(zstandard.decompress(plain[1:]) if plain[0] else plain[1:]))
         offset += 4 + length
     return out
 
@@ -46,7 +57,7 @@ async def test_conversations_inside_are_the_seeds_format(opened: Opened) -> None
         await store.commit([user(f"3460000{i:04d}", i), *reply(f"3460000{i:04d}", i)])
     await store.snapshot()
     frames = decrypted_frames(store)
-    assert frames[0]["v"] == 2 and frames[0]["segment"] == 2
+    assert frames[0]["v"] == 3 and frames[0]["segment"] == 2
     assert frames[-1]["end"] is True and frames[-1]["frames"] == len(frames)
     seed = [pair for f in frames if "conversations" in f for pair in f["conversations"]]
     assert seed == [[k, c.to_seed()] for k, c in store.state.conversations.items()]
@@ -98,7 +109,9 @@ async def test_fuzzy_snapshots_under_mixed_traffic_reopen_exactly(opened: Opened
     await crash(store)
     again = await opened()
     assert snapshot_of(again.state) == before
-    assert again.state.replies == store.state.replies
+    assert {i: again.state.reply_ref(i) for i in again.state.replies} == {
+        i: store.state.reply_ref(i) for i in store.state.replies
+    }
 
 
 async def test_a_failing_snapshot_keeps_the_journal_and_the_old_snapshot(
@@ -159,7 +172,7 @@ async def test_a_cancelled_snapshot_leaves_no_temp_file_and_no_damage(opened: Op
         pytest.param(lambda d: d[:-10], id="truncated"),
         pytest.param(lambda d: d + b"\0\0\0\1x", id="trailing-bytes"),
         pytest.param(lambda d: d[:30] + bytes([d[30] ^ 1]) + d[31:], id="bit-flip"),
-        pytest.param(lambda d: b"WABSNAP2" + os.urandom(16).hex()[:16].encode() + d[24:], id="id"),
+        pytest.param(lambda d: b"WABSNAP3" + os.urandom(16).hex()[:16].encode() + d[24:], id="id"),
     ],
 )
 async def test_a_damaged_snapshot_is_refused_and_kept(opened: Opened, damage: Any) -> None:
