@@ -21,10 +21,15 @@ run: $(STAMP)
 	$(BIN)/bridge serve --dev
 
 ## Run the whole test suite (real servers on 127.0.0.1, real files); installs Debian's chromium
-## for the console's browser test when missing (the test is skipped, saying why, if it can't be).
+## for the console's browser test and Debian's postgresql for the PostgreSQL store's tests when
+## missing (those tests are skipped, saying why, if it can't be). Debian keeps initdb under
+## /usr/lib/postgresql/<version>/bin, off PATH: the tests look there (tests/pg.py).
 test: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "chromium could not be installed: the console test will be skipped"
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq postgresql; } \
+		|| echo "postgresql could not be installed: the PostgreSQL store's tests will be skipped"
 	$(BIN)/pytest -q
 
 ## Benchmarks (results as markdown tables in var/bench/, ~5 min, ~3 GB RAM); installs wrk if missing.
