@@ -105,10 +105,13 @@ class Ingestor:
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
             self._in_flight[message.id] = outcome
+        dropped: frozenset[str] = frozenset()
         try:
             if records:
                 started = time.monotonic()
-                await self._store.commit(records)
+                # Another replica may have recorded some of them meanwhile (PostgresStore):
+                # those are left out of the commit, and duplicates here too.
+                dropped = await self._store.commit_new(records)
                 if self._observe_commit:
                     self._observe_commit(time.monotonic() - started)
         except BaseException as exc:
@@ -128,6 +131,8 @@ class Ingestor:
             for status in statuses:
                 if status.callback_data is not None:
                     self._on_confirmed(status.callback_data, status.message_id)
+        if dropped:
+            fresh = [m for m in fresh if m.id not in dropped]
         for other in waits:
             # Another request is committing this message: answer only once it is durable.
             await asyncio.shield(other)

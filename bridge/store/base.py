@@ -44,6 +44,18 @@ class Store(ABC):
     async def commit(self, records: Sequence[Record]) -> None:
         """Make `records` durable, then apply them in order; StorageError if that failed."""
 
+    async def commit_new(self, records: Sequence[Record]) -> frozenset[str]:
+        """`commit`, for a store that other processes write too (PostgresStore): user
+        messages whose id the store already holds (another replica recorded them) are left
+        out, and their ids returned. A store with one writer has none: the Ingestor
+        deduplicates in memory before committing."""
+        await self.commit(records)
+        return frozenset()
+
+    async def refresh(self) -> None:
+        """Bring `state` up to what other processes committed (nothing to do with one
+        writer)."""
+
     async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
         """Commit the records `decide` makes of the state with every earlier commit applied
         (an operator's write on a live store: see DurableStore); returns them once durable

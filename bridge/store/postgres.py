@@ -1,0 +1,501 @@
+"""The PostgreSQL store: any number of replicas share a profile through one database.
+
+The database holds the profile's change records (bridge/records.py) as a log in commit
+order, sealed with the profile's key (bridge/store/pg/sealing.py). Each replica keeps the
+whole `State` in memory as the file store does, built by replaying the log at start and
+kept current by following its tail: its own commits bring in every record committed before
+them, and a poll brings in the rest. The database is the authority; memory is a cache that
+is never ahead of it.
+
+`commit` returns once the transaction holding the records has committed: the webhook's 200
+comes after it. Commits waiting together share one transaction (group commit), so the round
+trips are paid once per batch. A profile's commits are serialised by the row lock on its
+`head` (the last seq handed out), so seq order is commit order and following the tail by
+seq misses nothing. Exactly once across replicas: each inbound message id's keyed hash is
+inserted with `ON CONFLICT DO NOTHING RETURNING` in the same transaction as its record; a
+message whose hash was already there (another replica recorded it) is left out of the commit
+and reported to the caller (`commit_new`), never checked first and inserted later.
+
+The database down: commits fail with StorageError (503, Meta retries), the poll keeps
+trying, and the pool reconnects by itself when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bridge.config import ProfileConfig
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    CorruptStateError,
+    StorageError,
+    StorageUnavailableError,
+)
+from bridge.logs import get_logger
+from bridge.persistence.crypto import DecryptError, Keyring
+from bridge.persistence.keys import parse_keys
+from bridge.records import MessageAdded, Record, SettingsChanged, decode, encode, settings_to_dict
+from bridge.state import SEEN_TTL_MS, State
+from bridge.store.base import Store
+from bridge.store.pg.schema import migrate
+from bridge.store.pg.sealing import Sealer
+
+DAY_MS = 24 * 3600 * 1000
+POLL_SECONDS = 0.5
+LOAD_CHUNK = 5000
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 15.0
+
+# What a lost or refused connection raises in asyncpg: the database is unavailable now,
+# which is worth a 503 and a retry, never a crash.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+)
+
+
+def describe_url(url: str) -> str:
+    """host:port/database of a URL, for messages (never its password)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
+
+
+def configured_keyring(profile: ProfileConfig) -> Keyring:
+    """The profile's configured key: in this mode a replica never generates one (two
+    replicas would each make their own), so a missing key is one line and exit 2."""
+    if profile.key:
+        return Keyring(parse_keys(profile.key, "BRIDGE_KEY"))
+    if profile.key_file is not None:
+        try:
+            return Keyring(parse_keys(profile.key_file.read_text(), str(profile.key_file)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read key file {profile.key_file}: {exc.strerror}") from None
+    raise ConfigError(
+        f"profile {profile.slug!r}: the postgres store needs a configured encryption key "
+        "(BRIDGE_KEY or BRIDGE_KEY_FILE, the same for every replica); it never generates one"
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One caller's commit waiting for the writer (no records: a catch-up only)."""
+
+    records: tuple[Record, ...]
+    future: asyncio.Future[frozenset[str]]
+    decide: Callable[[State], Sequence[Record]] | None = None
+    kept: list[tuple[int, Record]] = field(default_factory=list)
+
+
+class PostgresStore(Store):
+    """A profile's state kept in PostgreSQL, cached whole in memory (see the module doc)."""
+
+    def __init__(
+        self,
+        profile: ProfileConfig,
+        database_url: str,
+        *,
+        enforce_settings: bool = True,
+        poll_seconds: float = POLL_SECONDS,
+        pool_size: int = 4,
+    ) -> None:
+        super().__init__(State())
+        self.profile = profile
+        self.database_url = database_url
+        self._enforce_settings = enforce_settings
+        self._poll_seconds = poll_seconds
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._sealer: Sealer | None = None
+        self._applied = 0  # the last seq applied to `state`
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+        self._log = get_logger(profile=profile.slug)
+        self._down_since: float | None = None
+
+    @property
+    def keyring(self) -> Keyring:
+        if self._sealer is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        return self._sealer.keyring
+
+    @property
+    def sealer(self) -> Sealer:
+        if self._sealer is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        return self._sealer
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        return self._pool
+
+    # -- start and stop -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, migrate the schema, check the key, load the log; then follow it."""
+        self._sealer = Sealer(configured_keyring(self.profile), self.profile.slug)
+        where = describe_url(self.database_url)
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.database_url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+            )
+        except DB_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"cannot connect to the database {where}: {exc}"
+            ) from None
+        started = time.monotonic()
+        try:
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+                await self._check_key(conn)
+                await self._load(conn)
+        except BaseException as exc:
+            await self._pool.close()
+            self._pool = None
+            if isinstance(exc, DB_ERRORS):
+                raise StorageUnavailableError(f"database {where}: {exc}") from None
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="pg-writer")
+        self._poller = asyncio.create_task(self._poll_loop(), name="pg-poll")
+        if self._enforce_settings:
+            await self._adopt_configured_settings()
+        self._log.info(
+            "store_opened",
+            store="postgres",
+            database=where,
+            seq=self._applied,
+            seconds=round(time.monotonic() - started, 3),
+            conversations=len(self.state.conversations),
+        )
+
+    async def _check_key(self, conn: Any) -> None:
+        await conn.execute(
+            "INSERT INTO bridge_profiles (slug, key_check) VALUES ($1, $2) "
+            "ON CONFLICT (slug) DO NOTHING",
+            self.profile.slug,
+            self.sealer.key_check(),
+        )
+        check = await conn.fetchval(
+            "SELECT key_check FROM bridge_profiles WHERE slug = $1", self.profile.slug
+        )
+        self.sealer.verify_key_check(check)
+
+    async def _load(self, conn: Any) -> None:
+        """Replay the whole log into memory, in chunks."""
+        while True:
+            rows = await conn.fetch(
+                "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
+                "ORDER BY seq LIMIT $3",
+                self.profile.slug,
+                self._applied,
+                LOAD_CHUNK,
+            )
+            if not rows:
+                return
+            self._apply_rows(rows)
+
+    async def _adopt_configured_settings(self) -> None:
+        """As the file store does: the configured cap and retention become the store's."""
+        configured = self.profile.store_settings
+        if self.state.settings == configured:
+            return
+        await self.commit([SettingsChanged(configured)])
+        self._log.info("store_settings_changed", new=settings_to_dict(configured))
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._writer is not None:
+            self._wake.set()
+            while self._queue:  # commits already accepted are finished, not dropped
+                await asyncio.sleep(0.005)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        with contextlib.suppress(*DB_ERRORS):
+            await asyncio.wait_for(self._pool.close(), 10)
+        self._pool = None
+
+    # -- commits --------------------------------------------------------------------------
+
+    async def commit(self, records: Sequence[Record]) -> None:
+        await self.commit_new(records)
+
+    async def commit_new(self, records: Sequence[Record]) -> frozenset[str]:
+        if not records:
+            return frozenset()
+        return await self._submit(_Pending(tuple(records), self._future()))
+
+    async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
+        """`decide` runs in the writer, inside the transaction, on the state with every
+        record committed before it (by any replica) applied."""
+        pending = _Pending((), self._future(), decide=decide)
+        await self._submit(pending)
+        return tuple(r for _, r in pending.kept)
+
+    async def refresh(self) -> None:
+        """Bring in what other replicas committed, now."""
+        await self._submit(_Pending((), self._future()))
+
+    def _future(self) -> asyncio.Future[frozenset[str]]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, pending: _Pending) -> frozenset[str]:
+        if self._writer is None:
+            raise StorageError(f"profile {self.profile.slug!r}: store is not open")
+        self._queue.append(pending)
+        self._wake.set()
+        return await asyncio.shield(pending.future)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # A decision runs alone in its transaction, after what was queued before it.
+                for group in _groups(batch):
+                    await self._run(group)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            dropped = await self._write(batch)
+        except BaseException as exc:
+            # The database's failures are StorageError (503); a decision's own error is
+            # its caller's, as it is.
+            error = _storage_error(exc, self.database_url) if isinstance(exc, DB_ERRORS) else exc
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+                    pending.future.exception()  # a caller that went away: not "never retrieved"
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, DB_ERRORS):
+                self._note_down(_storage_error(exc, self.database_url))
+            return
+        self._note_up()
+        for pending, ids in zip(batch, dropped, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(ids)
+
+    def _note_down(self, error: BridgeError) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._log.error("database_unavailable", error=str(error))
+
+    def _note_up(self) -> None:
+        if self._down_since is not None:
+            self._log.info(
+                "database_available_again",
+                after_seconds=round(time.monotonic() - self._down_since, 1),
+            )
+            self._down_since = None
+
+    async def _write(self, batch: list[_Pending]) -> list[frozenset[str]]:
+        """One transaction for the whole batch; returns each caller's dropped ids."""
+        slug = self.profile.slug
+        sealer = self.sealer
+        decide = batch[0].decide if len(batch) == 1 else None
+        if decide is None and not any(p.records for p in batch):
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
+                    "ORDER BY seq",
+                    slug,
+                    self._applied,
+                )
+            self._apply_rows(rows)
+            return [frozenset() for _ in batch]
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The row lock on the profile's head serialises its commits across replicas.
+            head = await conn.fetchval(
+                "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
+            )
+            if head is None:
+                raise StorageError(f"profile {slug!r} is not in the database")
+            rows = await conn.fetch(
+                "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
+                "ORDER BY seq",
+                slug,
+                self._applied,
+            )
+            self._apply_rows(rows)  # committed by others: in memory before anything decides
+            self._applied = max(self._applied, head)
+            if decide is not None:
+                batch[0].records = tuple(decide(self.state))
+            dropped = await self._claim_ids(conn, batch)
+            seq = head
+            seqs: list[int] = []
+            sealed: list[bytes] = []
+            for pending, ids in zip(batch, dropped, strict=True):
+                pending.kept = []
+                for record in pending.records:
+                    if _inbound_id(record) in ids:
+                        continue
+                    seq += 1
+                    pending.kept.append((seq, record))
+                    seqs.append(seq)
+                    sealed.append(sealer.seal("records", str(seq), encode(seq, record)))
+            if seqs:
+                await conn.execute(
+                    "INSERT INTO bridge_records (profile, seq, sealed) "
+                    "SELECT $1, s, b FROM unnest($2::bigint[], $3::bytea[]) AS t(s, b)",
+                    slug,
+                    seqs,
+                    sealed,
+                )
+                await conn.execute(
+                    "UPDATE bridge_profiles SET head = $2 WHERE slug = $1", slug, seq
+                )
+        # Committed: apply in seq order, then tell the listeners.
+        for pending in batch:
+            for number, record in pending.kept:
+                self.state.apply(number, record)
+            self._applied = max(self._applied, pending.kept[-1][0] if pending.kept else 0)
+            if pending.kept:
+                self._committed([r for _, r in pending.kept])
+        return dropped
+
+    async def _claim_ids(self, conn: Any, batch: list[_Pending]) -> list[frozenset[str]]:
+        """Insert the keyed hash of every inbound message id; the ids whose hash was already
+        there (or came earlier in this batch) are duplicates, per caller."""
+        sealer = self.sealer
+        hashes: dict[bytes, str] = {}
+        received: list[int] = []
+        later: list[set[str]] = [set() for _ in batch]
+        for index, pending in enumerate(batch):
+            for record in pending.records:
+                message_id = _inbound_id(record)
+                if message_id is None:
+                    continue
+                digest = sealer.seen_hash(message_id)
+                if digest in hashes:
+                    later[index].add(message_id)
+                    continue
+                hashes[digest] = message_id
+                assert isinstance(record, MessageAdded)
+                received.append(record.at_ms)
+        if not hashes:
+            return [frozenset() for _ in batch]
+        rows = await conn.fetch(
+            "INSERT INTO bridge_seen (profile, id_hash, received_ms) "
+            "SELECT $1, h, r FROM unnest($2::bytea[], $3::bigint[]) AS t(h, r) "
+            "ON CONFLICT (profile, id_hash) DO NOTHING RETURNING id_hash",
+            self.profile.slug,
+            list(hashes),
+            received,
+        )
+        inserted = {bytes(row["id_hash"]) for row in rows}
+        taken = {message_id for digest, message_id in hashes.items() if digest not in inserted}
+        result = []
+        for index, pending in enumerate(batch):
+            mine = {i for r in pending.records if (i := _inbound_id(r)) is not None}
+            result.append(frozenset((mine & taken) | later[index]))
+        return result
+
+    def _apply_rows(self, rows: Sequence[Any]) -> None:
+        """Apply records read from the log (committed by any replica), in seq order."""
+        applied: list[Record] = []
+        for row in rows:
+            seq = int(row["seq"])
+            if seq <= self._applied:
+                continue
+            try:
+                number, record = decode(self.sealer.open("records", str(seq), bytes(row["sealed"])))
+            except (DecryptError, ValueError, KeyError, TypeError) as exc:
+                raise CorruptStateError(
+                    f"profile {self.profile.slug!r}: record seq {seq} in the database cannot be "
+                    f"read ({exc})"
+                ) from None
+            if number != seq:
+                raise CorruptStateError(f"profile {self.profile.slug!r}: record seq {seq} moved")
+            self.state.apply(seq, record)
+            self._applied = seq
+            applied.append(record)
+        if applied:
+            self._committed(applied)
+
+    # -- following the log ----------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            if self._queue:
+                continue  # a commit under way catches up anyway
+            with contextlib.suppress(BridgeError):
+                await self.refresh()
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    async def snapshot(self) -> None:
+        """Retention (the service only), and forgetting seen ids past Meta's retry window."""
+        now_ms = int(time.time() * 1000)
+        settings = self.state.settings
+        expired = (
+            self.state.expired(now_ms, settings.retention_days * DAY_MS)
+            if self._enforce_settings and settings is not None
+            else []
+        )
+        if expired:
+            await self.commit(expired)
+            self._log.info("retention_pruned", conversations=len(expired))
+        self.state.prune_seen(now_ms)
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "DELETE FROM bridge_seen WHERE profile = $1 AND received_ms < $2",
+                    self.profile.slug,
+                    now_ms - SEEN_TTL_MS,
+                )
+        except DB_ERRORS as exc:
+            raise _storage_error(exc, self.database_url) from None
+
+
+def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
+    """Consecutive plain commits share a transaction; each decision gets its own."""
+    groups: list[list[_Pending]] = []
+    for pending in batch:
+        if pending.decide is not None or not groups or groups[-1][0].decide is not None:
+            groups.append([pending])
+        else:
+            groups[-1].append(pending)
+    return groups
+
+
+def _inbound_id(record: Record) -> str | None:
+    if isinstance(record, MessageAdded) and record.message.role == "user":
+        return record.message.id
+    return None
+
+
+def _storage_error(exc: BaseException, url: str) -> BridgeError:
+    if isinstance(exc, BridgeError):
+        return exc
+    detail = str(exc) or type(exc).__name__
+    return StorageError(f"database {describe_url(url)} unavailable: {detail}")
