@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from bridge.logs import get_logger
+from bridge.ownership import SOLE, Ownership
 from bridge.records import Record
 from bridge.state import State
 
@@ -19,6 +20,8 @@ class Store(ABC):
 
     def __init__(self, state: State) -> None:
         self.state = state
+        # Who may produce and send each conversation's replies (bridge/ownership.py).
+        self.ownership: Ownership = SOLE
         self._listeners: list[Callable[[Sequence[Record]], None]] = []
 
     def add_listener(self, callback: Callable[[Sequence[Record]], None]) -> None:

@@ -46,6 +46,7 @@ from bridge.persistence.keys import parse_keys
 from bridge.records import MessageAdded, Record, SettingsChanged, decode, encode, settings_to_dict
 from bridge.state import SEEN_TTL_MS, State
 from bridge.store.base import Store
+from bridge.store.pg.locks import ConversationLocks
 from bridge.store.pg.schema import migrate
 from bridge.store.pg.sealing import Sealer
 
@@ -150,12 +151,16 @@ class PostgresStore(Store):
 
     async def open(self) -> None:
         """Connect, migrate the schema, check the key, load the log; then follow it."""
-        self._sealer = Sealer(configured_keyring(self.profile), self.profile.slug)
+        keyring = configured_keyring(self.profile)
+        self._sealer = Sealer(keyring, self.profile.slug)
+        self.ownership = ConversationLocks(self.database_url, self.profile.slug, keyring.keys[-1])
         where = describe_url(self.database_url)
         try:
             self._pool = await asyncpg.create_pool(
                 self.database_url,
-                min_size=1,
+                # No floor to maintain: asyncpg would log a traceback for every failed
+                # attempt to restore it while the database is away.
+                min_size=0,
                 max_size=self._pool_size,
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT,
