@@ -216,6 +216,8 @@ class Outbox:
                 item = self._store.state.next_reply(key)
                 if item is None:
                     break
+                if owner.shared and not await owner.still_holds(key):
+                    break  # lost with the database connection, and taken by another replica
                 await self._deliver(item)
             # Checked and removed in one step (no await since the check): a notify for this
             # key after this point finds no worker and starts a new one.

@@ -20,6 +20,11 @@ class Ownership:
         another process holds it now."""
         return True
 
+    async def still_holds(self, key: str) -> bool:
+        """Whether this process still holds `key` (taken before): before each irreversible
+        step, since a lock can be lost with its connection. Re-takes it if it can."""
+        return True
+
     async def release(self, key: str) -> None:
         """Give back one `acquire` of `key`."""
 

@@ -28,6 +28,8 @@ from bridge.replies import Replier
 from bridge.store.base import Store
 
 INTERVAL = 1.0
+# How long queued replies must stay unowned before another replica sends them (seconds).
+OUTBOX_GRACE = 3.0
 
 
 class Takeover:
@@ -42,6 +44,7 @@ class Takeover:
         *,
         profile: str,
         grace: float = 1.0,
+        outbox_grace: float = OUTBOX_GRACE,
         interval: float = INTERVAL,
     ) -> None:
         self._store = store
@@ -52,6 +55,9 @@ class Takeover:
         self._interval = interval
         # Conversations that got a user message since they were last found answered.
         self._watch: set[str] = set(store.state.conversations)
+        # Conversations with queued replies nobody owned, since when (ms).
+        self._orphaned: dict[str, float] = {}
+        self._outbox_grace_ms = int(outbox_grace * 1000)
         self._task: asyncio.Task[None] | None = None
         self._log = get_logger(profile=profile)
         store.add_listener(self._seen)
@@ -111,13 +117,21 @@ class Takeover:
                 self._watch.discard(key)
             finally:
                 await owner.release(resolved)
+        orphans: dict[str, float] = {}
         for key in state.outbox_keys():
             if self._outbox.busy_with(key) or not await owner.acquire(key):
                 continue
             try:
-                self._log.info("outbox_taken_over", key=mask(key))
-                self._outbox.notify(key)
-                taken += 1
+                # Unowned for a while, not just now: a replica that lost its connection
+                # (the database restarted) may have sent a reply and still be retrying to
+                # record that; sending it again at once would send it twice.
+                since = self._orphaned.get(key, now_ms)
+                orphans[key] = since
+                if now_ms - since >= self._outbox_grace_ms:
+                    self._log.info("outbox_taken_over", key=mask(key))
+                    self._outbox.notify(key)
+                    taken += 1
             finally:
                 await owner.release(key)
+        self._orphaned = orphans
         return taken

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,11 +45,12 @@ from bridge.errors import (
 from bridge.logs import get_logger
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.keys import parse_keys
+from bridge.persistence.snapshot import read_snapshot, write_snapshot
 from bridge.records import MessageAdded, Record, SettingsChanged, decode, encode, settings_to_dict
 from bridge.state import SEEN_TTL_MS, State
 from bridge.store.base import Store
 from bridge.store.pg.locks import ConversationLocks
-from bridge.store.pg.schema import migrate
+from bridge.store.pg.schema import current_version, latest_version, migrate
 from bridge.store.pg.sealing import Sealer
 
 DAY_MS = 24 * 3600 * 1000
@@ -128,6 +131,7 @@ class PostgresStore(Store):
         self._closing = False
         self._log = get_logger(profile=profile.slug)
         self._down_since: float | None = None
+        self._snapshot_upto = 0  # the seq the newest snapshot we know covers
 
     @property
     def keyring(self) -> Keyring:
@@ -207,7 +211,13 @@ class PostgresStore(Store):
         self.sealer.verify_key_check(check)
 
     async def _load(self, conn: Any) -> None:
-        """Replay the whole log into memory, in chunks."""
+        """The snapshot, then the log after it, in chunks."""
+        row = await conn.fetchrow(
+            "SELECT upto, sealed FROM bridge_snapshots WHERE profile = $1", self.profile.slug
+        )
+        if row is not None:
+            self._applied = load_snapshot(bytes(row["sealed"]), self.sealer, self.state)
+            self._snapshot_upto = self._applied
         while True:
             rows = await conn.fetch(
                 "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
@@ -329,6 +339,7 @@ class PostgresStore(Store):
         decide = batch[0].decide if len(batch) == 1 else None
         if decide is None and not any(p.records for p in batch):
             async with self.pool.acquire() as conn:
+                await self._check_pruned(conn)
                 rows = await conn.fetch(
                     "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
                     "ORDER BY seq",
@@ -344,6 +355,7 @@ class PostgresStore(Store):
             )
             if head is None:
                 raise StorageError(f"profile {slug!r} is not in the database")
+            await self._check_pruned(conn)
             rows = await conn.fetch(
                 "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
                 "ORDER BY seq",
@@ -424,6 +436,25 @@ class PostgresStore(Store):
             result.append(frozenset((mine & taken) | later[index]))
         return result
 
+    async def _check_pruned(self, conn: Any) -> None:
+        """Records this replica has not applied were compacted away (it fell behind by more
+        than a snapshot interval): load the snapshot and the log again, into a new State
+        (readers take `store.state` afresh each time)."""
+        pruned = await conn.fetchval(
+            "SELECT pruned FROM bridge_profiles WHERE slug = $1", self.profile.slug
+        )
+        if pruned is None or pruned <= self._applied:
+            return
+        self._log.warning("store_reloaded_behind_compaction", applied=self._applied, pruned=pruned)
+        state = State()
+        self.state, old = state, self.state
+        applied, self._applied = self._applied, 0
+        try:
+            await self._load(conn)
+        except BaseException:
+            self.state, self._applied = old, applied
+            raise
+
     def _apply_rows(self, rows: Sequence[Any]) -> None:
         """Apply records read from the log (committed by any replica), in seq order."""
         applied: list[Record] = []
@@ -478,8 +509,104 @@ class PostgresStore(Store):
                     self.profile.slug,
                     now_ms - SEEN_TTL_MS,
                 )
+            await self._compact()
         except DB_ERRORS as exc:
             raise _storage_error(exc, self.database_url) from None
+
+    async def _compact(self) -> None:
+        """Write the state as a snapshot covering every record applied so far, and delete
+        the records the previous snapshot covered (one interval of slack, for replicas a
+        little behind; one further behind reloads: `_check_pruned`). This is also what
+        makes an erasure leave the database: the erased conversation's records go.
+
+        A fuzzy snapshot, as the file store's: written in slices while commits go on, which
+        is safe because replay after `upto` skips what a conversation already holds."""
+        upto = self._applied
+        if upto <= self._snapshot_upto:
+            return  # nothing new since the last one
+        data = await dump_snapshot(self.state, self.sealer, upto)
+        slug = self.profile.slug
+        async with self.pool.acquire() as conn, conn.transaction():
+            previous = await conn.fetchval(
+                "SELECT upto FROM bridge_snapshots WHERE profile = $1 FOR UPDATE", slug
+            )
+            if previous is not None and previous >= upto:
+                self._snapshot_upto = int(previous)
+                return  # another replica wrote a newer one
+            await conn.execute(
+                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3) "
+                "ON CONFLICT (profile) DO UPDATE SET upto = EXCLUDED.upto, "
+                "sealed = EXCLUDED.sealed, written_at = now()",
+                slug,
+                upto,
+                data,
+            )
+            if previous is not None:
+                await conn.execute(
+                    "DELETE FROM bridge_records WHERE profile = $1 AND seq <= $2", slug, previous
+                )
+                await conn.execute(
+                    "UPDATE bridge_profiles SET pruned = greatest(pruned, $2) WHERE slug = $1",
+                    slug,
+                    previous,
+                )
+        self._snapshot_upto = upto
+        self._log.info("snapshot_written", store="postgres", upto=upto, bytes=len(data))
+
+
+async def read_database_state(
+    profile: ProfileConfig, database_url: str, keyring: Keyring | None = None
+) -> State:
+    """A profile's current state from the database, read-only (sessions-admin, while
+    replicas run): nothing is created, migrated or written."""
+    store = PostgresStore(profile, database_url, enforce_settings=False)
+    store._sealer = Sealer(keyring or configured_keyring(profile), profile.slug)
+    where = describe_url(database_url)
+    try:
+        conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT)
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(f"cannot connect to the database {where}: {exc}") from None
+    try:
+        version = await current_version(conn)
+        if version > latest_version():
+            raise ConfigError(
+                f"the database's schema is version {version}, this tool knows up to "
+                f"{latest_version()}: upgrade it"
+            )
+        check = (
+            await conn.fetchval(
+                "SELECT key_check FROM bridge_profiles WHERE slug = $1", profile.slug
+            )
+            if version
+            else None
+        )
+        if check is None:
+            raise BridgeError(f"no profile {profile.slug!r} in the database {where}")
+        store.sealer.verify_key_check(check)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await store._load(conn)  # one snapshot of the database: no compaction between
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(f"database {where}: {exc}") from None
+    finally:
+        await conn.close()
+    return store.state
+
+
+async def dump_snapshot(state: State, sealer: Sealer, upto: int) -> bytes:
+    """The file store's snapshot format (sealed frames, bound to the profile), as bytes;
+    `upto` goes where the file store names its journal segment."""
+    with tempfile.TemporaryDirectory(prefix="bridge-pg-") as directory:
+        path = Path(directory) / "snapshot"
+        await write_snapshot(path, state, sealer.keyring, sealer.profile, upto)
+        return path.read_bytes()
+
+
+def load_snapshot(data: bytes, sealer: Sealer, state: State) -> int:
+    """Load `dump_snapshot`'s bytes into an empty `state`; returns the seq it covers."""
+    with tempfile.TemporaryDirectory(prefix="bridge-pg-") as directory:
+        path = Path(directory) / "snapshot"
+        path.write_bytes(data)
+        return read_snapshot(path, sealer.keyring, sealer.profile, state)
 
 
 def _groups(batch: list[_Pending]) -> list[list[_Pending]]:

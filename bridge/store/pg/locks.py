@@ -80,6 +80,12 @@ class ConversationLocks(Ownership):
                 self._held[key] = 1
             return taken
 
+    async def still_holds(self, key: str) -> bool:
+        if key in self._held and self._conn is not None and not self._conn.is_closed():
+            return True
+        self._log.warning("conversation_lock_retaken", key=mask(key))
+        return await self.acquire(key)
+
     async def release(self, key: str) -> None:
         async with self._io:
             count = self._held.get(key)

@@ -11,6 +11,9 @@ CREATE TABLE bridge_profiles (
     -- The last seq handed out; the UPDATE that advances it also serialises the profile's
     -- commits, so seq order is commit order and a replica following the tail misses nothing.
     head        bigint NOT NULL DEFAULT 0,
+    -- Records at or below this seq were deleted, being in the snapshot: a replica that has
+    -- not applied them yet must load the snapshot again.
+    pruned      bigint NOT NULL DEFAULT 0,
     -- A known value sealed with the profile's key: a replica with another key stops at start.
     key_check   bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
