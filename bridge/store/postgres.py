@@ -170,9 +170,8 @@ class PostgresStore(Store):
                 command_timeout=COMMAND_TIMEOUT,
             )
         except DB_ERRORS as exc:
-            raise StorageUnavailableError(
-                f"cannot connect to the database {where}: {exc}"
-            ) from None
+            # Exit 1, not 2: the database may be back in a moment, let systemd retry.
+            raise StorageError(f"cannot connect to the database {where}: {exc}") from None
         started = time.monotonic()
         try:
             async with self._pool.acquire() as conn:
@@ -183,7 +182,7 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
             if isinstance(exc, DB_ERRORS):
-                raise StorageUnavailableError(f"database {where}: {exc}") from None
+                raise StorageError(f"cannot reach the database {where}: {exc}") from None
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="pg-writer")
         self._poller = asyncio.create_task(self._poll_loop(), name="pg-poll")
