@@ -43,6 +43,7 @@ bench: $(STAMP)
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq postgresql; }
 	$(BIN)/python -m tests.bench.replicas --out var/bench/replicas.md
+	$(BIN)/python -m tests.bench.replica_crashes --out var/bench/replica-crashes.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.
 lint: $(STAMP)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +22,28 @@ import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
+from bridge.control.writes import conversation_key, stored_settings
 from bridge.errors import BridgeError, ConfigError
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir
 from bridge.persistence.journal import segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.snapshot import write_snapshot
+from bridge.records import Record
 from bridge.state import State
 from bridge.store.durable import load_state
 from bridge.store.pg.schema import migrate
 from bridge.store.pg.sealing import Sealer
 from bridge.store.postgres import (
     CONNECT_TIMEOUT,
+    PostgresStore,
     configured_keyring,
     describe_url,
     dump_snapshot,
     read_database_state,
 )
+
+DAY_MS = 24 * 3600 * 1000
 
 # Settings of the command's process: which store its profiles are in.
 _databases: dict[str, str] = {}
@@ -93,6 +100,49 @@ def stats(profile: ProfileConfig, url: str, state: State) -> dict[str, Any]:
     }
 
 
+# -- writes -----------------------------------------------------------------------------------
+
+
+async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, Any]) -> Any:
+    """delete and prune on the database, live: the decision runs in the store's commit
+    transaction, on the state with every replica's earlier commits applied, so it takes
+    exactly what was acknowledged before it. The replicas apply the erasure (and drop the
+    media files it leaves unreferenced) as they follow the log."""
+    store = PostgresStore(profile, url, enforce_settings=False)
+    await store.open()
+    try:
+        if op == "delete":
+            typed = str(args["key"])
+            erased: list[str] = []
+
+            def decide(state: State) -> list[Record]:
+                key = conversation_key(state, typed)
+                deletion = state.deletion(key)
+                if deletion is None:
+                    raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
+                erased.append(key)
+                return [deletion]
+
+            await store.commit_decided(decide)
+            return {"key": erased[0], "settings": stored_settings(store.state)}
+        days = int(args["older_than_days"])
+        records = await store.commit_decided(
+            lambda state: state.expired(int(time.time() * 1000), days * DAY_MS)
+        )
+        return {"deleted": len(records), "settings": stored_settings(store.state)}
+    finally:
+        await store.close()
+
+
+def perform(profile: ProfileConfig, url: str, op: str, requests: Sequence[Any]) -> list[Any]:
+    if op not in ("delete", "prune"):
+        raise BridgeError(
+            f"`{op}` is not available with the postgres store yet: migrate the profile to "
+            "the file store (sessions-admin migrate --from-database), or use delete/prune"
+        )
+    return [asyncio.run(_perform(profile, url, op, dict(args))) for args in requests]
+
+
 # -- migrate ----------------------------------------------------------------------------------
 
 
@@ -115,7 +165,9 @@ def _fingerprint(state: State) -> bytes:
 
 async def _to_database(profile: ProfileConfig, url: str, state: State, sealer: Sealer) -> None:
     where = describe_url(url)
-    data = await dump_snapshot(state, sealer, 0)
+    # The log continues after the file store's own sequence numbers: the snapshot's
+    # conversations carry them, and replay skips a record at or below a conversation's.
+    data = await dump_snapshot(state, sealer, state.seq)
     conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
     try:
         await migrate(conn)
@@ -129,13 +181,15 @@ async def _to_database(profile: ProfileConfig, url: str, state: State, sealer: S
                     "was changed (delete it there first to copy it again)"
                 )
             await conn.execute(
-                "INSERT INTO bridge_profiles (slug, key_check) VALUES ($1, $2)",
+                "INSERT INTO bridge_profiles (slug, key_check, head, pruned) VALUES ($1, $2, $3, $3)",
                 profile.slug,
                 sealer.key_check(),
+                state.seq,
             )
             await conn.execute(
-                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, 0, $2)",
+                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3)",
                 profile.slug,
+                state.seq,
                 data,
             )
             if state.seen:

@@ -129,6 +129,7 @@ class PostgresStore(Store):
         self._writer: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = False  # the writer is in a transaction
         self._log = get_logger(profile=profile.slug)
         self._down_since: float | None = None
         self._snapshot_upto = 0  # the seq the newest snapshot we know covers
@@ -247,7 +248,7 @@ class PostgresStore(Store):
                 await self._poller
         if self._writer is not None:
             self._wake.set()
-            while self._queue:  # commits already accepted are finished, not dropped
+            while self._queue or self._writing:  # accepted commits finish, not dropped
                 await asyncio.sleep(0.005)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -293,9 +294,14 @@ class PostgresStore(Store):
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue, []
-                # A decision runs alone in its transaction, after what was queued before it.
-                for group in _groups(batch):
-                    await self._run(group)
+                self._writing = True
+                try:
+                    # A decision runs alone in its transaction, after what was queued
+                    # before it.
+                    for group in _groups(batch):
+                        await self._run(group)
+                finally:
+                    self._writing = False
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:

@@ -93,3 +93,25 @@ def test_reads_need_the_right_key(tmp_path: Path, database_url: str) -> None:
     result = admin(["list"], wrong)
     assert result.returncode == 2 and "does not match the database" in result.stderr
     assert json.dumps(result.stderr).count("\\n") == 1  # one line
+
+
+def test_delete_and_prune_on_the_database_while_replicas_run(
+    tmp_path: Path, database_url: str
+) -> None:
+    var = tmp_path / "var"
+    make_file_store(var)
+    assert (
+        admin(
+            ["migrate", "--to-database", database_url], clean_env(BRIDGE_VAR_DIR=str(var))
+        ).returncode
+        == 0
+    )
+    key = layout.key_path(var / "profiles" / "default").read_text().splitlines()[-1]
+    db_env = clean_env(BRIDGE_STORE="postgres", BRIDGE_DATABASE_URL=database_url, BRIDGE_KEY=key)
+    result = admin(["delete", "+34 600 000 001"], db_env)
+    assert result.returncode == 0, result.stderr
+    assert {row["key"] for row in admin_json(["list"], db_env)} == {"34600000002"}
+    missing = admin(["delete", PHONE], db_env)
+    assert missing.returncode == 1 and "no conversation" in missing.stderr
+    assert admin_json(["prune", "--older-than", "30"], db_env) == {"deleted": 0}
+    assert admin(["import", "x.json"], db_env).returncode != 0
