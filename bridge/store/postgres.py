@@ -340,7 +340,6 @@ class PostgresStore(Store):
     async def _write(self, batch: list[_Pending]) -> list[frozenset[str]]:
         """One transaction for the whole batch; returns each caller's dropped ids."""
         slug = self.profile.slug
-        sealer = self.sealer
         decide = batch[0].decide if len(batch) == 1 else None
         if decide is None and not any(p.records for p in batch):
             async with self.pool.acquire() as conn:
@@ -371,30 +370,7 @@ class PostgresStore(Store):
             self._applied = max(self._applied, head)
             if decide is not None:
                 batch[0].records = tuple(decide(self.state))
-            dropped = await self._claim_ids(conn, batch)
-            seq = head
-            seqs: list[int] = []
-            sealed: list[bytes] = []
-            for pending, ids in zip(batch, dropped, strict=True):
-                pending.kept = []
-                for record in pending.records:
-                    if _inbound_id(record) in ids:
-                        continue
-                    seq += 1
-                    pending.kept.append((seq, record))
-                    seqs.append(seq)
-                    sealed.append(sealer.seal("records", str(seq), encode(seq, record)))
-            if seqs:
-                await conn.execute(
-                    "INSERT INTO bridge_records (profile, seq, sealed) "
-                    "SELECT $1, s, b FROM unnest($2::bigint[], $3::bytea[]) AS t(s, b)",
-                    slug,
-                    seqs,
-                    sealed,
-                )
-                await conn.execute(
-                    "UPDATE bridge_profiles SET head = $2 WHERE slug = $1", slug, seq
-                )
+            dropped = await self._insert(conn, batch, head)
         # Committed: apply in seq order, then tell the listeners.
         for pending in batch:
             for number, record in pending.kept:
@@ -404,42 +380,70 @@ class PostgresStore(Store):
                 self._committed([r for _, r in pending.kept])
         return dropped
 
-    async def _claim_ids(self, conn: Any, batch: list[_Pending]) -> list[frozenset[str]]:
-        """Insert the keyed hash of every inbound message id; the ids whose hash was already
-        there (or came earlier in this batch) are duplicates, per caller."""
+    async def _insert(self, conn: Any, batch: list[_Pending], head: int) -> list[frozenset[str]]:
+        """Claim the inbound message ids and insert the records, in one statement (the
+        profile's row lock is held meanwhile: round trips there are what limits it).
+
+        Every record gets a seq after `head` and is sealed with it; the keyed hash of each
+        inbound message id is inserted `ON CONFLICT DO NOTHING RETURNING`, and a message's
+        record is inserted only if its hash was (a copy another replica recorded, or an
+        earlier one in this batch, is left out: its seq stays a gap). Returns each caller's
+        left-out ids, and sets each caller's `kept` records."""
         sealer = self.sealer
-        hashes: dict[bytes, str] = {}
-        received: list[int] = []
-        later: list[set[str]] = [set() for _ in batch]
-        for index, pending in enumerate(batch):
+        seen: dict[bytes, int] = {}  # hash -> received ms, first occurrences
+        seqs: list[int] = []
+        sealed: list[bytes] = []
+        guards: list[bytes | None] = []
+        slots: list[tuple[_Pending, Record, str | None, bytes | None]] = []
+        seq = head
+        for pending in batch:
             for record in pending.records:
                 message_id = _inbound_id(record)
-                if message_id is None:
-                    continue
-                digest = sealer.seen_hash(message_id)
-                if digest in hashes:
-                    later[index].add(message_id)
-                    continue
-                hashes[digest] = message_id
-                assert isinstance(record, MessageAdded)
-                received.append(record.at_ms)
-        if not hashes:
-            return [frozenset() for _ in batch]
+                guard: bytes | None = None
+                if message_id is not None:
+                    digest = sealer.seen_hash(message_id)
+                    if digest in seen:
+                        guard = b""  # a second copy in this batch: matches no claimed hash
+                    else:
+                        assert isinstance(record, MessageAdded)
+                        seen[digest] = record.at_ms
+                        guard = digest
+                seq += 1
+                seqs.append(seq)
+                sealed.append(sealer.seal("records", str(seq), encode(seq, record)))
+                guards.append(guard)
+                slots.append((pending, record, message_id, guard))
         rows = await conn.fetch(
-            "INSERT INTO bridge_seen (profile, id_hash, received_ms) "
-            "SELECT $1, h, r FROM unnest($2::bytea[], $3::bigint[]) AS t(h, r) "
-            "ON CONFLICT (profile, id_hash) DO NOTHING RETURNING id_hash",
+            "WITH claimed AS ("
+            " INSERT INTO bridge_seen (profile, id_hash, received_ms)"
+            " SELECT $1, h, r FROM unnest($2::bytea[], $3::bigint[]) AS t(h, r)"
+            " ON CONFLICT (profile, id_hash) DO NOTHING RETURNING id_hash"
+            "), kept AS ("
+            " INSERT INTO bridge_records (profile, seq, sealed)"
+            " SELECT $1, s, b FROM unnest($4::bigint[], $5::bytea[], $6::bytea[]) AS t(s, b, g)"
+            " WHERE g IS NULL OR g IN (SELECT id_hash FROM claimed)"
+            "), moved AS ("
+            " UPDATE bridge_profiles SET head = $7 WHERE slug = $1"
+            ") SELECT id_hash FROM claimed",
             self.profile.slug,
-            list(hashes),
-            received,
+            list(seen),
+            list(seen.values()),
+            seqs,
+            sealed,
+            guards,
+            seq,
         )
-        inserted = {bytes(row["id_hash"]) for row in rows}
-        taken = {message_id for digest, message_id in hashes.items() if digest not in inserted}
-        result = []
-        for index, pending in enumerate(batch):
-            mine = {i for r in pending.records if (i := _inbound_id(r)) is not None}
-            result.append(frozenset((mine & taken) | later[index]))
-        return result
+        claimed = {bytes(row["id_hash"]) for row in rows}
+        left_out: dict[int, set[str]] = {id(p): set() for p in batch}
+        for pending in batch:
+            pending.kept = []
+        for number, (pending, record, message_id, guard) in zip(seqs, slots, strict=True):
+            if guard is not None and guard not in claimed:
+                assert message_id is not None
+                left_out[id(pending)].add(message_id)
+                continue
+            pending.kept.append((number, record))
+        return [frozenset(left_out[id(p)]) for p in batch]
 
     async def _check_pruned(self, conn: Any) -> None:
         """Records this replica has not applied were compacted away (it fell behind by more
