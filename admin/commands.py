@@ -564,6 +564,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     (an empty segment after the old ones is a rotation that did not happen, for the old
     store), and the old segments go only once the new snapshot is durable."""
     profile = resolve_profile(args)
+    if database.database_of(profile):
+        raise BridgeError(
+            "restore is not available with the postgres store yet: restore the archive into "
+            "a file store (store = file), then sessions-admin migrate --to-database"
+        )
     state = _check_archive(profile, args.archive)
     with exclusive(profile):
         try:

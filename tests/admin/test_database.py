@@ -115,3 +115,26 @@ def test_delete_and_prune_on_the_database_while_replicas_run(
     assert missing.returncode == 1 and "no conversation" in missing.stderr
     assert admin_json(["prune", "--older-than", "30"], db_env) == {"deleted": 0}
     assert admin(["import", "x.json"], db_env).returncode != 0
+
+
+def test_backup_and_verify_work_on_the_database(tmp_path: Path, database_url: str) -> None:
+    var = tmp_path / "var"
+    make_file_store(var)
+    file_env = clean_env(BRIDGE_VAR_DIR=str(var))
+    assert admin(["migrate", "--to-database", database_url], file_env).returncode == 0
+    key = layout.key_path(var / "profiles" / "default").read_text().splitlines()[-1]
+    db_env = clean_env(
+        BRIDGE_VAR_DIR=str(tmp_path / "replica"),
+        BRIDGE_STORE="postgres",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_KEY=key,
+    )
+    live = admin(["verify"], db_env)
+    assert live.returncode == 0 and "2 conversations, 3 messages, 1 queued" in live.stdout
+    backup = admin(["backup", "--to", str(tmp_path / "archives")], db_env)
+    assert backup.returncode == 0, backup.stderr
+    archive = Path(backup.stdout.strip())
+    checked = admin(["verify", str(archive)], db_env)
+    assert checked.returncode == 0 and "2 conversations" in checked.stdout, checked.stderr
+    restore = admin(["restore", str(archive)], db_env)
+    assert restore.returncode == 1 and "not available with the postgres store" in restore.stderr
