@@ -133,6 +133,7 @@ class Ingestor:
                     self._on_confirmed(status.callback_data, status.message_id)
         if dropped:
             fresh = [m for m in fresh if m.id not in dropped]
+            hits = [h for h in hits if h.message_id not in dropped]
         for other in waits:
             # Another request is committing this message: answer only once it is durable.
             await asyncio.shield(other)

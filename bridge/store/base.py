@@ -50,8 +50,9 @@ class Store(ABC):
     async def commit_new(self, records: Sequence[Record]) -> frozenset[str]:
         """`commit`, for a store that other processes write too (PostgresStore): user
         messages whose id the store already holds (another replica recorded them) are left
-        out, and their ids returned. A store with one writer has none: the Ingestor
-        deduplicates in memory before committing."""
+        out, and their ids returned, with the reaction that directly follows each (a
+        keyword's mode change and automatic reply: bridge/keywords.py). A store with one
+        writer has none: the Ingestor deduplicates in memory before committing."""
         await self.commit(records)
         return frozenset()
 

@@ -46,7 +46,16 @@ from bridge.logs import get_logger
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.keys import parse_keys
 from bridge.persistence.snapshot import read_snapshot, write_snapshot
-from bridge.records import MessageAdded, Record, SettingsChanged, decode, encode, settings_to_dict
+from bridge.records import (
+    MessageAdded,
+    ModeChanged,
+    OutboxQueued,
+    Record,
+    SettingsChanged,
+    decode,
+    encode,
+    settings_to_dict,
+)
 from bridge.state import SEEN_TTL_MS, State
 from bridge.store.base import Store
 from bridge.store.pg.locks import ConversationLocks
@@ -386,9 +395,10 @@ class PostgresStore(Store):
 
         Every record gets a seq after `head` and is sealed with it; the keyed hash of each
         inbound message id is inserted `ON CONFLICT DO NOTHING RETURNING`, and a message's
-        record is inserted only if its hash was (a copy another replica recorded, or an
-        earlier one in this batch, is left out: its seq stays a gap). Returns each caller's
-        left-out ids, and sets each caller's `kept` records."""
+        record, and the keyword reaction right after it, are inserted only if its hash was
+        (a copy another replica recorded, or an earlier one in this batch, is left out: its
+        seqs stay a gap). Returns each caller's left-out ids, and sets each caller's `kept`
+        records."""
         sealer = self.sealer
         seen: dict[bytes, int] = {}  # hash -> received ms, first occurrences
         seqs: list[int] = []
@@ -397,10 +407,15 @@ class PostgresStore(Store):
         slots: list[tuple[_Pending, Record, str | None, bytes | None]] = []
         seq = head
         for pending in batch:
+            reacting: bytes | None = None  # the guard of the inbound message just before
             for record in pending.records:
                 message_id = _inbound_id(record)
                 guard: bytes | None = None
-                if message_id is not None:
+                if message_id is None and reacting is not None and _reaction(record):
+                    guard = reacting  # a keyword's reaction stands or falls with its message
+                elif message_id is None:
+                    reacting = None
+                else:
                     digest = sealer.seen_hash(message_id)
                     if digest in seen:
                         guard = b""  # a second copy in this batch: matches no claimed hash
@@ -408,6 +423,7 @@ class PostgresStore(Store):
                         assert isinstance(record, MessageAdded)
                         seen[digest] = record.at_ms
                         guard = digest
+                    reacting = guard
                 seq += 1
                 seqs.append(seq)
                 sealed.append(sealer.seal("records", str(seq), encode(seq, record)))
@@ -439,9 +455,9 @@ class PostgresStore(Store):
             pending.kept = []
         for number, (pending, record, message_id, guard) in zip(seqs, slots, strict=True):
             if guard is not None and guard not in claimed:
-                assert message_id is not None
-                left_out[id(pending)].add(message_id)
-                continue
+                if message_id is not None:
+                    left_out[id(pending)].add(message_id)
+                continue  # or the left-out message's keyword reaction: its recorder made it
             pending.kept.append((number, record))
         return [frozenset(left_out[id(p)]) for p in batch]
 
@@ -627,6 +643,14 @@ def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
         else:
             groups[-1].append(pending)
     return groups
+
+
+def _reaction(record: Record) -> bool:
+    """A record the Ingestor commits right after an inbound message as its consequence (a
+    keyword's mode change and automatic reply, bridge/keywords.py): left out with it."""
+    if isinstance(record, MessageAdded):
+        return record.message.role == "assistant"
+    return isinstance(record, ModeChanged | OutboxQueued)
 
 
 def _inbound_id(record: Record) -> str | None:

@@ -13,10 +13,18 @@ import asyncpg
 import pytest
 
 from bridge.config import ProfileConfig
-from bridge.conversations import Message
+from bridge.conversations import OPTED_OUT, ConversationMode, Message
 from bridge.errors import ConfigError, StorageError
 from bridge.persistence.keys import encode_key, new_key
-from bridge.records import ConversationDeleted, MessageAdded, OutboxItem, OutboxQueued
+from bridge.records import (
+    ConversationDeleted,
+    MessageAdded,
+    ModeChanged,
+    OutboxItem,
+    OutboxQueued,
+    Record,
+    StatusChanged,
+)
 from bridge.store.pg.schema import latest_version
 from bridge.store.postgres import PostgresStore
 from tests.conftest import make_profile
@@ -239,3 +247,31 @@ async def test_a_replica_behind_the_compaction_reloads(open_store: OpenStore) ->
     await b.refresh()
     view = b.state.get("34600000001")
     assert view is not None and [m.id for m in view.messages] == ["wamid.1", "wamid.2"]
+
+
+async def test_a_duplicate_s_keyword_reaction_is_left_out_with_it(open_store: OpenStore) -> None:
+    """Two replicas recording the same "STOP" at once: one opt-out, one automatic reply."""
+    a, b = await open_store(), await open_store()
+
+    def stop_and_reaction(replica: str) -> list[Record]:
+        now = int(time.time() * 1000)
+        reply = OutboxItem(f"out.{replica}", "34600000001", "34600000001", "baja", now)
+        return [
+            MessageAdded("34600000001", Message("user", "STOP", now, id="wamid.STOP"), None, now),
+            ModeChanged("34600000001", ConversationMode(OPTED_OUT, now, "user")),
+            MessageAdded(
+                "34600000001",
+                Message("assistant", "baja", now, id=reply.id, reply_to="wamid.STOP"),
+            ),
+            OutboxQueued(reply),
+            StatusChanged("wamid.OTHER", "read"),
+        ]
+
+    results = await asyncio.gather(
+        a.commit_new(stop_and_reaction("a")), b.commit_new(stop_and_reaction("b"))
+    )
+    assert sorted(len(r) for r in results) == [0, 1]
+    await a.refresh()
+    assert len(a.state.outbox) == 1
+    view = a.state.get("34600000001")
+    assert view is not None and [m.content for m in view.messages] == ["STOP", "baja"]
