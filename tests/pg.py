@@ -178,6 +178,10 @@ def start_server(fsync: bool = False) -> Iterator[PostgresServer]:
     root = Path(tempfile.mkdtemp(prefix="bridge-pg-"))
     try:
         server = PostgresServer(bin_dir, root, fsync=fsync)
+    except RuntimeError as exc:  # root without a `postgres` user to run the server as
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"PostgreSQL cannot be run here: {exc}")
+    try:
         server.initdb()
         server.start()
     except BaseException:
