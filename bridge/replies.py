@@ -40,6 +40,18 @@ RECORD_RETRY_MAX = 30.0
 OWNER_RETRY = 0.2
 
 
+def _in_place(window: Sequence[Message]) -> bool:
+    """Whether every reply in `window` comes right after the run of user messages it
+    answers (as one process always stores them)."""
+    last_user: str | None = None
+    for message in window:
+        if message.role == "user":
+            last_user = message.id
+        elif message.reply_to and last_user is not None and message.reply_to != last_user:
+            return False
+    return True
+
+
 def new_reply_id() -> str:
     """Our id for a reply until Meta assigns wamids to its parts."""
     return "out." + secrets.token_hex(12)
@@ -209,13 +221,21 @@ class Replier:
                 end -= index
                 break
         later = [m for m in messages[end:] if m.role == "assistant" and m.reply_to]
-        if not later:
-            return messages[max(0, end - limit) : end]
+        window = messages[max(0, end - limit) : end]
+        if not later and _in_place(window):
+            return window
+        # Replies stored after a later user message: with replicas, one replica's reply can
+        # be stored after a message another replica recorded meanwhile (and then died before
+        # answering it). Each goes right after the message it answers, here too.
+        held = {m.id for m in messages[:end] if m.role == "user" and m.id}
+        moved = {id(m) for m in window if m.role == "assistant" and m.reply_to in held}
         answers: dict[str, list[Message]] = {}
-        for reply in later:
+        for reply in [*(m for m in messages[:end] if id(m) in moved), *later]:
             answers.setdefault(reply.reply_to or "", []).append(reply)
         turns: list[Message] = []
         for message in messages[:end]:
+            if id(message) in moved:
+                continue  # placed after the message it answers
             turns.append(message)
             turns.extend(answers.get(message.id or "", ()))
         return turns[-limit:]

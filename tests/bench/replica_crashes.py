@@ -14,6 +14,7 @@ Usage: python -m tests.bench.replica_crashes [--cycles 20] [--rate 50] [--out FI
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import random
 import shutil
@@ -54,6 +55,20 @@ async def loop(cluster: Cluster, cycles: int, rate: float) -> dict[str, int]:
         )
     finally:
         await store.close()
+    if os.environ.get("BENCH_KEEP"):
+        for wamid, text in cluster.acked.items():
+            if answers[text] != 1:
+                print("odd", answers[text], text, wamid)
+                for view in store.state.views():
+                    ids = [m.id for m in view.messages]
+                    if wamid in ids:
+                        i = ids.index(wamid)
+                        for m in view.messages[max(0, i - 3) : i + 6]:
+                            print("   ", m.role, m.content, m.id, m.reply_to, m.status, m.extra)
+        print("outbox", store.state.outbox)
+        for body in cluster.graph.bodies():
+            if any(answers[t] > 1 for t in body.removeprefix("Echo: ").split(" / ")):
+                print("body", body)
     return {
         "acknowledged": len(cluster.acked),
         "present": sum(1 for w in cluster.acked if stored[w] >= 1),
@@ -102,7 +117,10 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     lines = [
         f"{args.cycles} x kill -9 of a random replica of two, deliveries at {args.rate:g}/s "
         "round-robin with every one redelivered to the other replica at once",
