@@ -14,8 +14,8 @@ Usage: python -m tests.bench.replica_crashes [--cycles 20] [--rate 50] [--out FI
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import random
 import shutil
 import signal
