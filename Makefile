@@ -21,10 +21,15 @@ run: $(STAMP)
 	$(BIN)/bridge serve --dev
 
 ## Run the whole test suite (real servers on 127.0.0.1, real files); installs Debian's chromium
-## for the console's browser test when missing (the test is skipped, saying why, if it can't be).
+## for the console's browser test and Debian's postgresql for the PostgreSQL store's tests when
+## missing (those tests are skipped, saying why, if it can't be). Debian keeps initdb under
+## /usr/lib/postgresql/<version>/bin, off PATH: the tests look there (tests/pg.py).
 test: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
 		|| echo "chromium could not be installed: the console test will be skipped"
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq postgresql; } \
+		|| echo "postgresql could not be installed: the PostgreSQL store's tests will be skipped"
 	$(BIN)/pytest -q
 
 ## Benchmarks (results as markdown tables in var/bench/, ~12 min, ~3 GB RAM); installs wrk if missing,
@@ -36,6 +41,10 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
 	$(BIN)/python -m tests.bench.bursts --out var/bench/bursts.md
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq postgresql; }
+	$(BIN)/python -m tests.bench.replicas --out var/bench/replicas.md
+	$(BIN)/python -m tests.bench.replica_crashes --out var/bench/replica-crashes.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.
 lint: $(STAMP)

@@ -34,6 +34,7 @@ examples:
   sessions-admin pause 34600000001 --for 2h       a person takes over for two hours
   sessions-admin send 34600000001 "Hola, soy Ana" --as ana
   sessions-admin resume 34600000001
+  sessions-admin migrate --to-database postgresql://bridge@db/bridge  file store -> database
 
 Reads and writes work while the bridge runs: import, delete, prune, rotate-key, pause,
 resume and send are sent to the running bridge (its control socket
@@ -174,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("rotate-key", "re-encrypt everything under a new key", commands.cmd_rotate_key)
     _timeout(p)
+
+    p = add(
+        "migrate",
+        "copy the profile from its file store into a database, or back; verified",
+        commands.cmd_migrate,
+    )
+    p.add_argument("--to-database", metavar="URL", help="postgresql://... to copy into")
+    p.add_argument("--from-database", metavar="URL", help="postgresql://... to copy from")
 
     operator_commands.add_commands(add, KEY_HELP)
 

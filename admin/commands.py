@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from admin import archives, render, writer
+from admin import archives, database, render, writer
 from admin import media as admin_media
 from admin.seedfile import load_seed_file
 from bridge.config import ProfileConfig, StoreSettings, load_settings
@@ -53,6 +53,8 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
     selected = (args.profile,) if args.profile else ()
     settings = load_settings(config_path=args.config, selected=selected, var_dir=args.var_dir)
     profile = settings.profiles[0]
+    if database.use_settings(settings, profile):
+        return profile  # in the database (admin/database.py)
     if not profile.state_dir.is_dir():
         raise BridgeError(
             f"no store for profile {profile.slug!r} at {profile.state_dir} (has the bridge run "
@@ -63,7 +65,8 @@ def resolve_profile(args: argparse.Namespace) -> ProfileConfig:
 
 def read_state(profile: ProfileConfig, info: SnapshotInfo | None = None) -> State:
     """Snapshot + journal as of now; no lock taken, nothing written."""
-    state = load_state(profile, info=info)
+    url = database.database_of(profile)
+    state = database.read_state(profile, url) if url else load_state(profile, info=info)
     report_settings(profile, state)
     return state
 
@@ -202,10 +205,11 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         for message in conv.messages:
             roles[message.role] = roles.get(message.role, 0) + 1
     activity = [c.last_activity for c in state.conversations.values()]
+    url = database.database_of(profile)
     snapshot = layout.snapshot_path(profile.state_dir)
     snapshot_age = round(time.time() - snapshot.stat().st_mtime) if snapshot.exists() else None
     settings = state.settings
-    return {
+    stats = {
         "profile": profile.slug,
         # The store's own, set by the bridge (None: not stored yet, nothing capped).
         "max_messages": settings.max_messages if settings else None,
@@ -231,6 +235,9 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         else "always",
         "hours_spec": profile.hours.spec if profile.hours is not None else None,
     }
+    if url:  # the sizes are the database's; "running" is not known from here
+        stats.update(database.stats(profile, url, state), running=False, media_bytes=0)
+    return stats
 
 
 def _stats_text(stats: dict[str, Any]) -> str:
@@ -309,6 +316,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         convs = list(state.conversations.values())
     render.emit_json([seed_entry(c) for c in convs])
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy the profile between its file store and a database (admin/database.py)."""
+    selected = (args.profile,) if args.profile else ()
+    settings = load_settings(config_path=args.config, selected=selected, var_dir=args.var_dir)
+    return database.cmd_migrate(args, settings.profiles[0])
 
 
 # -- write commands ---------------------------------------------------------------------------
@@ -553,6 +567,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     (an empty segment after the old ones is a rotation that did not happen, for the old
     store), and the old segments go only once the new snapshot is durable."""
     profile = resolve_profile(args)
+    if database.database_of(profile):
+        raise BridgeError(
+            "restore is not available with the postgres store yet: restore the archive into "
+            "a file store (store = file), then sessions-admin migrate --to-database"
+        )
     state = _check_archive(profile, args.archive)
     with exclusive(profile):
         try:

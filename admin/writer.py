@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from admin import database
 from bridge.config import ProfileConfig
 from bridge.control import OPERATIONS, ControlContext
 from bridge.control import client as control_client
@@ -40,6 +41,9 @@ def perform(
 
     Through the running bridge when there is one, else directly on the store (opened once
     for all of them, with the lock). `progress` shows long steps when writing directly."""
+    url = database.database_of(profile)
+    if url:  # the PostgreSQL store: written directly, live (admin/database.py)
+        return database.perform(profile, url, op, requests)
     results: list[Result] = []
     for _ in range(ATTEMPTS):
         remaining = requests[len(results) :]

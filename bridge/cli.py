@@ -199,7 +199,7 @@ def _check_known_profiles(args: argparse.Namespace, settings: Settings) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.listen import bind, inherited
     from bridge.metrics import Metrics
-    from bridge.runtime import ProfileRuntime, durable_store
+    from bridge.runtime import ProfileRuntime, StoreFactory, durable_store, postgres_store
     from bridge.server import serve
 
     # Everything is checked before anything is written: the configuration, the profiles,
@@ -214,12 +214,20 @@ def run_serve(args: argparse.Namespace) -> int:
         profile.require_secrets()
     metrics = Metrics()
     accept_loss = args.accept_data_loss or settings.accept_data_loss
+    database_url = settings.database_url if settings.store == "postgres" else None
+    factory: StoreFactory = (
+        partial(postgres_store, database_url=database_url)
+        if database_url
+        else partial(durable_store, accept_data_loss=accept_loss)
+    )
     runtimes = [
         ProfileRuntime.build(
             p,
-            store_factory=partial(durable_store, accept_data_loss=accept_loss),
+            store_factory=factory,
             metrics=metrics,
-            control=True,
+            # The control channel lives in the profile directory of the one owning process:
+            # with the database, sessions-admin writes to the database itself.
+            control=database_url is None,
         )
         for p, _ in loaded
     ]

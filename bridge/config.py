@@ -224,6 +224,11 @@ class Settings:
     # BRIDGE_ACCEPT_DATA_LOSS=1 for one start under systemd.
     accept_data_loss: bool = False
     notify_socket: str | None = None
+    # Where profiles' state lives: "file" (the embedded default: journal + snapshots in
+    # var_dir, one process per profile) or "postgres" (any number of replicas share the
+    # profiles through the database at database_url; README "Running several replicas").
+    store: str = "file"
+    database_url: str | None = field(default=None, repr=False)
     # systemd socket activation (sd_listen_fds): sockets passed from fd 3 on, for this pid.
     listen_fds: str | None = None
     listen_pid: str | None = None
@@ -624,6 +629,28 @@ def _api_token(data: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
     return token
 
 
+STORES = ("file", "postgres")
+
+
+def _store(data: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The store kind and, for postgres, its URL (a secret: it may hold a password, so it
+    may come from `database_url_file`, BRIDGE_DATABASE_URL_FILE or a systemd credential)."""
+    kind = str(data.get("store") or env.get("BRIDGE_STORE") or "file").strip().lower()
+    if kind not in STORES:
+        raise ConfigError(f"unknown store {kind!r}: use one of {', '.join(STORES)}")
+    url = _secret("database_url", data, env, "BRIDGE_DATABASE_URL", ("database_url",))
+    if kind == "file":
+        return kind, None
+    if not url:
+        raise ConfigError(
+            "the postgres store needs a database: set BRIDGE_DATABASE_URL (or database_url / "
+            "database_url_file in the TOML file), e.g. postgresql://bridge@db.internal/bridge"
+        )
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("the database URL must start with postgresql://")
+    return kind, url
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -690,6 +717,7 @@ def load_settings(
     header_timeout = data.get("header_timeout") or env.get("BRIDGE_HEADER_TIMEOUT")
     body_timeout = data.get("body_timeout") or env.get("BRIDGE_BODY_TIMEOUT")
     max_connections = data.get("max_connections") or env.get("BRIDGE_MAX_CONNECTIONS")
+    store, database_url = _store(data, env)
     return Settings(
         profiles=tuple(profiles),
         var_dir=resolved_var,
@@ -713,6 +741,8 @@ def load_settings(
         ),
         api_token=_api_token(data, env),
         accept_data_loss=env.get("BRIDGE_ACCEPT_DATA_LOSS", "").lower() in ("1", "true", "yes"),
+        store=store,
+        database_url=database_url,
         notify_socket=env.get("NOTIFY_SOCKET") or None,
         listen_fds=env.get("LISTEN_FDS") or None,
         listen_pid=env.get("LISTEN_PID") or None,

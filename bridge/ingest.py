@@ -102,14 +102,18 @@ class Ingestor:
                 if hit is not None:
                     hits.append(hit)
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
+        dropped: frozenset[str] = frozenset()
         if fresh:
-            await self._commit_claimed(records, fresh, links)
+            dropped = await self._commit_claimed(records, fresh, links)
         elif records:  # statuses only: nothing claimed that a concurrent copy could wait for
             await self._commit(records)
         if self._on_confirmed is not None:
             for status in statuses:
                 if status.callback_data is not None:
                     self._on_confirmed(status.callback_data, status.message_id)
+        if dropped:
+            fresh = [m for m in fresh if m.id not in dropped]
+            hits = [h for h in hits if h.message_id not in dropped]
         for other in waits:
             # Another request is committing this message: answer only once it is durable.
             await asyncio.shield(other)
@@ -125,14 +129,14 @@ class Ingestor:
         records: list[Record],
         fresh: list[InboundMessage],
         links: dict[IdentityLinked, None],
-    ) -> None:
+    ) -> frozenset[str]:
         """Commit records that record the claimed `fresh` messages: concurrent copies of them
-        wait for this outcome."""
+        wait for this outcome. Returns the ids another replica recorded first (left out)."""
         outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for message in fresh:
             self._in_flight[message.id] = outcome
         try:
-            await self._commit(records)
+            dropped = await self._commit(records)
         except BaseException as exc:
             outcome.set_exception(
                 exc if isinstance(exc, StorageError) else StorageError("commit failed")
@@ -146,12 +150,16 @@ class Ingestor:
             for message in fresh:
                 self._in_flight.pop(message.id, None)
             self._links.settle(links)
+        return dropped
 
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, records: list[Record]) -> frozenset[str]:
+        """Commit; the ids of messages another replica recorded meanwhile (PostgresStore)
+        are left out of it and returned, so this one neither answers nor counts them."""
         started = time.monotonic()
-        await self._store.commit(records)
+        dropped = await self._store.commit_new(records)
         if self._observe_commit:
             self._observe_commit(time.monotonic() - started)
+        return dropped
 
 
 def new_number(message: InboundMessage) -> str | None:

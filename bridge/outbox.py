@@ -192,16 +192,40 @@ class Outbox:
         if not self._stopping:
             asyncio.get_running_loop().call_later(self._max_delay, self._wake.set)
 
+    def busy_with(self, key: str) -> bool:
+        """Whether a worker sends (or waits to send) conversation `key`'s replies here."""
+        return key in self._workers
+
     async def _work(self, key: str) -> None:
-        while not self._stopping:
-            item = self._store.state.next_reply(key)
-            if item is None:
-                break
-            await self._deliver(item)
-        # Checked and removed in one step (no await since the check): a notify for this key
-        # after this point finds no worker and starts a new one.
-        if self._workers.get(key) is asyncio.current_task():
-            del self._workers[key]
+        owner = self._store.ownership
+        if owner.shared:
+            # Replicas: only the conversation's owner sends, after taking in what the
+            # previous owner sent (its OutboxDone), so no part goes out twice.
+            if not await owner.acquire(key):
+                return  # its owner sends; if it dies, bridge/takeover.py starts us again
+            try:
+                await self._store.refresh()
+            except BridgeError:  # the database is away: the takeover sweep tries again
+                await owner.release(key)
+                return
+            except BaseException:
+                await owner.release(key)
+                raise
+        try:
+            while not self._stopping:
+                item = self._store.state.next_reply(key)
+                if item is None:
+                    break
+                if owner.shared and not await owner.still_holds(key):
+                    break  # lost with the database connection, and taken by another replica
+                await self._deliver(item)
+            # Checked and removed in one step (no await since the check): a notify for this
+            # key after this point finds no worker and starts a new one.
+            if self._workers.get(key) is asyncio.current_task():
+                del self._workers[key]
+        finally:
+            if owner.shared:
+                await owner.release(key)
 
     def _delay(self, attempt: int) -> float:
         delay = min(self._max_delay, self._base_delay * 2.0**attempt)

@@ -37,6 +37,20 @@ from bridge.whatsapp.sender import OutboundMedia
 # Backoff while a reply cannot be committed (seconds): quick at first, a gentle probe later.
 RECORD_RETRY_BASE = 0.5
 RECORD_RETRY_MAX = 30.0
+# How often a replier waiting for a conversation another replica owns tries again (seconds).
+OWNER_RETRY = 0.2
+
+
+def _in_place(window: Sequence[Message]) -> bool:
+    """Whether every reply in `window` comes right after the run of user messages it
+    answers (as one process always stores them)."""
+    last_user: str | None = None
+    for message in window:
+        if message.role == "user":
+            last_user = message.id
+        elif message.reply_to and last_user is not None and message.reply_to != last_user:
+            return False
+    return True
 
 
 # Reply ids: a random prefix per process and a counter (24 hex digits, as before); unique
@@ -129,7 +143,7 @@ class Replier:
                     message_id, recipient = queue.popleft()
                     burst = 1
                 try:
-                    await self._reply(key, message_id, recipient, burst)
+                    await self._owned_reply(key, message_id, recipient, burst)
                 except Exception as exc:  # one bad reply must not stop this user's later ones
                     self._log.error(
                         "reply_crashed", key=mask(key), message_id=message_id, error=repr(exc)
@@ -137,6 +151,50 @@ class Replier:
         except BaseException:
             self._workers.pop(key, None)
             raise
+
+    def busy_with(self, key: str) -> bool:
+        """Whether a reply to conversation `key` is waiting or under way here."""
+        return key in self._workers
+
+    async def _owned_reply(self, key: str, message_id: str, recipient: str, burst: int) -> None:
+        """Reply while owning the conversation (bridge/ownership.py). With replicas, wait
+        for whoever holds it, take in what it recorded, and answer only if nobody has."""
+        owner = self._store.ownership
+        if not owner.shared:
+            await self._reply(key, message_id, recipient, burst)
+            return
+        while not await owner.acquire(key):
+            await asyncio.sleep(OWNER_RETRY)  # another replica answers or sends to this user
+        try:
+            await self._store.refresh()
+            if self._answered(key, message_id):
+                self._log.info("reply_skipped_answered", key=mask(key), message_id=message_id)
+                return
+            await self._reply(key, message_id, recipient, burst)
+        finally:
+            await owner.release(key)
+            # Replies queued by another replica whose outbox found us owning the
+            # conversation: ours sends them (in order, before anything newer).
+            if self._store.state.next_reply(self._store.state.resolve(key)) is not None:
+                self._on_queued(self._store.state.resolve(key))
+
+    def _answered(self, key: str, message_id: str) -> bool:
+        """A reply (of any replica) answers `message_id` or a user message after it; or the
+        conversation is gone."""
+        state = self._store.state
+        conv = state.conversations.get(state.resolve(key))
+        if conv is None:
+            return True
+        answered = {m.reply_to for m in conv.messages if m.role == "assistant" and m.reply_to}
+        if message_id in answered:
+            return True
+        after = False
+        for message in conv.messages:
+            if message.id == message_id:
+                after = True
+            elif after and message.role == "user" and message.id in answered:
+                return True
+        return False
 
     async def _quiet(self, key: str) -> None:
         """Wait until `key`'s user has been quiet for the debounce time, or the burst is as
@@ -170,13 +228,21 @@ class Replier:
                 end -= index
                 break
         later = [m for m in messages[end:] if m.role == "assistant" and m.reply_to]
-        if not later:
-            return messages[max(0, end - limit) : end]
+        window = messages[max(0, end - limit) : end]
+        if not later and _in_place(window):
+            return window
+        # Replies stored after a later user message: with replicas, one replica's reply can
+        # be stored after a message another replica recorded meanwhile (and then died before
+        # answering it). Each goes right after the message it answers, here too.
+        held = {m.id for m in messages[:end] if m.role == "user" and m.id}
+        moved = {id(m) for m in window if m.role == "assistant" and m.reply_to in held}
         answers: dict[str, list[Message]] = {}
-        for reply in later:
+        for reply in [*(m for m in messages[:end] if id(m) in moved), *later]:
             answers.setdefault(reply.reply_to or "", []).append(reply)
         turns: list[Message] = []
         for message in messages[:end]:
+            if id(message) in moved:
+                continue  # placed after the message it answers
             turns.append(message)
             turns.extend(answers.get(message.id or "", ()))
         return turns[-limit:]

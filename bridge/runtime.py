@@ -13,7 +13,7 @@ from bridge import __version__
 from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
-from bridge.conversations import WINDOW_MS, Message
+from bridge.conversations import WINDOW_MS, Conversation, Message
 from bridge.eventlog import EventLog
 from bridge.events import expects_reply, says_something
 from bridge.identities import is_phone
@@ -32,6 +32,7 @@ from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.replies import Replier
 from bridge.store import MemoryStore, Store
+from bridge.takeover import Takeover
 from bridge.whatsapp.graph import GraphClient
 from bridge.whatsapp.media import MediaClient
 from bridge.whatsapp.models import InboundMessage
@@ -56,6 +57,12 @@ def durable_store(profile: ProfileConfig, accept_data_loss: bool = False) -> Sto
     return DurableStore(profile, accept_data_loss=accept_data_loss)
 
 
+def postgres_store(profile: ProfileConfig, database_url: str) -> Store:
+    from bridge.store.postgres import PostgresStore
+
+    return PostgresStore(profile, database_url)
+
+
 def default_sender(profile: ProfileConfig) -> Sender:
     """The Graph API when an access token is configured, else the log-only sender."""
     if profile.access_token and profile.phone_number_id:
@@ -67,8 +74,9 @@ def media_keyring(store: Store) -> Callable[[], Keyring]:
     """The keys media files are sealed with: the durable store's own (so a rotation covers
     them), else a key of this process (a memory store keeps nothing across restarts)."""
     from bridge.store.durable import DurableStore
+    from bridge.store.postgres import PostgresStore
 
-    if isinstance(store, DurableStore):
+    if isinstance(store, DurableStore | PostgresStore):
         return lambda: store.keyring
     ephemeral = Keyring([os.urandom(32)])
     return lambda: ephemeral
@@ -111,6 +119,8 @@ class ProfileRuntime:
     receipts: ReadReceipts | None = None
     # The profile's control channel (operators' writes while it runs); file stores only.
     control: ControlServer | None = None
+    # Replicas (a shared store): takes over what a replica that went away left.
+    takeover: Takeover | None = None
 
     @classmethod
     def build(
@@ -209,6 +219,20 @@ class ProfileRuntime:
         await self.media.start()  # before replies resume: they wait for its work
         self.outbox.start()
         resumed = self._resume_unanswered(int(time.time() * 1000))
+        if self.store.ownership.shared:
+            # Replicas: answer and send what a replica that went away left behind.
+            self.takeover = Takeover(
+                self.store,
+                self.replier,
+                self.outbox,
+                self.owed,
+                profile=self.slug,
+                grace=max(
+                    self.config.reply_debounce_seconds, self.config.reply_debounce_max_seconds
+                )
+                + 1.0,
+            )
+            self.takeover.start()
         if self.control is not None:
             await self.control.start()
         state = self.store.state
@@ -242,15 +266,21 @@ class ProfileRuntime:
         of it in the history."""
         count = 0
         for conv in self.store.state.conversations.values():
-            if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
-                continue
-            message = owed_answer(conv, now_ms, self._wants_reply)
-            if message is not None and self._closed_when_received(message):
-                continue  # outside hours with outside_hours reply/silent: not the assistant's
+            message = self.owed(conv, now_ms)
             if message is not None and message.id:
                 self.replier.enqueue(conv.key, message.id, conv.key)
                 count += 1
         return count
+
+    def owed(self, conv: Conversation, now_ms: int) -> Message | None:
+        """The user message of `conv` the assistant still owes an answer, if any (see
+        `_resume_unanswered`)."""
+        if now_ms - (conv.last_user_message or 0) >= WINDOW_MS:
+            return None
+        message = owed_answer(conv, now_ms, self._wants_reply)
+        if message is None or not message.id or self._closed_when_received(message):
+            return None  # outside hours with outside_hours reply/silent: not the assistant's
+        return message
 
     def _closed_when_received(self, message: Message) -> bool:
         hours = self.config.hours
@@ -297,6 +327,8 @@ class ProfileRuntime:
         progress, stop sending, then close the store (final snapshot)."""
         if self.control is not None:
             await self.control.stop(timeout)
+        if self.takeover is not None:
+            await self.takeover.stop()
         await self.replier.stop(timeout)
         if self.receipts is not None:
             await self.receipts.stop()
@@ -306,6 +338,7 @@ class ProfileRuntime:
         await self.sender.close()
         if self.notifier is not None:
             await self.notifier.close()
+        await self.store.ownership.close()
         await self.store.close()
         self.events.record("stopped")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
 from bridge.whatsapp.sender import Sender
+from tests.pg import PostgresServer, fresh_database, start_server
 
 # In-process bridges log to the console (pytest shows it for failing tests).
 logs.configure("console", "info")
@@ -134,3 +135,15 @@ def start_bridge(aiohttp_client: AiohttpClient, tmp_path: Path) -> StartBridge:
 @pytest.fixture
 async def bridge(start_bridge: StartBridge) -> Bridge:
     return await start_bridge()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole session (tests/pg.py); skips without one."""
+    yield from start_server()
+
+
+@pytest.fixture
+def database_url(pg_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return fresh_database(pg_server)

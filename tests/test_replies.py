@@ -205,3 +205,24 @@ async def test_a_reply_recorded_after_later_messages_is_placed_after_what_it_ans
     assert assistant.histories == [
         [("user", "uno"), ("user", "dos"), ("assistant", "r-dos"), ("user", "tres")]
     ]
+
+
+async def test_a_reply_stored_after_a_later_message_goes_right_after_its_own() -> None:
+    """Replicas: one replica's reply to u1 was stored after u2, which another replica
+    recorded and died before answering; the answer to u3 must see u2 as unanswered."""
+    store = MemoryStore(State())
+    turns = [("user", "u1", None), ("user", "u2", None), ("assistant", "a1", "u1")]
+    turns.append(("user", "u3", None))
+    await store.commit(
+        [
+            MessageAdded("k", Message(role, text, 1_700_000_000_000 + n, id=text, reply_to=to))
+            for n, (role, text, to) in enumerate(turns)
+        ]
+    )
+    assistant = Recording()
+    replier = Replier(store, assistant, AssistantConfig(), profile="t", on_queued=lambda key: None)
+    replier.enqueue("k", "u3", "k")
+    await eventually(lambda: bool(assistant.histories))
+    assert assistant.histories == [
+        [("user", "u1"), ("assistant", "a1"), ("user", "u2"), ("user", "u3")]
+    ]

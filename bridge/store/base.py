@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from bridge.logs import get_logger
+from bridge.ownership import SOLE, Ownership
 from bridge.records import Record
 from bridge.state import State
 
@@ -19,6 +20,8 @@ class Store(ABC):
 
     def __init__(self, state: State) -> None:
         self.state = state
+        # Who may produce and send each conversation's replies (bridge/ownership.py).
+        self.ownership: Ownership = SOLE
         self._listeners: list[Callable[[Sequence[Record]], None]] = []
 
     def add_listener(self, callback: Callable[[Sequence[Record]], None]) -> None:
@@ -43,6 +46,19 @@ class Store(ABC):
     @abstractmethod
     async def commit(self, records: Sequence[Record]) -> None:
         """Make `records` durable, then apply them in order; StorageError if that failed."""
+
+    async def commit_new(self, records: Sequence[Record]) -> frozenset[str]:
+        """`commit`, for a store that other processes write too (PostgresStore): user
+        messages whose id the store already holds (another replica recorded them) are left
+        out, and their ids returned, with the reaction that directly follows each (a
+        keyword's mode change and automatic reply: bridge/keywords.py). A store with one
+        writer has none: the Ingestor deduplicates in memory before committing."""
+        await self.commit(records)
+        return frozenset()
+
+    async def refresh(self) -> None:
+        """Bring `state` up to what other processes committed (nothing to do with one
+        writer)."""
 
     async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
         """Commit the records `decide` makes of the state with every earlier commit applied

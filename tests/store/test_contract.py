@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.conversations import Message
+from bridge.persistence.keys import encode_key, new_key
 from bridge.records import (
     ConversationDeleted,
     MessageAdded,
@@ -20,13 +21,17 @@ from bridge.records import (
 from bridge.runtime import durable_store, memory_store
 from bridge.state import State
 from bridge.store.base import Store
+from bridge.store.postgres import PostgresStore
 from tests.conftest import make_profile
 
 
-@pytest.fixture(params=["memory", "durable"])
+@pytest.fixture(params=["memory", "durable", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    factory = memory_store if request.param == "memory" else durable_store
-    opened = factory(make_profile(tmp_path, max_messages=3))
+    profile = make_profile(tmp_path, max_messages=3, key=encode_key(new_key()))
+    if request.param == "postgres":
+        opened: Store = PostgresStore(profile, request.getfixturevalue("database_url"))
+    else:
+        opened = (memory_store if request.param == "memory" else durable_store)(profile)
     await opened.open()
     yield opened
     await opened.close()

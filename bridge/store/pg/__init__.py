@@ -1,0 +1,1 @@
+"""The PostgreSQL store's parts: schema migrations, sealing, conversation ownership."""
