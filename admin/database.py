@@ -193,13 +193,14 @@ async def _to_database(profile: ProfileConfig, url: str, state: State, sealer: S
                 data,
             )
             if state.seen:
+                seen = list(state.seen.items())
                 await conn.execute(
                     "INSERT INTO bridge_seen (profile, id_hash, received_ms) "
                     "SELECT $1, h, r FROM unnest($2::bytea[], $3::bigint[]) AS t(h, r) "
                     "ON CONFLICT DO NOTHING",
                     profile.slug,
-                    [sealer.seen_hash(i) for i in state.seen],
-                    list(state.seen.values()),
+                    [sealer.seen_hash(i) for i, _ in seen],
+                    [at for _, at in seen],
                 )
     finally:
         await conn.close()

@@ -56,7 +56,8 @@ from bridge.records import (
     encode,
     settings_to_dict,
 )
-from bridge.state import SEEN_TTL_MS, State
+from bridge.seen import SEEN_TTL_MS
+from bridge.state import State
 from bridge.store.base import Store
 from bridge.store.pg.locks import ConversationLocks
 from bridge.store.pg.schema import current_version, latest_version, migrate
