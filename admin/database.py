@@ -22,14 +22,13 @@ import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
-from bridge.control.writes import conversation_key, stored_settings
+from bridge.control.writes import erase_conversation, stored_settings
 from bridge.errors import BridgeError, ConfigError
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir
 from bridge.persistence.journal import segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.snapshot import write_snapshot
-from bridge.records import Record
 from bridge.state import State
 from bridge.store.durable import load_state
 from bridge.store.pg.schema import migrate
@@ -112,19 +111,8 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
     await store.open()
     try:
         if op == "delete":
-            typed = str(args["key"])
-            erased: list[str] = []
-
-            def decide(state: State) -> list[Record]:
-                key = conversation_key(state, typed)
-                deletion = state.deletion(key)
-                if deletion is None:
-                    raise BridgeError(f"no conversation {key!r} in profile {profile.slug!r}")
-                erased.append(key)
-                return [deletion]
-
-            await store.commit_decided(decide)
-            return {"key": erased[0], "settings": stored_settings(store.state)}
+            key = await erase_conversation(store, str(args["key"]), profile.slug)
+            return {"key": key, "settings": stored_settings(store.state)}
         days = int(args["older_than_days"])
         records = await store.commit_decided(
             lambda state: state.expired(int(time.time() * 1000), days * DAY_MS)

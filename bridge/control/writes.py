@@ -32,6 +32,7 @@ from bridge.persistence.crypto import Keyring
 from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.records import IdentityLinked, MessageAdded, OutboxQueued, Record, settings_to_dict
 from bridge.state import State
+from bridge.store.base import Store
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -51,23 +52,30 @@ def stored_settings(state: State) -> dict[str, int] | None:
 # -- delete and prune -------------------------------------------------------------------------
 
 
-@OPERATIONS.operation("delete")
-async def delete(ctx: ControlContext, args: Args) -> Result:
-    """Erase one user's conversation, as it is when the erasure is decided."""
-    typed = argument(args, "key", str)
+async def erase_conversation(store: Store, typed: str, slug: str) -> str:
+    """Erase the conversation `typed` names, decided on the state with every earlier commit
+    applied (so it takes exactly what was acknowledged before it); returns its key. For the
+    bridge's control channel and for sessions-admin on the database alike."""
     erased: list[str] = []
 
     def decide(state: State) -> list[Record]:
         key = conversation_key(state, typed)
         deletion = state.deletion(key)
         if deletion is None:
-            raise BridgeError(f"no conversation {key!r} in profile {ctx.slug!r}")
+            raise BridgeError(f"no conversation {key!r} in profile {slug!r}")
         erased.append(key)
         return [deletion]
 
-    await ctx.store.commit_decided(decide)
+    await store.commit_decided(decide)
+    return erased[0]
+
+
+@OPERATIONS.operation("delete")
+async def delete(ctx: ControlContext, args: Args) -> Result:
+    """Erase one user's conversation, as it is when the erasure is decided."""
+    key = await erase_conversation(ctx.store, argument(args, "key", str), ctx.slug)
     _media_after_erasure(ctx)
-    return {"key": erased[0], "settings": stored_settings(ctx.store.state)}
+    return {"key": key, "settings": stored_settings(ctx.store.state)}
 
 
 @OPERATIONS.operation("prune")

@@ -10,6 +10,8 @@ from bridge.ownership import SOLE, Ownership
 from bridge.records import Record
 from bridge.state import State
 
+DAY_MS = 24 * 3600 * 1000
+
 
 class Store(ABC):
     """Owns one profile's `State`; `commit` makes records durable, then applies them.
@@ -70,6 +72,19 @@ class Store(ABC):
 
     async def snapshot(self) -> None:
         """Write a full snapshot now (a no-op where nothing is on disk)."""
+
+    async def expire_by_retention(self, now_ms: int, enforce: bool) -> int:
+        """Erase the conversations idle longer than the stored retention; returns how many.
+        Only the service expires (`enforce`; sessions-admin's `prune` is explicit). Decided
+        from memory, applied in commit order: each erasure is bounded to the messages seen
+        now, so one being acknowledged meanwhile is not erased with them."""
+        settings = self.state.settings
+        if not enforce or settings is None:
+            return 0
+        expired = self.state.expired(now_ms, settings.retention_days * DAY_MS)
+        if expired:
+            await self.commit(expired)
+        return len(expired)
 
     def _apply(self, records: Sequence[Record]) -> None:
         for record in records:

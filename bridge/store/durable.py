@@ -45,7 +45,6 @@ from bridge.records import (
 from bridge.state import State
 from bridge.store.base import Store
 
-DAY_MS = 24 * 3600 * 1000
 ACCEPT_LOSS_ADVICE = (
     "refusing to start; see README 'Damaged journal', or start once with "
     "`bridge serve --accept-data-loss` to set the damaged part aside"
@@ -395,18 +394,9 @@ class DurableStore(Store):
         async with self._snapshotting:
             started = time.monotonic()
             now_ms = int(time.time() * 1000)
-            settings = self.state.settings
-            # Only the service expires by retention (sessions-admin's `prune` is explicit).
-            # Decided from memory, applied in journal order: each erasure is bounded to the
-            # messages seen now, so one being acknowledged meanwhile is not erased with them.
-            expired = (
-                self.state.expired(now_ms, settings.retention_days * DAY_MS)
-                if self._enforce_settings and settings is not None
-                else []
-            )
+            expired = await self.expire_by_retention(now_ms, self._enforce_settings)
             if expired:
-                await self.commit(expired)
-                self._log.info("retention_pruned", conversations=len(expired))
+                self._log.info("retention_pruned", conversations=expired)
             for _ in self.state.prune_seen_steps(now_ms):
                 await asyncio.sleep(0)  # a step is bounded; let requests in between
             segment = await self.journal.rotate()

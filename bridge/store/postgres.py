@@ -63,7 +63,6 @@ from bridge.store.pg.locks import ConversationLocks
 from bridge.store.pg.schema import current_version, latest_version, migrate
 from bridge.store.pg.sealing import Sealer
 
-DAY_MS = 24 * 3600 * 1000
 POLL_SECONDS = 0.5
 LOAD_CHUNK = 5000
 CONNECT_TIMEOUT = 5.0
@@ -518,15 +517,9 @@ class PostgresStore(Store):
     async def snapshot(self) -> None:
         """Retention (the service only), and forgetting seen ids past Meta's retry window."""
         now_ms = int(time.time() * 1000)
-        settings = self.state.settings
-        expired = (
-            self.state.expired(now_ms, settings.retention_days * DAY_MS)
-            if self._enforce_settings and settings is not None
-            else []
-        )
+        expired = await self.expire_by_retention(now_ms, self._enforce_settings)
         if expired:
-            await self.commit(expired)
-            self._log.info("retention_pruned", conversations=len(expired))
+            self._log.info("retention_pruned", conversations=expired)
         self.state.prune_seen(now_ms)
         try:
             async with self.pool.acquire() as conn:
