@@ -105,7 +105,10 @@ class Ingestor:
         if fresh:
             await self._commit_claimed(records, fresh, links)
         elif records:  # statuses only: nothing claimed that a concurrent copy could wait for
-            await self._commit(records)
+            # A status that changes nothing needs no journal record: one for a message we
+            # do not hold (erased, or not sent by this store), or a redelivered or late one
+            # (Meta delivers at least once and in no guaranteed order).
+            await self._commit(records, effective_only=True)
         if self._on_confirmed is not None:
             for status in statuses:
                 if status.callback_data is not None:
@@ -147,9 +150,13 @@ class Ingestor:
                 self._in_flight.pop(message.id, None)
             self._links.settle(links)
 
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, records: list[Record], effective_only: bool = False) -> None:
         started = time.monotonic()
-        await self._store.commit(records)
+        if effective_only:
+            if not await self._store.commit_effective(records):
+                return  # nothing written: not a commit whose latency to observe
+        else:
+            await self._store.commit(records)
         if self._observe_commit:
             self._observe_commit(time.monotonic() - started)
 

@@ -144,6 +144,11 @@ class Journal:
     def segment(self) -> int:
         return self._w.segment
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: memory holds every commit made so far."""
+        return self._idle.is_set()
+
     def use_keyring(self, keyring: Keyring) -> None:
         """Seal from now on with `keyring`'s active key (key rotation)."""
         self._keyring = keyring
