@@ -371,7 +371,34 @@ class Conversation:
     def update_status(
         self, message_id: str, status: str, error: str | None, wamids: tuple[str, ...]
     ) -> bool:
-        """Move a reply's delivery state forward; search from the end, where replies are."""
+        """Move a reply's delivery state forward; False if no message has `message_id`."""
+        found = self._status_update(message_id, status, error, wamids)
+        if found is None:
+            return False
+        index, updated = found
+        self.messages[index] = updated
+        return True
+
+    def status_would_change(
+        self, message_id: str, status: str, error: str | None, wamids: tuple[str, ...]
+    ) -> bool:
+        """Whether `update_status` with these would change the reply (a later state, an
+        error, a new wamid), without changing it."""
+        found = self._status_update(message_id, status, error, wamids)
+        if found is None:
+            return False
+        index, updated = found
+        before = self.messages[index]
+        return (updated.status, updated.error, updated.wamids) != (
+            before.status,
+            before.error,
+            before.wamids,
+        )
+
+    def _status_update(
+        self, message_id: str, status: str, error: str | None, wamids: tuple[str, ...]
+    ) -> tuple[int, Message] | None:
+        """Where the reply is and what it becomes; search from the end, where replies are."""
         for index in range(len(self.messages) - 1, -1, -1):
             message = self.messages[index]
             if message.id != message_id:
@@ -383,14 +410,13 @@ class Conversation:
                 new_status = status
             if message.status in TERMINAL_STATUSES and status not in TERMINAL_STATUSES:
                 new_status = message.status
-            self.messages[index] = replace(
+            return index, replace(
                 message,
                 status=new_status,
                 error=error or message.error,
                 wamids=message.wamids + tuple(w for w in wamids if w not in message.wamids),
             )
-            return True
-        return False
+        return None
 
     def unanswered(self, wants_reply: Callable[[Message], bool] | None = None) -> Message | None:
         """The newest user message (that `wants_reply`) if no reply answers it or any user

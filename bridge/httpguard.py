@@ -91,6 +91,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self.guard = guard
         self.inner = inner
+        # Made by the server's loop, in it. Kept: on Python 3.11 every get_running_loop()
+        # is a getpid() system call (a fork check), and a request would cost two of them.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.state = _State.IDLE
         self.since = 0.0  # loop time the current IDLE or BODY wait began
@@ -136,7 +139,7 @@ class _Connection(asyncio.Protocol):
     # state, driven by the guard's middleware and read_body
     def idle(self) -> None:
         self.state = _State.IDLE
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.since = now = loop.time()
         self._deadline = now + self.guard.header_timeout
         if self._timer is None:
@@ -145,7 +148,7 @@ class _Connection(asyncio.Protocol):
     def reading_body(self) -> None:
         self.fresh = False
         self.state = _State.BODY  # bounded by read_body's own deadline
-        self.since = asyncio.get_running_loop().time()
+        self.since = self.loop.time()
 
     def busy(self) -> None:
         self.fresh = False
@@ -155,7 +158,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self.state is not _State.IDLE:
             return  # idle() arms it again
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if loop.time() < self._deadline:  # a request came and went meanwhile
             self._timer = loop.call_at(self._deadline, self._expire)
         else:

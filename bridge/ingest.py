@@ -106,7 +106,10 @@ class Ingestor:
         if fresh:
             dropped = await self._commit_claimed(records, fresh, links)
         elif records:  # statuses only: nothing claimed that a concurrent copy could wait for
-            await self._commit(records)
+            # A status that changes nothing needs no journal record: one for a message we
+            # do not hold (erased, or not sent by this store), or a redelivered or late one
+            # (Meta delivers at least once and in no guaranteed order).
+            await self._commit(records, effective_only=True)
         if self._on_confirmed is not None:
             for status in statuses:
                 if status.callback_data is not None:
@@ -152,11 +155,17 @@ class Ingestor:
             self._links.settle(links)
         return dropped
 
-    async def _commit(self, records: list[Record]) -> frozenset[str]:
+    async def _commit(self, records: list[Record], effective_only: bool = False) -> frozenset[str]:
         """Commit; the ids of messages another replica recorded meanwhile (PostgresStore)
-        are left out of it and returned, so this one neither answers nor counts them."""
+        are left out of it and returned, so this one neither answers nor counts them. With
+        `effective_only` (statuses only), records that change nothing are left out."""
         started = time.monotonic()
-        dropped = await self._store.commit_new(records)
+        dropped: frozenset[str] = frozenset()
+        if effective_only:
+            if not await self._store.commit_effective(records):
+                return dropped  # nothing written: not a commit whose latency to observe
+        else:
+            dropped = await self._store.commit_new(records)
         if self._observe_commit:
             self._observe_commit(time.monotonic() - started)
         return dropped

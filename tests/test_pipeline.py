@@ -10,6 +10,8 @@ from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
 from bridge.config import AssistantConfig
+from bridge.runtime import durable_store
+from bridge.store.durable import DurableStore, load_state
 from bridge.whatsapp.graph import GraphClient
 from tests.conftest import APP_SECRET, Bridge, StartBridge, eventually, make_profile
 from tests.fakes.graph import TOKEN, FakeGraph
@@ -144,6 +146,37 @@ async def test_failed_status_records_the_error(graph_bridge: Bridge) -> None:
     conv = bridge.state().get("34600000001")
     assert conv is not None
     assert (conv.messages[-1].status, conv.messages[-1].error) == ("failed", "131047: error")
+
+
+async def test_only_statuses_that_move_a_reply_are_journaled(
+    aiohttp_server: AiohttpServer, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(FakeGraph().app())
+    client = GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
+    profile = make_profile(tmp_path)
+    bridge = await start_bridge([profile], store_factory=durable_store, senders={"default": client})
+    await bridge.post_text("track me")
+    await bridge.settle()
+    store = bridge.runtimes["default"].store
+    assert isinstance(store, DurableStore)
+    conv = bridge.state().get("34600000001")
+    assert conv is not None
+    (wamid,) = conv.messages[-1].wamids
+
+    async def post_status(message_id: str, state: str) -> None:
+        status = simulate.status(message_id, state, "34600000001")
+        resp = await bridge.post(simulate.delivery(simulate.change_value(statuses=[status])))
+        assert resp.status == 200
+
+    await eventually(lambda: store.journal.idle, what="the journal to be idle")
+    fsyncs = store.journal.fsyncs
+    await post_status(wamid, "read")
+    assert store.journal.fsyncs == fsyncs + 1  # moved the reply: durable before the 200
+    for message_id, state in ((wamid, "read"), (wamid, "delivered"), ("wamid.other", "read")):
+        await post_status(message_id, state)  # redelivered, late, not ours: nothing to record
+    assert store.journal.fsyncs == fsyncs + 1
+    reloaded = load_state(profile).get("34600000001")
+    assert reloaded is not None and reloaded.messages[-1].status == "read"
 
 
 @pytest.fixture

@@ -133,6 +133,7 @@ class Journal:
         self._idle = asyncio.Event()  # nothing queued and nothing being written
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `start` ran in
         self._w = _WriterState(segment=1, size=0)
         self._log = get_logger(profile=slug)
         # One thread of its own: journal I/O runs strictly in order and never waits behind
@@ -144,6 +145,11 @@ class Journal:
     def segment(self) -> int:
         return self._w.segment
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: memory holds every commit made so far."""
+        return self._idle.is_set()
+
     def use_keyring(self, keyring: Keyring) -> None:
         """Seal from now on with `keyring`'s active key (key rotation)."""
         self._keyring = keyring
@@ -152,7 +158,9 @@ class Journal:
         """Append to `segment` from `valid_size` on (a torn tail beyond it is cut off)."""
         self._w = _WriterState(segment=segment, size=valid_size)
         self._open_segment()
-        self._writer = asyncio.create_task(self._run(), name=f"journal:{self._slug}")
+        # Kept: on Python 3.11 every get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
+        self._writer = self._loop.create_task(self._run(), name=f"journal:{self._slug}")
 
     def _open_segment(self) -> None:
         """(Re)open the current segment and cut it to its last good size."""
@@ -177,7 +185,10 @@ class Journal:
         w.broken = False
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
     def _check_running(self) -> None:
         if self._writer is None or self._writer.done():
@@ -199,7 +210,7 @@ class Journal:
         size = sum(len(p) for p in payloads) + len(payloads) + 2
         if size + _FRAME_EXTRA > frames.MAX_FRAME:
             raise StorageError(f"a commit of {size} bytes is larger than a journal frame")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._running_loop().create_future()
         self._queue.append(_Append(payloads, apply, future, size))
         self._idle.clear()
         self._wake.set()
@@ -213,7 +224,7 @@ class Journal:
     async def rotate(self) -> int:
         """Finish everything queued so far in the current segment, then start a new one."""
         self._check_running()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = self._running_loop().create_future()
         self._queue.append(_Rotate(future))
         self._idle.clear()
         self._wake.set()

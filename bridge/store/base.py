@@ -62,6 +62,16 @@ class Store(ABC):
         """Bring `state` up to what other processes committed (nothing to do with one
         writer)."""
 
+    async def commit_effective(self, records: Sequence[Record]) -> int:
+        """Commit `records` but those that would change nothing (`State.changes`), where
+        that is certain; returns how many were committed (durable and applied). For status
+        webhooks: most report a state the reply is already at or name a message that is not
+        ours, and a record that changes nothing need not cost a journal write. Here commits
+        apply at once, so the state they are checked against is the one they would meet."""
+        records = [r for r in records if self.state.changes(r)]
+        await self.commit(records)
+        return len(records)
+
     async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
         """Commit the records `decide` makes of the state with every earlier commit applied
         (an operator's write on a live store: see DurableStore); returns them once durable

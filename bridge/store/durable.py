@@ -343,6 +343,17 @@ class DurableStore(Store):
         await self._enqueue(records)
         self._committed(records)
 
+    async def commit_effective(self, records: Sequence[Record]) -> int:
+        """Leave out the records that would change nothing only while nothing else is on its
+        way into memory (no operator's write deciding, nothing queued or being written in the
+        journal): then the state they are checked against is exactly the one they would be
+        applied to, so a record left out is one whose application would be a no-op. Otherwise
+        all of them are committed, as `commit` does."""
+        if self._gate.is_set() and self.journal.idle:
+            records = [r for r in records if self.state.changes(r)]
+        await self.commit(records)
+        return len(records)
+
     async def commit_decided(self, decide: Callable[[State], Sequence[Record]]) -> Sequence[Record]:
         """Commit what `decide` makes of the state with every earlier commit applied.
 

@@ -9,6 +9,9 @@ Columns (each its own server process, pinned to core 0; wrk on core 1, taskset):
   reply journaled and sent to a Graph API on 127.0.0.1 (peers.GRAPH), and its outcome
   journaled; with `BRIDGE_REPLY_DEBOUNCE_SECONDS=0` every message gets its own reply;
 - `bridge serve` taking status webhooks only (the ack path: verify, parse, journal, 200).
+  Each status names a message the bridge never sent, so it changes nothing: since the
+  bridge journals only statuses that change a reply, this measures the path without a
+  journal write (a status for one of its replies is journaled with fsync as before).
 
 Deliveries are pre-generated and correctly signed, each with a unique message id and a phone
 of its own (see write_deliveries); wrk cycles through them from a Lua script. The warm-up run gets its own deliveries,
@@ -278,7 +281,7 @@ NAMES = {
     "bare-uvloop": "bare aiohttp handler (read body, 200), uvloop: the floor",
     "pywa": f"pywa {peers.PYWA_VERSION}, FastAPI + uvicorn[standard] (signature, dedupe, history)",
     "message": "bridge, messages (verify, dedupe, journal fsync, 200; echo reply journaled, sent)",
-    "status": "bridge, status webhooks only (verify, journal fsync, 200)",
+    "status": "bridge, status webhooks only (verify, parse, 200; none changes a reply: no record)",
 }
 
 

@@ -17,10 +17,12 @@ from bridge.records import (
     OutboxItem,
     OutboxQueued,
     Record,
+    StatusChanged,
 )
 from bridge.runtime import durable_store, memory_store
 from bridge.state import State
 from bridge.store.base import Store
+from bridge.store.durable import DurableStore
 from bridge.store.postgres import PostgresStore
 from tests.conftest import make_profile
 
@@ -117,3 +119,46 @@ async def test_a_decision_that_raises_commits_nothing(store: Store) -> None:
         await store.commit_decided(decide)
     await store.commit([MessageAdded("k", msg(1))])  # and commits go on
     assert store.state.get("k") is not None
+
+
+async def test_statuses_that_change_nothing_are_not_committed(store: Store) -> None:
+    reply = Message("assistant", "r", 1_700_000_000_000, id="r1")
+    await store.commit([MessageAdded("k", reply), StatusChanged("r1", "sent", None, ("wA",))])
+    effective = [StatusChanged("wA", "delivered")]
+    assert await store.commit_effective(effective) == 1
+    view = store.state.get("k")
+    assert view is not None and view.messages[-1].status == "delivered"
+    noops = [
+        StatusChanged("wA", "delivered"),  # redelivered
+        StatusChanged("wA", "sent"),  # late: the reply is past it
+        StatusChanged("wamid.not-ours", "read"),  # a message this store does not hold
+    ]
+    # A replica's memory may be behind the database (a reply another replica sent), so the
+    # PostgreSQL store commits every status; the others leave out what changes nothing.
+    shared = isinstance(store, PostgresStore)
+    assert await store.commit_effective(noops) == (3 if shared else 0)
+    assert await store.commit_effective([StatusChanged("wA", "read"), *noops]) == (
+        4 if shared else 1
+    )
+    view = store.state.get("k")
+    assert view is not None and view.messages[-1].status == "read"
+
+
+async def test_statuses_are_all_committed_while_the_journal_is_busy(tmp_path: Path) -> None:
+    """With a commit on its way into memory the state is not the one a status would be
+    applied to: nothing is left out then."""
+    store = durable_store(make_profile(tmp_path))
+    await store.open()
+    try:
+        assert isinstance(store, DurableStore)
+        fsyncs = store.journal.fsyncs
+        assert await store.commit_effective([StatusChanged("wamid.x", "read")]) == 0
+        assert store.journal.fsyncs == fsyncs  # nothing written
+        pending = asyncio.ensure_future(store.commit([MessageAdded("k", msg(1))]))
+        await asyncio.sleep(0)
+        assert not store.journal.idle
+        assert await store.commit_effective([StatusChanged("wamid.x", "read")]) == 1
+        await pending
+        assert store.journal.fsyncs > fsyncs
+    finally:
+        await store.close()
