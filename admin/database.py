@@ -22,7 +22,12 @@ import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
-from bridge.control.writes import erase_conversation, stored_settings
+from bridge.control.writes import (
+    erase_conversation,
+    import_conversations,
+    import_request,
+    stored_settings,
+)
 from bridge.errors import BridgeError, ConfigError
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir
@@ -103,7 +108,7 @@ def stats(profile: ProfileConfig, url: str, state: State) -> dict[str, Any]:
 
 
 async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, Any]) -> Any:
-    """delete and prune on the database, live: the decision runs in the store's commit
+    """delete, prune and import on the database, live: the decision runs in the store's commit
     transaction, on the state with every replica's earlier commits applied, so it takes
     exactly what was acknowledged before it. The replicas apply the erasure (and drop the
     media files it leaves unreferenced) as they follow the log."""
@@ -113,6 +118,8 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
         if op == "delete":
             key = await erase_conversation(store, str(args["key"]), profile.slug)
             return {"key": key, "settings": stored_settings(store.state)}
+        if op == "import":
+            return await import_conversations(store, import_request(args))
         days = int(args["older_than_days"])
         records = await store.commit_decided(
             lambda state: state.expired(int(time.time() * 1000), days * DAY_MS)
@@ -123,10 +130,10 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
 
 
 def perform(profile: ProfileConfig, url: str, op: str, requests: Sequence[Any]) -> list[Any]:
-    if op not in ("delete", "prune"):
+    if op not in ("delete", "prune", "import"):
         raise BridgeError(
             f"`{op}` is not available with the postgres store yet: migrate the profile to "
-            "the file store (sessions-admin migrate --from-database), or use delete/prune"
+            "the file store (sessions-admin migrate --from-database), or use delete/prune/import"
         )
     return [asyncio.run(_perform(profile, url, op, dict(args))) for args in requests]
 

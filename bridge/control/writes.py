@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -147,7 +148,8 @@ def import_arguments(conversations: list[tuple[str, list[Message]]]) -> dict[str
     return {"conversations": [[key, [m.to_dict() for m in ms]] for key, ms in conversations]}
 
 
-def _conversations(args: Args) -> list[tuple[str, list[Message]]]:
+def import_request(args: Args) -> list[tuple[str, list[Message]]]:
+    """The conversations of an `import` request (as `import_arguments` sends them)."""
     raw = argument(args, "conversations", list)
     out = []
     for index, pair in enumerate(raw, start=1):
@@ -171,15 +173,24 @@ def _conversations(args: Args) -> list[tuple[str, list[Message]]]:
 async def import_(ctx: ControlContext, args: Args) -> Result:
     """Merge conversations (as `import_arguments` sends them) into the store, each in one
     commit: a crash leaves each whole or absent."""
-    conversations = _conversations(args)
+    return await import_conversations(ctx.store, import_request(args), ctx.client_gone)
+
+
+async def import_conversations(
+    store: Store,
+    conversations: list[tuple[str, list[Message]]],
+    client_gone: Callable[[], bool] = lambda: False,
+) -> Result:
+    """Merge each conversation in its own commit, decided on the settled state: for the
+    bridge's control channel and for sessions-admin on the database alike."""
     counts = {"conversations": 0, "messages": 0, "skipped_expired": 0, "over_cap": 0}
     for done, (key, messages) in enumerate(conversations):
-        if ctx.client_gone():
+        if client_gone():
             raise ControlError(
                 f"import stopped after {done} of {len(conversations)} conversations: the "
                 "requester hung up"
             )
-        outcome = await _import_one(ctx, key, messages)
+        outcome = await _import_one(store, key, messages)
         if outcome is None:
             counts["skipped_expired"] += 1
         elif outcome.records:
@@ -187,7 +198,7 @@ async def import_(ctx: ControlContext, args: Args) -> Result:
             counts["messages"] += outcome.added
             counts["over_cap"] += outcome.left_out
         await asyncio.sleep(0)  # a conversation already there commits nothing: yield anyway
-    return {**counts, "settings": stored_settings(ctx.store.state)}
+    return {**counts, "settings": stored_settings(store.state)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +208,7 @@ class _Imported:
     left_out: int
 
 
-async def _import_one(ctx: ControlContext, key: str, messages: list[Message]) -> _Imported | None:
+async def _import_one(store: Store, key: str, messages: list[Message]) -> _Imported | None:
     """Merge one conversation in one commit; None when it is past the store's retention."""
     outcome: list[_Imported | None] = []
 
@@ -216,7 +227,7 @@ async def _import_one(ctx: ControlContext, key: str, messages: list[Message]) ->
         outcome.append(_Imported(len(merge.records), added, merge.left_out))
         return merge.records
 
-    await ctx.store.commit_decided(decide)
+    await store.commit_decided(decide)
     return outcome[0]
 
 

@@ -422,6 +422,14 @@ class PostgresStore(Store):
                     guard = reacting  # a keyword's reaction stands or falls with its message
                 elif message_id is None:
                     reacting = None
+                elif pending.decide is not None:
+                    # An operator's decided write (an import) was decided on the settled
+                    # state, which already left out what the store holds: its ids are
+                    # remembered, never claimed against (an erased message's id stays
+                    # seen, and importing it back is what the operator asked for).
+                    assert isinstance(record, MessageAdded)
+                    seen.setdefault(sealer.seen_hash(message_id), record.at_ms)
+                    reacting = None
                 else:
                     digest = sealer.seen_hash(message_id)
                     if digest in seen:

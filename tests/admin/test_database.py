@@ -138,3 +138,34 @@ def test_backup_and_verify_work_on_the_database(tmp_path: Path, database_url: st
     assert checked.returncode == 0 and "2 conversations" in checked.stdout, checked.stderr
     restore = admin(["restore", str(archive)], db_env)
     assert restore.returncode == 1 and "not available with the postgres store" in restore.stderr
+
+
+def test_import_on_the_database_merges_a_seed_file_live(tmp_path: Path, database_url: str) -> None:
+    var = tmp_path / "var"
+    make_file_store(var)
+    file_env = clean_env(BRIDGE_VAR_DIR=str(var))
+    exported = tmp_path / "sessions.json"
+    exported.write_text(json.dumps(admin_json(["export"], file_env)))
+    assert admin(["migrate", "--to-database", database_url], file_env).returncode == 0
+    key = layout.key_path(var / "profiles" / "default").read_text().splitlines()[-1]
+    db_env = clean_env(
+        BRIDGE_VAR_DIR=str(tmp_path / "replica"),
+        BRIDGE_STORE="postgres",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_KEY=key,
+    )
+    assert admin(["delete", PHONE], db_env).returncode == 0
+    assert {row["key"] for row in admin_json(["list"], db_env)} == {"34600000002"}
+
+    result = admin(["import", str(exported)], db_env)
+    assert result.returncode == 0, result.stderr
+    assert "into 1 conversation(s)" in result.stdout
+    assert {row["key"] for row in admin_json(["list"], db_env)} == {PHONE, "34600000002"}
+    shown = admin_json(["show", PHONE], db_env)
+    assert [m["content"] for m in shown["messages"]] == ["hola", "¿qué tal?"]
+    again = admin(["import", str(exported)], db_env)  # already there: nothing twice
+    assert again.returncode == 0 and "imported 0 new message(s)" in again.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    refused = admin(["import", str(bad)], db_env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
