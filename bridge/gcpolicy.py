@@ -23,6 +23,7 @@ ten or so young ones, so that is as often as traffic allocates, and nothing when
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 
@@ -45,6 +46,15 @@ def install() -> None:
     """Freeze what survives each full collection from now on (idempotent)."""
     if _after_collection not in gc.callbacks:
         gc.callbacks.append(_after_collection)
+
+
+def uninstall() -> None:
+    """Stop freezing and give every frozen object back to the collector: for a process that
+    ran a bridge and goes on without one (the test suite, where frozen objects would hide
+    referrers from `gc.get_referrers`, which Hypothesis relies on)."""
+    with contextlib.suppress(ValueError):
+        gc.callbacks.remove(_after_collection)
+    gc.unfreeze()
 
 
 def _after_collection(phase: str, info: dict[str, int]) -> None:

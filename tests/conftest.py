@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from bridge import logs, simulate
+from bridge import gcpolicy, logs, simulate
 from bridge.app import create_app
 from bridge.assistants.base import Assistant
 from bridge.config import AssistantConfig, ProfileConfig, Settings
@@ -21,6 +21,15 @@ from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
 from bridge.whatsapp.sender import Sender
 from tests.pg import PostgresServer, fresh_database, start_server
+
+
+@pytest.fixture(autouse=True)
+def _no_gc_policy_left_behind() -> Iterator[None]:
+    """The bridge's GC policy is process-wide (bridge/gcpolicy.py): a test that ran a bridge
+    in this process must not leave it installed for the next one."""
+    yield
+    gcpolicy.uninstall()
+
 
 # In-process bridges log to the console (pytest shows it for failing tests).
 logs.configure("console", "info")
