@@ -359,14 +359,7 @@ class PostgresStore(Store):
         decide = batch[0].decide if len(batch) == 1 else None
         if decide is None and not any(p.records for p in batch):
             async with self.pool.acquire() as conn:
-                await self._check_pruned(conn)
-                rows = await conn.fetch(
-                    "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
-                    "ORDER BY seq",
-                    slug,
-                    self._applied,
-                )
-            self._apply_rows(rows)
+                await self._catch_up(conn)
             return [frozenset() for _ in batch]
         async with self.pool.acquire() as conn, conn.transaction():
             # The row lock on the profile's head serialises its commits across replicas.
@@ -375,14 +368,7 @@ class PostgresStore(Store):
             )
             if head is None:
                 raise StorageError(f"profile {slug!r} is not in the database")
-            await self._check_pruned(conn)
-            rows = await conn.fetch(
-                "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 "
-                "ORDER BY seq",
-                slug,
-                self._applied,
-            )
-            self._apply_rows(rows)  # committed by others: in memory before anything decides
+            await self._catch_up(conn)  # others' commits: in memory before anything decides
             self._applied = max(self._applied, head)
             if decide is not None:
                 batch[0].records = tuple(decide(self.state))
@@ -475,6 +461,16 @@ class PostgresStore(Store):
                 continue  # or the left-out message's keyword reaction: its recorder made it
             pending.kept.append((number, record))
         return [frozenset(left_out[id(p)]) for p in batch]
+
+    async def _catch_up(self, conn: Any) -> None:
+        """Apply what other replicas committed since this one last looked."""
+        await self._check_pruned(conn)
+        rows = await conn.fetch(
+            "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 ORDER BY seq",
+            self.profile.slug,
+            self._applied,
+        )
+        self._apply_rows(rows)
 
     async def _check_pruned(self, conn: Any) -> None:
         """Records this replica has not applied were compacted away (it fell behind by more
