@@ -124,6 +124,15 @@ def load_state(
                 ) from None
             time.sleep(0.05)
             continue
+        except CorruptStateError:
+            # A live rotate-key between reading the keys and reading the files: they are
+            # sealed under a key newer than the keyring read. With the keys read again it
+            # starts over; real damage stays damage and is reported as such.
+            fresh = load_keyring(profile, create=False)
+            if attempt == attempts - 1 or fresh.key_ids == keyring.key_ids:
+                raise
+            keyring = fresh
+            continue
         return state
     raise AssertionError("unreachable")
 
