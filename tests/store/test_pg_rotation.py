@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
 from admin.database import _fingerprint
+from bridge import simulate
 from bridge.conversations import Message
 from bridge.errors import ConfigError, StorageError
 from bridge.persistence.crypto import Keyring, key_id
@@ -26,9 +28,13 @@ from bridge.store.pg.locks import ConversationLocks
 from bridge.store.pg.schema import migrations
 from bridge.store.pg.sealing import Sealer
 from bridge.store.postgres import PostgresStore, read_database_state
-from tests.conftest import make_profile
+from tests.conftest import APP_SECRET, make_profile
+from tests.fakes.graph import FakeGraph
+from tests.fakes.threaded import serve_in_thread
+from tests.test_cli import graph_env, start_serve
 
 OLD, NEW = new_key(), new_key()
+PHONE = "34600000009"
 OpenStore = Callable[..., Awaitable[PostgresStore]]
 
 
@@ -275,3 +281,46 @@ async def test_a_replica_lacking_the_new_key_answers_503_and_says_so_once(
     # Restarted without the key, it refuses to start, one line, exit 2.
     with pytest.raises(ConfigError, match=r"sealed with key \w+.*refusing to start"):
         await open_store(OLD)
+
+
+async def test_a_serving_replica_lacking_the_key_answers_503_with_one_log_line(
+    tmp_path: Path, database_url: str, open_store: OpenStore
+) -> None:
+    await (await open_store(OLD)).commit([user(1)])
+    graph = FakeGraph()
+    with serve_in_thread(graph.app()) as graph_url:
+        var = tmp_path / "replica"
+        var.mkdir()
+        env = graph_env(
+            var,
+            graph_url,
+            BRIDGE_STORE="postgres",
+            BRIDGE_DATABASE_URL=database_url,
+            BRIDGE_KEY=keys(OLD),  # missed step 1 of the rotation
+        )
+        served = start_serve(var, env=env)
+        try:
+            ahead = await open_store(NEW, OLD)
+            await ahead.commit([user(2)])
+            raw = simulate.encode(
+                simulate.delivery(simulate.change_value([simulate.text_message("hola", PHONE)]))
+            )
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    async with session.post(
+                        f"http://127.0.0.1:{served.port}/webhook",
+                        data=raw,
+                        headers=simulate.signed_headers(raw, APP_SECRET),
+                    ) as resp:
+                        assert resp.status == 503
+                await asyncio.sleep(1)  # its poll meets the record too
+            assert served.proc.poll() is None
+            code, logged = served.stop()
+        finally:
+            if served.proc.poll() is None:
+                served.proc.kill()
+    missing = [e for e in logged if e["event"] == "encryption_key_missing"]
+    assert len(missing) == 1 and missing[0]["key_id"] == key_id(NEW).decode()
+    assert "add it to the key source" in missing[0]["error"]
+    assert not [e for e in logged if e.get("exception") or e["level"] == "critical"], logged
+    assert code == 0
