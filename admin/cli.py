@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("rotate-key", "re-encrypt everything under a new key", commands.cmd_rotate_key)
+    p.description = (
+        "Re-encrypt everything under a new key. With the key file the bridge made, a new key "
+        "is generated first. With a key from BRIDGE_KEY, BRIDGE_KEY_FILE or a credential (and "
+        "always with the postgres store), put the new key first and the current one after it "
+        "there, then run this: everything is re-encrypted under the first key. With the "
+        "postgres store this runs live, after every replica seals with the new key (README "
+        '"Running several replicas": the rotation procedure).'
+    )
     _timeout(p)
 
     p = add(

@@ -641,7 +641,26 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         progress=render.terminal_progress("re-encrypting"),
     )
     report_result_settings(profile, result)
+    if args.json:
+        render.emit_json(result)
+        return 0
     active, source = result["key"], result["source"]
+    if "database" in result:  # admin/database.py: the PostgreSQL store, re-sealed live
+        if result["rekeyed"]:
+            print(
+                f"profile {profile.slug!r}: now encrypted with key {active}, the first key of "
+                f"{source} (database {result['database']}: {result['records']} record(s)"
+                f"{', the snapshot' if result['snapshot'] else ''} re-encrypted); keep the "
+                "older key(s) after it on every replica as long as backups (pg_dump, archives) "
+                "made with them exist"
+            )
+        else:
+            print(
+                f"profile {profile.slug!r}: everything in the database {result['database']} is "
+                f"already encrypted with key {active}, the first key of {source}; nothing was "
+                "re-encrypted (to rotate, the new key must come first)"
+            )
+        return 0
     if source is None:
         print(
             f"profile {profile.slug!r}: now encrypted with key {active}; older keys kept in "

@@ -26,20 +26,25 @@ from bridge.control.writes import (
     erase_conversation,
     import_conversations,
     import_request,
+    key_source,
     stored_settings,
 )
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, StorageError
 from bridge.persistence import layout
+from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir
 from bridge.persistence.journal import segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.snapshot import write_snapshot
 from bridge.state import State
 from bridge.store.durable import load_state
+from bridge.store.pg.rotation import rotate
 from bridge.store.pg.schema import migrate
 from bridge.store.pg.sealing import Sealer
+from bridge.store.pg.secrets import ProfileSecrets
 from bridge.store.postgres import (
     CONNECT_TIMEOUT,
+    DB_ERRORS,
     PostgresStore,
     configured_keyring,
     describe_url,
@@ -129,11 +134,52 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
         await store.close()
 
 
+async def _rotate_key(profile: ProfileConfig, url: str) -> dict[str, Any]:
+    """rotate-key on the database, live (bridge/store/pg/rotation.py); the result has the
+    file store's fields (`key`, `source`, `rekeyed`) and what was re-sealed."""
+    keyring = configured_keyring(profile)
+    source = key_source(profile) or "the configured key"
+    where = describe_url(url)
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except DB_ERRORS as exc:
+        raise StorageError(f"cannot connect to the database {where}: {exc}") from None
+    try:
+        done = await rotate(conn, profile.slug, keyring, source)
+    except DB_ERRORS as exc:
+        raise StorageError(f"database {where}: {exc}; run rotate-key again") from None
+    finally:
+        await conn.close()
+    active = keyring.active_id.decode()
+    if done.left:
+        # Committed meanwhile by a replica whose key source does not start with the new
+        # key yet: readable by all, but the old key is still needed.
+        counts = ", ".join(f"{n} with key {kid}" for kid, n in sorted(done.left.items()))
+        raise BridgeError(
+            f"profile {profile.slug!r}: re-encrypted under key {active}, but rows were sealed "
+            f"meanwhile with another key ({counts}): a replica still seals with it; run "
+            f"rotate-key again after every replica's key source starts with key {active} and "
+            "they were restarted (nothing is lost)"
+        )
+    return {
+        "source": source,
+        "running": False,
+        "key": active,
+        "rekeyed": bool(done.records or done.snapshot or done.profile_row),
+        "database": where,
+        "records": done.records,
+        "snapshot": done.snapshot,
+    }
+
+
 def perform(profile: ProfileConfig, url: str, op: str, requests: Sequence[Any]) -> list[Any]:
+    if op == "rotate-key":
+        return [asyncio.run(_rotate_key(profile, url)) for _ in requests]
     if op not in ("delete", "prune", "import"):
         raise BridgeError(
             f"`{op}` is not available with the postgres store yet: migrate the profile to "
-            "the file store (sessions-admin migrate --from-database), or use delete/prune/import"
+            "the file store (sessions-admin migrate --from-database), or use "
+            "delete/prune/import/rotate-key"
         )
     return [asyncio.run(_perform(profile, url, op, dict(args))) for args in requests]
 
@@ -158,8 +204,10 @@ def _fingerprint(state: State) -> bytes:
     )
 
 
-async def _to_database(profile: ProfileConfig, url: str, state: State, sealer: Sealer) -> None:
+async def _to_database(profile: ProfileConfig, url: str, state: State, keyring: Keyring) -> None:
     where = describe_url(url)
+    secrets = ProfileSecrets.generate()  # a new profile in the database: its own secrets
+    sealer = Sealer(keyring, profile.slug, secrets.seen)
     # The log continues after the file store's own sequence numbers: the snapshot's
     # conversations carry them, and replay skips a record at or below a conversation's.
     data = await dump_snapshot(state, sealer, state.seq)
@@ -176,9 +224,11 @@ async def _to_database(profile: ProfileConfig, url: str, state: State, sealer: S
                     "was changed (delete it there first to copy it again)"
                 )
             await conn.execute(
-                "INSERT INTO bridge_profiles (slug, key_check, head, pruned) VALUES ($1, $2, $3, $3)",
+                "INSERT INTO bridge_profiles (slug, key_check, secrets, head, pruned) "
+                "VALUES ($1, $2, $3, $4, $4)",
                 profile.slug,
                 sealer.key_check(),
+                secrets.seal(sealer),
                 state.seq,
             )
             await conn.execute(
@@ -223,8 +273,7 @@ def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
     if args.to_database:
         keyring = load_keyring(profile, create=False)
         state = load_state(profile)
-        sealer = Sealer(keyring, profile.slug)
-        asyncio.run(_to_database(profile, url, state, sealer))
+        asyncio.run(_to_database(profile, url, state, keyring))
         copy = asyncio.run(read_database_state(profile, url, keyring))
         direction = f"to the database {describe_url(url)}"
     else:

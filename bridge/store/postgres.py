@@ -45,7 +45,7 @@ from bridge.errors import (
 from bridge.logs import get_logger
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.keys import parse_keys
-from bridge.persistence.snapshot import read_snapshot, write_snapshot
+from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, read_snapshot, write_snapshot
 from bridge.records import (
     MessageAdded,
     ModeChanged,
@@ -61,7 +61,8 @@ from bridge.state import State
 from bridge.store.base import Store
 from bridge.store.pg.locks import ConversationLocks
 from bridge.store.pg.schema import current_version, latest_version, migrate
-from bridge.store.pg.sealing import Sealer
+from bridge.store.pg.sealing import MissingKeyError, Sealer, sealed_key_id
+from bridge.store.pg.secrets import ProfileSecrets, load_secrets, read_secrets
 
 POLL_SECONDS = 0.5
 LOAD_CHUNK = 5000
@@ -142,6 +143,7 @@ class PostgresStore(Store):
         self._log = get_logger(profile=profile.slug)
         self._down_since: float | None = None
         self._snapshot_upto = 0  # the seq the newest snapshot we know covers
+        self._missing_keys: set[bytes] = set()  # logged once each
 
     @property
     def keyring(self) -> Keyring:
@@ -167,7 +169,6 @@ class PostgresStore(Store):
         """Connect, migrate the schema, check the key, load the log; then follow it."""
         keyring = configured_keyring(self.profile)
         self._sealer = Sealer(keyring, self.profile.slug)
-        self.ownership = ConversationLocks(self.database_url, self.profile.slug, keyring.keys[-1])
         where = describe_url(self.database_url)
         try:
             self._pool = await asyncpg.create_pool(
@@ -187,13 +188,19 @@ class PostgresStore(Store):
             async with self._pool.acquire() as conn:
                 await migrate(conn)
                 await self._check_key(conn)
+                secrets = await load_secrets(conn, self.sealer)
+                self._sealer = Sealer(keyring, self.profile.slug, secrets.seen)
                 await self._load(conn)
         except BaseException as exc:
             await self._pool.close()
             self._pool = None
             if isinstance(exc, DB_ERRORS):
                 raise StorageError(f"cannot reach the database {where}: {exc}") from None
+            if isinstance(exc, MissingKeyError):
+                # Restarting will not help until the operator adds the key: exit 2.
+                raise ConfigError(f"{exc} (refusing to start)") from None
             raise
+        self.ownership = ConversationLocks(self.database_url, self.profile.slug, secrets.locks)
         self._writer = asyncio.create_task(self._write_loop(), name="pg-writer")
         self._poller = asyncio.create_task(self._poll_loop(), name="pg-poll")
         if self._enforce_settings:
@@ -208,11 +215,14 @@ class PostgresStore(Store):
         )
 
     async def _check_key(self, conn: Any) -> None:
+        """A new profile is created with its key check and secrets (secrets.py); an
+        existing one must open with the configured key."""
         await conn.execute(
-            "INSERT INTO bridge_profiles (slug, key_check) VALUES ($1, $2) "
+            "INSERT INTO bridge_profiles (slug, key_check, secrets) VALUES ($1, $2, $3) "
             "ON CONFLICT (slug) DO NOTHING",
             self.profile.slug,
             self.sealer.key_check(),
+            ProfileSecrets.generate().seal(self.sealer),
         )
         check = await conn.fetchval(
             "SELECT key_check FROM bridge_profiles WHERE slug = $1", self.profile.slug
@@ -334,6 +344,12 @@ class PostgresStore(Store):
                 raise
             if isinstance(exc, DB_ERRORS):
                 self._note_down(_storage_error(exc, self.database_url))
+            elif isinstance(exc, MissingKeyError) and exc.key_id not in self._missing_keys:
+                # Every commit and poll meets it until the key is configured: said once.
+                self._missing_keys.add(exc.key_id)
+                self._log.error(
+                    "encryption_key_missing", key_id=exc.key_id.decode(), error=str(exc)
+                )
             return
         self._note_up()
         for pending, ids in zip(batch, dropped, strict=True):
@@ -499,6 +515,7 @@ class PostgresStore(Store):
             if seq <= self._applied:
                 continue
             try:
+                # A key this replica lacks raises MissingKeyError (503, logged once).
                 number, record = decode(self.sealer.open("records", str(seq), bytes(row["sealed"])))
             except (DecryptError, ValueError, KeyError, TypeError) as exc:
                 raise CorruptStateError(
@@ -589,8 +606,9 @@ async def read_database_state(
 ) -> State:
     """A profile's current state from the database, read-only (sessions-admin, while
     replicas run): nothing is created, migrated or written."""
+    keyring = keyring or configured_keyring(profile)
     store = PostgresStore(profile, database_url, enforce_settings=False)
-    store._sealer = Sealer(keyring or configured_keyring(profile), profile.slug)
+    store._sealer = Sealer(keyring, profile.slug)
     where = describe_url(database_url)
     try:
         conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT)
@@ -613,6 +631,12 @@ async def read_database_state(
         if check is None:
             raise BridgeError(f"no profile {profile.slug!r} in the database {where}")
         store.sealer.verify_key_check(check)
+        secrets = (
+            await read_secrets(conn, store.sealer)
+            if version >= 2
+            else ProfileSecrets.legacy(keyring, profile.slug)
+        )
+        store._sealer = Sealer(keyring, profile.slug, secrets.seen)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await store._load(conn)  # one snapshot of the database: no compaction between
     except DB_ERRORS as exc:
@@ -631,8 +655,19 @@ async def dump_snapshot(state: State, sealer: Sealer, upto: int) -> bytes:
         return path.read_bytes()
 
 
+def snapshot_key_id(data: bytes) -> bytes:
+    """The key `dump_snapshot`'s bytes were sealed with (its first frame's: one writer
+    seals every frame with its active key)."""
+    start = len(MAGIC) + ID_LEN + LENGTH.size
+    return sealed_key_id(data[start:])
+
+
 def load_snapshot(data: bytes, sealer: Sealer, state: State) -> int:
-    """Load `dump_snapshot`'s bytes into an empty `state`; returns the seq it covers."""
+    """Load `dump_snapshot`'s bytes into an empty `state`; returns the seq it covers.
+    MissingKeyError when they are sealed with a key the sealer lacks."""
+    kid = snapshot_key_id(data)
+    if len(data) > len(MAGIC) + ID_LEN + LENGTH.size and kid not in sealer.keyring.key_ids:
+        raise MissingKeyError(sealer.profile, kid)
     with tempfile.TemporaryDirectory(prefix="bridge-pg-") as directory:
         path = Path(directory) / "snapshot"
         path.write_bytes(data)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from admin import database
 from bridge.conversations import Message
+from bridge.errors import BridgeError, ConfigError
 from bridge.persistence import layout
+from bridge.persistence.crypto import key_id
+from bridge.persistence.keys import encode_key, new_key
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.durable import DurableStore
+from bridge.store.pg import rotation
+from bridge.store.postgres import PostgresStore
 from tests.admin.support import admin, admin_json, now_ms
 from tests.conftest import make_profile
 from tests.test_cli import clean_env
@@ -169,3 +179,80 @@ def test_import_on_the_database_merges_a_seed_file_live(tmp_path: Path, database
     bad.write_text("[1, 2]")
     refused = admin(["import", str(bad)], db_env)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
+
+
+def _database_env(tmp_path: Path, database_url: str, keys: str) -> dict[str, str]:
+    return clean_env(
+        BRIDGE_VAR_DIR=str(tmp_path / "replica"),
+        BRIDGE_STORE="postgres",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_KEY=keys,
+    )
+
+
+def _migrated(tmp_path: Path, database_url: str) -> tuple[str, Any]:
+    """A file store copied into the database: its key, and its export."""
+    var = tmp_path / "var"
+    make_file_store(var)
+    file_env = clean_env(BRIDGE_VAR_DIR=str(var))
+    before = admin_json(["export"], file_env)
+    assert admin(["migrate", "--to-database", database_url], file_env).returncode == 0
+    return layout.key_path(var / "profiles" / "default").read_text().splitlines()[-1], before
+
+
+def test_rotate_key_on_the_database(tmp_path: Path, database_url: str) -> None:
+    old, before = _migrated(tmp_path, database_url)
+    new = encode_key(new_key())
+    new_id = key_id(base64.urlsafe_b64decode(new)).decode()
+    result = admin(["rotate-key"], _database_env(tmp_path, database_url, f"{new},{old}"))
+    assert result.returncode == 0, result.stderr
+    assert f"now encrypted with key {new_id}, the first key of BRIDGE_KEY" in result.stdout
+    again = admin_json(["rotate-key"], _database_env(tmp_path, database_url, f"{new},{old}"))
+    assert (again["key"], again["rekeyed"], again["records"]) == (new_id, False, 0)
+    assert admin_json(["export"], _database_env(tmp_path, database_url, new)) == before
+    refused = admin(["list"], _database_env(tmp_path, database_url, old))
+    assert refused.returncode == 2 and "does not match the database" in refused.stderr
+
+
+def test_rotate_key_on_the_database_refuses_and_changes_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    old, before = _migrated(tmp_path, database_url)
+    old_id = key_id(base64.urlsafe_b64decode(old)).decode()
+    one = admin(["rotate-key"], _database_env(tmp_path, database_url, old))
+    assert one.returncode == 2 and "rotate-key does not write" in one.stderr
+    assert one.stderr.count("\n") == 1 and "Traceback" not in one.stderr
+    other = f"{encode_key(new_key())},{encode_key(new_key())}"
+    lacking = admin(["rotate-key"], _database_env(tmp_path, database_url, other))
+    assert lacking.returncode == 2 and lacking.stderr.count("\n") == 1, lacking.stderr
+    assert f"sealed with key(s) {old_id}" in lacking.stderr
+    assert "nothing was re-encrypted" in lacking.stderr
+    # Still all sealed with the old key: readable with it alone.
+    assert admin_json(["export"], _database_env(tmp_path, database_url, old)) == before
+
+
+def test_rotate_key_says_when_a_replica_still_seals_with_the_old_key(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, _ = _migrated(tmp_path, database_url)
+    new = encode_key(new_key())
+    real = rotation.sealed_with
+
+    async def committed_meanwhile(conn: Any, slug: str) -> dict[bytes, int]:
+        found = await real(conn, slug)
+        if found.get(key_id(base64.urlsafe_b64decode(new))):  # after the re-sealing
+            laggard = PostgresStore(make_profile(tmp_path, key=f"{old},{new}"), database_url)
+            await laggard.open()
+            await laggard.commit([MessageAdded(PHONE, Message("user", "x", 1, id="wamid.L"))])
+            await laggard.close()
+            found = await real(conn, slug)
+        return found
+
+    monkeypatch.setattr(rotation, "sealed_with", committed_meanwhile)
+    profile = make_profile(tmp_path, key=f"{new},{old}")
+    with pytest.raises(BridgeError) as caught:
+        database.perform(profile, database_url, "rotate-key", [{}])
+    assert not isinstance(caught.value, ConfigError)  # exit 1: run it again later
+    message = str(caught.value)
+    assert "run rotate-key again after" in message and "nothing is lost" in message
+    assert "\n" not in message

@@ -7,7 +7,9 @@ locks are held on a connection of their own, never a pooled one: asyncpg's pool 
 `pg_advisory_unlock_all()` when a connection goes back to it (and PgBouncer's transaction
 mode would hand the session to others: point replicas at PostgreSQL itself, or a session
 pool). The lock id is a keyed hash of the conversation key, so `pg_locks` shows no phone
-number; a collision of two conversations only serialises them.
+number; a collision of two conversations only serialises them. The hash key is the
+profile's stored secret (secrets.py), the same on every replica whatever order they hold the
+profile keys in: two replicas must never hold one conversation under two lock ids.
 
 Losing the connection loses every lock: they are forgotten here too, and the replies under
 way may overlap with another replica's for a moment (README "Running several replicas").
@@ -31,16 +33,21 @@ _INFO = b"whatsapp-bridge conversation lock v1"
 CONNECT_TIMEOUT = 5.0
 
 
+def legacy_lock_key(oldest_key: bytes, profile: str) -> bytes:
+    """The lock hash key earlier versions derived from the last configured key."""
+    return hmac.new(oldest_key, _INFO + profile.encode(), hashlib.sha256).digest()
+
+
 class ConversationLocks(Ownership):
     """`acquire` is `pg_try_advisory_lock` (never waits: the one connection serves every
     conversation); re-entrant within this process by counting."""
 
     shared = True
 
-    def __init__(self, database_url: str, profile: str, secret: bytes) -> None:
+    def __init__(self, database_url: str, profile: str, lock_key: bytes) -> None:
         self._url = database_url
         self._profile = profile
-        self._key = hmac.new(secret, _INFO + profile.encode(), hashlib.sha256).digest()
+        self._key = lock_key
         self._conn: Any = None
         self._io = asyncio.Lock()
         self._held: dict[str, int] = {}
