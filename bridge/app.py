@@ -64,7 +64,7 @@ def create_app(
                 await runtime.stop(settings.shutdown_timeout)
 
     async def watch_loop(app: web.Application) -> AsyncIterator[None]:
-        async with metrics.loop.running():
+        async with metrics.loop.running(settings.stall_log_ms / 1000):
             yield
 
     app.cleanup_ctx.append(lifecycle)

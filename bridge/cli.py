@@ -206,7 +206,9 @@ def run_serve(args: argparse.Namespace) -> int:
     # the secrets, the port (bound now, served later). Only then are development secrets
     # written and the stores opened (which creates keys, journals and snapshots).
     settings = _settings(args, args.profile)
-    logs.configure(args.log_format or settings.log_format, settings.log_level, cache=True)
+    logs.configure(
+        args.log_format or settings.log_format, settings.log_level, cache=True, background=True
+    )
     loop = eventloop.resolve(settings.event_loop)
     _check_known_profiles(args, settings)
     loaded = [load_dev_secrets(p, generate=args.dev) for p in settings.profiles]

@@ -213,6 +213,9 @@ class Settings:
     log_level: str = "info"
     # `auto` (uvloop when installed), `uvloop` or `asyncio` (bridge/eventloop.py).
     event_loop: str = "auto"
+    # Log each event-loop stall longer than this many ms with where it was spent
+    # (bridge/stalltrace.py); 0 switches the watchdog off.
+    stall_log_ms: float = 100.0
     # Bearer token required by /metrics; None leaves it open (bind to localhost then).
     metrics_token: str | None = field(default=None, repr=False)
     # Bearer token of the operators' HTTP API (/api/v1) and console (/console); None: both
@@ -363,6 +366,15 @@ def _float(value: Any, what: str) -> float:
     if number <= 0:
         raise ConfigError(f"{what} must be positive, got {number}")
     return number
+
+
+def _stall_log_ms(value: Any) -> float:
+    """0 is allowed here (no stall log); unset is 100 ms."""
+    if value is None or value == "":
+        return 100.0
+    if value in (0, "0"):
+        return 0.0
+    return _float(value, "stall_log_ms")
 
 
 def _keywords(value: Any, what: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -736,6 +748,7 @@ def load_settings(
         log_format=str(data.get("log_format") or env.get("BRIDGE_LOG_FORMAT") or "auto"),
         log_level=str(data.get("log_level") or env.get("BRIDGE_LOG_LEVEL") or "info").lower(),
         event_loop=str(data.get("event_loop") or env.get("BRIDGE_EVENT_LOOP") or "auto").lower(),
+        stall_log_ms=_stall_log_ms(data.get("stall_log_ms", env.get("BRIDGE_STALL_LOG_MS"))),
         metrics_token=_secret(
             "metrics_token", data, env, "BRIDGE_METRICS_TOKEN", ("metrics_token",)
         ),

@@ -23,6 +23,7 @@ ten or so young ones, so that is as often as traffic allocates, and nothing when
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import time
@@ -30,6 +31,10 @@ import time
 # The longest collection since start, in seconds, per generation (for /metrics: the loop
 # watch shows stalls, this says which of them were the collector's).
 longest = [0.0, 0.0, 0.0]
+# The recent collections over LONG seconds, as (monotonic end, seconds, generation): the
+# stall log (bridge/stalltrace.py) names those that fell within a stall.
+LONG = 0.005
+recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=32)
 _started = 0.0
 
 
@@ -60,10 +65,14 @@ def uninstall() -> None:
 def _after_collection(phase: str, info: dict[str, int]) -> None:
     global _started
     if phase == "start":
-        _started = time.perf_counter()
+        _started = time.monotonic()
         return
     generation = info.get("generation", 0)
-    longest[generation] = max(longest[generation], time.perf_counter() - _started)
+    ended = time.monotonic()
+    took = ended - _started
+    longest[generation] = max(longest[generation], took)
+    if took > LONG:
+        recent.append((ended, took, generation))
     if generation == 2:
         gc.freeze()
 

@@ -21,10 +21,12 @@ logger resolve its configuration once; tests leave it off so `capture_logs` and 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import hmac
 import logging
+import queue
 import secrets
 import sys
 import threading
@@ -145,6 +147,12 @@ class LineSink:
     Errors (ENOSPC, EIO, EPIPE, a closed stream: OSError or ValueError) are swallowed and the
     line counted as lost. The first line written after a loss is preceded by a
     `log_lines_lost` line (and a newline, if the failure left half a line behind).
+
+    In the server the lines go through a thread of their own (`background`): `write` only
+    queues the line, and the thread writes whatever has queued meanwhile in one system call.
+    A write to a log file can block for tens of milliseconds while the disk is busy with the
+    journal's fsyncs, and the event loop must not wait for that. The cost: a `kill -9` loses
+    the lines of the last moment that were still queued (never a stored message).
     """
 
     def __init__(self, stream: Any, notice: Callable[[int], bytes]) -> None:
@@ -158,23 +166,83 @@ class LineSink:
         self._lock = threading.Lock()
         self._lost = 0  # lines lost since the last successful write
         self._torn = False  # a failed write may have left part of a line
+        self._queue: queue.SimpleQueue[bytes | None] | None = None
+        self._writer: threading.Thread | None = None
 
     def write(self, line: bytes | str) -> None:
         data = line if isinstance(line, bytes) else line.encode("utf-8", "backslashreplace")
+        pending = self._queue
+        if pending is not None:
+            pending.put(data)
+            return
         with self._lock:
-            if self._lost:
-                prefix = b"\n" if self._torn else b""
-                if not self._put(prefix + self._notice(self._lost) + b"\n"):
-                    self._lose()
-                    return
-                self._lost = 0
-            if not self._put(data + b"\n"):
-                self._lose()
+            self._write_lines([data])
 
-    def _lose(self) -> None:
+    def background(self) -> None:
+        """From now on, lines are written by a thread of the sink's own (idempotent)."""
+        if self._writer is not None:
+            return
+        self._queue = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._drain, args=(self._queue,), name="log-writer", daemon=True
+        )
+        self._writer.start()
+        atexit.register(self.foreground)
+
+    def foreground(self) -> None:
+        """Write what is queued, stop the thread; lines are written in the caller again."""
+        pending, writer = self._queue, self._writer
+        if pending is None or writer is None:
+            return
+        self._queue = self._writer = None
+        pending.put(None)
+        writer.join(timeout=5)
+        rest = []  # put by a thread that saw the queue just before it went
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = pending.get_nowait()
+                if item is not None:
+                    rest.append(item)
+        if rest:
+            with self._lock:
+                self._write_lines(rest)
+        atexit.unregister(self.foreground)
+
+    def _drain(self, pending: queue.SimpleQueue[bytes | None]) -> None:
+        while True:
+            item = pending.get()
+            lines = [] if item is None else [item]
+            stop = item is None
+            while not stop:
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    lines.append(item)
+            if lines:
+                with self._lock:
+                    self._write_lines(lines)
+            if stop:
+                return
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        """Under the lock: the notice of lost lines if due, then `lines` in one write."""
+        if self._lost:
+            prefix = b"\n" if self._torn else b""
+            if not self._put(prefix + self._notice(self._lost) + b"\n"):
+                self._lose(len(lines))
+                return
+            self._lost = 0
+        if not self._put(b"\n".join(lines) + b"\n"):
+            self._lose(len(lines))
+
+    def _lose(self, count: int) -> None:
         global _lost_total
-        self._lost += 1
-        _lost_total += 1
+        self._lost += count
+        _lost_total += count
 
     def _put(self, data: bytes) -> bool:
         try:
@@ -269,11 +337,20 @@ def _json_line(logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
 _stream: Any = None
 
 
+_sink: LineSink | None = None
+
+
 def configure(
-    log_format: str = "auto", level: str = "info", stream: Any = None, *, cache: bool = False
+    log_format: str = "auto",
+    level: str = "info",
+    stream: Any = None,
+    *,
+    cache: bool = False,
+    background: bool = False,
 ) -> None:
-    """Set up structlog once per process; `auto` means JSON unless stderr is a terminal."""
-    global _stream
+    """Set up structlog once per process; `auto` means JSON unless stderr is a terminal.
+    `background` (the server): lines are written by a thread (see LineSink)."""
+    global _stream, _sink
     # Keeping `stream` referenced stops it from being collected, which would close it (and
     # the buffer or descriptor under it).
     stream = _stream = stream or sys.stderr
@@ -292,7 +369,11 @@ def configure(
             structlog.processors.StackInfoRenderer(),
             _safe(structlog.dev.ConsoleRenderer(colors=tty), binary=False),
         ]
-    sink = LineSink(stream, _json_notice if use_json else _console_notice)
+    if _sink is not None:
+        _sink.foreground()  # the previous configuration's lines first
+    sink = _sink = LineSink(stream, _json_notice if use_json else _console_notice)
+    if background:
+        sink.background()
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -305,6 +386,13 @@ def configure(
     _cached = cache
     for logger in list(_loggers):
         logger._forget()
+
+
+def foreground() -> None:
+    """Write the lines queued for the background writer, and write in the caller from now on
+    (a process about to exit, or a test)."""
+    if _sink is not None:
+        _sink.foreground()
 
 
 def _isatty(stream: Any) -> bool:

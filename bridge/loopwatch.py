@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from bridge import gcpolicy
+from bridge.stalltrace import StallTrace
 
 TICK = 0.01  # seconds; 100 wake-ups a second cost a few microseconds each
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,6 +31,7 @@ class LoopWatch:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.max_lag = 0.0  # seconds, since start
         self.max_cpu_lag = 0.0  # the same, counting only time this process was running
+        self.trace: StallTrace | None = None  # `running(stall_log=...)`
         self._histogram = Histogram(
             "whatsapp_bridge_event_loop_lag_seconds",
             "How late the event loop woke a 10 ms timer",
@@ -64,9 +66,13 @@ class LoopWatch:
         loop = asyncio.get_running_loop()
         observe = self._histogram.observe
         cpu = time.process_time
+        trace = self.trace
+        own = time.thread_time  # the loop thread's CPU alone, for the stall log
         while True:
+            beat = trace.beat() if trace is not None else 0.0
             due = loop.time() + TICK
             cpu_before = cpu()
+            own_before = own() if trace is not None else 0.0
             await asyncio.sleep(TICK)
             lag = max(0.0, loop.time() - due)
             observe(lag)
@@ -75,9 +81,14 @@ class LoopWatch:
             cpu_lag = min(lag, cpu() - cpu_before)
             if cpu_lag > self.max_cpu_lag:
                 self.max_cpu_lag = cpu_lag
+            if trace is not None and lag > trace.threshold:
+                trace.stalled(beat, lag, cpu_lag, min(lag, own() - own_before))
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[LoopWatch]:
+    async def running(self, stall_log: float = 0.0) -> AsyncIterator[LoopWatch]:
+        """Watch the loop meanwhile; with `stall_log` (seconds), log each stall longer than
+        that with where it was spent (bridge/stalltrace.py)."""
+        self.trace = StallTrace(TICK, stall_log).start() if stall_log > 0 else None
         task = asyncio.create_task(self.run(), name="loopwatch")
         try:
             yield self
@@ -85,3 +96,6 @@ class LoopWatch:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if self.trace is not None:
+                self.trace.stop()
+                self.trace = None

@@ -79,14 +79,18 @@ class FullDisk(io.StringIO):
         return super().write(text)
 
 
-def test_a_failing_log_write_is_swallowed_counted_and_reported_once_writable() -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_a_failing_log_write_is_swallowed_counted_and_reported_once_writable(
+    background: bool,
+) -> None:
     stream = FullDisk()
-    logs.configure("json", "info", stream)
+    logs.configure("json", "info", stream, background=background)
     log = logs.get_logger(profile="shop")
     before = logs.lost_lines()
     stream.full = True
     for n in range(3):
         log.error("journal_write_failed", n=n)  # must not raise
+    logs.foreground()  # the writer thread's queue tried, when there is one
     assert logs.lost_lines() == before + 3
     stream.full = False
     log.info("back")
@@ -106,6 +110,30 @@ def test_a_closed_binary_stream_is_a_lost_line_not_an_error() -> None:
     raw.close()  # writing now raises ValueError
     logs.get_logger().warning("nobody_listens")
     assert logs.lost_lines() == before + 1
+
+
+def test_in_the_background_a_log_nobody_reads_never_blocks_the_caller() -> None:
+    """The server's sink: a pipe whose reader is stuck (a busy disk, a stalled journald)
+    fills up, and the code that logs goes on; every line arrives later, whole and in order."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    logs.configure("json", "info", stream, background=True)
+    log = logs.get_logger(profile="shop")
+    started = time.monotonic()
+    for n in range(20_000):  # about 2 MB: far more than a pipe holds (64 KB)
+        log.info("delivery_recorded", n=n, padding="x" * 40)
+    assert time.monotonic() - started < 5  # written directly, this would block for good
+    received = bytearray()
+    reader = os.fdopen(read_end, "rb")
+    while received.count(b"\n") < 20_000:
+        chunk = reader.read1(1 << 16)
+        assert chunk, "the log writer stopped"
+        received += chunk
+    logs.configure("console", "info")  # the writer thread ends
+    stream.close()
+    reader.close()
+    numbers = [json.loads(line)["n"] for line in received.decode().splitlines()]
+    assert numbers == list(range(20_000))
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 from bridge.config import ProfileConfig
@@ -103,6 +105,8 @@ def run(
         "BRIDGE_LOG_FORMAT": "json",
         "BRIDGE_SNAPSHOT_INTERVAL": str(interval),
         "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
+        # Every stall over 15 ms logged with where it was spent (bridge/stalltrace.py).
+        "BRIDGE_STALL_LOG_MS": str(STALL_LOG_MS),
     }
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "bridge", "serve"]
     with log.open("w") as fh:
@@ -111,7 +115,9 @@ def run(
         wait_ready(port)
         run_wrk(port, scripts[0], 3, 32)  # warm-up, its own deliveries
         before = scrape(port)
+        window = time.time()
         result = run_wrk(port, scripts[1], seconds, 32)
+        result["from"], result["to"] = window, time.time()
         after = scrape(port)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -126,6 +132,36 @@ def run(
     gc_pause = 'whatsapp_bridge_gc_pause_max_seconds{generation="%d"}'
     result["gc_ms"] = max(after.get(gc_pause % g, 0.0) for g in range(3)) * 1000
     return result
+
+
+STALL_LOG_MS = 15
+
+
+def stalls(log: Path, result: dict[str, float], top: int = 5) -> list[str]:
+    """The longest stalls the bridge logged in the measured window, as markdown lines:
+    length, time on CPU, and the innermost frames the loop was in (or the busy threads')."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"event_loop_stalled"' not in line:
+            continue
+        event = json.loads(line)
+        at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        if result["from"] <= at <= result["to"]:
+            found.append(event)
+    found.sort(key=lambda e: -float(e["loop_cpu_ms"]))
+    out = [
+        f"{len(found)} stalls over {STALL_LOG_MS} ms logged in the window; the longest the loop's thread ran for:"
+    ]
+    for event in found[:top]:
+        where = event["loop"][:2] or ["(one C call: no frame seen)"]
+        busy = ", ".join(f"{name}: {frames[0]}" for name, frames in event["busy"].items() if frames)
+        out.append(
+            f"- {event['ms']} ms (the loop's thread ran {event['loop_cpu_ms']}, the process "
+            f"{event['cpu_ms']}; collections: "
+            f"{', '.join(event['collections']) or 'none'}): loop in {' < '.join(where)}"
+            + (f"; busy: {busy}" if busy else "")
+        )
+    return out
 
 
 def main() -> None:
@@ -152,6 +188,8 @@ def main() -> None:
         # Same prepared data for both runs (the first run's messages are added to it).
         quiet = run(tmp / "var", 3600, pair, args.seconds, tmp / "quiet.log")
         busy = run(tmp / "var", 1, pair, args.seconds, tmp / "busy.log")
+        quiet_stalls = stalls(tmp / "quiet.log", quiet)
+        busy_stalls = stalls(tmp / "busy.log", busy)
     state = f"{args.conversations:,} conversations x {args.messages} messages"
     lines = [
         f"{state}; wrk -t1 -c32 -d{args.seconds}s, server on core 0, wrk on core 1",
@@ -167,6 +205,8 @@ def main() -> None:
             f"| {r['gc_ms']:.1f} | {r['snapshots']:.0f} |"
         )
     lines.append(f"| **p99 ratio** | | | **{busy['p99'] / quiet['p99']:.2f}x** | | | | | |")
+    for name, found in (("no snapshot", quiet_stalls), ("snapshots back to back", busy_stalls)):
+        lines += ["", f"**{name}**: " + found[0], *found[1:]]
     table = "\n".join(lines)
     publish(table, args.out)
 

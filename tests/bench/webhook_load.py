@@ -65,6 +65,13 @@ end
 """
 
 
+# The same, but each body once: the thread stops after the last one (statuses of the bridge's
+# own replies change it only the first time).
+LUA_ONCE = LUA.replace(
+    "  i = i + 1\n", "  i = i + 1\n  if i > #bodies then wrk.thread:stop() end\n"
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -275,13 +282,14 @@ def measure(
         proc.wait(timeout=120)
 
 
-COLUMNS = ("bare-asyncio", "bare-uvloop", "pywa", "message", "status")
+COLUMNS = ("bare-asyncio", "bare-uvloop", "pywa", "message", "status", "status-journaled")
 NAMES = {
     "bare-asyncio": "bare aiohttp handler (read body, 200), asyncio",
     "bare-uvloop": "bare aiohttp handler (read body, 200), uvloop: the floor",
     "pywa": f"pywa {peers.PYWA_VERSION}, FastAPI + uvicorn[standard] (signature, dedupe, history)",
     "message": "bridge, messages (verify, dedupe, journal fsync, 200; echo reply journaled, sent)",
     "status": "bridge, status webhooks only (verify, parse, 200; none changes a reply: no record)",
+    "status-journaled": "bridge, statuses of its own replies (delivered, read: each journal + fsync, 200)",
 }
 
 
@@ -369,11 +377,55 @@ class Bench:
             "BRIDGE_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
         }
         try:
+            if column == "status-journaled":
+                return self._statuses_of_replies(cmd, env, port, log, cwd)
             return measure(cmd, env, port, self.scripts["message"], *common, replies=True, cwd=cwd)
         finally:
             graph.terminate()
             graph.wait(timeout=30)
             shutil.rmtree(var, ignore_errors=True)
+
+    def _statuses_of_replies(
+        self, cmd: list[str], env: dict[str, str], port: int, log: Path, cwd: Path | None
+    ) -> dict[str, float]:
+        """Statuses that move the bridge's own replies, so each is journaled with fsync
+        before its 200: messages first (their replies get the fake Graph's wamids
+        `wamid.BENCH0`, 1, ... in order), then `delivered` and `read` for each reply, each
+        once."""
+        with log.open("w") as fh:
+            proc = subprocess.Popen(
+                ["taskset", "-c", "0", *cmd], env=env, stdout=fh, stderr=fh, cwd=cwd
+            )
+        try:
+            wait_ready(port)
+            run_wrk(port, self.scripts["message"][1], PREPARE_SECONDS, self.args.connections)
+            replies = int(wait_replied(port)["recorded"])
+            directory = self.tmp / f"statuses-{self.runs}"
+            directory.mkdir()
+            bodies, sigs = directory / "bodies.txt", directory / "sigs.txt"
+            with bodies.open("w") as b, sigs.open("w") as sg:
+                for status in ("delivered", "read"):
+                    for n in range(replies):
+                        value = simulate.change_value(
+                            statuses=[simulate.status(f"wamid.BENCH{n}", status, "34600000000")]
+                        )
+                        raw = simulate.encode(simulate.delivery(value))
+                        b.write(raw.decode() + "\n")
+                        sg.write(simulate.signed_headers(raw, SECRET)["X-Hub-Signature-256"] + "\n")
+            script = directory / "wrk.lua"
+            script.write_text(LUA_ONCE % {"bodies": bodies, "sigs": sigs})
+            cpu0 = cpu_seconds(proc.pid)
+            result = run_wrk(port, script, self.args.seconds, self.args.connections)
+            result["cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / result["requests"] * 1e6
+            result["statuses"] = 2 * replies
+            return result
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+
+
+# Seconds of message load that make the replies whose statuses the journaled column sends.
+PREPARE_SECONDS = 8
 
 
 def pywa_kept(port: int) -> None:
@@ -474,6 +526,7 @@ def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     pairs = [
         ("bridge messages / pywa", "message", "pywa", "≥ 1.5"),
         ("bridge status / bare on uvloop", "status", "bare-uvloop", "≥ 0.4"),
+        ("bridge journaled status / bare on uvloop", "status-journaled", "bare-uvloop", ""),
         ("bridge messages / bare on uvloop", "message", "bare-uvloop", ""),
         ("bare on uvloop / bare on asyncio", "bare-uvloop", "bare-asyncio", ""),
         ("bridge messages / baseline", "message", "message-baseline", ""),
@@ -486,6 +539,14 @@ def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
                 f"| {name} | {bold}{_ratio(results, top, bottom)}{bold} "
                 f"| {_per_core(results, top, bottom)} | {target} |"
             )
+    if "status-journaled" in results:
+        runs = results["status-journaled"]
+        lines += [
+            "",
+            f"Journaled statuses, median run: {_median(runs, 'requests'):,.0f} requests of "
+            f"{_median(runs, 'statuses'):,.0f} statuses, each sent once (`delivered`, then "
+            "`read`, of replies the bridge sent just before).",
+        ]
     if "message" in results:
         runs = results["message"]
         lines += [
