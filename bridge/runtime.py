@@ -87,7 +87,7 @@ def shared_media(store: Store) -> SharedMedia | None:
     from bridge.store.pg.media import DatabaseMedia
     from bridge.store.postgres import PostgresStore
 
-    return DatabaseMedia(store) if isinstance(store, PostgresStore) else None
+    return DatabaseMedia.of(store) if isinstance(store, PostgresStore) else None
 
 
 def media_worker(config: ProfileConfig, store: Store, metrics: Metrics) -> MediaWorker:

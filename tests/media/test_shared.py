@@ -229,7 +229,7 @@ async def test_an_unrecorded_upload_is_kept_for_its_grace_then_swept(
     await a.worker.files.publish(stored.name)
     assert await a.worker.files.sweep_shared() == 0  # within the grace: left alone
     assert len(await rows(database_url, "SELECT name FROM bridge_media")) == 1
-    assert await DatabaseMedia(a.store, grace_seconds=0).sweep() == 1
+    assert await DatabaseMedia.of(a.store, grace_seconds=0).sweep() == 1
     assert await rows(database_url, "SELECT name FROM bridge_media_frames") == []
 
 
@@ -321,7 +321,7 @@ async def test_a_replica_killed_between_upload_and_record_leaves_no_dangling_ref
     assert names == {name, orphan["name"]}
     assert await b.worker.files.sweep_shared() == 0
     # Past its grace, the orphan goes; the recorded file stays, readable by anyone.
-    assert await DatabaseMedia(b.store, grace_seconds=0).sweep() == 1
+    assert await DatabaseMedia.of(b.store, grace_seconds=0).sweep() == 1
     c = await open_replica("c")
     assert c.media("wamid.1")["file"] == name
     assert await c.worker.files.load(name, "wamid.1") == IMAGE

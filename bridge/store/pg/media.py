@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StorageError
@@ -30,6 +30,12 @@ from bridge.state import State
 if TYPE_CHECKING:
     from bridge.store.postgres import PostgresStore
 
+class NotInDatabaseError(MediaFileError):
+    """The database holds no file of that name (never uploaded, or swept)."""
+
+
+Inside = Callable[[Any, State], Awaitable[None]]
+
 # An upload's record is committed right after it (seconds, bounded by the commit's own
 # timeouts); an unrecorded file older than this is an orphan.
 GRACE_SECONDS = 3600.0
@@ -38,22 +44,43 @@ BATCH = 4
 
 
 class DatabaseMedia:
-    """The shared copy of one profile's media files (bridge/media/store.py: SharedMedia)."""
+    """The shared copy of one profile's media files (bridge/media/store.py: SharedMedia).
 
-    def __init__(self, store: PostgresStore, grace_seconds: float = GRACE_SECONDS) -> None:
-        self._store = store
+    `pool` gives the connection pool at each use (a store's, opened later than this is
+    built); `locked` runs work under the profile's head lock (`PostgresStore.run_locked`):
+    without it (sessions-admin, reading), `sweep` is refused."""
+
+    def __init__(
+        self,
+        slug: str,
+        database_url: str,
+        pool: Callable[[], Any],
+        locked: Callable[[Inside], Awaitable[None]] | None = None,
+        grace_seconds: float = GRACE_SECONDS,
+    ) -> None:
+        self._slug = slug
+        self._url = database_url
+        self._pool = pool
+        self._locked = locked
         self._grace = datetime.timedelta(seconds=grace_seconds)
-        self._log = get_logger(profile=store.profile.slug)
+        self._log = get_logger(profile=slug)
 
-    @property
-    def _slug(self) -> str:
-        return self._store.profile.slug
+    @classmethod
+    def of(cls, store: PostgresStore, grace_seconds: float = GRACE_SECONDS) -> DatabaseMedia:
+        """A replica's: its store's pool, swept under its store's lock."""
+        return cls(
+            store.profile.slug,
+            store.database_url,
+            lambda: store.pool,
+            store.run_locked,
+            grace_seconds,
+        )
 
     def _unavailable(self, exc: BaseException) -> StorageError:
         from bridge.store.postgres import describe_url
 
         detail = str(exc) or type(exc).__name__
-        return StorageError(f"database {describe_url(self._store.database_url)}: {detail}")
+        return StorageError(f"database {describe_url(self._url)}: {detail}")
 
     async def upload(self, files: MediaStore, name: str) -> None:
         from bridge.store.postgres import DB_ERRORS
@@ -61,7 +88,7 @@ class DatabaseMedia:
         loop = asyncio.get_running_loop()
         frames = files.frames(name)
         try:
-            async with self._store.pool.acquire() as conn, conn.transaction():
+            async with self._pool().acquire() as conn, conn.transaction():
                 # A retry after a failed commit uploads the same name again: replace it.
                 await conn.execute(
                     "DELETE FROM bridge_media WHERE profile = $1 AND name = $2", self._slug, name
@@ -99,14 +126,14 @@ class DatabaseMedia:
         loop = asyncio.get_running_loop()
         installer = files.installer(name)
         try:
-            async with self._store.pool.acquire() as conn, conn.transaction(readonly=True):
+            async with self._pool().acquire() as conn, conn.transaction(readonly=True):
                 frames = await conn.fetchval(
                     "SELECT frames FROM bridge_media WHERE profile = $1 AND name = $2",
                     self._slug,
                     name,
                 )
                 if not frames:
-                    raise MediaFileError(f"media file {name}: not in the database")
+                    raise NotInDatabaseError(f"media file {name}: not in the database")
                 expected = 0
                 cursor = conn.cursor(
                     "SELECT idx, frame FROM bridge_media_frames "
@@ -134,7 +161,7 @@ class DatabaseMedia:
         from bridge.store.postgres import DB_ERRORS
 
         try:
-            async with self._store.pool.acquire() as conn:
+            async with self._pool().acquire() as conn:
                 await conn.execute(
                     "UPDATE bridge_media SET recorded = true WHERE profile = $1 AND name = $2",
                     self._slug,
@@ -163,7 +190,9 @@ class DatabaseMedia:
             )
             removed.extend(str(row["name"]) for row in rows)
 
-        await self._store.run_locked(inside)
+        if self._locked is None:
+            raise StorageError("media files in the database are swept by a replica only")
+        await self._locked(inside)
         if removed:
             self._log.info("media_removed_from_database", files=len(removed))
         return len(removed)
