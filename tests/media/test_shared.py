@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from bridge import simulate
 from bridge.assistants.media import attachments
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
@@ -35,14 +36,21 @@ from bridge.records import ConversationDeleted, MessageAdded
 from bridge.runtime import media_worker
 from bridge.store.pg.media import DatabaseMedia
 from bridge.store.postgres import PostgresStore
-from tests.conftest import eventually, make_profile
+from tests.assistants.test_media import data_url
+from tests.conftest import APP_SECRET, eventually, make_profile
 from tests.fakes.graph import TOKEN, FakeGraph
-from tests.media.support import PHONE, b64_sha256
+from tests.fakes.llm import FakeLLM
+from tests.fakes.threaded import serve_in_thread
+from tests.load import post_signed_sync
+from tests.media.support import PHONE, b64_sha256, delivery, media_message
 from tests.pg import PostgresServer
+from tests.test_cli import Served, graph_env, start_serve
 
 KEY = encode_key(new_key())
 # Several chunks (1 MiB each), so a file is more frames than one round trip carries.
 IMAGE = os.urandom(2 * 1024 * 1024 + 12345)
+# Small enough for the fake model's request body limit (1 MiB, base64 included).
+PHOTO = b"\xff\xd8\xff\xe0" + os.urandom(300_000)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -325,3 +333,63 @@ async def test_a_replica_killed_between_upload_and_record_leaves_no_dangling_ref
     c = await open_replica("c")
     assert c.media("wamid.1")["file"] == name
     assert await c.worker.files.load(name, "wamid.1") == IMAGE
+
+
+# -- through `bridge serve` replicas -------------------------------------------------------
+
+
+def test_a_replica_answers_with_an_image_another_replica_fetched(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Replica A records a photo and fetches it from Meta, then dies; replica B, which never
+    saw the file, answers the user's next message with the photo in the model's context."""
+    graph, llm = FakeGraph(), FakeLLM()
+    llm.answer = "Sí, en rojo también"  # not an echo: the request holds the image's base64
+    graph.add_media("media-1", PHOTO)
+    with serve_in_thread(graph.app()) as graph_url, serve_in_thread(llm.app()) as llm_url:
+
+        def replica(name: str) -> Served:
+            var = tmp_path / name
+            var.mkdir()
+            env = graph_env(
+                var,
+                graph_url,
+                BRIDGE_STORE="postgres",
+                BRIDGE_DATABASE_URL=database_url,
+                BRIDGE_KEY=KEY,
+                BRIDGE_ASSISTANT="openai",
+                BRIDGE_ASSISTANT_URL=llm_url,
+                BRIDGE_ASSISTANT_VISION="true",
+                BRIDGE_ASSISTANT_MEDIA_MAX_MB="5",
+            )
+            return start_serve(var, env=env)
+
+        def wait_for(predicate: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 20
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+
+        a = replica("a")
+        try:
+            photo = media_message("image", "media-1", PHOTO, "image/jpeg", caption="¿rojo?")
+            raw = simulate.encode(delivery(photo))
+            assert post_signed_sync(a.port, raw, APP_SECRET) == 200
+            wait_for(lambda: len(llm.requests) == 1, "A's reply")
+        finally:
+            a.proc.kill()
+            a.proc.wait()
+        (a_file,) = (tmp_path / "a" / "profiles" / "default" / "media").glob("*.wam")
+
+        b = replica("b")
+        try:
+            text = simulate.text_message("¿y en rojo?", PHONE)
+            assert post_signed_sync(b.port, simulate.encode(delivery(text)), APP_SECRET) == 200
+            wait_for(lambda: len(llm.requests) == 2, "B's reply")
+        finally:
+            b.stop()
+    image_part = {"type": "image_url", "image_url": {"url": data_url(PHOTO)}}
+    assert image_part in llm.requests[1]["messages"][0]["content"]
+    assert graph.lookups == ["media-1"]  # B got the file from the database, not from Meta
+    b_file = tmp_path / "b" / "profiles" / "default" / "media" / a_file.name
+    assert b_file.read_bytes() == a_file.read_bytes()
