@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StorageError
@@ -30,11 +30,10 @@ from bridge.state import State
 if TYPE_CHECKING:
     from bridge.store.postgres import PostgresStore
 
+
 class NotInDatabaseError(MediaFileError):
     """The database holds no file of that name (never uploaded, or swept)."""
 
-
-Inside = Callable[[Any, State], Awaitable[None]]
 
 # An upload's record is committed right after it (seconds, bounded by the commit's own
 # timeouts); an unrecorded file older than this is an orphan.
@@ -47,34 +46,28 @@ class DatabaseMedia:
     """The shared copy of one profile's media files (bridge/media/store.py: SharedMedia).
 
     `pool` gives the connection pool at each use (a store's, opened later than this is
-    built); `locked` runs work under the profile's head lock (`PostgresStore.run_locked`):
-    without it (sessions-admin, reading), `sweep` is refused."""
+    built). `replica`, the store of a running replica, sweeps under its head lock
+    (`PostgresStore.run_locked`); without one (sessions-admin, reading) `sweep` is refused."""
 
     def __init__(
         self,
         slug: str,
         database_url: str,
         pool: Callable[[], Any],
-        locked: Callable[[Inside], Awaitable[None]] | None = None,
+        replica: PostgresStore | None = None,
         grace_seconds: float = GRACE_SECONDS,
     ) -> None:
         self._slug = slug
         self._url = database_url
         self._pool = pool
-        self._locked = locked
+        self._replica = replica
         self._grace = datetime.timedelta(seconds=grace_seconds)
         self._log = get_logger(profile=slug)
 
     @classmethod
     def of(cls, store: PostgresStore, grace_seconds: float = GRACE_SECONDS) -> DatabaseMedia:
         """A replica's: its store's pool, swept under its store's lock."""
-        return cls(
-            store.profile.slug,
-            store.database_url,
-            lambda: store.pool,
-            store.run_locked,
-            grace_seconds,
-        )
+        return cls(store.profile.slug, store.database_url, lambda: store.pool, store, grace_seconds)
 
     def _unavailable(self, exc: BaseException) -> StorageError:
         from bridge.store.postgres import describe_url
@@ -171,28 +164,60 @@ class DatabaseMedia:
             raise self._unavailable(exc) from None
 
     async def sweep(self) -> int:
+        """Delete the files no message names. The rows are listed first, without the lock;
+        under it, on the settled state, only the listed files no record names are deleted
+        (a file listed as recorded was named by a record committed before the listing, so
+        the settled state holds it; one uploaded after the listing waits for the next
+        sweep). The head lock, which stops the profile's commits, is held for one DELETE of
+        a few names, and not at all when there is nothing to delete."""
+        from bridge.store.postgres import DB_ERRORS
+
+        replica = self._replica
+        if replica is None:
+            raise StorageError("media files in the database are swept by a replica only")
+        try:
+            async with self._pool().acquire() as conn:
+                listed = await conn.fetch(
+                    "SELECT name, recorded, created_at < now() - $2::interval AS old "
+                    "FROM bridge_media WHERE profile = $1",
+                    self._slug,
+                    self._grace,
+                )
+        except DB_ERRORS as exc:
+            raise self._unavailable(exc) from None
         removed: list[str] = []
 
         async def inside(conn: Any, state: State) -> None:
-            wanted = list(state.media_files)
-            await conn.execute(
-                "UPDATE bridge_media SET recorded = true "
-                "WHERE profile = $1 AND name = ANY($2::text[]) AND NOT recorded",
-                self._slug,
-                wanted,
-            )
-            rows = await conn.fetch(
-                "DELETE FROM bridge_media WHERE profile = $1 AND NOT (name = ANY($2::text[])) "
-                "AND (recorded OR created_at < now() - $3::interval) RETURNING name",
-                self._slug,
-                wanted,
-                self._grace,
-            )
-            removed.extend(str(row["name"]) for row in rows)
+            wanted = state.media_files
+            unwanted = [
+                str(r["name"])
+                for r in listed
+                if r["name"] not in wanted and (r["recorded"] or r["old"])
+            ]
+            named = [str(r["name"]) for r in listed if r["name"] in wanted and not r["recorded"]]
+            if named:  # named by a committed record: an erasure may free it at once
+                await conn.execute(
+                    "UPDATE bridge_media SET recorded = true "
+                    "WHERE profile = $1 AND name = ANY($2::text[])",
+                    self._slug,
+                    named,
+                )
+            if unwanted:
+                rows = await conn.fetch(
+                    "DELETE FROM bridge_media WHERE profile = $1 AND name = ANY($2::text[]) "
+                    "RETURNING name",
+                    self._slug,
+                    unwanted,
+                )
+                removed.extend(str(row["name"]) for row in rows)
 
-        if self._locked is None:
-            raise StorageError("media files in the database are swept by a replica only")
-        await self._locked(inside)
+        state = replica.state  # not settled: only to skip the lock when nothing is to do
+        if any(
+            (r["name"] not in state.media_files and (r["recorded"] or r["old"]))
+            or (r["name"] in state.media_files and not r["recorded"])
+            for r in listed
+        ):
+            await replica.run_locked(inside)
         if removed:
             self._log.info("media_removed_from_database", files=len(removed))
         return len(removed)
