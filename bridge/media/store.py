@@ -174,11 +174,17 @@ class MediaStore:
         self, name: str, message_id: str | None = None, max_bytes: int | None = None
     ) -> bytes:
         """`read`, off the event loop, fetching the file from the shared copy first if
-        this replica lacks it."""
+        this replica lacks it; a cached copy that does not read is fetched again (it is
+        replaced only by a whole copy: one the shared store lacks stays as it is)."""
         await self.ensure_local(name)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.read, name, message_id, max_bytes
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
+        except MediaFileError:
+            if self.shared is None:
+                raise
+        await self.shared.fetch(self, name)
+        return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
 
     def frames(self, name: str) -> Generator[bytes]:
         """The file's frames as sealed on disk, in order (not decrypted: `chunks` checks

@@ -184,6 +184,20 @@ async def test_the_database_holds_only_sealed_frames(
         assert secret not in dump
 
 
+async def test_a_damaged_cached_copy_is_fetched_again(
+    open_replica: OpenReplica, graph: tuple[FakeGraph, str]
+) -> None:
+    a = await open_replica("a")
+    graph[0].add_media("media-1", IMAGE)
+    name = await deliver_image(a, "wamid.1", "media-1")
+    cached = a.media_dir / f"{name}.wam"
+    data = bytearray(cached.read_bytes())
+    data[5000] ^= 1
+    cached.write_bytes(bytes(data))
+    assert await a.worker.files.load(name, "wamid.1") == IMAGE
+    assert cached.read_bytes() != bytes(data)  # replaced by the database's copy
+
+
 async def test_a_frame_moved_to_another_file_does_not_open(
     open_replica: OpenReplica, graph: tuple[FakeGraph, str], database_url: str
 ) -> None:
