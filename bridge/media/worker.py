@@ -4,8 +4,9 @@ The queue is durable without a record of its own: a journaled user message whose
 no `state` yet is work to do (`State.media_jobs`, rebuilt from the messages at every start),
 so a `kill -9` in the middle of a download is followed, after the restart, by the whole
 download again. A file is recorded (`MediaUpdated`, state `stored`) only once it is whole
-and durable under its name; one a crash left unrecorded is an orphan that `sweep` deletes at
-the next start, so every message ends up with exactly one file.
+and durable under its name (and, with replicas, in the database: `MediaStore.publish`); one
+a crash left unrecorded is an orphan that `sweep` deletes at the next start (in the
+database, after a grace), so every message ends up with exactly one file.
 
 Each job runs after the 200 (the webhook path only journals the message) and retries a
 failed fetch with backoff, looking the URL up again (it expires within minutes); a file
