@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -477,7 +478,10 @@ def write_checked_archive(
     archives.remove_stale_temps(target_dir, profile.slug)
     path = target_dir / archives.archive_name(profile.slug)
     # The media first: an archive under its name always has its media beside it.
-    media_files, media_missing = admin_media.backup_media(profile, state, path)
+    url = database.database_of(profile)
+    media_files, media_missing = admin_media.backup_media(
+        profile, state, path, (url, keyring) if url else None
+    )
     size = asyncio.run(
         write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
     )
@@ -532,7 +536,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         directory = layout.media_dir(profile.state_dir)
     for conv in state.conversations.values():
         conv.messages  # noqa: B018 (decodes a packed conversation: CorruptStateError if bad)
-    media = admin_media.check_media(admin_media.media_store(profile, keyring, directory), state)
+    url = database.database_of(profile)
+    if args.archive is None and url:
+        # The postgres store: every file the database holds, fetched as sealed, checked here.
+        with tempfile.TemporaryDirectory(prefix="bridge-verify-") as fetched:
+            copied = admin_media.fetch_from_database(
+                profile, url, keyring, list(state.media_files), Path(fetched)
+            )
+            files = admin_media.media_store(profile, keyring, Path(fetched))
+            media = admin_media.check_media(files, state)
+            media.damaged.extend(copied.damaged)
+    else:
+        media = admin_media.check_media(admin_media.media_store(profile, keyring, directory), state)
     summary = _summary(state)
     if media.damaged:
         for problem in media.damaged:
@@ -650,7 +665,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
             print(
                 f"profile {profile.slug!r}: now encrypted with key {active}, the first key of "
                 f"{source} (database {result['database']}: {result['records']} record(s)"
-                f"{', the snapshot' if result['snapshot'] else ''} re-encrypted); keep the "
+                f"{', the snapshot' if result['snapshot'] else ''}, "
+                f"{result['media_frames']} media frame(s) re-encrypted); keep the "
                 "older key(s) after it on every replica as long as backups (pg_dump, archives) "
                 "made with them exist"
             )

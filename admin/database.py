@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,10 +166,11 @@ async def _rotate_key(profile: ProfileConfig, url: str) -> dict[str, Any]:
         "source": source,
         "running": False,
         "key": active,
-        "rekeyed": bool(done.records or done.snapshot or done.profile_row),
+        "rekeyed": bool(done.records or done.snapshot or done.profile_row or done.media_frames),
         "database": where,
         "records": done.records,
         "snapshot": done.snapshot,
+        "media_frames": done.media_frames,
     }
 
 
@@ -259,6 +261,8 @@ def _has_file_data(state_dir: Path) -> bool:
 
 
 def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
+    from admin import media as admin_media
+
     if bool(args.to_database) == bool(args.from_database):
         raise ConfigError("migrate: give exactly one of --to-database URL, --from-database URL")
     url = args.to_database or args.from_database
@@ -275,6 +279,7 @@ def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
         state = load_state(profile)
         asyncio.run(_to_database(profile, url, state, keyring))
         copy = asyncio.run(read_database_state(profile, url, keyring))
+        media = admin_media.upload_to_database(profile, url, keyring, list(state.media_files))
         direction = f"to the database {describe_url(url)}"
     else:
         if _has_file_data(profile.state_dir):
@@ -298,6 +303,9 @@ def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
             write_snapshot(layout.snapshot_path(profile.state_dir), state, keyring, profile.slug, 1)
         )
         copy = load_state(profile)
+        media = admin_media.fetch_from_database(
+            profile, url, keyring, list(state.media_files), layout.media_dir(profile.state_dir)
+        )
         direction = f"from the database {describe_url(url)} to {profile.state_dir}"
     if _fingerprint(copy) != _fingerprint(state):
         raise BridgeError(f"profile {profile.slug!r}: the copy {direction} differs; check it")
@@ -305,6 +313,13 @@ def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
     print(
         f"copied profile {profile.slug!r} {direction}: {len(state.conversations)} "
         f"conversation(s), {messages} message(s), {len(state.seen)} seen id(s), "
-        f"{len(state.outbox)} queued repl{'y' if len(state.outbox) == 1 else 'ies'}; verified"
+        f"{len(state.outbox)} queued repl{'y' if len(state.outbox) == 1 else 'ies'}, "
+        f"{media.files} media file(s); verified"
     )
+    if media.missing or media.damaged:
+        print(
+            f"{media.missing + len(media.damaged)} media file(s) the state names were not "
+            f"there to copy: {'; '.join(media.damaged) or 'missing'}",
+            file=sys.stderr,
+        )
     return 0

@@ -6,24 +6,34 @@ holds them as they are: beside the archive `<slug>-<stamp>.wab`, the directory
 `<slug>-<stamp>.wab.media/` with a hard link to each file the archive's state refers to (a
 copy where links are not possible: another file system). Hard links cost no space while the
 live file exists, and keep the bytes when it is erased or dropped later, as a backup must.
+
+With the postgres store the database holds every file (bridge/store/pg/media.py) and a
+local `media/` directory is at most a replica's cache: what a command needs and the cache
+lacks is fetched from the database, as sealed (`fetch_from_database`); `migrate` copies the
+files along with the state.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
 
 from admin import render
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, StorageUnavailableError
 from bridge.media import upkeep
 from bridge.media.entry import media_of, stored_file
 from bridge.media.store import MediaFileError, MediaStore, valid_name
@@ -31,6 +41,9 @@ from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import fsync_dir, secure_dir, temp_path
 from bridge.state import State
+from bridge.store.pg.media import DatabaseMedia, NotInDatabaseError
+
+T = TypeVar("T")
 
 COMPANION = ".media"
 
@@ -50,6 +63,84 @@ def companion(archive: Path) -> Path:
 
 def remove_companion(archive: Path) -> None:
     shutil.rmtree(companion(archive), ignore_errors=True)
+
+
+# -- the database's copy (the postgres store) ---------------------------------------------------
+
+
+@dataclass
+class Copied:
+    files: int = 0
+    missing: int = 0  # not where they were copied from (erased or dropped meanwhile)
+    damaged: list[str] = field(default_factory=list)
+
+
+async def _with_database(
+    profile: ProfileConfig,
+    url: str,
+    keyring: Keyring,
+    directory: Path,
+    work: Callable[[MediaStore], Awaitable[T]],
+) -> T:
+    """`work` on a MediaStore in `directory` whose shared copy is the database's."""
+    from bridge.store.postgres import CONNECT_TIMEOUT, DB_ERRORS, describe_url
+
+    try:
+        pool = await asyncpg.create_pool(url, min_size=0, max_size=1, timeout=CONNECT_TIMEOUT)
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(
+            f"cannot connect to the database {describe_url(url)}: {exc}"
+        ) from None
+    try:
+        shared = DatabaseMedia(profile.slug, url, lambda: pool)
+        return await work(MediaStore(directory, lambda: keyring, profile.slug, shared))
+    finally:
+        with contextlib.suppress(*DB_ERRORS):
+            await pool.close()
+
+
+def fetch_from_database(
+    profile: ProfileConfig, url: str, keyring: Keyring, names: Collection[str], directory: Path
+) -> Copied:
+    """The named files from the database into `directory` (those already there are kept),
+    sealed as they are."""
+
+    async def work(files: MediaStore) -> Copied:
+        copied = Copied()
+        for name in names:
+            try:
+                await files.ensure_local(name)
+            except NotInDatabaseError:
+                copied.missing += 1
+                continue
+            except MediaFileError as exc:
+                copied.damaged.append(str(exc))
+                continue
+            copied.files += 1
+        return copied
+
+    return asyncio.run(_with_database(profile, url, keyring, directory, work))
+
+
+def upload_to_database(
+    profile: ProfileConfig, url: str, keyring: Keyring, names: Collection[str]
+) -> Copied:
+    """The named files of the profile's `media/` into the database (`migrate`), each marked
+    as named by a record: the state copied with them names them."""
+
+    async def work(files: MediaStore) -> Copied:
+        copied = Copied()
+        for name in names:
+            if not files.path(name).exists():
+                copied.missing += 1
+                continue
+            await files.publish(name)
+            await files.recorded(name)
+            copied.files += 1
+        return copied
+
+    directory = layout.media_dir(profile.state_dir)
+    return asyncio.run(_with_database(profile, url, keyring, directory, work))
 
 
 # -- erasure and key rotation (under the profile lock, in `write_store`) ----------------------
@@ -82,13 +173,28 @@ def find_media(state: State, key: str, wamid: str) -> tuple[Message, str]:
     return message, name
 
 
-def write_media(profile: ProfileConfig, state: State, key: str, wamid: str, out: str) -> int:
+def write_media(
+    profile: ProfileConfig, state: State, key: str, wamid: str, out: str, url: str | None = None
+) -> int:
     """Decrypt one message's file to `out` (`-`: stdout); returns the bytes written. The
     file is checked whole (digest and length) before it is given a name."""
     from bridge.persistence.keys import load_keyring
 
     message, name = find_media(state, key, wamid)
-    files = media_store(profile, load_keyring(profile, create=False))
+    keyring = load_keyring(profile, create=False)
+    files = media_store(profile, keyring)
+    if url is not None and not files.path(name).exists():
+        with tempfile.TemporaryDirectory(prefix="bridge-media-") as fetched:
+            copied = fetch_from_database(profile, url, keyring, [name], Path(fetched))
+            if copied.damaged or copied.missing:
+                raise MediaFileError(
+                    copied.damaged[0] if copied.damaged else f"{name}: not in the database"
+                )
+            return _write_plain(media_store(profile, keyring, Path(fetched)), name, message, out)
+    return _write_plain(files, name, message, out)
+
+
+def _write_plain(files: MediaStore, name: str, message: Message, out: str) -> int:
     size = 0
     if out == "-":
         for chunk in files.chunks(name, message.id):
@@ -112,6 +218,7 @@ def write_media(profile: ProfileConfig, state: State, key: str, wamid: str, out:
 
 
 def cmd_media(args: argparse.Namespace) -> int:
+    from admin import database
     from admin.commands import read_state, resolve_profile
     from bridge.control.writes import conversation_key
 
@@ -119,7 +226,9 @@ def cmd_media(args: argparse.Namespace) -> int:
     state = read_state(profile)
     key = conversation_key(state, args.key)
     try:
-        size = write_media(profile, state, key, args.wamid, args.output)
+        size = write_media(
+            profile, state, key, args.wamid, args.output, database.database_of(profile)
+        )
     except MediaFileError as exc:
         raise BridgeError(str(exc)) from None
     except OSError as exc:
@@ -198,10 +307,17 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.close(fd)
 
 
-def backup_media(profile: ProfileConfig, state: State, archive: Path) -> tuple[int, int]:
+def backup_media(
+    profile: ProfileConfig,
+    state: State,
+    archive: Path,
+    database: tuple[str, Keyring] | None = None,
+) -> tuple[int, int]:
     """Put the files `state` refers to beside `archive` (see the module docstring), whole
     or not at all: a temp directory renamed into place. Returns (files, missing): a file
-    erased or dropped after the state was read is missing, which `verify` reports."""
+    erased or dropped after the state was read is missing, which `verify` reports. With
+    `database` (url, keyring: the postgres store), what the local cache lacks is fetched
+    from the database."""
     source = layout.media_dir(profile.state_dir)
     target = companion(archive)
     if not state.media_files:
@@ -209,7 +325,8 @@ def backup_media(profile: ProfileConfig, state: State, archive: Path) -> tuple[i
     tmp = temp_path(target)
     shutil.rmtree(tmp, ignore_errors=True)
     secure_dir(tmp)
-    count = missing = 0
+    count = 0
+    absent: list[str] = []
     try:
         for name in state.media_files:
             if not valid_name(name):
@@ -217,9 +334,16 @@ def backup_media(profile: ProfileConfig, state: State, archive: Path) -> tuple[i
             try:
                 _link_or_copy(source / f"{name}.wam", tmp / f"{name}.wam")
             except FileNotFoundError:
-                missing += 1
+                absent.append(name)
                 continue
             count += 1
+        missing = len(absent)
+        if absent and database is not None:
+            copied = fetch_from_database(profile, database[0], database[1], absent, tmp)
+            if copied.damaged:
+                raise BridgeError(f"media in the database: {copied.damaged[0]}")
+            count += copied.files
+            missing = copied.missing
         fsync_dir(tmp)
         if target.exists():
             shutil.rmtree(target)

@@ -20,7 +20,7 @@ from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.keywords import KeywordRules
 from bridge.logs import get_logger, mask, set_log_id_key
-from bridge.media.store import MediaStore
+from bridge.media.store import MediaStore, SharedMedia
 from bridge.media.transcribe import Transcriber
 from bridge.media.worker import MediaWorker
 from bridge.metrics import MeteredSender, Metrics
@@ -82,6 +82,14 @@ def media_keyring(store: Store) -> Callable[[], Keyring]:
     return lambda: ephemeral
 
 
+def shared_media(store: Store) -> SharedMedia | None:
+    """Replicas share their media files through the database; one process needs no copy."""
+    from bridge.store.pg.media import DatabaseMedia
+    from bridge.store.postgres import PostgresStore
+
+    return DatabaseMedia.of(store) if isinstance(store, PostgresStore) else None
+
+
 def media_worker(config: ProfileConfig, store: Store, metrics: Metrics) -> MediaWorker:
     """Fetching needs the access token; transcription a configured endpoint."""
     client = None
@@ -92,7 +100,12 @@ def media_worker(config: ProfileConfig, store: Store, metrics: Metrics) -> Media
     transcribe = config.media.transcribe
     return MediaWorker(
         store,
-        MediaStore(layout.media_dir(config.state_dir), media_keyring(store), config.slug),
+        MediaStore(
+            layout.media_dir(config.state_dir),
+            media_keyring(store),
+            config.slug,
+            shared_media(store),
+        ),
         config.media,
         profile=config.slug,
         client=client,

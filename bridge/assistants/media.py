@@ -7,16 +7,16 @@ and decrypted from the profile's media store in a thread, never from the network
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from bridge.assistants.base import TurnLike
 from bridge.conversations import Message
+from bridge.errors import BridgeError
 from bridge.logs import get_logger
 from bridge.media.entry import media_of, stored_file
-from bridge.media.store import MediaFileError, MediaStore
+from bridge.media.store import MediaStore
 
 # Image types every vision model takes (OpenAI: png, jpeg, webp, non-animated gif).
 VISION_MIME_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
@@ -83,12 +83,11 @@ async def attachments(
         if len(chosen) >= max_items:
             break
     out: dict[int, Attachment] = {}
-    loop = asyncio.get_running_loop()
     for index, turn, name in chosen:
         media = media_of(turn) or {}
         try:
-            data = await loop.run_in_executor(None, files.read, name, turn.id, max_bytes)
-        except MediaFileError as exc:
+            data = await files.load(name, turn.id, max_bytes)  # fetched first, on a replica
+        except BridgeError as exc:  # gone, damaged, or the shared copy out of reach
             get_logger(profile=files.slug).warning(
                 "media_not_attached", message_id=turn.id, error=str(exc)
             )

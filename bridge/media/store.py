@@ -18,6 +18,11 @@ off the event loop.
 The store knows nothing of messages: which files are still wanted is the state's business
 (`State.media_files`); `sweep` deletes the rest (erased conversations, a download a crash
 interrupted before it was recorded).
+
+Replicas (the PostgreSQL store) share the files through a `SharedMedia` (the database,
+bridge/store/pg/media.py): a finished file is `publish`ed before its record is committed,
+and a replica that lacks a file (another one fetched it) gets it with `ensure_local` before
+reading it, byte for byte as sealed. The directory is then each replica's cache.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -72,19 +77,45 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name))
 
 
-def _aad(slug: str, name: str, index: int) -> bytes:
+def frame_aad(slug: str, name: str, index: int) -> bytes:
+    """The associated data of a file's frame: binds it to its profile, file and place."""
     return f"wab-media-v1|{slug}|{name}|{index}".encode()
+
+
+class SharedMedia(Protocol):
+    """The copy of a profile's media files that replicas share (bridge/store/pg/media.py).
+    Failures to reach it are StorageError; a file it does not hold is MediaFileError."""
+
+    async def upload(self, files: MediaStore, name: str) -> None:
+        """Store the finished local file `name`, whole or not at all."""
+
+    async def fetch(self, files: MediaStore, name: str) -> None:
+        """Write the shared file `name` into the local directory (atomically)."""
+
+    async def recorded(self, name: str) -> None:
+        """A committed record names `name` (a hint that lets an erasure free it at once)."""
+
+    async def sweep(self) -> int:
+        """Delete the shared files no message refers to; returns how many."""
 
 
 class MediaStore:
     """The encrypted files of one profile in `directory` (its `media/`, or a backup's copy).
     `keyring` is asked for at each use: a key rotation changes the store's keyring while
-    the bridge runs."""
+    the bridge runs. With `shared` (replicas), the directory is a cache of the shared copy."""
 
-    def __init__(self, directory: Path, keyring: Callable[[], Keyring], slug: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        keyring: Callable[[], Keyring],
+        slug: str,
+        shared: SharedMedia | None = None,
+    ) -> None:
         self.directory = directory
         self._keyring = keyring
         self.slug = slug
+        self.shared = shared
+        self._fetching: dict[str, asyncio.Lock] = {}
 
     def path(self, name: str) -> Path:
         if not valid_name(name):
@@ -109,6 +140,76 @@ class MediaStore:
         """A new file, written as the bytes come; it exists under its name once finished."""
         secure_dir(self.directory)
         return MediaWriter(self, new_name(), message_id, mime_type, self._keyring())
+
+    # -- shared with other replicas ---------------------------------------------------------
+
+    async def publish(self, name: str) -> None:
+        """A finished file goes to the shared copy (before any record names it)."""
+        if self.shared is not None:
+            await self.shared.upload(self, name)
+
+    async def recorded(self, name: str) -> None:
+        if self.shared is not None:
+            await self.shared.recorded(name)
+
+    async def sweep_shared(self) -> int:
+        return 0 if self.shared is None else await self.shared.sweep()
+
+    async def ensure_local(self, name: str) -> None:
+        """The file is in the local directory, fetched from the shared copy if it was not
+        (one fetch per name at a time). Without a shared copy: nothing to do."""
+        path = self.path(name)
+        if self.shared is None or path.exists():
+            return
+        lock = self._fetching.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                if not path.exists():
+                    secure_dir(self.directory)
+                    await self.shared.fetch(self, name)
+        finally:
+            if not lock.locked() and self._fetching.get(name) is lock:
+                del self._fetching[name]
+
+    async def load(
+        self, name: str, message_id: str | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        """`read`, off the event loop, fetching the file from the shared copy first if
+        this replica lacks it; a cached copy that does not read is fetched again (it is
+        replaced only by a whole copy: one the shared store lacks stays as it is)."""
+        await self.ensure_local(name)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
+        except MediaFileError:
+            if self.shared is None:
+                raise
+        await self.shared.fetch(self, name)
+        return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
+
+    def frames(self, name: str) -> Generator[bytes]:
+        """The file's frames as sealed on disk, in order (not decrypted: `chunks` checks
+        them when the file is read); MediaFileError for a file not framed as it should be."""
+        path = self.path(name)
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            raise MediaFileError(f"{path}: missing") from None
+        with fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
+            index = 0
+            while head := fh.read(LENGTH.size):
+                (length,) = LENGTH.unpack(head) if len(head) == LENGTH.size else (0,)
+                sealed = fh.read(length) if 0 < length <= MAX_FRAME else b""
+                if not sealed or len(sealed) < length:
+                    raise MediaFileError(f"{path}: damaged or truncated in frame {index}")
+                yield sealed
+                index += 1
+
+    def installer(self, name: str) -> MediaInstaller:
+        """Writes a file from its sealed frames (a copy fetched from the shared store)."""
+        return MediaInstaller(self.path(name))
 
     # -- reading (blocking: call from a thread) ---------------------------------------------
 
@@ -139,7 +240,7 @@ class MediaStore:
                 if len(sealed) < length:
                     raise MediaFileError(f"{path}: truncated in frame {index}")
                 try:
-                    plain = keyring.open(sealed, _aad(self.slug, name, index))
+                    plain = keyring.open(sealed, frame_aad(self.slug, name, index))
                 except DecryptError as exc:
                     raise MediaFileError(
                         f"{path}: frame {index} does not decrypt ({exc})"
@@ -194,7 +295,7 @@ class MediaStore:
         except FileNotFoundError:
             raise MediaFileError(f"{path}: missing") from None
         try:
-            plain = self._keyring().open(sealed, _aad(self.slug, name, 0))
+            plain = self._keyring().open(sealed, frame_aad(self.slug, name, 0))
         except DecryptError as exc:
             raise MediaFileError(f"{path}: header does not decrypt ({exc})") from None
         if plain[:1] != b"H":
@@ -270,6 +371,38 @@ class MediaStore:
         return removed
 
 
+class MediaInstaller:
+    """A file rebuilt from its sealed frames: a temp file, renamed into place once whole
+    (blocking: call from a thread, one step after the other)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Named apart from any other fetch of the same file (temp_path's form: a dead
+        # process's leftover is still swept).
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{os.getpid()}.tmp")
+        self._fd = -1
+
+    def add(self, frame: bytes) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(self._fd, 0o600)
+            write_all(self._fd, MAGIC)
+        write_all(self._fd, LENGTH.pack(len(frame)) + frame)
+
+    def finish(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._tmp.unlink(missing_ok=True)
+
+
 class MediaWriter:
     """Streams one file into the store: `write` as bytes arrive, then `finish` (or `abort`).
 
@@ -308,7 +441,7 @@ class MediaWriter:
         await asyncio.get_running_loop().run_in_executor(self._thread, job)
 
     def _frame(self, kind: bytes, body: bytes) -> bytes:
-        sealed = self._keyring.seal(kind + body, _aad(self._slug, self.name, self._index))
+        sealed = self._keyring.seal(kind + body, frame_aad(self._slug, self.name, self._index))
         self._index += 1
         return LENGTH.pack(len(sealed)) + sealed
 

@@ -4,8 +4,9 @@ The queue is durable without a record of its own: a journaled user message whose
 no `state` yet is work to do (`State.media_jobs`, rebuilt from the messages at every start),
 so a `kill -9` in the middle of a download is followed, after the restart, by the whole
 download again. A file is recorded (`MediaUpdated`, state `stored`) only once it is whole
-and durable under its name; one a crash left unrecorded is an orphan that `sweep` deletes at
-the next start, so every message ends up with exactly one file.
+and durable under its name (and, with replicas, in the database: `MediaStore.publish`); one
+a crash left unrecorded is an orphan that `sweep` deletes at the next start (in the
+database, after a grace), so every message ends up with exactly one file.
 
 Each job runs after the 200 (the webhook path only journals the message) and retries a
 failed fetch with backoff, looking the URL up again (it expires within minutes); a file
@@ -30,7 +31,7 @@ from typing import Any
 
 from bridge.config import MediaConfig
 from bridge.conversations import Message
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, StorageError
 from bridge.logs import get_logger, mask
 from bridge.media.audio import Probe
 from bridge.media.entry import (
@@ -353,9 +354,13 @@ class MediaWorker:
             new["duration_ms"] = duration_ms
         content = audio_content(new, None) if message.type in AUDIO_TYPES else None
         try:
+            # Replicas: the shared copy first, so a record never names a file it lacks.
+            await self.files.publish(stored.name)
             committed = await self._commit(message.id, new, content)
         except BridgeError as exc:
-            # The file is whole but not recorded: drop it; the job tries again later.
+            # The file is whole but not recorded: drop it; the job tries again later. (Its
+            # shared copy, if any, goes with the sweep: a commit that failed may still
+            # have committed, and the record then names it.)
             self._discard(stored.name)
             self._log.error("media_not_recorded", message_id=message.id, error=str(exc))
             await asyncio.sleep(self._delay(2))
@@ -364,6 +369,10 @@ class MediaWorker:
         if not committed or stored.name not in self._store.state.media_files:
             self._discard(stored.name)  # the conversation was erased meanwhile
             return False
+        try:
+            await self.files.recorded(stored.name)
+        except BridgeError as exc:  # only a hint: the next sweep marks it anyway
+            self._log.warning("media_not_marked_recorded", error=str(exc))
         if self._metrics is not None:
             self._metrics.media_downloads.labels(self._slug, "stored").inc()
             self._metrics.media_bytes.labels(self._slug).inc(stored.size)
@@ -429,14 +438,15 @@ class MediaWorker:
             limit = self._config.limit("audio")
             try:
                 async with self._transcriptions:
-                    audio = await asyncio.get_running_loop().run_in_executor(
-                        None, self.files.read, name, message_id, limit
-                    )
+                    audio = await self.files.load(name, message_id, limit)
                     text, seconds = await self._transcriber.transcribe(
                         audio, mime if isinstance(mime, str) else None
                     )
-            except (TranscriptionError, MediaFileError) as exc:
-                retryable = isinstance(exc, TranscriptionError) and exc.retryable
+            except (TranscriptionError, MediaFileError, StorageError) as exc:
+                # StorageError: the shared copy (replicas) out of reach for now.
+                retryable = isinstance(exc, StorageError) or (
+                    isinstance(exc, TranscriptionError) and exc.retryable
+                )
                 if retryable and attempt + 1 < MAX_ATTEMPTS:
                     attempt += 1
                     delay = self._delay(attempt - 1)
@@ -506,6 +516,10 @@ class MediaWorker:
             self._log.info(
                 "media_files_removed", files=len(removed), bytes=sum(size for _, size in removed)
             )
+        try:
+            await self.files.sweep_shared()
+        except BridgeError as exc:  # the database away: the next sweep (hourly) tries again
+            self._log.warning("media_shared_sweep_failed", error=str(exc))
 
     async def maintain(self, now_ms: int | None = None, *, sweep: bool = True) -> int:
         """Media retention: drop the bytes of media stored longer than `retention_days`

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,13 @@ class _Pending:
     future: asyncio.Future[frozenset[str]]
     decide: Callable[[State], Sequence[Record]] | None = None
     kept: list[tuple[int, Record]] = field(default_factory=list)
+    # Run in the transaction, on the settled state (`run_locked`).
+    inside: Callable[[Any, State], Awaitable[None]] | None = None
+
+    @property
+    def alone(self) -> bool:
+        """A decision, or work under the lock: in a transaction of its own."""
+        return self.decide is not None or self.inside is not None
 
 
 class PostgresStore(Store):
@@ -300,6 +307,12 @@ class PostgresStore(Store):
         await self._submit(pending)
         return tuple(r for _, r in pending.kept)
 
+    async def run_locked(self, inside: Callable[[Any, State], Awaitable[None]]) -> None:
+        """`inside(conn, state)` runs in the writer, in a transaction holding the profile's
+        head lock, on the state with every committed record applied: nothing can commit
+        meanwhile (the media sweep: bridge/store/pg/media.py)."""
+        await self._submit(_Pending((), self._future(), inside=inside))
+
     async def refresh(self) -> None:
         """Bring in what other replicas committed, now."""
         await self._submit(_Pending((), self._future()))
@@ -373,7 +386,8 @@ class PostgresStore(Store):
         """One transaction for the whole batch; returns each caller's dropped ids."""
         slug = self.profile.slug
         decide = batch[0].decide if len(batch) == 1 else None
-        if decide is None and not any(p.records for p in batch):
+        inside = batch[0].inside if len(batch) == 1 else None
+        if decide is None and inside is None and not any(p.records for p in batch):
             async with self.pool.acquire() as conn:
                 await self._catch_up(conn)
             return [frozenset() for _ in batch]
@@ -388,6 +402,9 @@ class PostgresStore(Store):
             self._applied = max(self._applied, head)
             if decide is not None:
                 batch[0].records = tuple(decide(self.state))
+            if inside is not None:
+                await inside(conn, self.state)
+                return [frozenset()]
             dropped = await self._insert(conn, batch, head)
         # Committed: apply in seq order, then tell the listeners.
         for pending in batch:
@@ -678,7 +695,7 @@ def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
     """Consecutive plain commits share a transaction; each decision gets its own."""
     groups: list[list[_Pending]] = []
     for pending in batch:
-        if pending.decide is not None or not groups or groups[-1][0].decide is not None:
+        if pending.alone or not groups or groups[-1][0].alone:
             groups.append([pending])
         else:
             groups[-1].append(pending)

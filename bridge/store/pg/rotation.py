@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import BridgeError, ConfigError, CorruptStateError
+from bridge.media.store import frame_aad
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.state import State
 from bridge.store.pg.schema import migrate
@@ -26,6 +27,7 @@ from bridge.store.pg.secrets import load_secrets
 from bridge.store.postgres import dump_snapshot, load_snapshot, snapshot_key_id
 
 CHUNK = 1000
+MEDIA_CHUNK = 16  # frames of up to 1 MiB each
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +38,13 @@ class Rotation:
     records: int
     snapshot: bool
     profile_row: bool
+    media_frames: int
     left: dict[str, int]  # key id -> rows still sealed with it
 
 
 async def sealed_with(conn: Any, slug: str) -> dict[bytes, int]:
     """Key id -> how many of the profile's sealed values (records, snapshot, key check,
-    secrets) start with it."""
+    secrets, media frames) start with it."""
     found: dict[bytes, int] = {}
     rows = await conn.fetch(
         "SELECT substring(sealed from 1 for 8) AS kid, count(*) AS n FROM bridge_records "
@@ -50,6 +53,14 @@ async def sealed_with(conn: Any, slug: str) -> dict[bytes, int]:
     )
     for row in rows:
         found[bytes(row["kid"])] = int(row["n"])
+    rows = await conn.fetch(
+        "SELECT substring(frame from 1 for 8) AS kid, count(*) AS n FROM bridge_media_frames "
+        "WHERE profile = $1 GROUP BY 1",
+        slug,
+    )
+    for row in rows:
+        kid = bytes(row["kid"])
+        found[kid] = found.get(kid, 0) + int(row["n"])
     snapshot = await conn.fetchval("SELECT sealed FROM bridge_snapshots WHERE profile = $1", slug)
     profile = await conn.fetchrow(
         "SELECT key_check, secrets FROM bridge_profiles WHERE slug = $1", slug
@@ -143,12 +154,14 @@ async def rotate(conn: Any, slug: str, keyring: Keyring, source: str) -> Rotatio
         records += int(status.rsplit(" ", 1)[1])
         after = seqs[-1]
 
+    frames = await _reseal_media(conn, sealer)
+
     left = {
         kid.decode(errors="replace"): n
         for kid, n in (await sealed_with(conn, slug)).items()
         if kid != target
     }
-    return Rotation(records, snapshot, profile_row, left)
+    return Rotation(records, snapshot, profile_row, frames, left)
 
 
 async def _reseal_snapshot(conn: Any, sealer: Sealer) -> bool:
@@ -168,3 +181,55 @@ async def _reseal_snapshot(conn: Any, sealer: Sealer) -> bool:
             "UPDATE bridge_snapshots SET sealed = $2 WHERE profile = $1", sealer.profile, data
         )
     return True
+
+
+async def _reseal_media(conn: Any, sealer: Sealer) -> int:
+    """Every media file's frames not under the first key, re-sealed in place (each with its
+    file's name and index as associated data, as on disk), a few at a time: frames are up to
+    1 MiB. A frame changed or deleted meanwhile (a sweep) is skipped, like a record. The
+    replicas' cached copies sealed with the old key stay readable while it is configured;
+    one that no longer opens is fetched again from here."""
+    slug, keyring = sealer.profile, sealer.keyring
+    target = keyring.active_id
+    resealed = 0
+    after = ("", -1)
+    while True:
+        rows = await conn.fetch(
+            "SELECT name, idx, frame FROM bridge_media_frames WHERE profile = $1 "
+            "AND (name, idx) > ($2, $3) AND substring(frame from 1 for 8) <> $4 "
+            "ORDER BY name, idx LIMIT $5",
+            slug,
+            after[0],
+            after[1],
+            target,
+            MEDIA_CHUNK,
+        )
+        if not rows:
+            return resealed
+        names, indexes, old, new = [], [], [], []
+        for r in rows:
+            name, index, frame = str(r["name"]), int(r["idx"]), bytes(r["frame"])
+            aad = frame_aad(slug, name, index)
+            try:
+                plaintext = keyring.open(frame, aad)
+            except DecryptError as exc:
+                raise CorruptStateError(
+                    f"profile {slug!r}: media file {name} frame {index} in the database "
+                    f"cannot be read ({exc})"
+                ) from None
+            names.append(name)
+            indexes.append(index)
+            old.append(frame)
+            new.append(keyring.seal(plaintext, aad))
+        status = await conn.execute(
+            "UPDATE bridge_media_frames AS f SET frame = t.new "
+            "FROM unnest($2::text[], $3::int[], $4::bytea[], $5::bytea[]) AS t(name, idx, old, new) "
+            "WHERE f.profile = $1 AND f.name = t.name AND f.idx = t.idx AND f.frame = t.old",
+            slug,
+            names,
+            indexes,
+            old,
+            new,
+        )
+        resealed += int(status.rsplit(" ", 1)[1])
+        after = (names[-1], indexes[-1])
