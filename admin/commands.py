@@ -237,7 +237,7 @@ def profile_stats(profile: ProfileConfig) -> dict[str, Any]:
         "hours_spec": profile.hours.spec if profile.hours is not None else None,
     }
     if url:  # the sizes are the database's; "running" is not known from here
-        stats.update(database.stats(profile, url, state), running=False, media_bytes=0)
+        stats.update(database.stats(profile, url, state), running=False)
     return stats
 
 

@@ -86,7 +86,8 @@ async def _database_stats(profile: ProfileConfig, url: str) -> dict[str, Any]:
             " (SELECT length(sealed) FROM bridge_snapshots WHERE profile = $1) AS snapshot_bytes,"
             " (SELECT extract(epoch FROM now() - written_at)::bigint FROM bridge_snapshots"
             "  WHERE profile = $1) AS snapshot_age,"
-            " (SELECT head FROM bridge_profiles WHERE slug = $1) AS head",
+            " (SELECT head FROM bridge_profiles WHERE slug = $1) AS head,"
+            " (SELECT coalesce(sum(bytes), 0) FROM bridge_media WHERE profile = $1) AS media_bytes",
             profile.slug,
         )
     finally:
@@ -107,6 +108,7 @@ def stats(profile: ProfileConfig, url: str, state: State) -> dict[str, Any]:
         "log_records": int(found["records"]),
         "seen_ids_in_database": int(found["seen_rows"]),
         "seq": int(found["head"] or 0),
+        "media_bytes": int(found["media_bytes"] or 0),  # the shared copies, sealed
     }
 
 

@@ -39,6 +39,10 @@ def test_media_travel_with_the_profile_into_the_database_and_back(
     assert out.read_bytes() == PHOTO
     live = admin_json(["verify"], db_env)
     assert (live["media_files"], live["media_missing"], live["media_damaged"]) == (2, 0, [])
+    stats = admin_json(["stats"], db_env)  # the database's copies, not this host's (none)
+    stored = pg_server.psql(database, "SELECT sum(bytes) FROM bridge_media").strip()
+    assert (stats["media_files"], stats["media_bytes"]) == (2, int(stored))
+    assert stats["media_bytes"] > len(PHOTO)
 
     backup = admin(["backup", "--to", str(tmp_path / "archives")], db_env)
     assert backup.returncode == 0, backup.stderr
