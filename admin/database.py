@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
+from bridge.control import OPERATIONS, ControlContext
 from bridge.control.writes import (
     erase_conversation,
     import_conversations,
@@ -45,9 +46,11 @@ from bridge.store.postgres import (
     describe_url,
     dump_snapshot,
     read_database_state,
+    replace_database_state,
 )
 
 DAY_MS = 24 * 3600 * 1000
+HANDOFF = ("pause", "resume", "send")
 
 # Settings of the command's process: which store its profiles are in.
 _databases: dict[str, str] = {}
@@ -115,6 +118,13 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
     store = PostgresStore(profile, url, enforce_settings=False)
     await store.open()
     try:
+        if op in HANDOFF:
+            # The operators' actions (bridge/control/handoff.py), as on a stopped file
+            # store: each decides on the settled state in the commit transaction. A message
+            # queued is sent by a running replica: its takeover sweep finds queued replies
+            # nobody owns (bridge/takeover.py OUTBOX_GRACE).
+            result = await OPERATIONS.run(op, ControlContext(store), args)
+            return {**result, "shared": True}
         if op == "delete":
             key = await erase_conversation(store, str(args["key"]), profile.slug)
             return {"key": key, "settings": stored_settings(store.state)}
@@ -130,12 +140,24 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
 
 
 def perform(profile: ProfileConfig, url: str, op: str, requests: Sequence[Any]) -> list[Any]:
-    if op not in ("delete", "prune", "import"):
+    if op not in ("delete", "prune", "import", *HANDOFF):
         raise BridgeError(
             f"`{op}` is not available with the postgres store yet: migrate the profile to "
-            "the file store (sessions-admin migrate --from-database), or use delete/prune/import"
+            "the file store (sessions-admin migrate --from-database), or use delete, prune, "
+            "import, restore, pause, resume, send"
         )
     return [asyncio.run(_perform(profile, url, op, dict(args))) for args in requests]
+
+
+def restore(
+    profile: ProfileConfig,
+    url: str,
+    state: State,
+    keep: Callable[[State], Awaitable[None]],
+) -> int:
+    """Replace the profile's state in the database with `state`, live; `keep` is given the
+    state replaced first (bridge/store/postgres.py `replace_database_state`)."""
+    return asyncio.run(replace_database_state(profile, url, state, keep))
 
 
 # -- migrate ----------------------------------------------------------------------------------
