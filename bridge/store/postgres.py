@@ -364,18 +364,22 @@ class PostgresStore(Store):
             async with self.pool.acquire() as conn:
                 await self._catch_up(conn)
             return [frozenset() for _ in batch]
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The row lock on the profile's head serialises its commits across replicas.
-            head = await conn.fetchval(
-                "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
-            )
-            if head is None:
-                raise StorageError(f"profile {slug!r} is not in the database")
-            await self._catch_up(conn)  # others' commits: in memory before anything decides
-            self._applied = max(self._applied, head)
-            if decide is not None:
-                batch[0].records = tuple(decide(self.state))
-            dropped = await self._insert(conn, batch, head)
+        async with self.pool.acquire() as conn:
+            # A reload (after a restore, or behind compaction) before the profile's lock is
+            # taken, so the other replicas' commits do not wait for it.
+            await self._check_pruned(conn)
+            async with conn.transaction():
+                # The row lock on the profile's head serialises its commits across replicas.
+                head = await conn.fetchval(
+                    "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
+                )
+                if head is None:
+                    raise StorageError(f"profile {slug!r} is not in the database")
+                await self._catch_up(conn)  # others' commits: in memory before deciding
+                self._applied = max(self._applied, head)
+                if decide is not None:
+                    batch[0].records = tuple(decide(self.state))
+                dropped = await self._insert(conn, batch, head)
         # Committed: apply in seq order, then tell the listeners.
         for pending in batch:
             for number, record in pending.kept:
