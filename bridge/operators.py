@@ -181,12 +181,19 @@ class Operators:
             raise NoSuchConversation(f"no conversation {key!r} in profile {self._profile.slug!r}")
         return conv
 
+    async def _found(self, typed: str) -> Conversation:
+        """`conversation`, on the state with what other replicas committed brought in (a
+        conversation another replica just recorded exists here too). Each action decides
+        again on the settled state, when it commits (`Store.commit_decided`)."""
+        await self._store.refresh()
+        return self.conversation(typed)
+
     async def pause(
         self, key: str, *, until_ms: int | None = None, who: str, why: str | None = None
     ) -> ModeOutcome:
         """A person takes over: the assistant stops answering, until `until_ms` if given
         (then it answers new messages again by itself), else until `resume`."""
-        self.conversation(key)  # a missing one is said first, before any other mistake
+        await self._found(key)  # a missing one is said first, before any other mistake
         now = self._clock()
         if until_ms is not None and not now < until_ms <= now + MAX_PAUSE_MS:
             raise OperatorError("a pause must end in the future, and within a year")
@@ -209,7 +216,7 @@ class Operators:
     async def resume(self, key: str, *, who: str, why: str | None = None) -> ModeOutcome:
         """The assistant answers again, from the next message on (what came in meanwhile was
         the person's to answer). Also ends an opt-out: the operator's decision."""
-        self.conversation(key)
+        await self._found(key)
         now = self._clock()
         mode = ConversationMode(ASSISTANT, now, _name(who), _reason(why))
         found: list[Conversation] = []
@@ -229,7 +236,7 @@ class Operators:
     async def send(self, key: str, text: str, *, operator: str) -> SendOutcome:
         """Queue a message written by `operator` into the conversation; it goes out through
         the outbox. WindowClosed (nothing written) when WhatsApp would refuse it."""
-        self.conversation(key)
+        await self._found(key)
         name = _name(operator)
         if not _encodable(text, "the message").strip():
             raise OperatorError("nothing to send: the message is empty")
@@ -258,7 +265,7 @@ class Operators:
         """Queue an approved template message (bridge/whatsapp/template.py), inside or
         outside the 24-hour window: templates are what WhatsApp delivers after it closes.
         Recorded in the history as `[template NAME] param | param`."""
-        self.conversation(key)
+        await self._found(key)
         name = _name(operator)
         return await self._queue(key, name, self._clock(), "", template)
 
@@ -341,7 +348,7 @@ class Operators:
     async def delete(self, key: str, *, who: str) -> DeleteOutcome:
         """Erase the conversation as it is now (history, mode and queued replies); a message
         received while this is being written survives it (bounded erasure)."""
-        self.conversation(key)
+        await self._found(key)
         name = _name(who)
         counted: list[tuple[str, int]] = []
 
