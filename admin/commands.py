@@ -606,8 +606,8 @@ def _restore_database(profile: ProfileConfig, url: str, archive: Path) -> int:
     kept = keep / archives.archive_name(profile.slug)
 
     async def keep_current(current: State) -> None:
-        secure_dir(keep)
         try:
+            secure_dir(keep)
             await write_archive(profile, current, kept)
         except OSError as exc:
             raise BridgeError(

@@ -1,7 +1,10 @@
-"""sessions-admin over the PostgreSQL store: reads, stats, and `migrate` between the stores.
+"""sessions-admin over the PostgreSQL store: reads, stats, writes, and `migrate` between the
+stores.
 
 With `store = "postgres"` (or BRIDGE_STORE=postgres) the read commands load the profile's
-state from the database, read-only and live (replicas keep running). `migrate` copies a
+state from the database, read-only and live (replicas keep running); the writes (delete,
+prune, import, pause, resume, send, restore) go to the database directly, live, each
+decided on the state every replica committed. `migrate` copies a
 profile between the file store and a database, both ways, and verifies the copy by reading
 it back: the state is carried whole as one snapshot in the file store's own format (sealed
 with the profile's key), so conversations, seen ids, the outbox, modes and identities all
