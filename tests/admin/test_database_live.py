@@ -15,9 +15,13 @@ import aiohttp
 import pytest
 
 from bridge import simulate
-from bridge.persistence.keys import encode_key, new_key
+from bridge.persistence.crypto import Keyring
+from bridge.persistence.keys import encode_key, new_key, parse_keys
+from bridge.persistence.snapshot import read_snapshot
+from bridge.state import State
+from bridge.store.postgres import read_database_state
 from tests.admin.support import admin, admin_json
-from tests.conftest import APP_SECRET
+from tests.conftest import APP_SECRET, make_profile
 from tests.fakes.graph import FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.test_cli import Served, clean_env, graph_env, parse_log, start_serve
@@ -175,3 +179,43 @@ async def test_send_outside_the_window_and_pause_of_nobody_are_refused_on_the_da
     assert code == 1 and "no conversation" in err
     code, _out, err = await replica.admin("rotate-key")
     assert code == 1 and "not available with the postgres store" in err
+
+
+async def test_a_restore_under_load_loses_no_acknowledged_message(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """Every message the replica acknowledged is in the state the restore replaced (its
+    pre-restore archive, exact as of the restore) or in the database after it."""
+    code, out, err = await replica.admin("backup", "--to", str(tmp_path / "archives"))
+    assert code == 0, err
+    archive = out.strip()
+    acked: set[str] = set()
+
+    async def load(count: int) -> None:
+        for n in range(count):
+            message = simulate.text_message(f"carga {n}", f"3465{n % 20:07d}")
+            raw = simulate.encode(simulate.delivery(simulate.change_value([message])))
+            if await replica.post(raw) == 200:
+                acked.add(str(message["id"]))
+            await asyncio.sleep(0.02)
+
+    loading = asyncio.create_task(load(150))
+    await asyncio.sleep(1.0)
+    code, out, err = await replica.admin("restore", archive)
+    assert code == 0, err
+    kept = Path(out.split("previous state kept in ")[1].split(")")[0])
+    await loading
+    await asyncio.sleep(1.0)
+    before = State()
+    keyring = Keyring(parse_keys(replica.admin_env["BRIDGE_KEY"], "BRIDGE_KEY"))
+    read_snapshot(kept, keyring, "default", before)
+    profile = make_profile(tmp_path / "reader", key=replica.admin_env["BRIDGE_KEY"])
+    after = await read_database_state(profile, replica.admin_env["BRIDGE_DATABASE_URL"])
+
+    def ids(state: State) -> set[str]:
+        return {m.id for c in state.conversations.values() for m in c.messages if m.id}
+
+    assert len(acked) == 150
+    assert ids(before) & acked and ids(after) & acked  # the restore landed mid-load
+    assert acked <= ids(before) | ids(after), "acknowledged, then in neither state"
+    assert not ids(before) & ids(after) & acked  # and none recorded twice
