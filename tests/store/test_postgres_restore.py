@@ -50,6 +50,7 @@ async def replica(tmp_path: Path, database_url: str) -> AsyncIterator[PostgresSt
     store = PostgresStore(make_profile(tmp_path, key=KEY), database_url, poll_seconds=0.5)
     await store.open()
     yield store
+    await store.ownership.close()  # the locks' own connection (ProfileRuntime closes it so)
     await store.close()
 
 
