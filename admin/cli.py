@@ -4,7 +4,9 @@ Read commands load snapshot + journal without the profile lock, so they see the 
 even while the bridge runs. Commands that write (delete, prune, import, rotate-key) go to the
 running bridge through its control channel, which commits them through its own store, or,
 when no bridge runs, take the lock and write directly (admin/writer.py): one writer per store
-either way. `restore` replaces the store's files and needs the bridge stopped.
+either way. `restore` replaces the store's files and needs the bridge stopped. With the
+PostgreSQL store, writes (restore included) go to the database directly, live
+(admin/database.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ examples:
 Reads and writes work while the bridge runs: import, delete, prune, rotate-key, pause,
 resume and send are sent to the running bridge (its control socket
 var/profiles/<p>/control.sock), which writes them; with no bridge running they write to the
-store directly. restore needs the bridge stopped.
+store directly. restore needs the bridge stopped (with store = "postgres": restore,
+import, delete, prune, pause, resume and send write the database live, replicas running).
 Exit codes: 0 ok, 1 failure, 2 usage.
 """
 
@@ -129,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=Path, help="directory (default var/profiles/<slug>/backups)")
     p.add_argument("--keep", type=int, default=14, help="keep the newest N archives (default 14)")
 
-    p = add("restore", "replace the store with an archive (bridge stopped)", commands.cmd_restore)
+    p = add(
+        "restore",
+        "replace the store with an archive (bridge stopped; with the postgres store live, "
+        "replicas running); the state replaced is kept in backups/pre-restore-<time>/",
+        commands.cmd_restore,
+    )
     p.add_argument(
         "archive",
         type=Path,

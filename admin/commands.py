@@ -37,6 +37,7 @@ from bridge.persistence.snapshot import SnapshotInfo, read_snapshot, write_snaps
 from bridge.records import settings_from_dict
 from bridge.state import State
 from bridge.store.durable import load_state
+from bridge.store.postgres import configured_keyring
 
 DAY_MS = 24 * 3600 * 1000
 IMPORT_PART = 1024 * 1024  # bytes of conversations per request to a running bridge
@@ -469,24 +470,34 @@ def write_checked_archive(
     """Write the archive atomically, then read it back whole and compare what it holds with
     what was written: a disk or a mount that returns other bytes than it took must not go
     unnoticed until the day of a restore. Returns (path, size, summary)."""
-    keyring = load_keyring(profile, create=False)
-    state = read_state(profile)
     if target_dir == layout.backups_dir(profile.state_dir):
         secure_dir(target_dir)  # inside the profile directory: ours
     else:
         archives.backup_dir(target_dir)
     archives.remove_stale_temps(target_dir, profile.slug)
     path = target_dir / archives.archive_name(profile.slug)
+    size, summary = asyncio.run(write_archive(profile, read_state(profile), path))
+    return path, size, summary
+
+
+async def write_archive(
+    profile: ProfileConfig, state: State, path: Path
+) -> tuple[int, dict[str, int]]:
+    """`state` as the archive `path` (and its media beside it), read back and compared;
+    returns (size, summary). The file at `path` is set aside as `.bad` if it reads back
+    wrong."""
+    keyring = load_keyring(profile, create=False)
     # The media first: an archive under its name always has its media beside it.
     url = database.database_of(profile)
-    media_files, media_missing = admin_media.backup_media(
-        profile, state, path, (url, keyring) if url else None
+    # In a thread: fetching what the local cache lacks from the database runs a loop of its own.
+    media_files, media_missing = await asyncio.to_thread(
+        admin_media.backup_media, profile, state, path, (url, keyring) if url else None
     )
-    size = asyncio.run(
-        write_snapshot(path, state, keyring, profile.slug, 0, render.terminal_progress("backup"))
+    size = await write_snapshot(
+        path, state, keyring, profile.slug, 0, render.terminal_progress("backup")
     )
     written = _summary(state)
-    del state  # the read-back below needs the memory
+    del state  # the read-back below needs the memory (when the caller keeps no reference)
     problem: str | None = None
     try:
         check = State()
@@ -503,7 +514,7 @@ def write_checked_archive(
             f"backup {path} failed its check, kept as {bad} and no older archive was "
             f"removed: {problem}"
         )
-    return path, size, {**written, "media_files": media_files, "media_missing": media_missing}
+    return size, {**written, "media_files": media_files, "media_missing": media_missing}
 
 
 def _check_archive(profile: ProfileConfig, path: Path, info: SnapshotInfo | None = None) -> State:
@@ -582,11 +593,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     (an empty segment after the old ones is a rotation that did not happen, for the old
     store), and the old segments go only once the new snapshot is durable."""
     profile = resolve_profile(args)
-    if database.database_of(profile):
-        raise BridgeError(
-            "restore is not available with the postgres store yet: restore the archive into "
-            "a file store (store = file), then sessions-admin migrate --to-database"
-        )
+    url = database.database_of(profile)
+    if url:
+        return _restore_database(profile, url, args.archive)
     state = _check_archive(profile, args.archive)
     with exclusive(profile):
         try:
@@ -601,6 +610,47 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"restored profile {profile.slug!r} from {args.archive}: "
         f"{len(state.conversations)} conversations (previous store kept in {keep})"
     )
+    return 0
+
+
+def _restore_database(profile: ProfileConfig, url: str, archive: Path) -> int:
+    """Restore into the PostgreSQL store, live: replicas keep running and reload the
+    restored state within a poll (bridge/store/postgres.py `replace_database_state`). The
+    state replaced, exact as of the restore, is kept first as an archive in
+    `backups/pre-restore-<time>/`."""
+    state = _check_archive(profile, archive)
+    keep = layout.backups_dir(profile.state_dir) / f"pre-restore-{_stamp()}"
+    kept = keep / archives.archive_name(profile.slug)
+
+    async def keep_current(current: State) -> None:
+        try:
+            secure_dir(keep)
+            await write_archive(profile, current, kept)
+        except OSError as exc:
+            raise BridgeError(
+                f"restore failed: cannot keep the current state in {keep}: "
+                f"{exc.strerror or exc}; nothing was changed"
+            ) from None
+
+    # The archive's media files go into the database first, so that the restored state never
+    # names a file the database lacks; unmarked, so no sweep takes them before the swap.
+    keyring = configured_keyring(profile)
+    names = list(state.media_files)
+    media = admin_media.upload_to_database(
+        profile, url, keyring, names, admin_media.companion(archive), record=False
+    )
+    database.restore(profile, url, state, keep_current)
+    admin_media.mark_recorded(profile, url, keyring, names)
+    print(
+        f"restored profile {profile.slug!r} from {archive}: "
+        f"{len(state.conversations)} conversations, {media.files} media file(s) (previous "
+        f"state kept in {kept}); the running replicas reload it within a second"
+    )
+    if media.missing:
+        print(
+            f"{media.missing} media file(s) the archive's state names were not beside it "
+            f"({admin_media.companion(archive)}/): those messages keep their text, not the file"
+        )
     return 0
 
 

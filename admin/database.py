@@ -1,7 +1,10 @@
-"""sessions-admin over the PostgreSQL store: reads, stats, and `migrate` between the stores.
+"""sessions-admin over the PostgreSQL store: reads, stats, writes, and `migrate` between the
+stores.
 
 With `store = "postgres"` (or BRIDGE_STORE=postgres) the read commands load the profile's
-state from the database, read-only and live (replicas keep running). `migrate` copies a
+state from the database, read-only and live (replicas keep running); the writes (delete,
+prune, import, pause, resume, send, restore) go to the database directly, live, each
+decided on the state every replica committed. `migrate` copies a
 profile between the file store and a database, both ways, and verifies the copy by reading
 it back: the state is carried whole as one snapshot in the file store's own format (sealed
 with the profile's key), so conversations, seen ids, the outbox, modes and identities all
@@ -15,7 +18,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
+from bridge.control import OPERATIONS, ControlContext
 from bridge.control.writes import (
     erase_conversation,
     import_conversations,
@@ -51,9 +55,11 @@ from bridge.store.postgres import (
     describe_url,
     dump_snapshot,
     read_database_state,
+    replace_database_state,
 )
 
 DAY_MS = 24 * 3600 * 1000
+HANDOFF = ("pause", "resume", "send")
 
 # Settings of the command's process: which store its profiles are in.
 _databases: dict[str, str] = {}
@@ -123,6 +129,13 @@ async def _perform(profile: ProfileConfig, url: str, op: str, args: dict[str, An
     store = PostgresStore(profile, url, enforce_settings=False)
     await store.open()
     try:
+        if op in HANDOFF:
+            # The operators' actions (bridge/control/handoff.py), as on a stopped file
+            # store: each decides on the settled state in the commit transaction. A message
+            # queued is sent by a running replica: its takeover sweep finds queued replies
+            # nobody owns (bridge/takeover.py OUTBOX_GRACE).
+            result = await OPERATIONS.run(op, ControlContext(store), args)
+            return {**result, "shared": True}
         if op == "delete":
             key = await erase_conversation(store, str(args["key"]), profile.slug)
             return {"key": key, "settings": stored_settings(store.state)}
@@ -179,13 +192,24 @@ async def _rotate_key(profile: ProfileConfig, url: str) -> dict[str, Any]:
 def perform(profile: ProfileConfig, url: str, op: str, requests: Sequence[Any]) -> list[Any]:
     if op == "rotate-key":
         return [asyncio.run(_rotate_key(profile, url)) for _ in requests]
-    if op not in ("delete", "prune", "import"):
+    if op not in ("delete", "prune", "import", *HANDOFF):
         raise BridgeError(
             f"`{op}` is not available with the postgres store yet: migrate the profile to "
-            "the file store (sessions-admin migrate --from-database), or use "
-            "delete/prune/import/rotate-key"
+            "the file store (sessions-admin migrate --from-database), or use delete, prune, "
+            "import, restore, rotate-key, pause, resume, send"
         )
     return [asyncio.run(_perform(profile, url, op, dict(args))) for args in requests]
+
+
+def restore(
+    profile: ProfileConfig,
+    url: str,
+    state: State,
+    keep: Callable[[State], Awaitable[None]],
+) -> int:
+    """Replace the profile's state in the database with `state`, live; `keep` is given the
+    state replaced first (bridge/store/postgres.py `replace_database_state`)."""
+    return asyncio.run(replace_database_state(profile, url, state, keep))
 
 
 # -- migrate ----------------------------------------------------------------------------------

@@ -123,10 +123,18 @@ def fetch_from_database(
 
 
 def upload_to_database(
-    profile: ProfileConfig, url: str, keyring: Keyring, names: Collection[str]
+    profile: ProfileConfig,
+    url: str,
+    keyring: Keyring,
+    names: Collection[str],
+    directory: Path | None = None,
+    *,
+    record: bool = True,
 ) -> Copied:
-    """The named files of the profile's `media/` into the database (`migrate`), each marked
-    as named by a record: the state copied with them names them."""
+    """The named files of `directory` (the profile's `media/`) into the database. With
+    `record` (`migrate`: the state copied with them names them) each is marked as named by
+    a record; without (`restore`: the state naming them is not there yet) they are not, so
+    no sweep takes them before `mark_recorded`, after the state is."""
 
     async def work(files: MediaStore) -> Copied:
         copied = Copied()
@@ -135,12 +143,27 @@ def upload_to_database(
                 copied.missing += 1
                 continue
             await files.publish(name)
-            await files.recorded(name)
+            if record:
+                await files.recorded(name)
             copied.files += 1
         return copied
 
+    where = directory or layout.media_dir(profile.state_dir)
+    return asyncio.run(_with_database(profile, url, keyring, where, work))
+
+
+def mark_recorded(
+    profile: ProfileConfig, url: str, keyring: Keyring, names: Collection[str]
+) -> None:
+    """The named files in the database are named by a committed record now (after a
+    restore's swap), so an erasure frees them at once (bridge/store/pg/media.py)."""
+
+    async def work(files: MediaStore) -> None:
+        for name in names:
+            await files.recorded(name)
+
     directory = layout.media_dir(profile.state_dir)
-    return asyncio.run(_with_database(profile, url, keyring, directory, work))
+    asyncio.run(_with_database(profile, url, keyring, directory, work))
 
 
 # -- erasure and key rotation (under the profile lock, in `write_store`) ----------------------

@@ -3,7 +3,9 @@
 They write through the same code the HTTP API runs. While a bridge runs they go to it over
 its control channel (bridge/control/handoff.py) and a message sent goes out at once; on a
 stopped bridge they write to the store directly (journaled; a message sent goes out when the
-bridge starts). Either way the store has one writer.
+bridge starts). Either way the store has one writer. With the PostgreSQL store they write to
+the database directly, live (admin/database.py), and a running replica sends a queued
+message within seconds.
 """
 
 from __future__ import annotations
@@ -106,7 +108,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.json:
         render.emit_json(data)
     else:
-        when = "the bridge sends it now" if data.get("running") else "sent when the bridge starts"
+        if data.get("shared"):  # the PostgreSQL store: replicas take queued replies over
+            when = "a running replica sends it within seconds"
+        elif data.get("running"):
+            when = "the bridge sends it now"
+        else:
+            when = "sent when the bridge starts"
         print(
             f"queued message {data['id']} to {data['key']} (profile {profile.slug!r}); "
             f"{when}. Conversation: {_mode_line(data)}"
@@ -150,8 +157,9 @@ def add_commands(
     p = add(
         "send",
         "queue a message written by a person, or an approved template (--template); the "
-        "running bridge sends it at once, else when it starts; pauses the conversation for "
-        "the profile's handoff_minutes",
+        "running bridge sends it at once, else when it starts (with the postgres store: a "
+        "running replica, within seconds); pauses the conversation for the profile's "
+        "handoff_minutes",
         cmd_send,
     )
     p.add_argument("key", help=key_help)

@@ -36,6 +36,7 @@ from bridge.identities import normalize_key
 from bridge.logs import get_logger, mask
 from bridge.modes import OPERATOR, current_mode
 from bridge.records import MessageAdded, ModeChanged, OutboxItem, OutboxQueued, Record
+from bridge.state import State
 from bridge.store.base import Store
 from bridge.whatsapp.template import Template
 
@@ -170,81 +171,116 @@ class Operators:
         if self._on_action is not None:
             self._on_action(action)
 
-    def conversation(self, typed: str) -> Conversation:
+    def conversation(self, typed: str, state: State | None = None) -> Conversation:
         """The conversation for a key as an operator typed it (a phone in any notation, a
         user id, or a user id linked to a phone); NoSuchConversation if there is none."""
-        state = self._store.state
+        state = self._store.state if state is None else state
         key = state.resolve(normalize_key(typed))
         conv = state.conversations.get(key)
         if conv is None:
             raise NoSuchConversation(f"no conversation {key!r} in profile {self._profile.slug!r}")
         return conv
 
+    async def _found(self, typed: str) -> Conversation:
+        """`conversation`, on the state with what other replicas committed brought in (a
+        conversation another replica just recorded exists here too). Each action decides
+        again on the settled state, when it commits (`Store.commit_decided`)."""
+        await self._store.refresh()
+        return self.conversation(typed)
+
     async def pause(
         self, key: str, *, until_ms: int | None = None, who: str, why: str | None = None
     ) -> ModeOutcome:
         """A person takes over: the assistant stops answering, until `until_ms` if given
         (then it answers new messages again by itself), else until `resume`."""
-        conv = self.conversation(key)
+        await self._found(key)  # a missing one is said first, before any other mistake
         now = self._clock()
         if until_ms is not None and not now < until_ms <= now + MAX_PAUSE_MS:
             raise OperatorError("a pause must end in the future, and within a year")
-        if current_mode(conv.mode, now) == OPTED_OUT:
-            raise ModeConflict(
-                f"conversation {conv.key!r} is opted out (the user asked for no messages); "
-                "resume it first if they asked to come back"
-            )
         mode = ConversationMode(PAUSED, now, _name(who), _reason(why), until_ms)
-        await self._store.commit([ModeChanged(conv.key, mode)])
-        self._done("pause", conv.key, by=mode.by, until=until_ms)
-        return ModeOutcome(conv.key, mode, True)
+
+        def decide(state: State) -> list[Record]:
+            conv = self.conversation(key, state)
+            if current_mode(conv.mode, now) == OPTED_OUT:
+                raise ModeConflict(
+                    f"conversation {conv.key!r} is opted out (the user asked for no messages); "
+                    "resume it first if they asked to come back"
+                )
+            return [ModeChanged(conv.key, mode)]
+
+        (record,) = await self._store.commit_decided(decide)
+        assert isinstance(record, ModeChanged)
+        self._done("pause", record.key, by=mode.by, until=until_ms)
+        return ModeOutcome(record.key, mode, True)
 
     async def resume(self, key: str, *, who: str, why: str | None = None) -> ModeOutcome:
         """The assistant answers again, from the next message on (what came in meanwhile was
         the person's to answer). Also ends an opt-out: the operator's decision."""
-        conv = self.conversation(key)
+        await self._found(key)
         now = self._clock()
-        if current_mode(conv.mode, now) == ASSISTANT:
-            return ModeOutcome(conv.key, conv.mode, False)
         mode = ConversationMode(ASSISTANT, now, _name(who), _reason(why))
-        await self._store.commit([ModeChanged(conv.key, mode)])
-        self._done("resume", conv.key, by=mode.by)
-        return ModeOutcome(conv.key, mode, True)
+        found: list[Conversation] = []
+
+        def decide(state: State) -> list[Record]:
+            conv = self.conversation(key, state)
+            found.append(conv)
+            if current_mode(conv.mode, now) == ASSISTANT:
+                return []
+            return [ModeChanged(conv.key, mode)]
+
+        if not await self._store.commit_decided(decide):
+            return ModeOutcome(found[0].key, found[0].mode, False)
+        self._done("resume", found[0].key, by=mode.by)
+        return ModeOutcome(found[0].key, mode, True)
 
     async def send(self, key: str, text: str, *, operator: str) -> SendOutcome:
         """Queue a message written by `operator` into the conversation; it goes out through
         the outbox. WindowClosed (nothing written) when WhatsApp would refuse it."""
-        conv = self.conversation(key)
+        await self._found(key)
         name = _name(operator)
         if not _encodable(text, "the message").strip():
             raise OperatorError("nothing to send: the message is empty")
         if len(text) > MAX_TEXT:
             raise OperatorError(f"a message is at most {MAX_TEXT} characters, got {len(text)}")
         now = self._clock()
-        closes = window_closes_at(conv)
-        if closes is None or now >= closes:
-            when = (
-                "has never written" if closes is None else f"last wrote {iso(closes - WINDOW_MS)}"
-            )
-            raise WindowClosed(
-                f"the 24-hour window of conversation {conv.key!r} is closed (the user {when}): "
-                "WhatsApp accepts only approved template messages then (sessions-admin send "
-                'KEY --template NAME --lang CODE, or the API\'s "template"); nothing was sent'
-            )
-        return await self._queue(conv, name, now, text, None)
+
+        def window_open(conv: Conversation) -> None:
+            closes = window_closes_at(conv)
+            if closes is None or now >= closes:
+                when = (
+                    "has never written"
+                    if closes is None
+                    else f"last wrote {iso(closes - WINDOW_MS)}"
+                )
+                raise WindowClosed(
+                    f"the 24-hour window of conversation {conv.key!r} is closed (the user "
+                    f"{when}): WhatsApp accepts only approved template messages then "
+                    "(sessions-admin send KEY --template NAME --lang CODE, or the API's "
+                    '"template"); nothing was sent'
+                )
+
+        return await self._queue(key, name, now, text, None, window_open)
 
     async def send_template(self, key: str, template: Template, *, operator: str) -> SendOutcome:
         """Queue an approved template message (bridge/whatsapp/template.py), inside or
         outside the 24-hour window: templates are what WhatsApp delivers after it closes.
         Recorded in the history as `[template NAME] param | param`."""
-        conv = self.conversation(key)
+        await self._found(key)
         name = _name(operator)
-        return await self._queue(conv, name, self._clock(), "", template)
+        return await self._queue(key, name, self._clock(), "", template)
 
     async def _queue(
-        self, conv: Conversation, name: str, now: int, text: str, template: Template | None
+        self,
+        key: str,
+        name: str,
+        now: int,
+        text: str,
+        template: Template | None,
+        check: Callable[[Conversation], None] | None = None,
     ) -> SendOutcome:
-        """One commit: the message, its outbox item and the handoff pause it starts."""
+        """One commit: the message, its outbox item and the handoff pause it starts,
+        decided on the settled state (`Store.commit_decided`): with replicas, this one's
+        memory may not have the user's latest message (the window) or mode yet."""
         message_id = "op." + secrets.token_hex(12)
         extra: dict[str, Any] = {OPERATOR: name}
         if template is not None:
@@ -257,14 +293,24 @@ class Operators:
             status="pending",
             extra=extra,
         )
-        records: list[Record] = [
-            MessageAdded(conv.key, message),
-            OutboxQueued(OutboxItem(message_id, conv.key, conv.key, text, now, template)),
-        ]
-        mode = self._handoff_pause(conv, name, now)
-        if mode is not None:
-            records.append(ModeChanged(conv.key, mode))
-        await self._store.commit(records)
+        found: list[tuple[Conversation, ConversationMode | None]] = []
+
+        def decide(state: State) -> list[Record]:
+            conv = self.conversation(key, state)
+            if check is not None:
+                check(conv)
+            records: list[Record] = [
+                MessageAdded(conv.key, message),
+                OutboxQueued(OutboxItem(message_id, conv.key, conv.key, text, now, template)),
+            ]
+            mode = self._handoff_pause(conv, name, now)
+            if mode is not None:
+                records.append(ModeChanged(conv.key, mode))
+            found.append((conv, mode))
+            return records
+
+        await self._store.commit_decided(decide)
+        conv, mode = found[0]
         fields: dict[str, Any] = (
             {"chars": len(text)} if template is None else {"template": template.name}
         )
@@ -302,12 +348,19 @@ class Operators:
     async def delete(self, key: str, *, who: str) -> DeleteOutcome:
         """Erase the conversation as it is now (history, mode and queued replies); a message
         received while this is being written survives it (bounded erasure)."""
-        conv = self.conversation(key)
+        await self._found(key)
         name = _name(who)
-        deletion = self._store.state.deletion(conv.key)
-        if deletion is None:  # pragma: no cover - conversation() found it just now
-            raise NoSuchConversation(f"no conversation {conv.key!r}")
-        count = len(conv.messages)
-        await self._store.commit([deletion])
-        self._done("delete", conv.key, by=name, messages=count)
-        return DeleteOutcome(conv.key, count)
+        counted: list[tuple[str, int]] = []
+
+        def decide(state: State) -> list[Record]:
+            conv = self.conversation(key, state)
+            deletion = state.deletion(conv.key)
+            if deletion is None:  # pragma: no cover - conversation() found it just now
+                raise NoSuchConversation(f"no conversation {conv.key!r}")
+            counted.append((conv.key, len(conv.messages)))
+            return [deletion]
+
+        await self._store.commit_decided(decide)
+        erased, count = counted[0]
+        self._done("delete", erased, by=name, messages=count)
+        return DeleteOutcome(erased, count)

@@ -55,6 +55,9 @@ class Takeover:
         self._interval = interval
         # Conversations that got a user message since they were last found answered.
         self._watch: set[str] = set(store.state.conversations)
+        # The state those came from: a store that reloads (a restore, or a replica that fell
+        # behind compaction) replaces it, and then every conversation is a candidate again.
+        self._state = store.state
         # Conversations with queued replies nobody owned, since when (ms).
         self._orphaned: dict[str, float] = {}
         self._outbox_grace_ms = int(outbox_grace * 1000)
@@ -90,6 +93,9 @@ class Takeover:
         """One pass; returns how many conversations it took over."""
         taken = 0
         state = self._store.state
+        if state is not self._state:
+            self._state = state
+            self._watch.update(state.conversations)
         owner = self._store.ownership
         now_ms = int(time.time() * 1000)
         for key in list(self._watch):
@@ -108,6 +114,7 @@ class Takeover:
                 continue  # a live replica answers it
             try:
                 await self._store.refresh()
+                state = self._store.state  # taken afresh: a refresh may have reloaded it
                 conv = state.conversations.get(resolved)
                 message = self._owed(conv, now_ms) if conv is not None else None
                 if message is not None and message.id and not self._replier.busy_with(resolved):
@@ -118,7 +125,7 @@ class Takeover:
             finally:
                 await owner.release(resolved)
         orphans: dict[str, float] = {}
-        for key in state.outbox_keys():
+        for key in self._store.state.outbox_keys():
             if self._outbox.busy_with(key) or not await owner.acquire(key):
                 continue
             try:

@@ -32,6 +32,7 @@ from bridge.store.durable import DurableStore
 
 if TYPE_CHECKING:
     from bridge.runtime import ProfileRuntime
+    from bridge.store.postgres import PostgresStore
 
 T = TypeVar("T")
 
@@ -44,7 +45,9 @@ def _never() -> bool:
 class ControlContext:
     """What an operation works on."""
 
-    store: DurableStore
+    # A file store (the bridge's, or one sessions-admin opened), or the PostgreSQL store
+    # sessions-admin opened (the operations admin/database.py runs there, live).
+    store: DurableStore | PostgresStore
     # The running bridge's profile (replier, outbox, ...); None when sessions-admin writes
     # to a stopped profile itself.
     runtime: ProfileRuntime | None = None

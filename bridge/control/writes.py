@@ -34,6 +34,7 @@ from bridge.persistence.keys import load_keyring, new_key, write_key_file
 from bridge.records import IdentityLinked, MessageAdded, OutboxQueued, Record, settings_to_dict
 from bridge.state import State
 from bridge.store.base import Store
+from bridge.store.durable import DurableStore
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -94,8 +95,8 @@ async def prune(ctx: ControlContext, args: Args) -> Result:
 def _media_after_erasure(ctx: ControlContext) -> None:
     """The erasure is durable: its media files go. A running bridge's media worker sees the
     commit and does it (it knows the files it is writing); sessions-admin does it here."""
-    if ctx.runtime is None:
-        media_upkeep.sweep(ctx.store)
+    if ctx.runtime is None and isinstance(ctx.store, DurableStore):
+        media_upkeep.sweep(ctx.store)  # the database's media are on the replicas' disks
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -255,6 +256,8 @@ async def rotate_key(ctx: ControlContext, args: Args) -> Result:
     BRIDGE_KEY and credentials only when it starts.
     """
     store = ctx.store
+    if not isinstance(store, DurableStore):
+        raise BadRequest("rotate-key is not available with the postgres store yet")
     profile = store.profile
     source = key_source(profile)
     result: Result = {"source": source, "running": ctx.runtime is not None}

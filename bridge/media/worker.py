@@ -502,10 +502,12 @@ class MediaWorker:
                 return
 
     async def _sweep(self) -> None:
-        state = self._store.state
+        store = self._store
 
         def keep(name: str) -> bool:
-            return name in state.media_files or name in self._busy
+            # The store's state as it is now: a replica replaces it when it reloads (a
+            # restore on the database), and the files that one names must stay.
+            return name in store.state.media_files or name in self._busy
 
         try:
             removed = await asyncio.get_running_loop().run_in_executor(None, self.files.sweep, keep)

@@ -242,7 +242,10 @@ class PostgresStore(Store):
             "SELECT upto, sealed FROM bridge_snapshots WHERE profile = $1", self.profile.slug
         )
         if row is not None:
-            self._applied = load_snapshot(bytes(row["sealed"]), self.sealer, self.state)
+            load_snapshot(bytes(row["sealed"]), self.sealer, self.state)
+            # The row's `upto` is the authority (a restored snapshot is sealed before the
+            # seq it takes is known: `replace_database_state`).
+            self._applied = int(row["upto"])
             self._snapshot_upto = self._applied
         while True:
             rows = await conn.fetch(
@@ -391,21 +394,25 @@ class PostgresStore(Store):
             async with self.pool.acquire() as conn:
                 await self._catch_up(conn)
             return [frozenset() for _ in batch]
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The row lock on the profile's head serialises its commits across replicas.
-            head = await conn.fetchval(
-                "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
-            )
-            if head is None:
-                raise StorageError(f"profile {slug!r} is not in the database")
-            await self._catch_up(conn)  # others' commits: in memory before anything decides
-            self._applied = max(self._applied, head)
-            if decide is not None:
-                batch[0].records = tuple(decide(self.state))
-            if inside is not None:
-                await inside(conn, self.state)
-                return [frozenset()]
-            dropped = await self._insert(conn, batch, head)
+        async with self.pool.acquire() as conn:
+            # A reload (after a restore, or behind compaction) before the profile's lock is
+            # taken, so the other replicas' commits do not wait for it.
+            await self._check_pruned(conn)
+            async with conn.transaction():
+                # The row lock on the profile's head serialises its commits across replicas.
+                head = await conn.fetchval(
+                    "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
+                )
+                if head is None:
+                    raise StorageError(f"profile {slug!r} is not in the database")
+                await self._catch_up(conn)  # others' commits: in memory before deciding
+                self._applied = max(self._applied, head)
+                if decide is not None:
+                    batch[0].records = tuple(decide(self.state))
+                if inside is not None:
+                    await inside(conn, self.state)
+                    return [frozenset()]
+                dropped = await self._insert(conn, batch, head)
         # Committed: apply in seq order, then tell the listeners.
         for pending in batch:
             for number, record in pending.kept:
@@ -661,6 +668,87 @@ async def read_database_state(
     finally:
         await conn.close()
     return store.state
+
+
+async def replace_database_state(
+    profile: ProfileConfig,
+    database_url: str,
+    state: State,
+    keep: Callable[[State], Awaitable[None]],
+) -> int:
+    """Make `state` (an archive's) the profile's whole state, live: `sessions-admin restore`.
+
+    One transaction, under the locks compaction and commits take (the snapshot row, then
+    the head row, in `_compact`'s order: no deadlock with it): the current state, exact as
+    of the lock, goes to `keep` (the pre-restore archive) before anything changes; then
+    `state` becomes the snapshot at `upto`, every record goes, and `head = pruned = upto`.
+    Conversations carry their seqs and replay skips a record at or below its
+    conversation's, so `upto` is above every seq in the archive as well as above the head.
+    Each replica sees `pruned` beyond what it applied at its next poll and reloads
+    (`_check_pruned`). Seen ids' keyed hashes already there stay: a message received after
+    the backup that Meta delivers again must not be recorded twice. A kill at any moment
+    leaves the old state or the new one (the database rolls back an open transaction).
+    Returns `upto`. Replicas' commits wait while `keep` writes."""
+    store = PostgresStore(profile, database_url, enforce_settings=False)
+    store._sealer = sealer = Sealer(configured_keyring(profile), profile.slug)
+    slug = profile.slug
+    where = describe_url(database_url)
+    # The slow parts outside the locks: the archive's snapshot sealed (its `upto` is the
+    # row's, set below), and the current state loaded from a consistent read.
+    data = await dump_snapshot(state, sealer, state.seq)
+    seen = list(state.seen.items())
+    try:
+        conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT)
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(f"cannot connect to the database {where}: {exc}") from None
+    try:
+        await migrate(conn)
+        check = await conn.fetchval("SELECT key_check FROM bridge_profiles WHERE slug = $1", slug)
+        if check is None:
+            raise BridgeError(f"no profile {slug!r} in the database {where}")
+        sealer.verify_key_check(check)
+        secrets = await load_secrets(conn, sealer)  # the seen ids' hash key
+        store._sealer = sealer = Sealer(sealer.keyring, slug, secrets.seen)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await store._load(conn)
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT upto FROM bridge_snapshots WHERE profile = $1 FOR UPDATE", slug
+            )
+            head = int(
+                await conn.fetchval(
+                    "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
+                )
+            )
+            await store._catch_up(conn)  # what was committed since the read: now exact
+            await keep(store.state)
+            upto = max(head, state.seq) + 1
+            await conn.execute(
+                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3) "
+                "ON CONFLICT (profile) DO UPDATE SET upto = EXCLUDED.upto, "
+                "sealed = EXCLUDED.sealed, written_at = now()",
+                slug,
+                upto,
+                data,
+            )
+            await conn.execute("DELETE FROM bridge_records WHERE profile = $1", slug)
+            await conn.execute(
+                "UPDATE bridge_profiles SET head = $2, pruned = $2 WHERE slug = $1", slug, upto
+            )
+            if seen:
+                await conn.execute(
+                    "INSERT INTO bridge_seen (profile, id_hash, received_ms) "
+                    "SELECT $1, h, r FROM unnest($2::bytea[], $3::bigint[]) AS t(h, r) "
+                    "ON CONFLICT DO NOTHING",
+                    slug,
+                    [sealer.seen_hash(i) for i, _ in seen],
+                    [at for _, at in seen],
+                )
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(f"database {where}: {exc}") from None
+    finally:
+        await conn.close()
+    return upto
 
 
 async def dump_snapshot(state: State, sealer: Sealer, upto: int) -> bytes:

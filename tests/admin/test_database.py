@@ -146,8 +146,11 @@ def test_backup_and_verify_work_on_the_database(tmp_path: Path, database_url: st
     archive = Path(backup.stdout.strip())
     checked = admin(["verify", str(archive)], db_env)
     assert checked.returncode == 0 and "2 conversations" in checked.stdout, checked.stderr
+    assert admin(["delete", PHONE], db_env).returncode == 0
     restore = admin(["restore", str(archive)], db_env)
-    assert restore.returncode == 1 and "not available with the postgres store" in restore.stderr
+    assert restore.returncode == 0, restore.stderr
+    assert "restored profile 'default'" in restore.stdout and "2 conversations" in restore.stdout
+    assert {row["key"] for row in admin_json(["list"], db_env)} == {PHONE, "34600000002"}
 
 
 def test_import_on_the_database_merges_a_seed_file_live(tmp_path: Path, database_url: str) -> None:

@@ -79,3 +79,36 @@ def test_a_file_the_database_lacks_is_reported_by_verify(
     bad = admin(["verify"], db_env)
     assert bad.returncode == 1
     assert "frame 1 missing" in bad.stderr and "2 media file(s) damaged" in bad.stderr
+
+
+def test_restore_on_the_database_brings_the_archive_media_back_into_it(
+    with_media: WithMedia,  # noqa: F811
+    tmp_path: Path,
+    database_url: str,
+    pg_server: PostgresServer,
+) -> None:
+    assert admin(["migrate", "--to-database", database_url], with_media.env).returncode == 0
+    key = layout.key_path(with_media.var / "profiles" / "default").read_text().splitlines()[-1]
+    db_env = clean_env(
+        BRIDGE_VAR_DIR=str(tmp_path / "operator"),
+        BRIDGE_STORE="postgres",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_KEY=key,
+    )
+    backup = admin(["backup", "--to", str(tmp_path / "archives")], db_env)
+    assert backup.returncode == 0, backup.stderr
+    archive = Path(backup.stdout.strip())
+    database = database_url.rsplit("/", 1)[1]
+    pg_server.psql(database, "DELETE FROM bridge_media")  # lost since the backup
+    # Restored from another host, whose media directory holds nothing.
+    other = {**db_env, "BRIDGE_VAR_DIR": str(tmp_path / "other")}
+    restored = admin(["restore", str(archive)], other)
+    assert restored.returncode == 0, restored.stderr
+    assert "2 media file(s)" in restored.stdout
+    assert pg_server.psql(database, "SELECT count(*) FROM bridge_media WHERE recorded") == "2\n"
+    out = tmp_path / "photo.jpg"
+    fresh = {**db_env, "BRIDGE_VAR_DIR": str(tmp_path / "third")}
+    got = admin(["media", PHONE, with_media.photo_id, "-o", str(out)], fresh)
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == PHOTO
+    assert admin_json(["verify"], fresh)["media_missing"] == 0

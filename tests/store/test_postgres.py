@@ -15,6 +15,7 @@ import pytest
 from bridge.config import ProfileConfig
 from bridge.conversations import OPTED_OUT, ConversationMode, Message
 from bridge.errors import ConfigError, StorageError
+from bridge.operators import ModeConflict, Operators, WindowClosed
 from bridge.persistence.keys import encode_key, new_key
 from bridge.records import (
     ConversationDeleted,
@@ -275,3 +276,29 @@ async def test_a_duplicate_s_keyword_reaction_is_left_out_with_it(open_store: Op
     assert len(a.state.outbox) == 1
     view = a.state.get("34600000001")
     assert view is not None and [m.content for m in view.messages] == ["STOP", "baja"]
+
+
+async def test_operators_on_a_replica_decide_on_what_other_replicas_recorded(
+    open_store: OpenStore,
+) -> None:
+    """An operator's action on one replica (its API, or sessions-admin) meets the state
+    every replica committed, not this replica's memory of it: a window the user reopened
+    through another replica is open, an opt-out made there is respected."""
+    a, b = await open_store(poll_seconds=3600), await open_store(poll_seconds=3600)
+    day_ago = int(time.time() * 1000) - 25 * 3600 * 1000
+    old = Message("user", "hace mucho", day_ago, id="wamid.old")
+    await a.commit([MessageAdded("34600000001", old, "Ana", day_ago)])
+    await b.refresh()
+    operators = Operators(b, b.profile)
+    with pytest.raises(WindowClosed):
+        await operators.send("34600000001", "hola", operator="ana")
+    await a.commit([user(1)])  # the user writes again, to the other replica
+    sent = await operators.send("34600000001", "te ayudo", operator="ana")
+    assert sent.id in b.state.outbox
+    await a.commit([ModeChanged("34600000001", ConversationMode(OPTED_OUT, 1, "user", None))])
+    with pytest.raises(ModeConflict):
+        await operators.pause("34600000001", who="ana")
+    await a.commit([user(2, key="34600000002")])  # a conversation only the other one saw
+    paused = await operators.pause("34600000002", who="ana")
+    await a.refresh()
+    assert a.state.conversations["34600000002"].mode == paused.mode
