@@ -47,6 +47,9 @@ class Cluster:
     database_url: str
     key: str
     env: dict[str, str] = field(default_factory=dict)
+    # The fake Graph API reports each accepted message with a status webhook, as Meta does,
+    # spread round-robin over the replicas (a load balancer): rarely the one that sent it.
+    reports: bool = False
     replicas: list[Served] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)  # wamid -> text
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -67,6 +70,9 @@ class Cluster:
             self.replicas[index] = served
         else:
             self.replicas.append(served)
+        if self.reports:
+            urls = [f"http://127.0.0.1:{r.port}/webhook" for r in self.replicas]
+            self.graph.report_to(urls, APP_SECRET)
         return served
 
     async def post(self, session: aiohttp.ClientSession, port: int, raw: bytes) -> int:

@@ -11,6 +11,8 @@ a body the real API would reject (missing fields, text over 4096 chars) gets err
 Like Meta, it can report back: with `report_to(webhook_url, app_secret)`, every accepted
 message is followed by a signed `sent` status webhook carrying the message's
 `biz_opaque_callback_data`, retried until the bridge answers 200 (Meta retries for days).
+Given several webhook URLs (replicas behind a load balancer), the posts, retries included,
+go to them round-robin: a status lands on any replica, not on the one that sent.
 And it can lose its answer after taking a message (`lose_answers`), as a dropped
 connection does.
 
@@ -57,6 +59,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,17 +195,23 @@ class FakeGraph:
     upload_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
     # Approved templates, (name, language code) -> body parameters; None: any well-formed one.
     templates: dict[tuple[str, str], int] | None = None
-    _report: tuple[str, str] | None = None  # (webhook url, app secret)
+    _report: tuple[tuple[str, ...], str] | None = None  # (webhook urls, app secret)
+    _report_turn: itertools.count[int] = field(default_factory=itertools.count)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def report_to(self, webhook_url: str, app_secret: str) -> None:
-        """Send a status webhook for every message accepted from now on, as Meta does."""
-        self._report = (webhook_url, app_secret)
+    def report_to(self, webhook_url: str | Sequence[str], app_secret: str) -> None:
+        """Send a status webhook for every message accepted from now on, as Meta does; to
+        several URLs round-robin, as a load balancer spreads them. Called again (a replica
+        restarted on another port), reports still under way use the new URLs."""
+        urls = (webhook_url,) if isinstance(webhook_url, str) else tuple(webhook_url)
+        if not urls:
+            raise ValueError("report_to needs a webhook URL")
+        self._report = (urls, app_secret)
 
     async def _report_sent(self, body: dict[str, Any], wamid: str) -> None:
         assert self._report is not None
-        url, secret = self._report
+        secret = self._report[1]
         status = simulate.status(
             wamid, "sent", body["to"], callback_data=body.get("biz_opaque_callback_data")
         )
@@ -212,6 +221,8 @@ class FakeGraph:
         deadline = loop.time() + 60
         async with aiohttp.ClientSession() as session:
             while loop.time() < deadline:
+                urls = self._report[0]
+                url = urls[next(self._report_turn) % len(urls)]
                 try:
                     async with session.post(url, data=raw, headers=headers) as resp:
                         if resp.status == 200:
