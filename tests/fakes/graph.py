@@ -170,6 +170,9 @@ class FakeGraph:
     failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
     fail_all: tuple[int, int | None] | None = None  # every POST fails this way while set
     delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
+    # Seconds to wait after taking a message (and reporting it) before answering: Meta's
+    # status webhook arrives while the send is still in flight.
+    answer_delay: float = 0.0
     lose_answers: int = 0  # the next N accepted messages: taken, then the connection dropped
     reported: list[str] = field(default_factory=list)  # wamids whose status webhook got a 200
     read_receipts: list[dict[str, Any]] = field(default_factory=list)  # bodies, in order
@@ -314,6 +317,8 @@ class FakeGraph:
             task = asyncio.get_running_loop().create_task(self._report_sent(body, wamid))
             self._reporters.add(task)
             task.add_done_callback(self._reporters.discard)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         if self.lose_answers:
             # Taken and delivered, but the answer never reaches the sender.
             self.lose_answers -= 1
