@@ -42,6 +42,7 @@ from bridge.records import (
     OutboxConfirmed,
     OutboxDone,
     OutboxItem,
+    OutboxQueued,
     OutboxUncertain,
     Record,
     StatusChanged,
@@ -112,8 +113,10 @@ class Outbox:
         self._unsure: set[str] = set()  # uncertain in this run (also if not yet durable)
         self._reconciled: set[str] = set()  # waited for since they last became uncertain
         self._in_flight: set[str] = set()  # items whose send is awaiting the sender
+        self._foreign: set[str] = set()  # queued items another replica queued (replicas)
         # Confirmations any replica committed (OutboxConfirmed) wake the reply waiting for them.
         store.add_listener(self._committed)
+        store.add_follower(self._followed)
 
     # -- control --------------------------------------------------------------------------
 
@@ -159,6 +162,13 @@ class Outbox:
                 # Sent by another replica (or by us: `_finish` forgets it too).
                 self._unsure.discard(record.item_id)
                 self._reconciled.discard(record.item_id)
+                self._foreign.discard(record.item_id)
+
+    def _followed(self, records: Sequence[Record]) -> None:
+        """Replies another replica queued (see `_work`)."""
+        for record in records:
+            if isinstance(record, OutboxQueued) and record.item.id in self._store.state.outbox:
+                self._foreign.add(record.item.id)  # (not if already sent: the batch says so)
 
     def take_over(self, key: str) -> None:
         """Send `key`'s queued replies, which a replica that went away owned: the first of
@@ -265,6 +275,12 @@ class Outbox:
             except BaseException:
                 await owner.release(key)
                 raise
+            head = self._store.state.next_reply(key)
+            if head is not None and head.id in self._foreign:
+                # Another replica's reply, first in line: that replica's outbox may have
+                # been sending it when it died (a user's replies go out one at a time, so
+                # only the first can have been on the wire). Uncertain, as after a crash.
+                self._unsure.add(head.id)
         try:
             while not self._stopping:
                 item = self._store.state.next_reply(key)
@@ -540,6 +556,7 @@ class Outbox:
         for table in (self._sent_parts, self._confirmed):
             table.pop(item_id, None)
         self._unsure.discard(item_id)
+        self._foreign.discard(item_id)
         self._reconciled.discard(item_id)
 
     async def _record_progress(self, item: OutboxItem, sent: list[str]) -> None:

@@ -129,6 +129,7 @@ async def replicas(tmp_path: Path, database_url: str) -> AsyncIterator[list[Post
         await store.open()
     yield stores
     for store in stores:
+        await store.ownership.close()  # the conversation locks' own connection
         await store.close()
 
 
@@ -153,9 +154,10 @@ async def drained(store: Store, timeout: float) -> float:
 async def test_a_confirmation_another_replica_committed_ends_a_taken_over_reply(
     replicas: list[PostgresStore], graph: tuple[FakeGraph, GraphClient]
 ) -> None:
-    """Replica A takes over replies that replica B queued (and was sending when it died);
-    Meta's status for one reached B before, for the other it reaches B while A waits: A
-    records both sent and sends nothing."""
+    """Replies that replica B queued (and was sending when it died) come to A: one by the
+    takeover sweep, one because A's replier, answering that user, hands A's outbox what is
+    queued for them. Meta's status for one reached B before, for the other it reaches B
+    while A waits: A records both sent and sends nothing."""
     a, b = replicas
     fake, client = graph
     outbox = Outbox(a, client, profile="test", reconcile_seconds=10.0)
@@ -165,7 +167,7 @@ async def test_a_confirmation_another_replica_committed_ends_a_taken_over_reply(
         await Ingestor(b).ingest([], [status("wamid.A", "reply-1:0")])
         await a.refresh()
         outbox.take_over(ANA)
-        outbox.take_over(BEN)
+        outbox.notify(BEN)
         await asyncio.sleep(0.3)
         await Ingestor(b).ingest([], [status("wamid.B", "reply-2:0")])
         took = await drained(a, timeout=8)
