@@ -123,11 +123,17 @@ class Outbox:
     def start(self) -> None:
         """Begin draining, including items a previous run left behind.
 
-        With replicas, every reply queued now is uncertain: this replica (restarted) or
-        another one may have been sending it when it died, and the database cannot tell a
-        crash from a clean stop the way the file store's lock file does."""
+        With replicas, the first reply queued for each user is uncertain: this replica
+        (restarted) or another one may have been sending it when it died, and the database
+        cannot tell a crash from a clean stop the way the file store's lock file does. (A
+        user's replies go out one at a time, in order: only the first can have been on the
+        wire; marking the rest would make each wait the window in turn.)"""
         if self._store.ownership.shared:
-            self._unsure.update(self._store.state.outbox)
+            state = self._store.state
+            for key in state.outbox_keys():
+                head = state.next_reply(key)
+                if head is not None:
+                    self._unsure.add(head.id)
         if self._main is None:
             self._stopping = False
             self._main = asyncio.create_task(self._run(), name="outbox")
