@@ -21,8 +21,10 @@ sent a second time (at-least-once, with the window made small and stated in the 
 
 The confirmation is shared state: the Ingestor commits it (OutboxConfirmed) before
 answering Meta, so it survives a crash, and with replicas the status may land on any of
-them while another one waits for it. A reply taken over from a replica that went away
-(`take_over`) is uncertain too: it may have been on the wire when that replica died.
+them while another one waits for it. With replicas, a reply that one replica comes to send
+while another may have had it on the wire when it died is uncertain too: one taken over
+(`take_over`), another replica's reply first in a user's queue (`_work`), and each user's
+first reply when a replica starts (`start`).
 """
 
 from __future__ import annotations
