@@ -5,7 +5,7 @@ its control channel (bridge/control/handoff.py) and a message sent goes out at o
 stopped bridge they write to the store directly (journaled; a message sent goes out when the
 bridge starts). Either way the store has one writer. With the PostgreSQL store they write to
 the database directly, live (admin/database.py), and a running replica sends a queued
-message within seconds.
+message within about 15 s (it waits to be sure no dead replica sent it).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         render.emit_json(data)
     else:
         if data.get("shared"):  # the PostgreSQL store: replicas take queued replies over
-            when = "a running replica sends it within seconds"
+            when = "a running replica sends it within about 15 s"
         elif data.get("running"):
             when = "the bridge sends it now"
         else:
@@ -158,7 +158,7 @@ def add_commands(
         "send",
         "queue a message written by a person, or an approved template (--template); the "
         "running bridge sends it at once, else when it starts (with the postgres store: a "
-        "running replica, within seconds); pauses the conversation for the profile's "
+        "running replica, within about 15 s); pauses the conversation for the profile's "
         "handoff_minutes",
         cmd_send,
     )

@@ -130,8 +130,9 @@ class ProfileConfig:
     retention_days: int = 365
     max_messages: int = 250
     # How long a reply whose send may have reached Meta waits for Meta's status webhook
-    # naming it before it is sent again (see bridge/outbox.py).
-    send_reconcile_seconds: float = 20.0
+    # naming it before it is sent again (see bridge/outbox.py); None: 20 s, or 10 s with
+    # replicas (the postgres store).
+    send_reconcile_seconds: float | None = None
     # One reply to a burst: wait until the user is quiet this long (0: a reply per message),
     # but never longer than the max after the burst's first message.
     reply_debounce_seconds: float = 2.0
@@ -584,7 +585,7 @@ def _profile(
         retention_days=_int(retention, "retention_days", 1) if retention else 365,
         max_messages=_int(max_messages, "max_messages", 1) if max_messages else 250,
         send_reconcile_seconds=(
-            _float(reconcile, "send_reconcile_seconds") if reconcile is not None else 20.0
+            _float(reconcile, "send_reconcile_seconds") if reconcile is not None else None
         ),
         reply_debounce_seconds=(
             _seconds(debounce, "reply_debounce_seconds") if debounce is not None else 2.0

@@ -18,9 +18,11 @@ from bridge.conversations import ConversationMode, Message
 from bridge.errors import StorageError
 from bridge.identities import LinkResolver
 from bridge.keywords import KeywordHit, KeywordRules
-from bridge.records import IdentityLinked, MessageAdded, Record, StatusChanged
+from bridge.records import IdentityLinked, MessageAdded, OutboxConfirmed, Record, StatusChanged
+from bridge.state import State
 from bridge.store.base import Store
 from bridge.whatsapp.models import InboundMessage, StatusUpdate
+from bridge.whatsapp.sender import parse_part_tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class Ingestor:
                 if hit is not None:
                     hits.append(hit)
         records.extend(StatusChanged(s.message_id, s.status, s.error) for s in statuses)
+        records.extend(confirmations(statuses, state))
         dropped: frozenset[str] = frozenset()
         if fresh:
             dropped = await self._commit_claimed(records, fresh, links)
@@ -169,6 +172,28 @@ class Ingestor:
         if self._observe_commit:
             self._observe_commit(time.monotonic() - started)
         return dropped
+
+
+def confirmations(statuses: Sequence[StatusUpdate], state: State) -> list[OutboxConfirmed]:
+    """A record for each status that confirms a part of a reply still queued (its callback
+    data names the part), so the confirmation is shared state, durable before the 200:
+    the status may reach a replica other than the one that sent (and died), and Meta does
+    not send it again after a crash. A reply this replica does not know at all may be one
+    another replica queued moments ago: confirmed all the same (applying it checks the
+    queue). A reply known and no longer queued (the usual case, and every `delivered` and
+    `read`) needs nothing."""
+    found: dict[tuple[str, int], OutboxConfirmed] = {}
+    for status in statuses:
+        parsed = parse_part_tag(status.callback_data) if status.callback_data else None
+        if parsed is None:
+            continue
+        item_id, part = parsed
+        if item_id not in state.outbox and item_id in state.replies:
+            continue
+        if state.confirmed.get(item_id, {}).get(part) == status.message_id:
+            continue  # a redelivery, or the part's `delivered` after its `sent`
+        found.setdefault(parsed, OutboxConfirmed(item_id, part, status.message_id))
+    return list(found.values())
 
 
 def new_number(message: InboundMessage) -> str | None:

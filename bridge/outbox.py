@@ -18,6 +18,13 @@ so such a reply is marked uncertain (durably: OutboxUncertain) and, before it is
 again, waits up to `reconcile_seconds` for a status that names its next part: a part Meta
 confirms is recorded, not repeated. Only a part Meta never reports within that window is
 sent a second time (at-least-once, with the window made small and stated in the README).
+
+The confirmation is shared state: the Ingestor commits it (OutboxConfirmed) before
+answering Meta, so it survives a crash, and with replicas the status may land on any of
+them while another one waits for it. With replicas, a reply that one replica comes to send
+while another may have had it on the wire when it died is uncertain too: one taken over
+(`take_over`), another replica's reply first in a user's queue (`_work`), and each user's
+first reply when a replica starts (`start`).
 """
 
 from __future__ import annotations
@@ -27,13 +34,21 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from bridge.conversations import Conversation, window_until
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
 from bridge.modes import outbox_hold
-from bridge.records import OutboxDone, OutboxItem, OutboxUncertain, StatusChanged
+from bridge.records import (
+    OutboxConfirmed,
+    OutboxDone,
+    OutboxItem,
+    OutboxQueued,
+    OutboxUncertain,
+    Record,
+    StatusChanged,
+)
 from bridge.store.base import Store
 from bridge.whatsapp.graph import WINDOW_CLOSED, PartialSendError
 from bridge.whatsapp.sender import (
@@ -51,6 +66,11 @@ STOP_GRACE = 5.0
 # How long an uncertain reply waits for Meta's status webhook before it is sent again. Meta
 # reports `sent` within seconds of taking a message.
 RECONCILE_SECONDS = 20.0
+# The same with replicas, where every reply taken over from a replica that died waits so
+# (most were never sent, and wait in vain): shorter, as the takeover itself comes only after
+# the reply was left unowned for a few seconds (bridge/takeover.py), time Meta's status
+# had already to arrive and be committed.
+REPLICA_RECONCILE_SECONDS = 10.0
 WINDOW_CLOSED_TEXT = (
     "131047: not sent: more than 24 hours since the user's last message (WhatsApp's "
     "customer service window is closed; only an approved template can reach them now)"
@@ -69,7 +89,7 @@ class Outbox:
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         max_concurrency: int = 8,
-        reconcile_seconds: float = RECONCILE_SECONDS,
+        reconcile_seconds: float | None = None,
     ) -> None:
         if not 0 < base_delay <= max_delay or max_concurrency < 1:
             raise ValueError("need 0 < base_delay <= max_delay and max_concurrency >= 1")
@@ -88,17 +108,34 @@ class Outbox:
         self._stopping = False
         # Set (and replaced) by kick(): every retry waiting in a backoff wakes up at once.
         self._kicked = asyncio.Event()
-        self._reconcile_seconds = reconcile_seconds
+        # None: the default for the store, known once it is open (replicas or not).
+        self._reconcile_setting = reconcile_seconds
         self._confirmed: dict[str, dict[int, str]] = {}  # item id -> part -> wamid, from Meta
         self._confirm_wake: dict[str, asyncio.Event] = {}  # items waiting for a confirmation
         self._unsure: set[str] = set()  # uncertain in this run (also if not yet durable)
         self._reconciled: set[str] = set()  # waited for since they last became uncertain
         self._in_flight: set[str] = set()  # items whose send is awaiting the sender
+        self._foreign: set[str] = set()  # queued items another replica queued (replicas)
+        # Confirmations any replica committed (OutboxConfirmed) wake the reply waiting for them.
+        store.add_listener(self._committed)
+        store.add_follower(self._followed)
 
     # -- control --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin draining, including items a previous run left behind."""
+        """Begin draining, including items a previous run left behind.
+
+        With replicas, the first reply queued for each user is uncertain: this replica
+        (restarted) or another one may have been sending it when it died, and the database
+        cannot tell a crash from a clean stop the way the file store's lock file does. (A
+        user's replies go out one at a time, in order: only the first can have been on the
+        wire; marking the rest would make each wait the window in turn.)"""
+        if self._store.ownership.shared:
+            state = self._store.state
+            for key in state.outbox_keys():
+                head = state.next_reply(key)
+                if head is not None:
+                    self._unsure.add(head.id)
         if self._main is None:
             self._stopping = False
             self._main = asyncio.create_task(self._run(), name="outbox")
@@ -122,6 +159,41 @@ class Outbox:
         wake = self._confirm_wake.get(item_id)
         if wake is not None:
             wake.set()
+
+    def _committed(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if isinstance(record, OutboxConfirmed):
+                wake = self._confirm_wake.get(record.item_id)
+                if wake is not None:
+                    wake.set()
+            elif isinstance(record, OutboxDone):
+                # Sent by another replica (or by us: `_finish` forgets it too).
+                self._unsure.discard(record.item_id)
+                self._reconciled.discard(record.item_id)
+                self._foreign.discard(record.item_id)
+
+    def _followed(self, records: Sequence[Record]) -> None:
+        """Replies another replica queued (see `_work`)."""
+        for record in records:
+            if isinstance(record, OutboxQueued) and record.item.id in self._store.state.outbox:
+                self._foreign.add(record.item.id)  # (not if already sent: the batch says so)
+
+    def take_over(self, key: str) -> None:
+        """Send `key`'s queued replies, which a replica that went away owned: the first of
+        them may have been on the wire when it died, so it waits for Meta's confirmation
+        (committed by whichever replica received it) before it is sent again, as the file
+        store's replies do after a crash."""
+        item = self._store.state.next_reply(key)
+        if item is not None:
+            self._unsure.add(item.id)
+            self._reconciled.discard(item.id)
+        self.notify(key)
+
+    @property
+    def _reconcile_seconds(self) -> float:
+        if self._reconcile_setting is not None:
+            return self._reconcile_setting
+        return REPLICA_RECONCILE_SECONDS if self._store.ownership.shared else RECONCILE_SECONDS
 
     def kick(self) -> None:
         """The outbound path is healthy again: retry everything now instead of after backoff."""
@@ -211,6 +283,12 @@ class Outbox:
             except BaseException:
                 await owner.release(key)
                 raise
+            head = self._store.state.next_reply(key)
+            if head is not None and head.id in self._foreign:
+                # Another replica's reply, first in line: that replica's outbox may have
+                # been sending it when it died (a user's replies go out one at a time, so
+                # only the first can have been on the wire). Uncertain, as after a crash.
+                self._unsure.add(head.id)
         try:
             while not self._stopping:
                 item = self._store.state.next_reply(key)
@@ -441,7 +519,12 @@ class Outbox:
         wake = self._confirm_wake.setdefault(item.id, asyncio.Event())
         try:
             while True:
-                confirmed = self._confirmed.get(item.id, {})
+                # What any replica committed (the store follows them), and what this one
+                # heard and has perhaps not yet seen committed.
+                confirmed = {
+                    **self._store.state.confirmed.get(item.id, {}),
+                    **self._confirmed.get(item.id, {}),
+                }
                 while len(sent) in confirmed:
                     sent.append(confirmed[len(sent)])
                 remaining = deadline - loop.time()
@@ -481,6 +564,7 @@ class Outbox:
         for table in (self._sent_parts, self._confirmed):
             table.pop(item_id, None)
         self._unsure.discard(item_id)
+        self._foreign.discard(item_id)
         self._reconciled.discard(item_id)
 
     async def _record_progress(self, item: OutboxItem, sent: list[str]) -> None:

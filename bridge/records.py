@@ -108,6 +108,20 @@ class OutboxUncertain:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxConfirmed:
+    """Meta's status webhook named part `part` of this queued reply (the part's
+    `biz_opaque_callback_data`), as message `wamid`: that part reached Meta. Recorded by
+    whichever process (replica) received the status, in the commit before its 200, so an
+    outbox anywhere, or after a crash, that is unsure whether the part went out learns that
+    it did instead of sending it again. Applies only while the reply is queued; cleared by
+    OutboxDone."""
+
+    item_id: str
+    part: int
+    wamid: str
+
+
+@dataclass(frozen=True, slots=True)
 class SettingsChanged:
     """The store's shaping settings from now on (the service's configured ones, committed
     when it opens a store that holds others, or none). A lower cap trims every conversation
@@ -150,6 +164,7 @@ Record = (
     | OutboxQueued
     | OutboxDone
     | OutboxUncertain
+    | OutboxConfirmed
     | IdentityLinked
     | SettingsChanged
     | ModeChanged
@@ -204,6 +219,8 @@ def record_to_dict(record: Record) -> dict[str, Any]:
             return {"t": "o", "i": item_id}
         case OutboxUncertain(item_id):
             return {"t": "u", "i": item_id}
+        case OutboxConfirmed(item_id, part, wamid):
+            return {"t": "f", "i": item_id, "p": part, "w": wamid}
         case IdentityLinked(user_id, key):
             return {"t": "l", "u": user_id, "k": key}
         case SettingsChanged(settings):
@@ -250,6 +267,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         return OutboxDone(data["i"])
     if kind == "u":
         return OutboxUncertain(data["i"])
+    if kind == "f":
+        return OutboxConfirmed(str(data["i"]), int(data["p"]), str(data["w"]))
     if kind == "l":
         return IdentityLinked(str(data["u"]), str(data["k"]))
     if kind == "c":

@@ -29,6 +29,7 @@ from bridge.records import (
     MediaUpdated,
     MessageAdded,
     ModeChanged,
+    OutboxConfirmed,
     OutboxDone,
     OutboxItem,
     OutboxQueued,
@@ -60,6 +61,9 @@ class State:
         self.outbox: dict[str, OutboxItem] = {}  # insertion order is send order
         # Outbox items a send of which may have reached Meta unconfirmed (OutboxUncertain).
         self.uncertain: set[str] = set()
+        # Parts of queued replies that Meta's status webhooks confirmed (OutboxConfirmed),
+        # item id -> part -> wamid: committed by whichever replica received the status.
+        self.confirmed: dict[str, dict[int, str]] = {}
         # The same items per conversation, so the sender finds a user's next reply without
         # scanning a long queue (after an outage it can hold thousands).
         self._outbox_by_key: dict[str, dict[str, OutboxItem]] = {}
@@ -102,6 +106,9 @@ class State:
             case OutboxUncertain(item_id):
                 if item_id in self.outbox:
                     self.uncertain.add(item_id)
+            case OutboxConfirmed(item_id, part, wamid):
+                if item_id in self.outbox:
+                    self.confirmed.setdefault(item_id, {})[part] = wamid
             case IdentityLinked(user_id, key):
                 self._link(seq, user_id, key)
             case SettingsChanged(settings):
@@ -119,7 +126,13 @@ class State:
     def changes(self, record: Record) -> bool:
         """Whether applying `record` now would change anything. Only a status can be told
         apart: one for a message we do not hold (not ours, or deleted), or one that reports
-        a state the reply is already at or past, changes nothing."""
+        a state the reply is already at or past, changes nothing; so can a confirmation of
+        a reply no longer queued, or of a part already confirmed so."""
+        if isinstance(record, OutboxConfirmed):
+            return (
+                record.item_id in self.outbox
+                and self.confirmed.get(record.item_id, {}).get(record.part) != record.wamid
+            )
         if not isinstance(record, StatusChanged):
             return True
         ref = self.replies.get(record.message_id)
@@ -209,6 +222,7 @@ class State:
 
     def _unqueue_reply(self, item_id: str) -> None:
         self.uncertain.discard(item_id)
+        self.confirmed.pop(item_id, None)
         item = self.outbox.pop(item_id, None)
         if item is None:
             return

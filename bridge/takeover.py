@@ -136,7 +136,7 @@ class Takeover:
                 orphans[key] = since
                 if now_ms - since >= self._outbox_grace_ms:
                     self._log.info("outbox_taken_over", key=mask(key))
-                    self._outbox.notify(key)
+                    self._outbox.take_over(key)  # unsure: it may have been on the wire
                     taken += 1
             finally:
                 await owner.release(key)

@@ -163,6 +163,45 @@ async def post_users(port: int, count: int) -> None:
             assert await post_text(session, port, APP_SECRET, f"hola {i}", f"3462{i:07d}")
 
 
+def test_a_status_acknowledged_just_before_kill_9_is_not_lost(tmp_path: Path) -> None:
+    """Meta's status webhooks for the replies arrive (and get their 200) while the sends
+    are still waiting for Graph's answer; then the bridge is killed. Meta does not send an
+    acknowledged status again: the restart learns from the journal that the replies got
+    through, and sends nothing again (before, the confirmation lived in memory only)."""
+    graph = FakeGraph()
+    graph.answer_delay = 5.0  # taken and reported at once, answered late
+    with serve_in_thread(graph.app()) as graph_url:
+        env = graph_env(tmp_path / "var", graph_url, BRIDGE_SEND_RECONCILE_SECONDS="5")
+        graph.report_to(f"http://127.0.0.1:{env['BRIDGE_PORT']}/webhook", APP_SECRET)
+        server = start_serve(tmp_path / "var", env=env)
+        asyncio.run(post_users(server.port, 3))
+
+        async def reported() -> None:
+            await eventually(lambda: len(graph.reported) == 3, timeout=10, what="3 statuses")
+
+        asyncio.run(reported())
+        server.proc.kill()
+        server.proc.wait()
+        assert len(graph.sent) == 3
+        graph.answer_delay = 0.0
+        again = start_serve(tmp_path / "var", env=env)
+
+        async def reconciled() -> None:
+            await eventually(
+                lambda: not stored(tmp_path / "var").outbox, timeout=15, what="an empty outbox"
+            )
+
+        asyncio.run(reconciled())
+        time.sleep(0.3)
+        code, events = again.stop()
+    assert code == 0
+    assert len(graph.sent) == 3, f"{len(graph.sent) - 3} replies sent twice"
+    assert sum(e.get("reconciled") is True for e in events if e["event"] == "reply_sent") == 3
+    for conv in stored(tmp_path / "var").conversations.values():
+        assert conv.messages[-1].status == "sent"
+        assert len(conv.messages[-1].wamids) == 1
+
+
 def test_replies_in_flight_at_kill_9_are_not_sent_twice(tmp_path: Path) -> None:
     """Graph takes each reply but answers slowly; the bridge is killed while the answers are
     on their way. After the restart Meta's status webhooks (which carry each part's

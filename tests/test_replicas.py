@@ -47,6 +47,9 @@ class Cluster:
     database_url: str
     key: str
     env: dict[str, str] = field(default_factory=dict)
+    # The fake Graph API reports each accepted message with a status webhook, as Meta does,
+    # spread round-robin over the replicas (a load balancer): rarely the one that sent it.
+    reports: bool = False
     replicas: list[Served] = field(default_factory=list)
     acked: dict[str, str] = field(default_factory=dict)  # wamid -> text
     counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -67,6 +70,9 @@ class Cluster:
             self.replicas[index] = served
         else:
             self.replicas.append(served)
+        if self.reports:
+            urls = [f"http://127.0.0.1:{r.port}/webhook" for r in self.replicas]
+            self.graph.report_to(urls, APP_SECRET)
         return served
 
     async def post(self, session: aiohttp.ClientSession, port: int, raw: bytes) -> int:
@@ -221,6 +227,54 @@ async def test_a_killed_replica_s_messages_are_answered_by_the_other(cluster: Cl
     # the debounce, the victim sends its replies in bursts, so a kill lands in that window
     # in about one run out of four here (README "Running several replicas").
     await cluster.check(twice_allowed=3)
+
+
+async def test_with_status_webhooks_a_killed_replica_s_sends_are_not_repeated(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Meta's status webhooks on, spread over the replicas by the load balancer. Graph takes
+    the replies and reports them at once but answers late, and a replica is killed then:
+    its replies on the wire are confirmed (to either replica, committed before the 200),
+    so the replica that comes to send them records them instead of sending them again."""
+    graph = FakeGraph()
+    with serve_in_thread(graph.app()) as url:
+        cluster = Cluster(
+            tmp_path,
+            graph,
+            url,
+            database_url,
+            encode_key(new_key()),
+            env={
+                "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0.5",
+                "BRIDGE_REPLY_DEBOUNCE_MAX_SECONDS": "1",
+            },
+            reports=True,
+        )
+        try:
+            cluster.start(0)
+            cluster.start(1)
+            loading = asyncio.create_task(cluster.load(150, rate=50))
+            await asyncio.sleep(1.5)
+            graph.answer_delay = 3.0  # sends taken and reported, their answers late
+            await asyncio.sleep(0.7)
+            victim = cluster.replicas[0]
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait()
+            graph.answer_delay = 0.0
+            await asyncio.sleep(0.5)
+            await asyncio.get_running_loop().run_in_executor(None, cluster.start, 0)
+            await loading
+            await cluster.wait_answered(timeout=60)
+            await cluster.check()
+            reconciled = [
+                e
+                for served in cluster.replicas
+                for e in parse_log(served.log_path.read_text())
+                if e["event"] == "reply_reconciled"
+            ]
+            assert any(e["confirmed"] for e in reconciled), "no send was on the wire"
+        finally:
+            cluster.stop()
 
 
 async def test_what_a_killed_replica_acknowledged_is_answered_by_another_within_seconds(

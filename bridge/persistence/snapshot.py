@@ -323,6 +323,11 @@ async def write_snapshot(
         if state.erased_seen:
             writer.add({"erased_seen": dict(state.erased_seen)})
         writer.add({"outbox": [_outbox_entry(i, state) for i in state.outbox.values()]})
+        if state.confirmed:
+            # After the outbox (a confirmation is kept only for a queued reply); readers of
+            # older versions skip a frame they do not know.
+            confirmed = {i: sorted(parts.items()) for i, parts in state.confirmed.items()}
+            writer.add({"confirmed": confirmed})
         writer.add({"end": True, "seq": state.seq, "frames": writer.index + 1})
         await writer.flush(finish=True)
     except BaseException:
@@ -512,6 +517,10 @@ def read_snapshot(
                         )
                         if rest and rest[0]:
                             state.uncertain.add(item_id)
+                elif "confirmed" in record:
+                    for item_id, parts in record["confirmed"].items():
+                        if item_id in state.outbox:
+                            state.confirmed[item_id] = {int(p): str(w) for p, w in parts}
                 elif record.get("end") is True:
                     if int(record["frames"]) != index + 1:
                         raise CorruptStateError(f"{path}: record count does not match")

@@ -25,6 +25,7 @@ class Store(ABC):
         # Who may produce and send each conversation's replies (bridge/ownership.py).
         self.ownership: Ownership = SOLE
         self._listeners: list[Callable[[Sequence[Record]], None]] = []
+        self._followers: list[Callable[[Sequence[Record]], None]] = []
 
     def add_listener(self, callback: Callable[[Sequence[Record]], None]) -> None:
         """Call `callback(records)` after every commit, once its records are durable and
@@ -32,8 +33,14 @@ class Store(ABC):
         erased conversation are deleted only once the erasure cannot be taken back)."""
         self._listeners.append(callback)
 
-    def _committed(self, records: Sequence[Record]) -> None:
-        for callback in self._listeners:
+    def add_follower(self, callback: Callable[[Sequence[Record]], None]) -> None:
+        """Call `callback(records)` for records another process committed (a replica's,
+        brought in by a shared store), after the listeners: what this process did not
+        do itself, and cannot know more of than the records say."""
+        self._followers.append(callback)
+
+    def _committed(self, records: Sequence[Record], *, others: bool = False) -> None:
+        for callback in [*self._listeners, *(self._followers if others else ())]:
             try:
                 callback(records)
             except Exception as exc:  # the commit itself succeeded: never report otherwise

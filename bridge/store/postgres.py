@@ -552,7 +552,7 @@ class PostgresStore(Store):
             self._applied = seq
             applied.append(record)
         if applied:
-            self._committed(applied)
+            self._committed(applied, others=True)
 
     # -- following the log ----------------------------------------------------------------
 

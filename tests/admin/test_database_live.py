@@ -157,9 +157,9 @@ async def test_pause_send_and_resume_on_the_database_reach_a_running_replica(
 
     code, out, err = await replica.admin("send", ANA, "Hola, soy Ana", "--as", "ana")
     assert code == 0, err
-    assert "a running replica sends it within seconds" in out
+    assert "a running replica sends it within about 15 s" in out
     took = await until(lambda: "Hola, soy Ana" in graph.bodies(), 15)
-    assert took < 8
+    assert took < 20  # 3 s unowned, then up to 10 s waiting for a confirmation (README)
     assert graph.bodies().count("Hola, soy Ana") == 1
 
     code, out, err = await replica.admin("resume", ANA)

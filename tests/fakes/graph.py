@@ -11,6 +11,8 @@ a body the real API would reject (missing fields, text over 4096 chars) gets err
 Like Meta, it can report back: with `report_to(webhook_url, app_secret)`, every accepted
 message is followed by a signed `sent` status webhook carrying the message's
 `biz_opaque_callback_data`, retried until the bridge answers 200 (Meta retries for days).
+Given several webhook URLs (replicas behind a load balancer), the posts, retries included,
+go to them round-robin: a status lands on any replica, not on the one that sent.
 And it can lose its answer after taking a message (`lose_answers`), as a dropped
 connection does.
 
@@ -57,6 +59,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +170,9 @@ class FakeGraph:
     failures_to: dict[str, deque[Outcome]] = field(default_factory=dict)
     fail_all: tuple[int, int | None] | None = None  # every POST fails this way while set
     delay: float = 0.0  # seconds to wait before answering (timeouts, in-flight sends)
+    # Seconds to wait after taking a message (and reporting it) before answering: Meta's
+    # status webhook arrives while the send is still in flight.
+    answer_delay: float = 0.0
     lose_answers: int = 0  # the next N accepted messages: taken, then the connection dropped
     reported: list[str] = field(default_factory=list)  # wamids whose status webhook got a 200
     read_receipts: list[dict[str, Any]] = field(default_factory=list)  # bodies, in order
@@ -192,17 +198,23 @@ class FakeGraph:
     upload_failures: deque[int] = field(default_factory=deque)  # HTTP statuses, in order
     # Approved templates, (name, language code) -> body parameters; None: any well-formed one.
     templates: dict[tuple[str, str], int] | None = None
-    _report: tuple[str, str] | None = None  # (webhook url, app secret)
+    _report: tuple[tuple[str, ...], str] | None = None  # (webhook urls, app secret)
+    _report_turn: itertools.count[int] = field(default_factory=itertools.count)
     _reporters: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def report_to(self, webhook_url: str, app_secret: str) -> None:
-        """Send a status webhook for every message accepted from now on, as Meta does."""
-        self._report = (webhook_url, app_secret)
+    def report_to(self, webhook_url: str | Sequence[str], app_secret: str) -> None:
+        """Send a status webhook for every message accepted from now on, as Meta does; to
+        several URLs round-robin, as a load balancer spreads them. Called again (a replica
+        restarted on another port), reports still under way use the new URLs."""
+        urls = (webhook_url,) if isinstance(webhook_url, str) else tuple(webhook_url)
+        if not urls:
+            raise ValueError("report_to needs a webhook URL")
+        self._report = (urls, app_secret)
 
     async def _report_sent(self, body: dict[str, Any], wamid: str) -> None:
         assert self._report is not None
-        url, secret = self._report
+        secret = self._report[1]
         status = simulate.status(
             wamid, "sent", body["to"], callback_data=body.get("biz_opaque_callback_data")
         )
@@ -212,6 +224,8 @@ class FakeGraph:
         deadline = loop.time() + 60
         async with aiohttp.ClientSession() as session:
             while loop.time() < deadline:
+                urls = self._report[0]
+                url = urls[next(self._report_turn) % len(urls)]
                 try:
                     async with session.post(url, data=raw, headers=headers) as resp:
                         if resp.status == 200:
@@ -303,6 +317,8 @@ class FakeGraph:
             task = asyncio.get_running_loop().create_task(self._report_sent(body, wamid))
             self._reporters.add(task)
             task.add_done_callback(self._reporters.discard)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         if self.lose_answers:
             # Taken and delivered, but the answer never reaches the sender.
             self.lose_answers -= 1
