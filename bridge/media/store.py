@@ -39,7 +39,7 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -80,6 +80,20 @@ def valid_name(name: str) -> bool:
 def frame_aad(slug: str, name: str, index: int) -> bytes:
     """The associated data of a file's frame: binds it to its profile, file and place."""
     return f"wab-media-v1|{slug}|{name}|{index}".encode()
+
+
+@contextlib.contextmanager
+def _open_media(path: Path) -> Iterator[BinaryIO]:
+    """The file opened for reading, past its magic; MediaFileError when it is missing or
+    not one of ours."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise MediaFileError(f"{path}: missing") from None
+    with fh:
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
+        yield fh
 
 
 class SharedMedia(Protocol):
@@ -191,13 +205,7 @@ class MediaStore:
         """The file's frames as sealed on disk, in order (not decrypted: `chunks` checks
         them when the file is read); MediaFileError for a file not framed as it should be."""
         path = self.path(name)
-        try:
-            fh = path.open("rb")
-        except FileNotFoundError:
-            raise MediaFileError(f"{path}: missing") from None
-        with fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
+        with _open_media(path) as fh:
             index = 0
             while head := fh.read(LENGTH.size):
                 (length,) = LENGTH.unpack(head) if len(head) == LENGTH.size else (0,)
@@ -219,13 +227,7 @@ class MediaStore:
         problem. `message_id`, when given, must be the message the file was written for."""
         path = self.path(name)
         keyring = self._keyring()
-        try:
-            fh = path.open("rb")
-        except FileNotFoundError:
-            raise MediaFileError(f"{path}: missing") from None
-        with fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
+        with _open_media(path) as fh:
             digest = hashlib.sha256()
             size = 0
             index = 0

@@ -604,14 +604,7 @@ class PostgresStore(Store):
             if previous is not None and previous >= upto:
                 self._snapshot_upto = int(previous)
                 return  # another replica wrote a newer one
-            await conn.execute(
-                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3) "
-                "ON CONFLICT (profile) DO UPDATE SET upto = EXCLUDED.upto, "
-                "sealed = EXCLUDED.sealed, written_at = now()",
-                slug,
-                upto,
-                data,
-            )
+            await _put_snapshot(conn, slug, upto, data)
             if previous is not None:
                 await conn.execute(
                     "DELETE FROM bridge_records WHERE profile = $1 AND seq <= $2", slug, previous
@@ -723,14 +716,7 @@ async def replace_database_state(
             await store._catch_up(conn)  # what was committed since the read: now exact
             await keep(store.state)
             upto = max(head, state.seq) + 1
-            await conn.execute(
-                "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3) "
-                "ON CONFLICT (profile) DO UPDATE SET upto = EXCLUDED.upto, "
-                "sealed = EXCLUDED.sealed, written_at = now()",
-                slug,
-                upto,
-                data,
-            )
+            await _put_snapshot(conn, slug, upto, data)
             await conn.execute("DELETE FROM bridge_records WHERE profile = $1", slug)
             await conn.execute(
                 "UPDATE bridge_profiles SET head = $2, pruned = $2 WHERE slug = $1", slug, upto
@@ -777,6 +763,18 @@ def load_snapshot(data: bytes, sealer: Sealer, state: State) -> int:
         path = Path(directory) / "snapshot"
         path.write_bytes(data)
         return read_snapshot(path, sealer.keyring, sealer.profile, state)
+
+
+async def _put_snapshot(conn: Any, slug: str, upto: int, data: bytes) -> None:
+    """The profile's snapshot (one row a profile), covering the records up to `upto`."""
+    await conn.execute(
+        "INSERT INTO bridge_snapshots (profile, upto, sealed) VALUES ($1, $2, $3) "
+        "ON CONFLICT (profile) DO UPDATE SET upto = EXCLUDED.upto, "
+        "sealed = EXCLUDED.sealed, written_at = now()",
+        slug,
+        upto,
+        data,
+    )
 
 
 def _groups(batch: list[_Pending]) -> list[list[_Pending]]:

@@ -33,7 +33,7 @@ class Replies:
 
     def __init__(self) -> None:
         self.enqueued: list[tuple[str, str]] = []
-        self.notified: list[str] = []
+        self.taken_over: list[str] = []
 
     def busy_with(self, key: str) -> bool:
         return False
@@ -41,8 +41,8 @@ class Replies:
     def enqueue(self, key: str, message_id: str, recipient: str) -> None:
         self.enqueued.append((key, message_id))
 
-    def notify(self, key: str | None = None) -> None:
-        self.notified.append(key or "")
+    def take_over(self, key: str) -> None:
+        self.taken_over.append(key)
 
 
 @pytest.fixture
@@ -108,4 +108,4 @@ async def test_the_takeover_sweep_looks_at_a_restored_state(replica: PostgresSto
     await replica.refresh()
     await takeover.sweep()
     assert handed.enqueued == [(ANA, "wamid.A")]
-    assert handed.notified == ["34600000002"]
+    assert handed.taken_over == ["34600000002"]
