@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from bridge import eventloop, gcpolicy
+from bridge import eventloop, gcpolicy, logs
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
@@ -62,6 +62,7 @@ async def _serve_until_stopped(
 ) -> None:
     log = get_logger()
     loop = asyncio.get_running_loop()
+    logs.batch_on(loop)  # lines logged on the loop: to the writer thread once per turn
     guard = runner.app[GUARD]
     assert runner.server is not None  # set up by runner.setup()
     factory = guard.protocol_factory(runner.server)

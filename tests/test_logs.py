@@ -79,6 +79,39 @@ class FullDisk(io.StringIO):
         return super().write(text)
 
 
+def test_lines_of_the_loop_are_handed_over_once_a_turn_in_order_and_after_it_closes() -> None:
+    raw = io.BytesIO()
+    logs.configure("json", "info", io.TextIOWrapper(raw, encoding="utf-8"), background=True)
+    log = logs.get_logger()
+    sink = logs._sink
+    assert sink is not None
+    handed: list[int] = []
+    original = sink._hand_over
+
+    def counting() -> None:
+        handed.append(len(sink._batch))
+        original()
+
+    sink._hand_over = counting  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        logs.batch_on(asyncio.get_running_loop())
+        for n in range(5):
+            log.info("in_one_turn", n=n)
+        await asyncio.sleep(0)  # the turn ends: handed over together
+        log.info("next_turn", n=5)
+        await asyncio.sleep(0)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(serve())
+    loop.close()
+    log.info("after_the_loop", n=6)  # its loop is closed: written all the same
+    logs.foreground()
+    assert handed == [5, 1, 1]  # a turn of five, a turn of one, then at once
+    lines = [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+    assert [line["n"] for line in lines] == list(range(7))
+
+
 @pytest.mark.parametrize("background", [False, True])
 def test_a_failing_log_write_is_swallowed_counted_and_reported_once_writable(
     background: bool,
