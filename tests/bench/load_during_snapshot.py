@@ -149,9 +149,9 @@ def stalls(log: Path, result: dict[str, float], top: int = 5) -> list[str]:
         if result["from"] <= at <= result["to"]:
             found.append(event)
     found.sort(key=lambda e: -float(e["loop_cpu_ms"]))
-    out = [
-        f"{len(found)} stalls over {STALL_LOG_MS} ms logged in the window; the longest the loop's thread ran for:"
-    ]
+    out = [f"{len(found)} stalls over {STALL_LOG_MS} ms logged in the window"]
+    if found:
+        out[0] += "; the longest by the loop thread's own CPU:"
     for event in found[:top]:
         where = event["loop"][:2] or ["(one C call: no frame seen)"]
         busy = ", ".join(f"{name}: {frames[0]}" for name, frames in event["busy"].items() if frames)
