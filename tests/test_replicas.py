@@ -165,23 +165,29 @@ class Cluster:
                 served.proc.kill()
 
 
+def debounced_cluster(
+    tmp_path: Path, graph: FakeGraph, url: str, database_url: str, *, reports: bool = False
+) -> Cluster:
+    """Replies wait half a second for the user's next message (debounce), so that a replica
+    killed under load always leaves acknowledged messages unanswered."""
+    return Cluster(
+        tmp_path,
+        graph,
+        url,
+        database_url,
+        encode_key(new_key()),
+        env={"BRIDGE_REPLY_DEBOUNCE_SECONDS": "0.5", "BRIDGE_REPLY_DEBOUNCE_MAX_SECONDS": "1"},
+        reports=reports,
+    )
+
+
 @pytest.fixture
 async def cluster(tmp_path: Path, database_url: str) -> AsyncIterator[Cluster]:
     """Two replicas; replies wait half a second for the user's next message (debounce),
     so that a replica killed under load always leaves acknowledged messages unanswered."""
     graph = FakeGraph()
     with serve_in_thread(graph.app()) as url:
-        made = Cluster(
-            tmp_path,
-            graph,
-            url,
-            database_url,
-            encode_key(new_key()),
-            env={
-                "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0.5",
-                "BRIDGE_REPLY_DEBOUNCE_MAX_SECONDS": "1",
-            },
-        )
+        made = debounced_cluster(tmp_path, graph, url, database_url)
         try:
             made.start(0)
             made.start(1)
@@ -238,18 +244,7 @@ async def test_with_status_webhooks_a_killed_replica_s_sends_are_not_repeated(
     so the replica that comes to send them records them instead of sending them again."""
     graph = FakeGraph()
     with serve_in_thread(graph.app()) as url:
-        cluster = Cluster(
-            tmp_path,
-            graph,
-            url,
-            database_url,
-            encode_key(new_key()),
-            env={
-                "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0.5",
-                "BRIDGE_REPLY_DEBOUNCE_MAX_SECONDS": "1",
-            },
-            reports=True,
-        )
+        cluster = debounced_cluster(tmp_path, graph, url, database_url, reports=True)
         try:
             cluster.start(0)
             cluster.start(1)

@@ -13,6 +13,19 @@ from tests.pg import PostgresServer
 from tests.test_cli import clean_env
 
 
+def operator_env(made: WithMedia, var: Path, database_url: str) -> tuple[str, dict[str, str]]:
+    """The profile's key, and an operator's environment on the database from a host whose
+    `var` holds no media of its own."""
+    key = layout.key_path(made.var / "profiles" / "default").read_text().splitlines()[-1]
+    env = clean_env(
+        BRIDGE_VAR_DIR=str(var),
+        BRIDGE_STORE="postgres",
+        BRIDGE_DATABASE_URL=database_url,
+        BRIDGE_KEY=key,
+    )
+    return key, env
+
+
 def test_media_travel_with_the_profile_into_the_database_and_back(
     with_media: WithMedia,  # noqa: F811
     tmp_path: Path,
@@ -26,13 +39,7 @@ def test_media_travel_with_the_profile_into_the_database_and_back(
     database = database_url.rsplit("/", 1)[1]
     assert pg_server.psql(database, "SELECT count(*) FROM bridge_media WHERE recorded") == "2\n"
 
-    key = layout.key_path(with_media.var / "profiles" / "default").read_text().splitlines()[-1]
-    db_env = clean_env(
-        BRIDGE_VAR_DIR=str(tmp_path / "operator"),  # no media of its own
-        BRIDGE_STORE="postgres",
-        BRIDGE_DATABASE_URL=database_url,
-        BRIDGE_KEY=key,
-    )
+    key, db_env = operator_env(with_media, tmp_path / "operator", database_url)
     out = tmp_path / "photo.jpg"
     got = admin(["media", PHONE, with_media.photo_id, "-o", str(out)], db_env)
     assert got.returncode == 0, got.stderr
@@ -69,13 +76,7 @@ def test_a_file_the_database_lacks_is_reported_by_verify(
     assert admin(["migrate", "--to-database", database_url], with_media.env).returncode == 0
     database = database_url.rsplit("/", 1)[1]
     pg_server.psql(database, "DELETE FROM bridge_media_frames WHERE idx = 1")
-    key = layout.key_path(with_media.var / "profiles" / "default").read_text().splitlines()[-1]
-    db_env = clean_env(
-        BRIDGE_VAR_DIR=str(tmp_path / "operator"),
-        BRIDGE_STORE="postgres",
-        BRIDGE_DATABASE_URL=database_url,
-        BRIDGE_KEY=key,
-    )
+    key, db_env = operator_env(with_media, tmp_path / "operator", database_url)
     bad = admin(["verify"], db_env)
     assert bad.returncode == 1
     assert "frame 1 missing" in bad.stderr and "2 media file(s) damaged" in bad.stderr
@@ -88,13 +89,7 @@ def test_restore_on_the_database_brings_the_archive_media_back_into_it(
     pg_server: PostgresServer,
 ) -> None:
     assert admin(["migrate", "--to-database", database_url], with_media.env).returncode == 0
-    key = layout.key_path(with_media.var / "profiles" / "default").read_text().splitlines()[-1]
-    db_env = clean_env(
-        BRIDGE_VAR_DIR=str(tmp_path / "operator"),
-        BRIDGE_STORE="postgres",
-        BRIDGE_DATABASE_URL=database_url,
-        BRIDGE_KEY=key,
-    )
+    key, db_env = operator_env(with_media, tmp_path / "operator", database_url)
     backup = admin(["backup", "--to", str(tmp_path / "archives")], db_env)
     assert backup.returncode == 0, backup.stderr
     archive = Path(backup.stdout.strip())
