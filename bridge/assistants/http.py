@@ -34,6 +34,7 @@ from yarl import URL
 
 from bridge.assistants.base import Assistant, Reply, TurnLike
 from bridge.assistants.media import attachments
+from bridge.bearer import BearerClient
 from bridge.config import MEDIA_TYPES, AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, ConfigError
@@ -115,36 +116,20 @@ def as_rich_messages(history: Sequence[TurnLike]) -> list[dict[str, Any]]:
 
 
 class JsonEndpoint:
-    """POSTs JSON to one URL with one lazily created, reused `ClientSession`.
-
-    The session is created on first use rather than in `__init__` because aiohttp binds a
-    session to the running event loop, and backends are constructed before the loop starts.
-    """
+    """POSTs JSON to one URL through one reused session (bridge/bearer.py)."""
 
     def __init__(self, url: URL, *, api_key: str | None, timeout: float, what: str) -> None:
         self.url = url
-        self._api_key = api_key
         self._timeout = timeout
         self._what = what
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise AssistantError(f"{self._what} is closed")
-        if self._session is None:
-            # No await between the check and the assignment, so concurrent first calls share one.
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
-        return self._session
+        self._client = BearerClient(api_key, timeout, lambda: AssistantError(f"{what} is closed"))
 
     async def post(self, payload: object) -> Response:
         """Send `payload` as JSON; return a 2xx response or raise `AssistantError`."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/plain"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        session = self._get_session()
+        headers = self._client.headers(
+            Content_Type="application/json", Accept="application/json, text/plain"
+        )
+        session = self._client.session()
         try:
             async with session.post(self.url, data=orjson.dumps(payload), headers=headers) as resp:
                 body = await self._read(resp)
@@ -153,7 +138,7 @@ class JsonEndpoint:
             # aiohttp's own timeout errors subclass TimeoutError (asyncio.TimeoutError in 3.11).
             raise AssistantError(f"{self._what} timed out after {self._timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            detail = self._redact(str(exc) or type(exc).__name__)
+            detail = self._client.redact(str(exc) or type(exc).__name__)
             raise AssistantError(f"{self._what} request failed: {detail}") from None
         if not 200 <= status < 300:
             excerpt = self._error_excerpt(content_type, body)
@@ -197,21 +182,13 @@ class JsonEndpoint:
                     if isinstance(candidate, str) and candidate:
                         message = candidate
                         break
-        message = self._redact(" ".join(message.split()))
+        message = self._client.redact(" ".join(message.split()))
         if len(message) > ERROR_EXCERPT_CHARS:
             message = message[: ERROR_EXCERPT_CHARS - 1] + "…"
         return message
 
-    def _redact(self, text: str) -> str:
-        # Some servers echo the credential they rejected; it must not reach the logs.
-        return text.replace(self._api_key, "***") if self._api_key else text
-
     async def close(self) -> None:
-        """Close the session; idempotent, and later calls fail instead of leaking a new one."""
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._client.close()
 
 
 class HttpAssistant(Assistant):

@@ -15,6 +15,7 @@ import orjson
 from yarl import URL
 
 from bridge.assistants.openai import openai_endpoint
+from bridge.bearer import BearerClient
 from bridge.config import TranscribeConfig
 from bridge.errors import BridgeError, ConfigError
 
@@ -68,20 +69,13 @@ class Transcriber:
             raise ConfigError("transcription needs a URL (BRIDGE_TRANSCRIBE_URL)")
         self.url = transcriptions_url(config.url)
         self.model = config.model
-        self._api_key = config.api_key
         self._language = config.language
         self._timeout = config.timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise TranscriptionError("transcriber is closed", retryable=True)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout)
-            )
-        return self._session
+        self._client = BearerClient(
+            config.api_key,
+            config.timeout,
+            lambda: TranscriptionError("transcriber is closed", retryable=True),
+        )
 
     async def transcribe(self, audio: bytes, mime_type: str | None) -> tuple[str, float]:
         """The words of `audio`, and the seconds the server took."""
@@ -96,12 +90,10 @@ class Transcriber:
         if self._language:
             form.add_field("language", self._language)
         form.add_field("response_format", "json")
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers = self._client.headers(Accept="application/json")
         started = time.monotonic()
         try:
-            async with self._client().post(self.url, data=form, headers=headers) as resp:
+            async with self._client.session().post(self.url, data=form, headers=headers) as resp:
                 body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 status, content_type = resp.status, resp.content_type
         except TimeoutError:
@@ -110,11 +102,11 @@ class Transcriber:
             ) from None
         except aiohttp.ClientError as exc:
             raise TranscriptionError(
-                self._redact(f"transcription request failed: {exc}"), retryable=True
+                self._client.redact(f"transcription request failed: {exc}"), retryable=True
             ) from None
         elapsed = time.monotonic() - started
         if status >= 300:
-            excerpt = self._redact(" ".join(body[:200].decode(errors="replace").split()))
+            excerpt = self._client.redact(" ".join(body[:200].decode(errors="replace").split()))
             raise TranscriptionError(
                 f"transcription HTTP {status}: {excerpt}",
                 retryable=status >= 500 or status == 429,
@@ -123,14 +115,8 @@ class Transcriber:
             raise TranscriptionError("transcription answer too large")
         return _text(body, content_type)[:MAX_TRANSCRIPT_CHARS], elapsed
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
-
     async def close(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._client.close()
 
 
 def _text(body: bytes, content_type: str) -> str:
