@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 
 from bridge.config import ProfileConfig, Settings
@@ -48,10 +47,10 @@ from bridge.store.pg.schema import migrate
 from bridge.store.pg.sealing import Sealer
 from bridge.store.pg.secrets import ProfileSecrets
 from bridge.store.postgres import (
-    CONNECT_TIMEOUT,
     DB_ERRORS,
     PostgresStore,
     configured_keyring,
+    connect,
     describe_url,
     dump_snapshot,
     read_database_state,
@@ -82,7 +81,7 @@ def read_state(profile: ProfileConfig, url: str) -> State:
 
 
 async def _database_stats(profile: ProfileConfig, url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    conn = await connect(url)
     try:
         row = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM bridge_records WHERE profile = $1) AS records,"
@@ -156,10 +155,7 @@ async def _rotate_key(profile: ProfileConfig, url: str) -> dict[str, Any]:
     keyring = configured_keyring(profile)
     source = key_source(profile) or "the configured key"
     where = describe_url(url)
-    try:
-        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
-    except DB_ERRORS as exc:
-        raise StorageError(f"cannot connect to the database {where}: {exc}") from None
+    conn = await connect(url)
     try:
         done = await rotate(conn, profile.slug, keyring, source)
     except DB_ERRORS as exc:
@@ -239,7 +235,7 @@ async def _to_database(profile: ProfileConfig, url: str, state: State, keyring: 
     # The log continues after the file store's own sequence numbers: the snapshot's
     # conversations carry them, and replay skips a record at or below a conversation's.
     data = await dump_snapshot(state, sealer, state.seq)
-    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    conn = await connect(url)
     try:
         await migrate(conn)
         async with conn.transaction():

@@ -87,6 +87,17 @@ def describe_url(url: str) -> str:
     return f"{host}{port}{parts.path or ''}"
 
 
+async def connect(url: str) -> Any:
+    """One connection of its own (sessions-admin, a restore); the database unreachable is one
+    line (StorageUnavailableError), never a traceback."""
+    try:
+        return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except DB_ERRORS as exc:
+        raise StorageUnavailableError(
+            f"cannot connect to the database {describe_url(url)}: {exc}"
+        ) from None
+
+
 def configured_keyring(profile: ProfileConfig) -> Keyring:
     """The profile's configured key: in this mode a replica never generates one (two
     replicas would each make their own), so a missing key is one line and exit 2."""
@@ -400,12 +411,15 @@ class PostgresStore(Store):
             await self._check_pruned(conn)
             async with conn.transaction():
                 # The row lock on the profile's head serialises its commits across replicas.
-                head = await conn.fetchval(
-                    "SELECT head FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
+                row = await conn.fetchrow(
+                    "SELECT head, pruned FROM bridge_profiles WHERE slug = $1 FOR UPDATE", slug
                 )
-                if head is None:
+                if row is None:
                     raise StorageError(f"profile {slug!r} is not in the database")
-                await self._catch_up(conn)  # others' commits: in memory before deciding
+                head = int(row["head"])
+                # Others' commits: in memory before deciding (`pruned` read with the lock:
+                # no second round trip while holding it).
+                await self._catch_up(conn, int(row["pruned"]))
                 self._applied = max(self._applied, head)
                 if decide is not None:
                     batch[0].records = tuple(decide(self.state))
@@ -502,9 +516,10 @@ class PostgresStore(Store):
             pending.kept.append((number, record))
         return [frozenset(left_out[id(p)]) for p in batch]
 
-    async def _catch_up(self, conn: Any) -> None:
-        """Apply what other replicas committed since this one last looked."""
-        await self._check_pruned(conn)
+    async def _catch_up(self, conn: Any, pruned: int | None = None) -> None:
+        """Apply what other replicas committed since this one last looked (`pruned`: the
+        profile's, when the caller has just read it)."""
+        await self._check_pruned(conn, pruned)
         rows = await conn.fetch(
             "SELECT seq, sealed FROM bridge_records WHERE profile = $1 AND seq > $2 ORDER BY seq",
             self.profile.slug,
@@ -512,13 +527,14 @@ class PostgresStore(Store):
         )
         self._apply_rows(rows)
 
-    async def _check_pruned(self, conn: Any) -> None:
+    async def _check_pruned(self, conn: Any, pruned: int | None = None) -> None:
         """Records this replica has not applied were compacted away (it fell behind by more
         than a snapshot interval): load the snapshot and the log again, into a new State
-        (readers take `store.state` afresh each time)."""
-        pruned = await conn.fetchval(
-            "SELECT pruned FROM bridge_profiles WHERE slug = $1", self.profile.slug
-        )
+        (readers take `store.state` afresh each time). `pruned` is read unless given."""
+        if pruned is None:
+            pruned = await conn.fetchval(
+                "SELECT pruned FROM bridge_profiles WHERE slug = $1", self.profile.slug
+            )
         if pruned is None or pruned <= self._applied:
             return
         self._log.warning("store_reloaded_behind_compaction", applied=self._applied, pruned=pruned)
@@ -627,10 +643,7 @@ async def read_database_state(
     store = PostgresStore(profile, database_url, enforce_settings=False)
     store._sealer = Sealer(keyring, profile.slug)
     where = describe_url(database_url)
-    try:
-        conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT)
-    except DB_ERRORS as exc:
-        raise StorageUnavailableError(f"cannot connect to the database {where}: {exc}") from None
+    conn = await connect(database_url)
     try:
         version = await current_version(conn)
         if version > latest_version():
@@ -690,10 +703,7 @@ async def replace_database_state(
     # row's, set below), and the current state loaded from a consistent read.
     data = await dump_snapshot(state, sealer, state.seq)
     seen = list(state.seen.items())
-    try:
-        conn = await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT)
-    except DB_ERRORS as exc:
-        raise StorageUnavailableError(f"cannot connect to the database {where}: {exc}") from None
+    conn = await connect(database_url)
     try:
         await migrate(conn)
         check = await conn.fetchval("SELECT key_check FROM bridge_profiles WHERE slug = $1", slug)
