@@ -1,4 +1,4 @@
-"""sessions-admin `import` and `restore` on the PostgreSQL store killed with SIGKILL at random
+"""sessions-admin `import`, `restore` and `rotate-key` on the PostgreSQL store killed with SIGKILL at random
 moments, and after each change it makes to files: the database left opens (as a replica
 would open it) and holds the old state or the new one, never a mix; an import leaves each
 conversation whole or absent."""
@@ -190,3 +190,44 @@ def test_restore_on_the_database_killed_after_any_file_step_leaves_old_or_new(
             assert state == archived, f"killed after {outcome.steps[-1:]}: a mix"
             committed = True  # killed after the commit (recording the write in the event log)
     assert rolled_back >= 4, outcome.steps  # it did walk through the steps in the transaction
+
+
+def test_rotate_key_on_the_database_killed_at_random_moments_loses_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Killed while it re-seals, rotate-key leaves rows under either key, all readable with
+    both configured: the state is the same, and a rotate-key run to the end finishes it.
+    Each run rotates the other way round, so each has the whole database to re-seal."""
+    old, new = encode_key(new_key()), encode_key(new_key())
+
+    async def seed_many() -> State:  # enough records that re-sealing outlasts the start-up
+        store = PostgresStore(make_profile(tmp_path / "r", key=old), database_url)
+        await store.open()
+        try:
+            for batch in range(60):
+                await store.commit(
+                    [
+                        user(f"o{n % 50}", n, ts=now_ms() - 1000)
+                        for n in range(batch * 500, (batch + 1) * 500)
+                    ]
+                )
+            return store.state
+        finally:
+            await store.close()
+
+    before = view(asyncio.run(seed_many()))
+    both = make_profile(tmp_path / "both", key=f"{new},{old}")
+    to_new = env_for(tmp_path, database_url, f"{new},{old}")
+    to_old = env_for(tmp_path, database_url, f"{old},{new}")
+    full = timed(["rotate-key"], to_new)  # how long a whole rotation takes here
+    rng = random.Random(23)
+    kills = 0
+    for run in range(RUNS):
+        code = killed_at(["rotate-key"], to_old if run % 2 == 0 else to_new, rng.uniform(0.3, full))
+        kills += code == -signal.SIGKILL
+        assert view(asyncio.run(opened(both, database_url))) == before, f"run {run}"
+    assert kills >= RUNS // 2, "the kills came too late to land inside the rotation"
+    finished = admin(["rotate-key"], to_new)
+    assert finished.returncode == 0, finished.stderr
+    only_new = make_profile(tmp_path / "new", key=new)
+    assert view(asyncio.run(opened(only_new, database_url))) == before
