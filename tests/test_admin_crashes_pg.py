@@ -1,7 +1,7 @@
-"""sessions-admin `import`, `restore` and `rotate-key` on the PostgreSQL store killed with SIGKILL at random
-moments, and after each change it makes to files: the database left opens (as a replica
-would open it) and holds the old state or the new one, never a mix; an import leaves each
-conversation whole or absent."""
+"""sessions-admin `import`, `restore` and `rotate-key` on the PostgreSQL store killed with
+SIGKILL at random moments, and after each change it makes to files: the database left opens
+(as a replica would open it) and holds the old state or the new one, never a mix; an import
+leaves each conversation whole or absent; a rotation leaves every row readable."""
 
 from __future__ import annotations
 
