@@ -8,7 +8,8 @@ from aiohttp import web
 
 from bridge import health, webhook
 from bridge.config import Settings
-from bridge.http import api, console
+from bridge.http import api, console, webhook_protocol
+from bridge.http.webhook_protocol import WebhookConnections
 from bridge.httpguard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.metrics import Metrics
 from bridge.monitor import HealthMonitor
@@ -20,8 +21,9 @@ def create_app(
 ) -> web.Application:
     """Routes and lifecycle: profiles start before the first request and stop after the last.
 
-    `app[GUARD]` holds the connection guard: `bridge.server` makes its listening socket's
-    connections through it.
+    `app[GUARD]` holds the connection guard and `app[webhook_protocol.CONNECTIONS]` the
+    deliveries' fast path: `bridge.server` makes its listening socket's connections through
+    both (`webhook_protocol.protocol_factory`).
 
     Starting a profile loads its state; stopping it lets replies finish, stops the outbox and
     takes the final snapshot. aiohttp runs cleanup only for contexts whose start finished.
@@ -42,6 +44,9 @@ def create_app(
     monitor = HealthMonitor(list(runtimes))
     metrics.watch(lambda: by_slug, lambda: monitor.store_bytes)
     app[webhook.METRICS] = metrics
+    app[webhook_protocol.CONNECTIONS] = WebhookConnections(
+        by_slug, metrics, settings.max_body_bytes, settings.body_timeout
+    )
     app[health.METRICS_TOKEN] = settings.metrics_token
     app[health.MONITOR] = monitor
     webhook.add_routes(app)

@@ -85,8 +85,9 @@ class _State(Enum):
     BUSY = "busy"  # a handler is working on a complete request
 
 
-class _Connection(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: forwards every event, keeps its state."""
+class GuardedConnection(asyncio.Protocol):
+    """Wraps the protocol of one connection (aiohttp's, or bridge.http.webhook_protocol's):
+    forwards every event, keeps its state."""
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self.guard = guard
@@ -136,7 +137,14 @@ class _Connection(asyncio.Protocol):
         if self.admitted:
             self.inner.resume_writing()
 
-    # state, driven by the guard's middleware and read_body
+    def replace_inner(self, inner: asyncio.Protocol) -> None:
+        """From now on forward to `inner` (the webhook protocol handing a connection over to
+        aiohttp); the caller starts it with `connection_made`."""
+        self.guard._connections.pop(self.inner, None)
+        self.inner = inner
+        self.guard._connections[inner] = self
+
+    # state, driven by the guard's middleware and read_body (or the webhook protocol)
     def idle(self) -> None:
         self.state = _State.IDLE
         loop = self.loop
@@ -167,7 +175,7 @@ class _Connection(asyncio.Protocol):
     def drop(self, reason: str) -> None:
         """Close this connection now (it is idle or stuck; nothing of value is in flight)."""
         self.guard._forget(self)
-        self.guard._dropped(reason)
+        self.guard.dropped(reason)
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if transport.get_write_buffer_size():
@@ -196,7 +204,7 @@ GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard")
 class ConnectionGuard:
     """Deadlines and a cap for the connections of one server (see the module docstring).
 
-    Use `protocol_factory` around aiohttp's `runner.server` when creating the server,
+    Wrap each connection's protocol (`wrap`; bridge/http/webhook_protocol.py does),
     `middleware` in the application, and `read_body` instead of `request.read()`. Requests
     on connections the guard did not make (aiohttp's test client) only get `read_body`'s
     deadline.
@@ -213,7 +221,7 @@ class ConnectionGuard:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self._on_drop = on_drop
-        self._connections: dict[object, _Connection] = {}  # by aiohttp's protocol object
+        self._connections: dict[object, GuardedConnection] = {}  # by aiohttp's protocol object
         self._log = get_logger()
         self._warned_at = -float("inf")
         self._unreported: dict[str, int] = {}
@@ -237,13 +245,9 @@ class ConnectionGuard:
         ):
             await asyncio.sleep(0.01)
 
-    def protocol_factory(self, make: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for `loop.create_server` that guards what `make` returns."""
-
-        def guarded() -> asyncio.Protocol:
-            return _Connection(self, make())
-
-        return guarded
+    def wrap(self, inner: asyncio.Protocol) -> GuardedConnection:
+        """One connection's protocol, guarded."""
+        return GuardedConnection(self, inner)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -271,7 +275,7 @@ class ConnectionGuard:
             async with asyncio.timeout(self.body_timeout):
                 return await request.read()
         except TimeoutError:
-            self._dropped("body_timeout")
+            self.dropped("body_timeout")
             raise UnreadableBody(408, "request body not received in time") from None
         except web.HTTPRequestEntityTooLarge:
             raise UnreadableBody(413, "body too large") from None
@@ -285,21 +289,22 @@ class ConnectionGuard:
             if connection is not None and connection.state is _State.BODY:
                 connection.busy()
 
-    def _admit(self, connection: _Connection) -> bool:
+    def _admit(self, connection: GuardedConnection) -> bool:
         if len(self._connections) >= self.limit:
             waiting = (c for c in self._connections.values() if c.state is not _State.BUSY)
             victim = min(waiting, key=lambda c: c.since, default=None)
             if victim is None:
-                self._dropped("refused")
+                self.dropped("refused")
                 return False
             victim.drop("evicted")
         self._connections[connection.inner] = connection
         return True
 
-    def _forget(self, connection: _Connection) -> None:
+    def _forget(self, connection: GuardedConnection) -> None:
         self._connections.pop(connection.inner, None)
 
-    def _dropped(self, reason: str) -> None:
+    def dropped(self, reason: str) -> None:
+        """Count (and now and then log) a connection cut off for `reason`."""
         if self._on_drop is not None:
             self._on_drop(reason)
         if reason in ("evicted", "refused"):

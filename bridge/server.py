@@ -21,6 +21,7 @@ from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.health import MONITOR
+from bridge.http import webhook_protocol
 from bridge.httpguard import GUARD
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -65,8 +66,9 @@ async def _serve_until_stopped(
     logs.batch_on(loop)  # lines logged on the loop: to the writer thread once per turn
     guard = runner.app[GUARD]
     assert runner.server is not None  # set up by runner.setup()
-    factory = guard.protocol_factory(runner.server)
-    # Not aiohttp's sites: every connection goes through the guard (deadlines, the cap). The
+    factory = webhook_protocol.protocol_factory(runner.app, runner.server)
+    # Not aiohttp's sites: every connection goes through the guard (deadlines, the cap) and
+    # the deliveries' fast path (bridge/http/webhook_protocol.py). The
     # sockets were bound before anything was written (bridge/listen.py); without them (tests
     # that call serve() directly) bind here.
     try:
@@ -111,6 +113,9 @@ async def _serve_until_stopped(
             server.close()  # stop accepting; runner.cleanup() then closes the connections
         # A connection accepted just before has its request on the way: serve it, not reset.
         await guard.serve_accepted(timeout=settings.header_timeout)
+        # Deliveries in progress get their answer before the profiles stop (aiohttp's
+        # runner.cleanup does the same for the connections it serves).
+        await runner.app[webhook_protocol.CONNECTIONS].close(settings.shutdown_timeout)
         notifier.stopping("final snapshot")
         scheduler.shutdown(wait=False)
         for sig in (signal.SIGTERM, signal.SIGINT):

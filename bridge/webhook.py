@@ -8,11 +8,13 @@ assistant and the send), so Meta gets its answer fast whatever the assistant's l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -47,10 +49,26 @@ def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _candidates(request: web.Request) -> list[ProfileRuntime]:
+@dataclass(slots=True)
+class Answer:
+    """What a delivery gets: the status and JSON body of the response, and for a 200 what
+    was recorded, for `acknowledge` once the response is on its way."""
+
+    status: int
+    body: bytes
+    results: dict[str, IngestResult] | None = None
+    # Nothing more on this connection: what is left of the body is not worth reading.
+    close: bool = False
+
+
+def refusal(status: int, message: str, close: bool = False) -> Answer:
+    return Answer(status, orjson.dumps({"error": message}), close=close)
+
+
+def candidates_for(
+    runtimes: Mapping[str, ProfileRuntime], slug: str | None
+) -> list[ProfileRuntime]:
     """The profiles a request may be for: the one named in the path, else all of them."""
-    runtimes = request.app[RUNTIMES]
-    slug = request.match_info.get("slug")
     if slug is None:
         return list(runtimes.values())
     runtime = runtimes.get(slug)
@@ -67,9 +85,10 @@ async def verify_subscription(request: web.Request) -> web.StreamResponse:
     )
     # A query carries any byte a client sent (undecodable ones as surrogates): compare bytes.
     given = token.encode("utf-8", "surrogatepass")
+    runtimes = request.app[RUNTIMES]
     matched = [
         r
-        for r in _candidates(request)
+        for r in candidates_for(runtimes, request.match_info.get("slug"))
         if r.config.verify_token and hmac.compare_digest(r.config.verify_token.encode(), given)
     ]
     if mode != "subscribe" or not matched:
@@ -112,20 +131,45 @@ def _route(
     return routed
 
 
+def begin() -> tuple[float, contextvars.Token[str | None]]:
+    """A delivery's start time, and its request id for every line logged while it runs."""
+    return time.monotonic(), REQUEST_ID.set(f"{_REQUEST_PREFIX}{next(_request_numbers):06x}")
+
+
+def finish(
+    metrics: Metrics, status: int, started: float, token: contextvars.Token[str | None]
+) -> None:
+    REQUEST_ID.reset(token)
+    metrics.deliveries_by(OUTCOMES.get(status, str(status))).inc()
+    metrics.webhook_seconds.observe(time.monotonic() - started)
+
+
 async def receive_delivery(request: web.Request) -> web.StreamResponse:
-    """Verify, parse, record durably, answer 200, then hand new messages to the replier."""
-    started = time.monotonic()
-    token = REQUEST_ID.set(f"{_REQUEST_PREFIX}{next(_request_numbers):06x}")
+    """Verify, parse, record durably, answer 200, then hand new messages to the replier.
+
+    The aiohttp route; `bridge.http.webhook_protocol` serves the usual deliveries on the
+    connections of `bridge serve` without aiohttp, through the same `answer_delivery`."""
+    started, token = begin()
     metrics = request.app[METRICS]
-    outcome = "error"
+    status = 500
     try:
-        response = await _receive(request, started)
-        outcome = OUTCOMES.get(response.status, str(response.status))
+        answer = await _receive(request)
+        response = web.Response(
+            body=answer.body, status=answer.status, content_type="application/json"
+        )
+        status = answer.status
+        if answer.close:
+            response.force_close()
+        if answer.results is not None:
+            # Send the 200 before any reply work can start: the reply must never precede
+            # the ack.
+            await response.prepare(request)
+            await response.write_eof()
+            runtimes = request.app[RUNTIMES]
+            acknowledge(runtimes, metrics, answer.results, started)
         return response
     finally:
-        REQUEST_ID.reset(token)
-        metrics.deliveries_by(outcome).inc()
-        metrics.webhook_seconds.observe(time.monotonic() - started)
+        finish(metrics, status, started, token)
 
 
 OUTCOMES = {
@@ -136,46 +180,67 @@ OUTCOMES = {
     404: "unknown_profile",
     408: "body_timeout",
     413: "too_large",
+    500: "error",
     503: "storage_unavailable",
 }
 
 
-async def _receive(request: web.Request, started: float) -> web.StreamResponse:
-    candidates = _candidates(request)
+async def _receive(request: web.Request) -> Answer:
+    runtimes = request.app[RUNTIMES]
+    slug = request.match_info.get("slug")
+    candidates = candidates_for(runtimes, slug)
     if not candidates:
-        return error(404, "unknown profile")
+        return refusal(404, "unknown profile")
     try:
         body = await request.app[GUARD].read_body(request)
     except UnreadableBody as exc:
         log.warning("delivery_unreadable", reason=exc.reason, length=request.content_length)
-        response = error(exc.status, exc.reason)
-        response.force_close()  # what is left of the body is not worth reading
-        return response
-    header = request.headers.get(SIGNATURE_HEADER)
+        return refusal(exc.status, exc.reason, close=True)
+    return await answer_delivery(
+        runtimes,
+        request.app[METRICS],
+        candidates,
+        body,
+        request.headers.get(SIGNATURE_HEADER),
+        request.path,
+        explicit=slug is not None,
+    )
+
+
+async def answer_delivery(
+    runtimes: Mapping[str, ProfileRuntime],
+    metrics: Metrics,
+    candidates: Sequence[ProfileRuntime],
+    body: bytes,
+    header: str | None,
+    path: str,
+    explicit: bool,
+) -> Answer:
+    """Verify the signature on the raw bytes, parse, route each change to its profile and
+    commit; the answer Meta gets. Nothing here knows the HTTP server it is answered on."""
     if not header:
-        log.warning("signature_missing", path=request.path)
-        return error(401, f"missing {SIGNATURE_HEADER}")
+        log.warning("signature_missing", path=path)
+        return refusal(401, f"missing {SIGNATURE_HEADER}")
     matched = [
         r
         for r in candidates
         if r.config.app_secret and signature.verify(body, header, r.config.app_secret)
     ]
     if not matched:
-        log.warning("signature_invalid", path=request.path, bytes=len(body))
-        return error(403, "invalid signature")
+        log.warning("signature_invalid", path=path, bytes=len(body))
+        return refusal(403, "invalid signature")
     try:
         delivery = parse_body(body)
     except PayloadError as exc:
         log.warning("delivery_rejected", reason=str(exc))
-        return error(400, str(exc))
+        return refusal(400, str(exc))
     if delivery.skipped:
-        _report_skipped(delivery, request.app[METRICS])
+        _report_skipped(delivery, metrics)
         if not delivery.usable:
             # Nothing in the body could be used: a 400 names the first problem.
             log.warning("delivery_rejected", reason=delivery.skipped[0].detail)
-            return error(400, delivery.skipped[0].detail)
-    routed = _route(delivery.changes, matched, explicit="slug" in request.match_info)
-    runtimes = request.app[RUNTIMES]
+            return refusal(400, delivery.skipped[0].detail)
+    routed = _route(delivery.changes, matched, explicit)
     slugs = list(routed)
     outcomes: list[IngestResult | BaseException]
     if len(slugs) == 1:  # the usual case: no gather, no extra task
@@ -199,17 +264,22 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
             raise outcome
     if failed:
         # Meta redelivers on any non-200; what did commit is deduplicated then.
-        return error(503, "storage unavailable, retry later")
+        return refusal(503, "storage unavailable, retry later")
     recorded = sum(len(r.recorded) for r in results.values())
     duplicates = sum(r.duplicates for r in results.values())
     answer = {"recorded": recorded, "duplicates": duplicates}
     if delivery.skipped:
         answer["skipped"] = len(delivery.skipped)
-    response = web.Response(body=orjson.dumps(answer), content_type="application/json")
-    # Send the 200 before any reply work can start: the reply must never precede the ack.
-    await response.prepare(request)
-    await response.write_eof()
-    metrics = request.app[METRICS]
+    return Answer(200, orjson.dumps(answer), results)
+
+
+def acknowledge(
+    runtimes: Mapping[str, ProfileRuntime],
+    metrics: Metrics,
+    results: Mapping[str, IngestResult],
+    started: float,
+) -> None:
+    """Once the 200 is on its way: start the replies, count, log the delivery's one line."""
     for slug, result in results.items():
         runtimes[slug].acknowledged(result)
         if result.recorded:
@@ -227,7 +297,6 @@ async def _receive(request: web.Request, started: float) -> web.StreamResponse:
             statuses=result.statuses,
             ms=round((time.monotonic() - started) * 1000, 2),
         )
-    return response
 
 
 def _report_skipped(delivery: Delivery, metrics: Metrics) -> None:

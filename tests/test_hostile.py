@@ -28,7 +28,7 @@ from bridge import simulate
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import PayloadError
-from bridge.httpguard import GUARD
+from bridge.http import webhook_protocol
 from bridge.ingest import _message_record
 from bridge.records import decode, encode
 from bridge.runtime import ProfileRuntime
@@ -99,7 +99,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
         assert runner.server is not None
         # As `bridge serve` listens: every connection through the connection guard.
         server = await asyncio.get_running_loop().create_server(
-            app[GUARD].protocol_factory(runner.server), "127.0.0.1", 0
+            webhook_protocol.protocol_factory(app, runner.server), "127.0.0.1", 0
         )
         port = server.sockets[0].getsockname()[1]
         holder.update(runner=runner, server=server, runtime=runtime, port=port)

@@ -1,0 +1,276 @@
+"""The deliveries' fast path (bridge/http/webhook_protocol.py) on real connections: raw bytes
+over TCP to the server as `bridge serve` listens, so each test controls exactly what is on
+the wire (pipelining, split bodies, hand-over to aiohttp in the middle of a connection)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from bridge import simulate
+from bridge.app import create_app
+from bridge.config import Settings
+from bridge.http import webhook_protocol
+from bridge.metrics import Metrics
+from bridge.runtime import ProfileRuntime
+from tests.conftest import APP_SECRET, VERIFY_TOKEN, eventually, make_profile
+
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class Served:
+    port: int
+    runtime: ProfileRuntime
+    metrics: Metrics
+    app: web.Application
+
+    def conversation(self, phone: str) -> list[tuple[str, str]]:
+        conv = self.runtime.store.state.conversations.get(phone)
+        return [(m.role, m.content) for m in conv.messages] if conv else []
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    profile = make_profile(tmp_path)
+    runtime = ProfileRuntime.build(profile)
+    metrics = Metrics()
+    settings = Settings(
+        profiles=(profile,), var_dir=tmp_path, max_body_bytes=MAX_BODY, body_timeout=1.0
+    )
+    app = create_app(settings, [runtime], metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    assert runner.server is not None
+    server = await asyncio.get_running_loop().create_server(
+        webhook_protocol.protocol_factory(app, runner.server), "127.0.0.1", 0
+    )
+    try:
+        yield Served(server.sockets[0].getsockname()[1], runtime, metrics, app)
+    finally:
+        server.close()
+        await app[webhook_protocol.CONNECTIONS].close(1.0)
+        await runner.cleanup()
+
+
+def delivery(phone: str, text: str) -> bytes:
+    return simulate.encode(
+        simulate.delivery(simulate.change_value([simulate.text_message(text, phone)]))
+    )
+
+
+def post(
+    body: bytes,
+    path: str = "/webhook",
+    signature: str | None = None,
+    extra: bytes = b"",
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    sig = (
+        signature
+        if signature is not None
+        else simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"]
+    )
+    sig_line = f"X-Hub-Signature-256: {sig}\r\n".encode() if sig else b""
+    return (
+        b"POST %s %s\r\nHost: meta\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n%s%s\r\n%s"
+    ) % (path.encode(), version, len(body), sig_line, extra, body)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 5)
+    return Response(status, headers, body)
+
+
+async def connect(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", served.port)
+
+
+async def test_pipelined_deliveries_on_one_connection_are_answered_in_order(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    writer.write(b"".join(post(delivery(f"34600000{i:03d}", f"n{i}")) for i in range(3)))
+    answers = [await read_response(reader) for _ in range(3)]
+    assert [(a.status, a.json()) for a in answers] == [(200, {"recorded": 1, "duplicates": 0})] * 3
+    assert answers[0].headers["content-type"] == "application/json"
+    assert "connection" not in answers[0].headers  # kept alive
+    for i in range(3):
+        assert ("user", f"n{i}") in served.conversation(f"34600000{i:03d}")
+        # The echo assistant answered each after its 200.
+        await eventually(lambda i=i: len(served.conversation(f"34600000{i:03d}")) == 2)
+    ok = served.metrics.deliveries.labels("ok")._value.get()
+    assert ok == 3
+    writer.close()
+
+
+async def test_a_body_split_across_writes_is_recorded_once_it_is_whole(served: Served) -> None:
+    reader, writer = await connect(served)
+    raw = post(delivery("34600000100", "slow body"))
+    for piece in (raw[:40], raw[40:120], raw[120:-7]):
+        writer.write(piece)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    assert served.conversation("34600000100") == []  # nothing before the body is whole
+    writer.write(raw[-7:])
+    answer = await read_response(reader)
+    assert (answer.status, answer.json()) == (200, {"recorded": 1, "duplicates": 0})
+    assert ("user", "slow body") in served.conversation("34600000100")
+    writer.close()
+
+
+async def test_a_body_that_stops_coming_gets_a_408_and_the_connection_closed(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    raw = post(delivery("34600000200", "never whole"))
+    writer.write(raw[:-10])
+    answer = await read_response(reader)  # within the 1 s body_timeout, not the test's 5
+    assert answer.status == 408
+    assert answer.json() == {"error": "request body not received in time"}
+    assert answer.headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert served.conversation("34600000200") == []
+    writer.close()
+
+
+async def test_aiohttp_takes_over_a_connection_at_the_first_request_that_is_not_a_delivery(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(delivery("34600000300", "first")))
+    assert (await read_response(reader)).status == 200
+    query = f"hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=4242"
+    writer.write(f"GET /webhook?{query} HTTP/1.1\r\nHost: meta\r\n\r\n".encode())
+    handshake = await read_response(reader)
+    assert (handshake.status, handshake.body) == (200, b"4242")
+    # aiohttp serves the rest of the connection: a delivery too, exactly as before.
+    writer.write(post(delivery("34600000300", "second")))
+    answer = await read_response(reader)
+    assert (answer.status, answer.json()) == (200, {"recorded": 1, "duplicates": 0})
+    assert "aiohttp" in answer.headers.get("server", "")
+    users = [c for r, c in served.conversation("34600000300") if r == "user"]
+    assert users == ["first", "second"]
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"Expect: 100-continue\r\n",
+        b"Content-Encoding: identity\r\n",
+        b"X-Hub-Signature-256: sha256=00\r\n",  # twice: aiohttp's rules decide
+        b"Bad Header : x\r\n",
+    ],
+)
+async def test_heads_the_fast_path_does_not_read_plainly_go_to_aiohttp(
+    served: Served, extra: bytes
+) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(delivery("34600000400", "odd head"), extra=extra))
+    if extra.startswith(b"Expect"):
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100")
+    answer = await read_response(reader)
+    assert "aiohttp" in answer.headers.get("server", "") or answer.status == 400
+    assert answer.status < 500
+    writer.close()
+
+
+async def test_http_1_0_is_answered_by_aiohttp_and_recorded(served: Served) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(delivery("34600000500", "old client"), version=b"HTTP/1.0"))
+    answer = await read_response(reader)
+    assert (answer.status, answer.json()) == (200, {"recorded": 1, "duplicates": 0})
+    assert ("user", "old client") in served.conversation("34600000500")
+    writer.close()
+
+
+async def test_refusals_keep_the_connection_for_the_next_delivery(served: Served) -> None:
+    reader, writer = await connect(served)
+    body = delivery("34600000600", "after refusals")
+    cases = [
+        (post(body, path="/webhook/nosuchprofile"), 404, "unknown profile"),
+        (post(body, signature=""), 401, "missing X-Hub-Signature-256"),
+        (post(body, signature="sha256=" + "0" * 64), 403, "invalid signature"),
+    ]
+    bad = b"{not json"
+    cases.append((post(bad), 400, None))
+    for raw, status, message in cases:
+        writer.write(raw)
+        answer = await read_response(reader)
+        assert answer.status == status
+        if message is not None:
+            assert answer.json() == {"error": message}
+    writer.write(post(body, path="/webhook/default"))
+    answer = await read_response(reader)
+    assert (answer.status, answer.json()) == (200, {"recorded": 1, "duplicates": 0})
+    assert served.metrics.deliveries.labels("bad_signature")._value.get() == 1
+    writer.close()
+
+
+async def test_connection_close_is_answered_then_closed(served: Served) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(delivery("34600000700", "bye"), extra=b"Connection: close\r\n"))
+    answer = await read_response(reader)
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_client_gone_before_its_200_still_gets_its_message_kept_and_answered(
+    served: Served,
+) -> None:
+    _reader, writer = await connect(served)
+    writer.write(post(delivery("34600000800", "hung up")))
+    writer.close()  # before the answer: Meta would redeliver, a duplicate then
+    await eventually(lambda: ("user", "hung up") in served.conversation("34600000800"))
+    await eventually(lambda: len(served.conversation("34600000800")) == 2)
+
+
+async def test_a_stop_answers_the_delivery_in_progress_and_closes_idle_connections(
+    served: Served,
+) -> None:
+    idle_reader, idle_writer = await connect(served)
+    idle_writer.write(post(delivery("34600000900", "earlier")))
+    assert (await read_response(idle_reader)).status == 200
+    reader, writer = await connect(served)
+    raw = post(delivery("34600000901", "in progress"))
+    writer.write(raw[:-5])  # its body not whole yet when the stop begins
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(served.app[webhook_protocol.CONNECTIONS].close(5.0))
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # the idle one: closed now
+    writer.write(raw[-5:])
+    answer = await read_response(reader)
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    await asyncio.wait_for(closing, 5)
+    assert ("user", "in progress") in served.conversation("34600000901")
+    writer.close()
+    idle_writer.close()
