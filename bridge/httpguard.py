@@ -25,7 +25,7 @@ import resource
 import time
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, cast
+from typing import cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
