@@ -48,14 +48,10 @@ class Ingestor:
         self,
         store: Store,
         observe_commit: Callable[[float], None] | None = None,
-        on_confirmed: Callable[[str, str], None] | None = None,
         keywords: KeywordRules | None = None,
     ) -> None:
         self._store = store
         self._observe_commit = observe_commit
-        # Told (callback data, wamid) of each status that names one of our sends, once the
-        # status is durable: the outbox may be waiting to learn whether a send got through.
-        self._on_confirmed = on_confirmed
         # wamid -> outcome of the commit that is recording it right now
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self._links = LinkResolver()
@@ -113,10 +109,6 @@ class Ingestor:
             # do not hold (erased, or not sent by this store), or a redelivered or late one
             # (Meta delivers at least once and in no guaranteed order).
             await self._commit(records, effective_only=True)
-        if self._on_confirmed is not None:
-            for status in statuses:
-                if status.callback_data is not None:
-                    self._on_confirmed(status.callback_data, status.message_id)
         if dropped:
             fresh = [m for m in fresh if m.id not in dropped]
             hits = [h for h in hits if h.message_id not in dropped]

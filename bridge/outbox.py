@@ -55,7 +55,6 @@ from bridge.whatsapp.sender import (
     OutboundMedia,
     Sender,
     SendError,
-    parse_part_tag,
     text_parts,
 )
 
@@ -110,7 +109,6 @@ class Outbox:
         self._kicked = asyncio.Event()
         # None: the default for the store, known once it is open (replicas or not).
         self._reconcile_setting = reconcile_seconds
-        self._confirmed: dict[str, dict[int, str]] = {}  # item id -> part -> wamid, from Meta
         self._confirm_wake: dict[str, asyncio.Event] = {}  # items waiting for a confirmation
         self._unsure: set[str] = set()  # uncertain in this run (also if not yet durable)
         self._reconciled: set[str] = set()  # waited for since they last became uncertain
@@ -147,18 +145,6 @@ class Outbox:
             self._wake.set()
         elif self._main is not None and not self._stopping:
             self._ensure_worker(key)
-
-    def confirm(self, callback_data: str, wamid: str) -> None:
-        """Meta's status webhook named one of our parts (its biz_opaque_callback_data): that
-        part reached Meta. Remembered for the reply until it is done."""
-        parsed = parse_part_tag(callback_data)
-        if parsed is None or parsed[0] not in self._store.state.outbox:
-            return  # not ours, or the usual status of a reply already recorded as sent
-        item_id, part = parsed
-        self._confirmed.setdefault(item_id, {})[part] = wamid
-        wake = self._confirm_wake.get(item_id)
-        if wake is not None:
-            wake.set()
 
     def _committed(self, records: Sequence[Record]) -> None:
         for record in records:
@@ -519,12 +505,9 @@ class Outbox:
         wake = self._confirm_wake.setdefault(item.id, asyncio.Event())
         try:
             while True:
-                # What any replica committed (the store follows them), and what this one
-                # heard and has perhaps not yet seen committed.
-                confirmed = {
-                    **self._store.state.confirmed.get(item.id, {}),
-                    **self._confirmed.get(item.id, {}),
-                }
+                # What any replica committed (the store follows them; a status this one
+                # heard is committed before its 200, and wakes this wait by `_committed`).
+                confirmed = self._store.state.confirmed.get(item.id, {})
                 while len(sent) in confirmed:
                     sent.append(confirmed[len(sent)])
                 remaining = deadline - loop.time()
@@ -561,8 +544,7 @@ class Outbox:
             self._log.warning("reply_uncertainty_not_recorded", items=len(ids), error=str(exc))
 
     def _forget(self, item_id: str) -> None:
-        for table in (self._sent_parts, self._confirmed):
-            table.pop(item_id, None)
+        self._sent_parts.pop(item_id, None)
         self._unsure.discard(item_id)
         self._foreign.discard(item_id)
         self._reconciled.discard(item_id)

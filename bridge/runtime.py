@@ -184,7 +184,6 @@ class ProfileRuntime:
         ingestor = Ingestor(
             store,
             metrics.commit_seconds.labels(slug).observe,
-            on_confirmed=outbox.confirm,
             keywords=KeywordRules(config, recipient_of),
         )
         operators = Operators(

@@ -14,11 +14,13 @@ from structlog.testing import capture_logs
 
 from bridge.conversations import Message
 from bridge.errors import StorageError
+from bridge.ingest import confirmations
 from bridge.outbox import Outbox
 from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.models import StatusUpdate
 from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import Sender, split_text
 from tests.conftest import eventually
@@ -421,6 +423,13 @@ async def test_each_part_carries_its_reply_id_for_status_webhooks(rig: Rig) -> N
     assert [m["biz_opaque_callback_data"] for m in rig.fake.sent] == [f"{rid}:0", f"{rid}:1"]
 
 
+async def confirm(rig: Rig, tag: str, wamid: str) -> None:
+    """Meta's status webhook naming part `tag` as `wamid`, committed as the ingest does it
+    before its 200 (the outbox hears of it through the store, as from any replica)."""
+    status = StatusUpdate(wamid, "sent", int(time.time() * 1000), callback_data=tag)
+    await rig.store.commit(confirmations([status], rig.store.state))
+
+
 async def test_a_lost_answer_confirmed_by_a_status_is_not_sent_again(
     make_rig: Callable[..., Rig],
 ) -> None:
@@ -432,7 +441,7 @@ async def test_a_lost_answer_confirmed_by_a_status_is_not_sent_again(
     rid = await rig.queue(ANA, 1)
     await eventually(lambda: rid in rig.store.state.uncertain, what="the send to be uncertain")
     sent = rig.fake.sent[0]
-    rig.outbox.confirm(sent["biz_opaque_callback_data"], "wamid.FAKE000001")
+    await confirm(rig, sent["biz_opaque_callback_data"], "wamid.FAKE000001")
     assert await rig.outbox.drain(5)
     assert len(rig.fake.sent) == 1, "sent twice"
     assert rig.last(ANA).status == "sent"
@@ -462,15 +471,15 @@ async def test_a_confirmed_first_part_is_kept_and_only_the_rest_is_sent(
     rig.outbox.start()
     rid = await rig.queue(ANA, 1, text="word " * 1000)
     await eventually(lambda: rid in rig.store.state.uncertain, what="the send to be uncertain")
-    rig.outbox.confirm(f"{rid}:0", "wamid.FAKE000001")
+    await confirm(rig, f"{rid}:0", "wamid.FAKE000001")
     assert await rig.outbox.drain(5)
     assert [m["biz_opaque_callback_data"] for m in rig.fake.sent] == [f"{rid}:0", f"{rid}:1"]
     assert rig.last(ANA).wamids == ("wamid.FAKE000001", "wamid.FAKE000002")
 
 
 async def test_statuses_of_other_messages_confirm_nothing(rig: Rig) -> None:
-    rig.outbox.confirm("something else", "wamid.X")
-    rig.outbox.confirm("reply-9:0", "wamid.X")  # not queued
+    await confirm(rig, "something else", "wamid.X")
+    await confirm(rig, "reply-9:0", "wamid.X")  # not queued
     rig.outbox.start()
     await rig.queue(ANA, 1)
     assert await rig.outbox.drain(5)
