@@ -31,6 +31,7 @@ from typing import TypeVar
 import asyncpg
 
 from admin import render
+from admin.store import read_state, resolve_profile
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.errors import BridgeError, StorageUnavailableError
@@ -242,7 +243,6 @@ def _write_plain(files: MediaStore, name: str, message: Message, out: str) -> in
 
 def cmd_media(args: argparse.Namespace) -> int:
     from admin import database
-    from admin.commands import read_state, resolve_profile
     from bridge.control.writes import conversation_key
 
     profile = resolve_profile(args)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from admin import render, writer
-from admin.commands import UsageError, resolve_profile
+from admin.arguments import UsageError
+from admin.store import resolve_profile
 from bridge.config import ProfileConfig
 from bridge.operators import iso, now_ms
 from bridge.whatsapp.template import Template, TemplateError
