@@ -40,7 +40,7 @@ from bridge.media.entry import media_of, stored_file
 from bridge.media.store import MediaFileError, MediaStore, valid_name
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.files import fsync_dir, secure_dir, temp_path
+from bridge.persistence.files import fsync_dir, fsync_file, secure_dir, temp_path
 from bridge.state import State
 from bridge.store.pg.media import DatabaseMedia, NotInDatabaseError
 
@@ -323,11 +323,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
         shutil.copy2(source, target)
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(target)
 
 
 def backup_media(

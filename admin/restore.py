@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +16,8 @@ from admin.store import resolve_profile
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, ProfileLockedError
 from bridge.persistence import layout
-from bridge.persistence.files import fsync_dir, secure_dir
-from bridge.persistence.journal import list_segments, segment_path
+from bridge.persistence.files import fsync_dir, fsync_file, secure_dir
+from bridge.persistence.journal import create_segment, list_segments, segment_path
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.lock import ProfileLock
 from bridge.persistence.snapshot import write_snapshot
@@ -124,11 +123,7 @@ def _restore(profile: ProfileConfig, state: State, archive: Path) -> Path:
         if path.exists():
             copy = keep / path.name
             shutil.copy2(path, copy)
-            fd = os.open(copy, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the originals go below: their copies must be on disk first
-            finally:
-                os.close(fd)
+            fsync_file(copy)  # the originals go below: their copies must be on disk first
     fsync_dir(keep)
     admin_media.restore_media(profile, archive, keep)
     # The new snapshot continues in a segment after every existing one: an empty newest
@@ -139,12 +134,7 @@ def _restore(profile: ProfileConfig, state: State, archive: Path) -> Path:
         next_segment = newest
     else:
         next_segment = newest + 1
-        fd = os.open(segment_path(journal, next_segment), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(journal)
+        create_segment(journal, next_segment)
     asyncio.run(write_snapshot(snapshot, state, keyring, profile.slug, next_segment))
     for s in segments:  # older than the snapshot's segment: no longer read
         if s < next_segment:
