@@ -45,13 +45,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    """Copy the profile between its file store and a database (admin/database.py)."""
-    selected = (args.profile,) if args.profile else ()
-    settings = load_settings(config_path=args.config, selected=selected, var_dir=args.var_dir)
-    return database.cmd_migrate(args, settings.profiles[0])
-
-
 def import_parts(conversations: list[tuple[str, list[Message]]]) -> list[dict[str, Any]]:
     """The `import` operation's requests: about IMPORT_PART bytes of conversations each, so a
     large file reaches a running bridge in parts it takes one at a time (each conversation
@@ -108,3 +101,10 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"{stored['max_messages'] if stored else None} per conversation"
         )
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy the profile between its file store and a database (admin/database.py)."""
+    selected = (args.profile,) if args.profile else ()
+    settings = load_settings(config_path=args.config, selected=selected, var_dir=args.var_dir)
+    return database.cmd_migrate(args, settings.profiles[0])
