@@ -17,7 +17,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from admin import commands, operator_commands, profiles, writer
+from admin import (
+    backups,
+    erasure,
+    keys,
+    operator_commands,
+    profiles,
+    reads,
+    restore,
+    transfer,
+    verify,
+    writer,
+)
 from admin import media as admin_media
 from bridge import logs
 from bridge.errors import BridgeError, ConfigError
@@ -105,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("list", "one row per conversation, most recently active first", commands.cmd_list)
+    p = add("list", "one row per conversation, most recently active first", reads.cmd_list)
     p.add_argument("--limit", type=int, help="show at most N conversations")
     p.add_argument("--since", help="only active since: 7d, 24h, 30m or a date 2026-11-01")
 
-    p = add("show", "a whole conversation: time, role, text", commands.cmd_show)
+    p = add("show", "a whole conversation: time, role, text", reads.cmd_show)
     p.add_argument("key", help=KEY_HELP)
 
     p = add(
@@ -123,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, help="the file to write (- for stdout); plaintext!"
     )
 
-    p = add("stats", "counts, activity range, sizes on disk, outbox", commands.cmd_stats)
+    p = add("stats", "counts, activity range, sizes on disk, outbox", reads.cmd_stats)
     p.add_argument("--all-profiles", action="store_true", help="every profile under the var dir")
 
     p = add(
-        "backup", "write a consistent encrypted archive (works while running)", commands.cmd_backup
+        "backup", "write a consistent encrypted archive (works while running)", backups.cmd_backup
     )
     p.add_argument("--to", type=Path, help="directory (default var/profiles/<slug>/backups)")
     p.add_argument("--keep", type=int, default=14, help="keep the newest N archives (default 14)")
@@ -136,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         "replace the store with an archive (bridge stopped; with the postgres store live, "
         "replicas running); the state replaced is kept in backups/pre-restore-<time>/",
-        commands.cmd_restore,
+        restore.cmd_restore,
     )
     p.add_argument(
         "archive",
@@ -147,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "verify",
         "decrypt and check the store or an archive; exit 1 on a problem",
-        commands.cmd_verify,
+        verify.cmd_verify,
     )
     p.add_argument(
         "archive",
@@ -156,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="an archive written by `sessions-admin backup` (default: the live store)",
     )
 
-    p = add("export", "plaintext JSON on stdout, in the sessions.json format", commands.cmd_export)
+    p = add("export", "plaintext JSON on stdout, in the sessions.json format", transfer.cmd_export)
     p.add_argument("key", nargs="?", help="only this conversation: " + KEY_HELP)
 
-    p = add("import", "merge a plaintext sessions.json", commands.cmd_import)
+    p = add("import", "merge a plaintext sessions.json", transfer.cmd_import)
     _timeout(p)
     p.add_argument(
         "file",
@@ -167,11 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='a sessions.json: [[key, {"messages": [...], ...}], ...] as `export` writes it',
     )
 
-    p = add("delete", "erase one user's conversation", commands.cmd_delete)
+    p = add("delete", "erase one user's conversation", erasure.cmd_delete)
     p.add_argument("key", help=KEY_HELP)
     _timeout(p)
 
-    p = add("prune", "erase conversations idle for more than DAYS", commands.cmd_prune)
+    p = add("prune", "erase conversations idle for more than DAYS", erasure.cmd_prune)
     _timeout(p)
     p.add_argument(
         "--older-than",
@@ -181,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="erase conversations whose last activity is more than DAYS days ago",
     )
 
-    p = add("rotate-key", "re-encrypt everything under a new key", commands.cmd_rotate_key)
+    p = add("rotate-key", "re-encrypt everything under a new key", keys.cmd_rotate_key)
     p.description = (
         "Re-encrypt everything under a new key. With the key file the bridge made, a new key "
         "is generated first. With a key from BRIDGE_KEY, BRIDGE_KEY_FILE or a credential (and "
@@ -195,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "migrate",
         "copy the profile from its file store into a database, or back; verified",
-        commands.cmd_migrate,
+        transfer.cmd_migrate,
     )
     p.add_argument("--to-database", metavar="URL", help="postgresql://... to copy into")
     p.add_argument("--from-database", metavar="URL", help="postgresql://... to copy from")

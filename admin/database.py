@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,8 +35,7 @@ from bridge.control.writes import (
 from bridge.errors import BridgeError, ConfigError, StorageError
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.files import fsync_dir
-from bridge.persistence.journal import segment_path
+from bridge.persistence.journal import create_segment
 from bridge.persistence.keys import load_keyring
 from bridge.persistence.snapshot import write_snapshot
 from bridge.state import State
@@ -314,13 +312,7 @@ def cmd_migrate(args: argparse.Namespace, profile: ProfileConfig) -> int:
         layout.create_profile_dir(profile.state_dir)
         # The journal the file store continues the snapshot in: an empty first segment,
         # durable before the snapshot that names it.
-        journal = layout.journal_dir(profile.state_dir)
-        fd = os.open(segment_path(journal, 1), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(journal)
+        create_segment(layout.journal_dir(profile.state_dir), 1)
         asyncio.run(
             write_snapshot(layout.snapshot_path(profile.state_dir), state, keyring, profile.slug, 1)
         )

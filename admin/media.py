@@ -31,6 +31,7 @@ from typing import TypeVar
 import asyncpg
 
 from admin import render
+from admin.store import read_state, resolve_profile
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.errors import BridgeError, StorageUnavailableError
@@ -39,7 +40,7 @@ from bridge.media.entry import media_of, stored_file
 from bridge.media.store import MediaFileError, MediaStore, valid_name
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
-from bridge.persistence.files import fsync_dir, secure_dir, temp_path
+from bridge.persistence.files import fsync_dir, fsync_file, secure_dir, temp_path
 from bridge.state import State
 from bridge.store.pg.media import DatabaseMedia, NotInDatabaseError
 
@@ -242,7 +243,6 @@ def _write_plain(files: MediaStore, name: str, message: Message, out: str) -> in
 
 def cmd_media(args: argparse.Namespace) -> int:
     from admin import database
-    from admin.commands import read_state, resolve_profile
     from bridge.control.writes import conversation_key
 
     profile = resolve_profile(args)
@@ -323,11 +323,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
         shutil.copy2(source, target)
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(target)
 
 
 def backup_media(

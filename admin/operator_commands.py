@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from admin import render, writer
-from admin.commands import UsageError, resolve_profile
+from admin.arguments import UsageError
+from admin.store import resolve_profile
 from bridge.config import ProfileConfig
 from bridge.operators import iso, now_ms
-from bridge.whatsapp.template import Template, TemplateError
+from bridge.whatsapp.template import TemplateError, build_template
 
 T = TypeVar("T")
 UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -94,7 +95,7 @@ def send_request(args: argparse.Namespace) -> dict[str, Any]:
             "(es, en_US, pt_BR)"
         )
     try:
-        template = Template.build(args.template, args.lang, args.params)
+        template = build_template(args.template, args.lang, args.params)
     except TemplateError as exc:
         raise UsageError(str(exc)) from None
     request["template"] = template.to_dict()

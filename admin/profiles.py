@@ -23,7 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from admin import render
-from admin.commands import UsageError, resolve_profile, write_checked_archive
+from admin.arguments import UsageError
+from admin.backups import write_checked_archive
+from admin.store import resolve_profile
 from bridge.config import ProfileConfig, Settings, load_settings, validate_slug
 from bridge.diskspace import dir_size
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError

@@ -19,8 +19,8 @@ from bridge import logs
 from bridge.conversations import ASSISTANT, MODES
 from bridge.diskspace import disk_space
 from bridge.loopwatch import LoopWatch
+from bridge.templates import Template
 from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
-from bridge.whatsapp.template import Template
 
 if TYPE_CHECKING:
     from bridge.runtime import ProfileRuntime

@@ -38,7 +38,7 @@ from bridge.modes import OPERATOR, current_mode
 from bridge.records import MessageAdded, ModeChanged, OutboxItem, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.base import Store
-from bridge.whatsapp.template import Template
+from bridge.templates import Template
 
 # WhatsApp's customer service window: free-form messages only within 24 h of the user's last
 # message; after it only (paid, approved) template messages (`send_template`).

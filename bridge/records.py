@@ -15,7 +15,7 @@ import orjson
 
 from bridge.config import StoreSettings
 from bridge.conversations import ConversationMode, Message
-from bridge.whatsapp.template import Template
+from bridge.templates import Template
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bridge.control.protocol import Args, BadRequest, Result
 from bridge.control.registry import OPERATIONS, ControlContext, argument
 from bridge.operators import Operators, now_ms
-from bridge.whatsapp.template import Template, TemplateError
+from bridge.whatsapp.template import TemplateError, template_from_json
 
 
 def _operators(ctx: ControlContext) -> Operators:
@@ -56,7 +56,7 @@ async def send(ctx: ControlContext, args: Args) -> Result:
         if args.get("text") is not None:
             raise BadRequest("bad request: send either a text or a template, not both")
         try:
-            template = Template.from_json(args["template"])
+            template = template_from_json(args["template"])
         except TemplateError as exc:
             raise BadRequest(str(exc)) from None
         outcome = await _operators(ctx).send_template(key, template, operator=who)

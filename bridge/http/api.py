@@ -41,7 +41,7 @@ from bridge.operators import (
 )
 from bridge.runtime import ProfileRuntime
 from bridge.webhook import RUNTIMES
-from bridge.whatsapp.template import Template, TemplateError
+from bridge.whatsapp.template import TemplateError, template_from_json
 
 PREFIX = "/api/v1"
 API_TOKEN: web.AppKey[str | None] = web.AppKey("api_token")
@@ -377,7 +377,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         if text is not None:
             raise ApiError(400, 'send either "text" or "template", not both')
         try:
-            template = Template.from_json(data["template"])
+            template = template_from_json(data["template"])
         except TemplateError as exc:
             raise ApiError(400, str(exc)) from None
         outcome = await runtime.operators.send_template(key, template, operator=who)

@@ -53,6 +53,18 @@ def segment_path(directory: Path, segment: int) -> Path:
     return directory / f"{segment:08d}{SUFFIX}"
 
 
+def create_segment(directory: Path, segment: int) -> None:
+    """An empty segment, durable with its name, for a snapshot written after it to continue
+    in: a snapshot must never name a segment that is not there (a missing newest segment
+    refuses to start)."""
+    fd = os.open(segment_path(directory, segment), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(directory)
+
+
 def list_segments(directory: Path) -> list[int]:
     if not directory.is_dir():
         return []

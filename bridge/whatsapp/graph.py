@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from bridge.config import ProfileConfig
+from bridge.templates import Template
 from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import (
     OUTBOUND_MEDIA_TYPES,
@@ -39,7 +40,7 @@ from bridge.whatsapp.sender import (
     part_tag,
     split_text,
 )
-from bridge.whatsapp.template import Template
+from bridge.whatsapp.template import template_to_graph
 from bridge.whatsapp.upload import Fetched, MediaFetcher
 
 RETRYABLE_CODES = frozenset({2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131056})
@@ -196,7 +197,7 @@ class GraphClient(Sender):
             "recipient_type": "individual",
             "to": to,
             "type": "template",
-            "template": template.graph(),
+            "template": template_to_graph(template),
         }
         return await self._send_one(to, body, index, tag)
 

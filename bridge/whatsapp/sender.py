@@ -9,7 +9,7 @@ from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.logs import get_logger, mask
-from bridge.whatsapp.template import Template
+from bridge.templates import Template
 
 # WhatsApp's limit for a text message body.
 MAX_TEXT = 4096

@@ -11,16 +11,20 @@ Checked here, before anything is queued, so an operator gets the error at once i
 a failed message later: the name as Meta allows it (lowercase letters, digits and
 underscores, at most 512), a language code (`es`, `en_US`, `pt_BR`), and parameters Meta
 accepts (non-empty, no newline or tab, no more than four spaces in a row: error 132018).
+
+The template itself, as the outbox, the journal and the history keep it, is
+bridge/templates.py's `Template`: this module makes checked ones and gives the Graph API
+its shape.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import BridgeError
+from bridge.templates import Template
 
 NAME = re.compile(r"[a-z0-9_]{1,512}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(?:_[A-Za-z0-9]{2,4})?")
@@ -33,86 +37,52 @@ class TemplateError(BridgeError):
     """A template request Meta would refuse, or that is malformed: the one line says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Template:
-    """An approved template to send, with its body's text parameters in order."""
+def build_template(name: Any, language: Any, params: Sequence[Any] = ()) -> Template:
+    """A checked template; TemplateError saying what is wrong."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise TemplateError(
+            f"template name {name!r}: use the approved template's name (lowercase "
+            "letters, digits and underscores)"
+        )
+    if not isinstance(language, str) or not LANGUAGE.fullmatch(language):
+        raise TemplateError(
+            f"template language {language!r}: use the code the template was approved "
+            "in, like es, en_US or pt_BR"
+        )
+    if isinstance(params, str | bytes) or not isinstance(params, Sequence):
+        raise TemplateError("template params must be a list of strings")
+    if len(params) > MAX_PARAMS:
+        raise TemplateError(f"a template takes at most {MAX_PARAMS} parameters")
+    for n, param in enumerate(params, 1):
+        _check_param(n, param)
+    return Template(name, language, tuple(params))
 
-    name: str
-    language: str  # Meta's language (and locale) code: es, en_US, pt_BR
-    params: tuple[str, ...] = ()
 
-    @classmethod
-    def build(cls, name: Any, language: Any, params: Sequence[Any] = ()) -> Template:
-        """A checked template; TemplateError saying what is wrong."""
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise TemplateError(
-                f"template name {name!r}: use the approved template's name (lowercase "
-                "letters, digits and underscores)"
-            )
-        if not isinstance(language, str) or not LANGUAGE.fullmatch(language):
-            raise TemplateError(
-                f"template language {language!r}: use the code the template was approved "
-                "in, like es, en_US or pt_BR"
-            )
-        if isinstance(params, str | bytes) or not isinstance(params, Sequence):
-            raise TemplateError("template params must be a list of strings")
-        if len(params) > MAX_PARAMS:
-            raise TemplateError(f"a template takes at most {MAX_PARAMS} parameters")
-        for n, param in enumerate(params, 1):
-            _check_param(n, param)
-        return cls(name, language, tuple(params))
+def template_from_json(data: Any) -> Template:
+    """The API's and the control channel's `{"name", "language", "params"?}`; any other
+    field is an error (a typo like `"lang"` must not send the wrong thing)."""
+    if not isinstance(data, Mapping):
+        raise TemplateError('template must be an object {"name", "language", "params"}')
+    unknown = sorted(str(k) for k in data if k not in FIELDS)
+    if unknown:
+        raise TemplateError(
+            f"unknown template field(s) {', '.join(map(repr, unknown))}: "
+            "a template has name, language and params"
+        )
+    if "name" not in data or "language" not in data:
+        missing = [f for f in ("name", "language") if f not in data]
+        raise TemplateError(f"template needs {' and '.join(missing)}")
+    params = data.get("params")
+    return build_template(data["name"], data["language"], () if params is None else params)
 
-    @classmethod
-    def from_json(cls, data: Any) -> Template:
-        """The API's and the control channel's `{"name", "language", "params"?}`; any other
-        field is an error (a typo like `"lang"` must not send the wrong thing)."""
-        if not isinstance(data, Mapping):
-            raise TemplateError('template must be an object {"name", "language", "params"}')
-        unknown = sorted(str(k) for k in data if k not in FIELDS)
-        if unknown:
-            raise TemplateError(
-                f"unknown template field(s) {', '.join(map(repr, unknown))}: "
-                "a template has name, language and params"
-            )
-        if "name" not in data or "language" not in data:
-            missing = [f for f in ("name", "language") if f not in data]
-            raise TemplateError(f"template needs {' and '.join(missing)}")
-        params = data.get("params")
-        return cls.build(data["name"], data["language"], () if params is None else params)
 
-    @classmethod
-    def from_stored(cls, data: Any) -> Template:
-        """A template as `to_dict` wrote it (journal, snapshot): only the types are checked,
-        so a stored template loads even if a later version checks new ones more strictly.
-        ValueError when malformed."""
-        if not isinstance(data, Mapping):
-            raise ValueError("stored template is not an object")
-        name, language, params = data.get("name"), data.get("language"), data.get("params", [])
-        if (
-            type(name) is not str
-            or type(language) is not str
-            or type(params) is not list
-            or not all(type(p) is str for p in params)
-        ):
-            raise ValueError("stored template: malformed name, language or params")
-        return cls(name, language, tuple(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        """How it is stored (journal, snapshot, the message's extra): from_json reads it."""
-        return {"name": self.name, "language": self.language, "params": list(self.params)}
-
-    def graph(self) -> dict[str, Any]:
-        """The `template` object of the Cloud API message."""
-        out: dict[str, Any] = {"name": self.name, "language": {"code": self.language}}
-        if self.params:
-            parameters = [{"type": "text", "text": p} for p in self.params]
-            out["components"] = [{"type": "body", "parameters": parameters}]
-        return out
-
-    def readable(self) -> str:
-        """How it reads in the history: `[template pedido_listo] Ana | 1234`."""
-        head = f"[template {self.name}]"
-        return f"{head} {' | '.join(self.params)}" if self.params else head
+def template_to_graph(template: Template) -> dict[str, Any]:
+    """The `template` object of the Cloud API message."""
+    out: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
+    if template.params:
+        parameters = [{"type": "text", "text": p} for p in template.params]
+        out["components"] = [{"type": "body", "parameters": parameters}]
+    return out
 
 
 def _check_param(n: int, param: Any) -> None:
