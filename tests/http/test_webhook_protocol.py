@@ -278,3 +278,88 @@ async def test_a_stop_answers_the_delivery_in_progress_and_closes_idle_connectio
     assert ("user", "in progress") in served.conversation("34600000901")
     writer.close()
     idle_writer.close()
+
+
+async def aiohttp_first(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection already handed to aiohttp (by a health check), to see what it answers."""
+    reader, writer = await connect(served)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: meta\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    return reader, writer
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /healthz HTTP/1.1\nHost: meta\n\n",
+        post(delivery("34600001000", "bare lf")).replace(b"\r\n", b"\n"),
+    ],
+    ids=["health check", "delivery"],
+)
+async def test_a_head_with_bare_line_feeds_gets_aiohttp_s_answer_at_once(
+    served: Served, raw: bytes
+) -> None:
+    # Never a "\r\n\r\n": waiting for one held such a client until the header timeout.
+    reader, writer = await connect(served)
+    writer.write(raw)
+    answer = await read_response(reader)  # well before the 10 s header timeout
+    assert answer.status == 400
+    assert served.conversation("34600001000") == []
+    writer.close()
+
+
+async def test_a_header_line_aiohttp_refuses_for_its_size_is_refused_even_in_one_segment(
+    served: Served,
+) -> None:
+    extra = b"X-Pad: " + b"a" * 9000 + b"\r\n"  # over aiohttp's 8190 bytes a line
+    raw = post(delivery("34600001100", "huge head"), extra=extra)
+    reader, writer = await aiohttp_first(served)
+    writer.write(raw)
+    expected = (await read_response(reader)).status
+    assert expected == 400
+    writer.close()
+    reader, writer = await connect(served)
+    writer.write(raw)  # one write: the whole head arrives with its end
+    assert (await read_response(reader)).status == expected
+    assert served.conversation("34600001100") == []
+    writer.close()
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\x08", b"\x0b", b"\x1f", b"\x7f"])
+async def test_a_control_character_in_a_header_value_is_refused_as_aiohttp_does(
+    served: Served, byte: bytes
+) -> None:
+    raw = post(delivery("34600001200", "ctl"), extra=b"User-Agent: a" + byte + b"b\r\n")
+    reader, writer = await aiohttp_first(served)
+    writer.write(raw)
+    expected = (await read_response(reader)).status
+    assert expected == 400
+    writer.close()
+    reader, writer = await connect(served)
+    writer.write(raw)
+    assert (await read_response(reader)).status == expected
+    assert served.conversation("34600001200") == []
+    writer.close()
+
+
+async def test_a_client_pipelining_faster_than_it_is_answered_is_held_to_a_bounded_buffer(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    await asyncio.sleep(0.05)
+    (protocol,) = served.app[webhook_protocol.CONNECTIONS].live
+    unsigned = post(b"{}", signature="")  # a 401 each: no secret needed to send these
+    sent = 0
+    while sent < 4 * 1024 * 1024:
+        chunk = unsigned * 1000
+        writer.write(chunk)
+        sent += len(chunk)
+        try:
+            await asyncio.wait_for(writer.drain(), 0.5)
+        except TimeoutError:
+            break  # the server stopped reading: what a bound looks like from here
+    # Read resumed after every request answered, a read (up to 256 KB) each time: the buffer
+    # grew by far more than the requests took from it.
+    bound = MAX_BODY + webhook_protocol.MAX_HEAD + 256 * 1024
+    assert len(protocol._buffer) <= bound
+    writer.transport.abort()
