@@ -49,8 +49,10 @@ from bridge.webhook import (
 
 log = get_logger()
 
-# A head longer than this is aiohttp's to refuse (its own limit is 8190 bytes a line).
-MAX_HEAD = 16_384
+# aiohttp refuses a head line over 8190 bytes (its max_line_size, max_field_size). Meta's
+# heads are a few hundred bytes: a head longer than that line limit goes to aiohttp whole,
+# which answers it by its own rules, so no line the fast path reads is one aiohttp refuses.
+MAX_HEAD = 8190
 # Profile slugs are 1-32 of a-z, 0-9 and '-' (config.SLUG_RE); anything else, and any
 # percent-encoding, goes to aiohttp's router.
 _PATH = re.compile(rb"/webhook(?:/([a-z0-9][a-z0-9-]{0,31}))?\Z")
@@ -258,9 +260,11 @@ class WebhookProtocol(asyncio.Protocol):
         head = self._head
         buffer = self._buffer
         if head is None:
-            end = buffer.find(b"\r\n\r\n")
+            # Only a head's end within MAX_HEAD counts (it may arrive in one segment with a
+            # longer head before it).
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
             if end < 0:
-                if len(buffer) > MAX_HEAD:
+                if len(buffer) >= MAX_HEAD + 4:
                     self._hand_over()
                 return
             head = _parse_head(bytes(buffer[:end]), self._connections.max_body)
