@@ -264,7 +264,9 @@ class WebhookProtocol(asyncio.Protocol):
             # longer head before it).
             end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
             if end < 0:
-                if len(buffer) >= MAX_HEAD + 4:
+                # A client ending its lines with a bare LF never sends "\r\n\r\n": waiting
+                # for it held the client until the header timeout; aiohttp answers it (400).
+                if len(buffer) >= MAX_HEAD + 4 or buffer.count(b"\n") != buffer.count(b"\r\n"):
                     self._hand_over()
                 return
             head = _parse_head(bytes(buffer[:end]), self._connections.max_body)
