@@ -165,6 +165,8 @@ class WebhookConnections:
         self.metrics = metrics
         self.max_body = max_body
         self.body_timeout = body_timeout
+        # What a connection holds unanswered: one whole request. Reading pauses beyond it.
+        self.max_buffer = max_body + MAX_HEAD + 4
         self.live: set[WebhookProtocol] = set()
         self.stopping = False
 
@@ -213,7 +215,9 @@ class WebhookProtocol(asyncio.Protocol):
         self._buffer += data
         if not self.busy:
             self._take()
-        elif len(self._buffer) > self._connections.max_body + MAX_HEAD:
+        if len(self._buffer) > self._connections.max_buffer:
+            # A client pipelining faster than it is answered (or not reading its answers)
+            # waits in the kernel's buffers, not in ours.
             self._pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -256,9 +260,8 @@ class WebhookProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._writing_paused:
             return
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        if self._reading_paused and len(self._buffer) <= self._connections.max_buffer:
+            self._resume_reading(transport)
         head = self._head
         buffer = self._buffer
         if head is None:
@@ -337,8 +340,7 @@ class WebhookProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self.guarded.idle()
-        if self._buffer:
-            self._take()
+        self._take()  # the next request, or resume reading
 
     def _body_late(self) -> None:
         """The body did not follow its head in time: a 408, and the connection closed."""
@@ -363,10 +365,16 @@ class WebhookProtocol(asyncio.Protocol):
             self._reading_paused = True
             self._transport.pause_reading()
 
+    def _resume_reading(self, transport: asyncio.Transport) -> None:
+        self._reading_paused = False
+        transport.resume_reading()
+
     def _hand_over(self) -> None:
         """aiohttp's protocol takes the connection from this request's first byte on."""
         transport = self._transport
         assert transport is not None
+        if self._reading_paused:
+            self._resume_reading(transport)  # aiohttp's protocol does its own flow control
         self._connections.live.discard(self)
         inner = self._make_aiohttp()
         self.guarded.replace_inner(inner)

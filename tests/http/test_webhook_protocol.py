@@ -363,3 +363,29 @@ async def test_a_client_pipelining_faster_than_it_is_answered_is_held_to_a_bound
     bound = MAX_BODY + webhook_protocol.MAX_HEAD + 256 * 1024
     assert len(protocol._buffer) <= bound
     writer.transport.abort()
+
+
+async def test_a_pipeline_longer_than_the_buffer_is_answered_whole_and_in_order(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    unsigned = [post(delivery(f"3461{i:07d}", "x"), signature="") for i in range(1000)]
+    last = delivery("34610001000", "after the pipeline")
+    raw = b"".join(unsigned) + post(last)
+    assert len(raw) > 4 * served.app[webhook_protocol.CONNECTIONS].max_buffer  # reading pauses
+    writer.write(raw)
+    answers = [await read_response(reader) for _ in range(1001)]
+    assert {a.status for a in answers[:-1]} == {401}
+    assert (answers[-1].status, answers[-1].json()) == (200, {"recorded": 1, "duplicates": 0})
+    writer.close()
+
+
+async def test_a_hand_over_while_reading_is_paused_leaves_aiohttp_reading(served: Served) -> None:
+    reader, writer = await connect(served)
+    get = b"GET /healthz HTTP/1.1\r\nHost: meta\r\nX-Pad: %s\r\n\r\n" % (b"a" * 8000)
+    raw = post(delivery("34610002000", "before")) + get * 60
+    assert len(raw) > 4 * served.app[webhook_protocol.CONNECTIONS].max_buffer
+    writer.write(raw)
+    answers = [await read_response(reader) for _ in range(61)]
+    assert [a.status for a in answers] == [200] * 61
+    writer.close()
