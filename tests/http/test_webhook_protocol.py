@@ -342,6 +342,23 @@ async def test_a_control_character_in_a_header_value_is_refused_as_aiohttp_does(
     writer.close()
 
 
+@pytest.mark.parametrize(
+    "hosts", [b"", b"Host: meta\r\nHost: meta\r\n"], ids=["no Host", "two Hosts"]
+)
+async def test_a_delivery_without_exactly_one_host_is_refused_as_aiohttp_does(
+    served: Served, hosts: bytes
+) -> None:
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host, or two.
+    raw = post(delivery("34600001300", "host")).replace(b"Host: meta\r\n", hosts)
+    reader, writer = await connect(served)
+    writer.write(raw)
+    answer = await read_response(reader)
+    assert answer.status == 400
+    assert b"'Host' header" in answer.body  # aiohttp's words
+    assert served.conversation("34600001300") == []
+    writer.close()
+
+
 async def test_a_client_pipelining_faster_than_it_is_answered_is_held_to_a_bounded_buffer(
     served: Served,
 ) -> None:
