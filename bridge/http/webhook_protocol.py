@@ -94,6 +94,7 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
     length: int | None = None
     signature: str | None = None
     keep_alive = True
+    hosts = 0
     for line in lines[1:]:
         name, colon, raw = line.partition(b":")
         if not colon or _TOKEN.match(name) is None:
@@ -111,6 +112,8 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
                 return None
             # As aiohttp decodes header values: any byte survives, as a surrogate.
             signature = value.decode("utf-8", "surrogateescape")
+        elif name == b"host":
+            hosts += 1
         elif name in _NOT_OURS:
             return None
         elif name == b"connection":
@@ -118,7 +121,8 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
             if b"upgrade" in options:
                 return None
             keep_alive = b"close" not in options
-    if length is None or length > max_body:
+    # No Host, or two: aiohttp's 400 (RFC 9112 3.2 requires it).
+    if length is None or length > max_body or hosts != 1:
         return None
     slug = path.group(1)
     return _Head(slug.decode() if slug else None, signature, length, len(head) + 4, keep_alive)
