@@ -359,6 +359,27 @@ async def test_a_delivery_without_exactly_one_host_is_refused_as_aiohttp_does(
     writer.close()
 
 
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (b"Content-Type: application/json\r\n", b"Duplicate 'Content-Type'"),
+        (b"User-Agent: a\r\nUser-Agent: b\r\n", b"Duplicate 'User-Agent'"),
+        (b"".join(b"X-%d: a\r\n" % i for i in range(125)), b"Too many headers"),
+    ],
+    ids=["two Content-Types", "two User-Agents", "129 headers"],
+)
+async def test_a_head_aiohttp_refuses_for_its_headers_is_refused_on_the_fast_path_too(
+    served: Served, extra: bytes, words: bytes
+) -> None:
+    raw = post(delivery("34600001400", "headers"), extra=extra)
+    reader, writer = await connect(served)
+    writer.write(raw)
+    answer = await read_response(reader)
+    assert (answer.status, words in answer.body) == (400, True)
+    assert served.conversation("34600001400") == []
+    writer.close()
+
+
 async def test_a_client_pipelining_faster_than_it_is_answered_is_held_to_a_bounded_buffer(
     served: Served,
 ) -> None:
