@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 
 from bridge.httpguard import GUARD, GuardedConnection
 from bridge.logs import get_logger
@@ -59,6 +60,10 @@ _PATH = re.compile(rb"/webhook(?:/([a-z0-9][a-z0-9-]{0,31}))?\Z")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # Bytes aiohttp (llhttp) refuses in a header value with a 400: control characters but HTAB.
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# aiohttp answers 400 to a head with two of one of these, or more than 128 header lines
+# (RequestHandler's max_headers): such a head is its to answer.
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+MAX_HEADERS = 128
 # Headers that change how a body is framed or read: aiohttp's to handle.
 _NOT_OURS = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
 _REASONS = {
@@ -91,10 +96,12 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
     path = _PATH.match(parts[1])
     if path is None:
         return None
+    if len(lines) > MAX_HEADERS + 1:
+        return None
     length: int | None = None
     signature: str | None = None
     keep_alive = True
-    hosts = 0
+    singletons: set[bytes] = set()
     for line in lines[1:]:
         name, colon, raw = line.partition(b":")
         if not colon or _TOKEN.match(name) is None:
@@ -103,8 +110,12 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
         if _CTL.search(value) is not None:
             return None
         name = name.lower()
+        if name in _SINGLETONS:
+            if name in singletons:
+                return None
+            singletons.add(name)
         if name == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 15:
+            if not value.isdigit() or len(value) > 15:
                 return None
             length = int(value)
         elif name == b"x-hub-signature-256":
@@ -112,8 +123,6 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
                 return None
             # As aiohttp decodes header values: any byte survives, as a surrogate.
             signature = value.decode("utf-8", "surrogateescape")
-        elif name == b"host":
-            hosts += 1
         elif name in _NOT_OURS:
             return None
         elif name == b"connection":
@@ -121,8 +130,8 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
             if b"upgrade" in options:
                 return None
             keep_alive = b"close" not in options
-    # No Host, or two: aiohttp's 400 (RFC 9112 3.2 requires it).
-    if length is None or length > max_body or hosts != 1:
+    # No Host: aiohttp's 400 (RFC 9112 3.2 requires it).
+    if length is None or length > max_body or b"host" not in singletons:
         return None
     slug = path.group(1)
     return _Head(slug.decode() if slug else None, signature, length, len(head) + 4, keep_alive)
