@@ -365,8 +365,9 @@ async def test_a_delivery_without_exactly_one_host_is_refused_as_aiohttp_does(
         (b"Content-Type: application/json\r\n", b"Duplicate 'Content-Type'"),
         (b"User-Agent: a\r\nUser-Agent: b\r\n", b"Duplicate 'User-Agent'"),
         (b"".join(b"X-%d: a\r\n" % i for i in range(125)), b"Too many headers"),
+        (b"Sec-WebSocket-Key1: 1\r\n", b"Sec-WebSocket-Key1"),  # an old WebSocket spec
     ],
-    ids=["two Content-Types", "two User-Agents", "129 headers"],
+    ids=["two Content-Types", "two User-Agents", "129 headers", "Sec-WebSocket-Key1"],
 )
 async def test_a_head_aiohttp_refuses_for_its_headers_is_refused_on_the_fast_path_too(
     served: Served, extra: bytes, words: bytes
