@@ -64,8 +64,11 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # (RequestHandler's max_headers): such a head is its to answer.
 _SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 MAX_HEADERS = 128
-# Headers that change how a body is framed or read: aiohttp's to handle.
-_NOT_OURS = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+# Headers that change how a body is framed or read, or that aiohttp refuses outright
+# (Sec-WebSocket-Key1, of a WebSocket draft): aiohttp's to handle.
+_NOT_OURS = frozenset(
+    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
+)
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
