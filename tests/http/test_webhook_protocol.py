@@ -428,3 +428,29 @@ async def test_a_hand_over_while_reading_is_paused_leaves_aiohttp_reading(served
     answers = [await read_response(reader) for _ in range(61)]
     assert [a.status for a in answers] == [200] * 61
     writer.close()
+
+
+async def test_a_client_that_half_closes_after_a_pipeline_gets_every_answer(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    phones = [f"34610003{i:03d}" for i in range(3)]
+    writer.write(b"".join(post(delivery(p, "then EOF")) for p in phones))
+    writer.write_eof()  # all sent: `printf ... | nc -N`, a load tester
+    answers = [await read_response(reader) for _ in phones]
+    assert [a.status for a in answers] == [200] * 3
+    assert answers[-1].headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_half_close_after_half_a_request_closes_once_the_rest_is_answered(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    whole = post(delivery("34610003100", "whole"))
+    writer.write(whole + post(delivery("34610003101", "half"))[:50])
+    writer.write_eof()
+    assert (await read_response(reader)).status == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # not held to the header timeout
+    writer.close()
