@@ -289,6 +289,8 @@ class WebhookProtocol(asyncio.Protocol):
                 # for it held the client until the header timeout; aiohttp answers it (400).
                 if len(buffer) >= MAX_HEAD + 4 or buffer.count(b"\n") != buffer.count(b"\r\n"):
                     self._hand_over()
+                elif self._eof:
+                    transport.close()  # half a head, and no more will come
                 return
             head = _parse_head(bytes(buffer[:end]), self._connections.max_body)
             if head is None:
@@ -296,6 +298,9 @@ class WebhookProtocol(asyncio.Protocol):
                 return
         need = head.start + head.length
         if len(buffer) < need:
+            if self._eof:
+                transport.close()  # half a body, and no more will come
+                return
             if self._head is None:
                 self._head = head
                 self.guarded.reading_body()
@@ -336,7 +341,10 @@ class WebhookProtocol(asyncio.Protocol):
             answer = refusal(500, "internal error", close=True)
         try:
             status = answer.status
-            close = answer.close or not head.keep_alive or self._eof or connections.stopping
+            # A client that half-closed gets an answer to each request it sent, and the close
+            # with the last (`_take` closes if what is left is not a whole request).
+            close = answer.close or not head.keep_alive or connections.stopping
+            close = close or (self._eof and not self._buffer)
             transport = self._transport
             if transport is not None and not transport.is_closing():
                 transport.write(_response(answer, close))
