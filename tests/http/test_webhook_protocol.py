@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from bridge import simulate
 from bridge.app import create_app
@@ -454,3 +455,29 @@ async def test_a_half_close_after_half_a_request_closes_once_the_rest_is_answere
     assert (await read_response(reader)).status == 200
     assert await asyncio.wait_for(reader.read(), 5) == b""  # not held to the header timeout
     writer.close()
+
+
+async def test_a_body_that_stops_coming_is_logged_and_counted_as_on_the_aiohttp_route(
+    served: Served,
+) -> None:
+    metrics = served.metrics
+
+    async def stalled(version: bytes) -> tuple[list[dict[str, Any]], tuple[float, ...]]:
+        before = (
+            metrics.deliveries.labels("body_timeout")._value.get(),
+            metrics.connections_dropped.labels("body_timeout")._value.get(),
+        )
+        reader, writer = await connect(served)
+        with capture_logs() as logs:
+            writer.write(post(delivery("34610004000", "stalled"), version=version)[:-10])
+            assert (await read_response(reader)).status == 408
+        writer.close()
+        after = (
+            metrics.deliveries.labels("body_timeout")._value.get(),
+            metrics.connections_dropped.labels("body_timeout")._value.get(),
+        )
+        lines = [{k: v for k, v in e.items() if k != "request_id"} for e in logs]
+        return lines, tuple(b - a for a, b in zip(before, after, strict=True))
+
+    aiohttp_route = await stalled(b"HTTP/1.0")  # HTTP/1.0: aiohttp's to serve
+    assert await stalled(b"HTTP/1.1") == aiohttp_route
