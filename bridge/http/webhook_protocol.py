@@ -369,9 +369,12 @@ class WebhookProtocol(asyncio.Protocol):
     def _body_late(self) -> None:
         """The body did not follow its head in time: a 408, and the connection closed."""
         self._body_timer = None
-        self._head = None
+        head, self._head = self._head, None
         started, token = begin()
-        log.warning("delivery_unreadable", reason="request body not received in time")
+        length = head.length if head is not None else None
+        log.warning(
+            "delivery_unreadable", reason="request body not received in time", length=length
+        )
         self.guarded.guard.dropped("body_timeout")
         answer = refusal(408, "request body not received in time", close=True)
         if self._transport is not None and not self._transport.is_closing():
