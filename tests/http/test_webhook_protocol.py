@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -481,3 +482,26 @@ async def test_a_body_that_stops_coming_is_logged_and_counted_as_on_the_aiohttp_
 
     aiohttp_route = await stalled(b"HTTP/1.0")  # HTTP/1.0: aiohttp's to serve
     assert await stalled(b"HTTP/1.1") == aiohttp_route
+
+
+async def test_a_stop_is_not_held_by_a_client_that_does_not_read_its_answers(
+    served: Served,
+) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    await eventually(lambda: len(served.app[webhook_protocol.CONNECTIONS].live) == 1)
+    (protocol,) = served.app[webhook_protocol.CONNECTIONS].live
+    server_side = protocol.guarded.transport
+    assert server_side is not None
+    server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer.write(post(b"{}", signature="") * 3000)  # 401s it never reads
+    await eventually(lambda: protocol._writing_paused)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await served.app[webhook_protocol.CONNECTIONS].close(5.0)
+    # Idle, its answers unread: closing would wait for them forever, as the guard knows.
+    assert loop.time() - started < 1.0
+    writer.transport.abort()
