@@ -264,8 +264,14 @@ class WebhookProtocol(asyncio.Protocol):
         return self.busy or self._head is not None
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close now: abort if answers are still unsent, as the connection guard does (a
+        client that does not read them would hold a close until the stop's deadline)."""
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def abort(self) -> None:
         if self._transport is not None:
