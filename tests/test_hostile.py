@@ -13,6 +13,7 @@ import gzip
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,3 +534,46 @@ def test_the_fast_path_answers_a_bent_delivery_head_with_aiohttp_s_status(
     health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     aiohttp_status = _status_after(live.port, health, request)
     assert _status_after(live.port, b"", request) == aiohttp_status, request
+
+
+@st.composite
+def pipelines_in_pieces(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """Deliveries (and a request for aiohttp) on one connection, cut anywhere into writes."""
+    requests = []
+    for index in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 3)) == 0:
+            requests.append(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            continue
+        body = simulate.encode(_valid_body(1)).replace(b"msg 0", f"piece {index}".encode())
+        signature = simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"]
+        headers = [(b"X-Hub-Signature-256", signature.encode())]
+        requests.append(http_request(b"POST", b"/webhook", headers, body))
+    stream = b"".join(requests).replace(b"Connection: close\r\n", b"")
+    cuts = sorted(draw(st.sets(st.integers(1, len(stream) - 1), max_size=6)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    return pieces, len(requests)
+
+
+@settings(HYPO, max_examples=100)
+@given(case=pipelines_in_pieces())
+def test_a_pipeline_cut_anywhere_into_writes_gets_every_answer_in_order(
+    live: LiveBridge, case: tuple[list[bytes], int]
+) -> None:
+    pieces, count = case
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.002)  # its own segment, read on its own
+        statuses = []
+        answers = sock.makefile("rb")  # one buffered reader for every answer
+        for _ in range(count):
+            status_line = answers.readline()
+            length = 0
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answers.read(length)
+            statuses.append(int(status_line.split()[1]) if status_line else 0)
+    assert statuses == [200] * count
