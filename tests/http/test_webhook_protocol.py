@@ -10,7 +10,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -21,6 +21,7 @@ from bridge import simulate
 from bridge.app import create_app
 from bridge.config import Settings
 from bridge.http import webhook_protocol
+from bridge.httpguard import GUARD
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, eventually, make_profile
@@ -44,12 +45,16 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    """The server as `bridge serve` listens; settings overridden by an indirect parameter."""
     profile = make_profile(tmp_path)
     runtime = ProfileRuntime.build(profile)
     metrics = Metrics()
+    overrides: dict[str, Any] = getattr(request, "param", {})
     settings = Settings(
-        profiles=(profile,), var_dir=tmp_path, max_body_bytes=MAX_BODY, body_timeout=1.0
+        profiles=(profile,),
+        var_dir=tmp_path,
+        **{"max_body_bytes": MAX_BODY, "body_timeout": 1.0, **overrides},
     )
     app = create_app(settings, [runtime], metrics)
     runner = web.AppRunner(app, access_log=None)
@@ -484,24 +489,50 @@ async def test_a_body_that_stops_coming_is_logged_and_counted_as_on_the_aiohttp_
     assert await stalled(b"HTTP/1.1") == aiohttp_route
 
 
-async def test_a_stop_is_not_held_by_a_client_that_does_not_read_its_answers(
-    served: Served,
-) -> None:
+async def unread_connection(served: Served) -> tuple[asyncio.StreamWriter, asyncio.Transport]:
+    """A connection whose answers fill the kernel's buffers at once (tiny on both sides): the
+    client's writer, and the server's side of it."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    # A StreamReader would read ahead 128 KB. (A read transport, typed a write one.)
+    cast(asyncio.Transport, writer.transport).pause_reading()
     await eventually(lambda: len(served.app[webhook_protocol.CONNECTIONS].live) == 1)
     (protocol,) = served.app[webhook_protocol.CONNECTIONS].live
     server_side = protocol.guarded.transport
     assert server_side is not None
     server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return writer, server_side
+
+
+async def test_a_stop_is_not_held_by_a_client_that_does_not_read_its_answers(
+    served: Served,
+) -> None:
+    writer, server_side = await unread_connection(served)
     writer.write(post(b"{}", signature="") * 3000)  # 401s it never reads
-    await eventually(lambda: protocol._writing_paused)
+    await eventually(lambda: server_side.get_write_buffer_size() > 64 * 1024)  # paused
     loop = asyncio.get_running_loop()
     started = loop.time()
     await served.app[webhook_protocol.CONNECTIONS].close(5.0)
     # Idle, its answers unread: closing would wait for them forever, as the guard knows.
     assert loop.time() - started < 1.0
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("served", [{"header_timeout": 0.5}], indirect=True)
+async def test_a_closing_connection_whose_client_does_not_read_is_dropped_at_the_deadline(
+    served: Served,
+) -> None:
+    writer, server_side = await unread_connection(served)
+    unsigned = post(b"{}", signature="")
+    last = post(b"{}", signature="", extra=b"Connection: close\r\n")
+    writer.write(unsigned * 200 + last)  # ~34 KB of 401s: the kernel's buffers are full
+    await eventually(server_side.is_closing)  # the last answered: close() waits for the rest
+    assert server_side.get_write_buffer_size() > 0
+    # As a connection aiohttp serves: idle after its answer, so the header timeout (or the
+    # cap's eviction) ends it. It was left busy: a slot held for as long as the client liked.
+    guard = served.app[GUARD]
+    await eventually(lambda: guard.open == 0, timeout=3)
     writer.transport.abort()
