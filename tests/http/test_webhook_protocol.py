@@ -521,13 +521,20 @@ async def test_a_stop_is_not_held_by_a_client_that_does_not_read_its_answers(
     writer.transport.abort()
 
 
-@pytest.mark.parametrize("served", [{"header_timeout": 0.5}], indirect=True)
+@pytest.mark.parametrize("served", [{"header_timeout": 0.5, "body_timeout": 0.3}], indirect=True)
+@pytest.mark.parametrize(
+    "last",
+    [
+        post(b"{}", signature="", extra=b"Connection: close\r\n"),
+        post(b"{}", signature="")[:-1],  # its body never whole: a 408, and the close
+    ],
+    ids=["Connection: close", "408"],
+)
 async def test_a_closing_connection_whose_client_does_not_read_is_dropped_at_the_deadline(
-    served: Served,
+    served: Served, last: bytes
 ) -> None:
     writer, server_side = await unread_connection(served)
     unsigned = post(b"{}", signature="")
-    last = post(b"{}", signature="", extra=b"Connection: close\r\n")
     writer.write(unsigned * 200 + last)  # ~34 KB of 401s: the kernel's buffers are full
     await eventually(server_side.is_closing)  # the last answered: close() waits for the rest
     assert server_side.get_write_buffer_size() > 0
