@@ -367,10 +367,14 @@ class WebhookProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self.busy = False
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
+        # Idle even when closing, as after aiohttp's answers: a close waits for the answer
+        # to be read, and a client that never reads it is the guard's to drop (header
+        # timeout, eviction), not a busy slot for good.
         self.guarded.idle()
-        self._take()  # the next request, or resume reading
+        if not transport.is_closing():
+            self._take()  # the next request, or resume reading
 
     def _body_late(self) -> None:
         """The body did not follow its head in time: a 408, and the connection closed."""
@@ -386,6 +390,7 @@ class WebhookProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(_response(answer, close=True))
             self._transport.close()
+            self.guarded.idle()  # as in _done
         finish(self._connections.metrics, 408, started, token)
 
     def _cancel_body_timer(self) -> None:
