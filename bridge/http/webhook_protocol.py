@@ -14,7 +14,9 @@ the limit, a header it cannot read plainly) is handed over, at that request's fi
 to aiohttp's own protocol for the rest of the connection: aiohttp then answers it exactly
 as before (the handshake, the API, the console, the 4xx of odd requests). The fast path
 takes only what it understands completely, so it never parses a request differently from
-aiohttp; it does not have to know HTTP's corners, only to recognise them.
+aiohttp; it does not have to know HTTP's corners, only to recognise them. That includes
+what aiohttp refuses with a 400: a line over 8190 bytes, a control character, a bare LF, no
+Host, two of a singleton header, over 128 headers (tests/test_hostile.py compares the two).
 
 Guarantees kept from the aiohttp route: the 200 is written before any reply work starts
 (`acknowledge` runs after the write), requests on a connection are answered in order, one
