@@ -543,3 +543,46 @@ async def test_a_closing_connection_whose_client_does_not_read_is_dropped_at_the
     guard = served.app[GUARD]
     await eventually(lambda: guard.open == 0, timeout=3)
     writer.transport.abort()
+
+
+async def test_an_unexpected_exception_is_logged_and_answered_500_then_closed(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(served.runtime.ingestor, "ingest", broken)
+    reader, writer = await connect(served)
+    with capture_logs() as logs:
+        writer.write(post(delivery("34610005000", "bug")))
+        answer = await read_response(reader)
+    assert (answer.status, answer.json()) == (500, {"error": "internal error"})
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert [(e["event"], e.get("exc_info")) for e in logs] == [("delivery_failed", True)]
+    assert served.metrics.deliveries.labels("error")._value.get() == 1
+    writer.close()
+
+
+async def test_a_client_gone_while_its_delivery_is_committed_is_counted_once_without_error(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest, committing = served.runtime.ingestor.ingest, asyncio.Event()
+
+    async def slow(*args: Any) -> Any:
+        await committing.wait()
+        return await ingest(*args)
+
+    monkeypatch.setattr(served.runtime.ingestor, "ingest", slow)
+    _reader, writer = await connect(served)
+    with capture_logs() as logs:
+        writer.write(post(delivery("34610005100", "gone")))
+        await eventually(lambda: served.app[GUARD].open == 1 and not committing.is_set())
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+        await asyncio.sleep(0.05)  # the server sees the EOF while the commit waits
+        committing.set()
+        await eventually(lambda: served.answered("34610005100"))
+        await eventually(lambda: served.app[GUARD].open == 0)
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+    assert [e["event"] for e in logs].count("delivery_recorded") == 1
+    assert served.metrics.deliveries.labels("ok")._value.get() == 1
