@@ -586,3 +586,19 @@ async def test_a_client_gone_while_its_delivery_is_committed_is_counted_once_wit
     assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
     assert [e["event"] for e in logs].count("delivery_recorded") == 1
     assert served.metrics.deliveries.labels("ok")._value.get() == 1
+
+
+@pytest.mark.parametrize(("size", "fast"), [(8190, True), (8191, False)])
+async def test_a_head_of_up_to_8190_bytes_is_the_fast_path_s_and_a_longer_one_aiohttp_s(
+    served: Served, size: int, fast: bool
+) -> None:
+    body = delivery("34610006000", f"head of {size}")
+    bare = post(body, extra=b"X-Pad: \r\n")
+    pad = size - (len(bare) - len(body) - 4)
+    raw = post(body, extra=b"X-Pad: " + b"a" * pad + b"\r\n")
+    assert raw.index(b"\r\n\r\n") == size
+    reader, writer = await connect(served)
+    writer.write(raw)
+    answer = await read_response(reader)
+    assert (answer.status, "server" not in answer.headers) == (200, fast)
+    writer.close()
