@@ -13,6 +13,7 @@ import gzip
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bridge import simulate
@@ -459,3 +460,120 @@ def test_expect_100_continue_still_gets_its_100(live: LiveBridge) -> None:
         response = http.client.HTTPResponse(sock)
         response.begin()
         assert response.status == 200
+
+
+# --- the deliveries' fast path answers a head as aiohttp does ---------------------------------
+
+ODD_BYTES = st.sampled_from(
+    [b"\x00", b"\t", b" ", b"\r", b"\n", b"\r\n", b":", b",", b"\x01", b"\x0b", b"\x7f"]
+    + [b"\x80", b"\xff", b"a", b"A", b"0", b"+", b"-", b"/", b"?", b"%", b"@"]
+)
+
+
+@st.composite
+def mutated_delivery_heads(draw: st.DrawFn) -> bytes:
+    """A signed delivery whose head is bent one way or another, its body left whole."""
+    body = simulate.encode(_valid_body(1))
+    signature = simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"].encode()
+    lines = [
+        b"POST /webhook HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Content-Type: application/json",
+        b"Content-Length: " + str(len(body)).encode(),
+        b"X-Hub-Signature-256: " + signature,
+        b"User-Agent: facebookexternalua",
+        b"Connection: keep-alive",
+    ]
+    for _ in range(draw(st.integers(1, 3))):
+        index = draw(st.integers(0, len(lines) - 1))
+        line = lines[index]
+        how = draw(st.sampled_from(["insert", "replace", "duplicate", "drop", "case", "lf"]))
+        if how in ("insert", "replace") and not line.startswith(b"Content-Length"):
+            at = draw(st.integers(0, len(line)))
+            odd = draw(ODD_BYTES)
+            lines[index] = line[:at] + odd + line[at + (how == "replace") :]
+        elif how == "duplicate":
+            lines.insert(index, line)
+        elif how == "drop" and index:
+            del lines[index]
+        elif how == "case":
+            lines[index] = line.swapcase() if draw(st.booleans()) else line.lower()
+        elif how == "lf":
+            lines[index] = line + b"\n"  # joined by CRLF: a bare LF, or a LF CRLF ending
+    request = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    # One request: a head ended early leaves bytes that are a second one, which aiohttp
+    # answers with the first (a 400 for both when they come in one segment).
+    assume(request.index(b"\r\n\r\n") + 4 + len(body) == len(request))
+    return request
+
+
+def _status_after(port: int, before: bytes, request: bytes) -> int | str:
+    """The status `request` gets on a connection that first sent `before` (and read its
+    answer); "none" if nothing comes within a second (a head or body still awaited)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        if before:
+            sock.sendall(before)
+            first = http.client.HTTPResponse(sock)
+            first.begin()
+            first.read()
+        sock.sendall(request)
+        try:
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return response.status
+        except (TimeoutError, http.client.HTTPException, ConnectionError):
+            return "none"
+
+
+@settings(HYPO, max_examples=300)
+@given(request=mutated_delivery_heads())
+def test_the_fast_path_answers_a_bent_delivery_head_with_aiohttp_s_status(
+    live: LiveBridge, request: bytes
+) -> None:
+    # aiohttp's answer: the same bytes on a connection a health check handed over to it.
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    aiohttp_status = _status_after(live.port, health, request)
+    assert _status_after(live.port, b"", request) == aiohttp_status, request
+
+
+@st.composite
+def pipelines_in_pieces(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """Deliveries (and a request for aiohttp) on one connection, cut anywhere into writes."""
+    requests = []
+    for index in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 3)) == 0:
+            requests.append(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            continue
+        body = simulate.encode(_valid_body(1)).replace(b"msg 0", f"piece {index}".encode())
+        signature = simulate.signed_headers(body, APP_SECRET)["X-Hub-Signature-256"]
+        headers = [(b"X-Hub-Signature-256", signature.encode())]
+        requests.append(http_request(b"POST", b"/webhook", headers, body))
+    stream = b"".join(requests).replace(b"Connection: close\r\n", b"")
+    cuts = sorted(draw(st.sets(st.integers(1, len(stream) - 1), max_size=6)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    return pieces, len(requests)
+
+
+@settings(HYPO, max_examples=100)
+@given(case=pipelines_in_pieces())
+def test_a_pipeline_cut_anywhere_into_writes_gets_every_answer_in_order(
+    live: LiveBridge, case: tuple[list[bytes], int]
+) -> None:
+    pieces, count = case
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.002)  # its own segment, read on its own
+        statuses = []
+        answers = sock.makefile("rb")  # one buffered reader for every answer
+        for _ in range(count):
+            status_line = answers.readline()
+            length = 0
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answers.read(length)
+            statuses.append(int(status_line.split()[1]) if status_line else 0)
+    assert statuses == [200] * count

@@ -14,7 +14,9 @@ the limit, a header it cannot read plainly) is handed over, at that request's fi
 to aiohttp's own protocol for the rest of the connection: aiohttp then answers it exactly
 as before (the handshake, the API, the console, the 4xx of odd requests). The fast path
 takes only what it understands completely, so it never parses a request differently from
-aiohttp; it does not have to know HTTP's corners, only to recognise them.
+aiohttp; it does not have to know HTTP's corners, only to recognise them. That includes
+what aiohttp refuses with a 400: a line over 8190 bytes, a control character, a bare LF, no
+Host, two of a singleton header, over 128 headers (tests/test_hostile.py compares the two).
 
 Guarantees kept from the aiohttp route: the 200 is written before any reply work starts
 (`acknowledge` runs after the write), requests on a connection are answered in order, one
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 
 from bridge.httpguard import GUARD, GuardedConnection
 from bridge.logs import get_logger
@@ -49,14 +52,25 @@ from bridge.webhook import (
 
 log = get_logger()
 
-# A head longer than this is aiohttp's to refuse (its own limit is 8190 bytes a line).
-MAX_HEAD = 16_384
+# aiohttp refuses a head line over 8190 bytes (its max_line_size, max_field_size). Meta's
+# heads are a few hundred bytes: a head longer than that line limit goes to aiohttp whole,
+# which answers it by its own rules, so no line the fast path reads is one aiohttp refuses.
+MAX_HEAD = 8190
 # Profile slugs are 1-32 of a-z, 0-9 and '-' (config.SLUG_RE); anything else, and any
 # percent-encoding, goes to aiohttp's router.
 _PATH = re.compile(rb"/webhook(?:/([a-z0-9][a-z0-9-]{0,31}))?\Z")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-# Headers that change how a body is framed or read: aiohttp's to handle.
-_NOT_OURS = frozenset({b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"})
+# Bytes aiohttp (llhttp) refuses in a header value with a 400: control characters but HTAB.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# aiohttp answers 400 to a head with two of one of these, or more than 128 header lines
+# (RequestHandler's max_headers): such a head is its to answer.
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+MAX_HEADERS = 128
+# Headers that change how a body is framed or read, or that aiohttp refuses outright
+# (Sec-WebSocket-Key1, of a WebSocket draft): aiohttp's to handle.
+_NOT_OURS = frozenset(
+    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
+)
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -87,19 +101,26 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
     path = _PATH.match(parts[1])
     if path is None:
         return None
+    if len(lines) > MAX_HEADERS + 1:
+        return None
     length: int | None = None
     signature: str | None = None
     keep_alive = True
+    singletons: set[bytes] = set()
     for line in lines[1:]:
         name, colon, raw = line.partition(b":")
         if not colon or _TOKEN.match(name) is None:
             return None
         value = raw.strip(b" \t")
-        if b"\n" in value or b"\r" in value or b"\0" in value:
+        if _CTL.search(value) is not None:
             return None
         name = name.lower()
+        if name in _SINGLETONS:
+            if name in singletons:
+                return None
+            singletons.add(name)
         if name == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 15:
+            if not value.isdigit() or len(value) > 15:
                 return None
             length = int(value)
         elif name == b"x-hub-signature-256":
@@ -114,7 +135,8 @@ def _parse_head(head: bytes, max_body: int) -> _Head | None:
             if b"upgrade" in options:
                 return None
             keep_alive = b"close" not in options
-    if length is None or length > max_body:
+    # No Host: aiohttp's 400 (RFC 9112 3.2 requires it).
+    if length is None or length > max_body or b"host" not in singletons:
         return None
     slug = path.group(1)
     return _Head(slug.decode() if slug else None, signature, length, len(head) + 4, keep_alive)
@@ -161,6 +183,8 @@ class WebhookConnections:
         self.metrics = metrics
         self.max_body = max_body
         self.body_timeout = body_timeout
+        # What a connection holds unanswered: one whole request. Reading pauses beyond it.
+        self.max_buffer = max_body + MAX_HEAD + 4
         self.live: set[WebhookProtocol] = set()
         self.stopping = False
 
@@ -209,7 +233,9 @@ class WebhookProtocol(asyncio.Protocol):
         self._buffer += data
         if not self.busy:
             self._take()
-        elif len(self._buffer) > self._connections.max_body + MAX_HEAD:
+        if len(self._buffer) > self._connections.max_buffer:
+            # A client pipelining faster than it is answered (or not reading its answers)
+            # waits in the kernel's buffers, not in ours.
             self._pause_reading()
 
     def eof_received(self) -> bool | None:
@@ -240,8 +266,14 @@ class WebhookProtocol(asyncio.Protocol):
         return self.busy or self._head is not None
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close now: abort if answers are still unsent, as the connection guard does (a
+        client that does not read them would hold a close until the stop's deadline)."""
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -252,16 +284,21 @@ class WebhookProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._writing_paused:
             return
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
+        if self._reading_paused and len(self._buffer) <= self._connections.max_buffer:
+            self._resume_reading(transport)
         head = self._head
         buffer = self._buffer
         if head is None:
-            end = buffer.find(b"\r\n\r\n")
+            # Only a head's end within MAX_HEAD counts (it may arrive in one segment with a
+            # longer head before it).
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
             if end < 0:
-                if len(buffer) > MAX_HEAD:
+                # A client ending its lines with a bare LF never sends "\r\n\r\n": waiting
+                # for it held the client until the header timeout; aiohttp answers it (400).
+                if len(buffer) >= MAX_HEAD + 4 or buffer.count(b"\n") != buffer.count(b"\r\n"):
                     self._hand_over()
+                elif self._eof:
+                    transport.close()  # half a head, and no more will come
                 return
             head = _parse_head(bytes(buffer[:end]), self._connections.max_body)
             if head is None:
@@ -269,6 +306,9 @@ class WebhookProtocol(asyncio.Protocol):
                 return
         need = head.start + head.length
         if len(buffer) < need:
+            if self._eof:
+                transport.close()  # half a body, and no more will come
+                return
             if self._head is None:
                 self._head = head
                 self.guarded.reading_body()
@@ -309,7 +349,10 @@ class WebhookProtocol(asyncio.Protocol):
             answer = refusal(500, "internal error", close=True)
         try:
             status = answer.status
-            close = answer.close or not head.keep_alive or self._eof or connections.stopping
+            # A client that half-closed gets an answer to each request it sent, and the close
+            # with the last (`_take` closes if what is left is not a whole request).
+            close = answer.close or not head.keep_alive or connections.stopping
+            close = close or (self._eof and not self._buffer)
             transport = self._transport
             if transport is not None and not transport.is_closing():
                 transport.write(_response(answer, close))
@@ -326,23 +369,30 @@ class WebhookProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self.busy = False
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None:
             return
+        # Idle even when closing, as after aiohttp's answers: a close waits for the answer
+        # to be read, and a client that never reads it is the guard's to drop (header
+        # timeout, eviction), not a busy slot for good.
         self.guarded.idle()
-        if self._buffer:
-            self._take()
+        if not transport.is_closing():
+            self._take()  # the next request, or resume reading
 
     def _body_late(self) -> None:
         """The body did not follow its head in time: a 408, and the connection closed."""
         self._body_timer = None
-        self._head = None
+        head, self._head = self._head, None
         started, token = begin()
-        log.warning("delivery_unreadable", reason="request body not received in time")
+        length = head.length if head is not None else None
+        log.warning(
+            "delivery_unreadable", reason="request body not received in time", length=length
+        )
         self.guarded.guard.dropped("body_timeout")
         answer = refusal(408, "request body not received in time", close=True)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(_response(answer, close=True))
             self._transport.close()
+            self.guarded.idle()  # as in _done
         finish(self._connections.metrics, 408, started, token)
 
     def _cancel_body_timer(self) -> None:
@@ -355,10 +405,16 @@ class WebhookProtocol(asyncio.Protocol):
             self._reading_paused = True
             self._transport.pause_reading()
 
+    def _resume_reading(self, transport: asyncio.Transport) -> None:
+        self._reading_paused = False
+        transport.resume_reading()
+
     def _hand_over(self) -> None:
         """aiohttp's protocol takes the connection from this request's first byte on."""
         transport = self._transport
         assert transport is not None
+        if self._reading_paused:
+            self._resume_reading(transport)  # aiohttp's protocol does its own flow control
         self._connections.live.discard(self)
         inner = self._make_aiohttp()
         self.guarded.replace_inner(inner)
