@@ -186,21 +186,27 @@ class WebhookConnections:
         # What a connection holds unanswered: one whole request. Reading pauses beyond it.
         self.max_buffer = max_body + MAX_HEAD + 4
         self.live: set[WebhookProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # answers being made
         self.stopping = False
 
     async def close(self, timeout: float) -> None:
         """Close idle connections now; let each request in progress get its answer (then
-        close its connection), waiting at most `timeout`; abort what is left."""
+        close its connection), waiting at most `timeout`; abort what is left, and cancel
+        the answers still being made, before the profiles stop (as aiohttp's shutdown
+        cancels its handlers). A cancelled commit is still written and applied (Journal)."""
         self.stopping = True
         for protocol in list(self.live):
             if not protocol.in_request:
                 protocol.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.live and loop.time() < deadline:
+        while (self.live or self.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for protocol in list(self.live):
             protocol.abort()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class WebhookProtocol(asyncio.Protocol):
@@ -322,7 +328,10 @@ class WebhookProtocol(asyncio.Protocol):
         del buffer[:need]
         self.busy = True
         self.guarded.busy()
-        self._loop.create_task(self._answer(head, body))
+        task = self._loop.create_task(self._answer(head, body))
+        tasks = self._connections.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _answer(self, head: _Head, body: bytes) -> None:
         connections = self._connections
@@ -330,24 +339,11 @@ class WebhookProtocol(asyncio.Protocol):
         started, token = begin()
         status = 500
         try:
-            candidates = candidates_for(runtimes, head.slug)
-            if not candidates:
-                answer = refusal(404, "unknown profile")
-            else:
-                path = "/webhook" if head.slug is None else f"/webhook/{head.slug}"
-                answer = await answer_delivery(
-                    runtimes,
-                    metrics,
-                    candidates,
-                    body,
-                    head.signature,
-                    path,
-                    explicit=head.slug is not None,
-                )
-        except Exception:
-            log.exception("delivery_failed")
-            answer = refusal(500, "internal error", close=True)
-        try:
+            try:
+                answer = await self._delivery(head, body)
+            except Exception:
+                log.exception("delivery_failed")
+                answer = refusal(500, "internal error", close=True)
             status = answer.status
             # A client that half-closed gets an answer to each request it sent, and the close
             # with the last (`_take` closes if what is left is not a whole request).
@@ -363,8 +359,24 @@ class WebhookProtocol(asyncio.Protocol):
             if answer.results is not None:
                 acknowledge(runtimes, metrics, answer.results, started)
         finally:
+            # Cancelled too (a stop past its deadline): counted, and the slot given back.
             finish(metrics, status, started, token)
             self._done()
+
+    async def _delivery(self, head: _Head, body: bytes) -> Answer:
+        runtimes = self._connections.runtimes
+        candidates = candidates_for(runtimes, head.slug)
+        if not candidates:
+            return refusal(404, "unknown profile")
+        return await answer_delivery(
+            runtimes,
+            self._connections.metrics,
+            candidates,
+            body,
+            head.signature,
+            "/webhook" if head.slug is None else f"/webhook/{head.slug}",
+            explicit=head.slug is not None,
+        )
 
     def _done(self) -> None:
         self.busy = False

@@ -602,3 +602,29 @@ async def test_a_head_of_up_to_8190_bytes_is_the_fast_path_s_and_a_longer_one_ai
     answer = await read_response(reader)
     assert (answer.status, "server" not in answer.headers) == (200, fast)
     writer.close()
+
+
+async def test_a_stop_past_its_deadline_cancels_the_answer_still_being_made(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit stuck (a hung disk) past the stop's deadline: the connection is aborted,
+    the answer's task cancelled before the profiles stop, and the delivery counted."""
+    stuck = asyncio.Event()
+
+    async def hung(*_args: Any) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(served.runtime.ingestor, "ingest", hung)
+    reader, writer = await connect(served)
+    writer.write(post(delivery("34600001000", "stuck")))
+    await asyncio.wait_for(stuck.wait(), 5)
+    connections = served.app[webhook_protocol.CONNECTIONS]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await connections.close(0.3)
+    assert loop.time() - began < 2
+    assert not connections.tasks
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer
+    assert served.metrics.deliveries.labels("error")._value.get() == 1
+    writer.close()
