@@ -264,14 +264,24 @@ async def test_interim_100_continue_is_skipped(raw: Callable[..., Awaitable[RawS
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("later", [False, True])
 async def test_bytes_sent_while_idle_retire_the_connection(
-    raw: Callable[..., Awaitable[RawServer]],
+    raw: Callable[..., Awaitable[RawServer]], later: bool
 ) -> None:
-    # An answer followed by bytes nobody asked for: the next answer could not be trusted.
-    server = await raw(reply(json_response() + b"HTTP/1.1 200 OK\r\n"))
+    # An answer followed by bytes nobody asked for, in the same packet or while the connection
+    # is idle: the next answer on it could not be told from them.
+    async def stray(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(json_response())
+        if later:
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        return True
+
+    server = await raw(stray)
     http = client(server.url)
     assert await http.request("POST", "/m", b"{}") == (200, OK)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
     assert await http.request("POST", "/m", b"{}") == (200, OK)
     await http.close()
     assert server.connections == 2
@@ -387,21 +397,80 @@ async def test_server_that_never_answers_times_out_and_the_connection_is_dropped
     assert server.connections == 2
 
 
-async def test_cancelled_request_drops_its_connection(aiohttp_server: AiohttpServer) -> None:
-    app = Counting(gate=asyncio.Event())
-    server = await aiohttp_server(app.app())
-    http = client(str(server.make_url("")))
+async def test_cancelled_request_closes_its_connection(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            await asyncio.sleep(0.3)
+        writer.write(json_response())
+        return True
+
+    server = await raw(stall)
+    http = client(server.url)
     call = asyncio.ensure_future(http.request("POST", "/m", b"{}"))
-    while not app.bodies:
+    while not server.requests:
         await asyncio.sleep(0.01)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    assert app.gate is not None
-    app.gate.set()
-    await http.request("POST", "/m", b"{}")
+    assert await http.request("POST", "/m", b"{}") == (200, OK)
+    assert server.connections == 2
+    await asyncio.sleep(0.4)  # the first connection's handler is done stalling
+    assert server.closed == 1  # closed by the client, not left open
     await http.close()
-    assert len(app.peers) == 2
+
+
+async def test_idle_connections_left_unused_are_closed_while_another_is_busy(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    gate = asyncio.Event()
+
+    async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await gate.wait()
+        writer.write(json_response())
+        return True
+
+    server = await raw(together)
+    http = client(server.url, idle_seconds=0.15)
+    calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(3)]
+    while server.connections < 3:
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*calls)
+    for _ in range(8):  # the newest keeps working; the two below it age out
+        await http.request("GET", "/")
+        await asyncio.sleep(0.05)
+    assert server.closed == 2
+    await http.close()
+    assert server.connections == 3
+
+
+async def test_idle_connections_beyond_max_idle_are_closed(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    gate = asyncio.Event()
+
+    async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await gate.wait()
+        writer.write(json_response())
+        return True
+
+    server = await raw(together)
+    http = client(server.url, max_idle=2)
+    calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(5)]
+    while server.connections < 5:
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*calls)
+    for _ in range(50):
+        if server.closed == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert server.closed == 3
+    await asyncio.gather(*(http.request("GET", "/") for _ in range(2)))
+    assert server.connections == 5  # the two kept were reused
+    await http.close()
 
 
 async def test_close_closes_idle_connections_and_refuses_new_requests(
