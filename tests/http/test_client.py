@@ -233,10 +233,36 @@ async def test_chunked_answer_in_pieces(raw: Callable[..., Awaitable[RawServer]]
     assert server.connections == 1  # a chunked answer keeps the connection
 
 
-async def test_answer_delimited_by_close(raw: Callable[..., Awaitable[RawServer]]) -> None:
-    server = await raw(
-        reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil eof", False)
-    )
+def in_pieces(*pieces: bytes, keep_open: bool = False) -> Callable[..., Awaitable[bool]]:
+    """An answer written in `pieces`, 20 ms apart (so read in as many reads)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        return keep_open
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil eof"],
+        [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n", b"\r\nuntil", b" eof"],
+        [
+            b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\n",
+            b"until eof",
+        ],
+    ],
+    ids=["one-read", "several-reads", "after-100"],
+)
+async def test_answer_delimited_by_close(
+    raw: Callable[..., Awaitable[RawServer]], pieces: list[bytes]
+) -> None:
+    server = await raw(in_pieces(*pieces))
     http = client(server.url)
     assert await http.request("GET", "/") == (200, b"until eof")
     assert await http.request("GET", "/") == (200, b"until eof")
@@ -244,11 +270,20 @@ async def test_answer_delimited_by_close(raw: Callable[..., Awaitable[RawServer]
     assert server.connections == 2
 
 
-async def test_answer_cut_short_of_its_content_length_is_lost(
-    raw: Callable[..., Awaitable[RawServer]],
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{"messages'],
+        [b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n", b"\r\n", b'{"messages'],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b'a\r\n{"messages\r\n'],
+        [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", b"{}"],
+    ],
+    ids=["content-length", "head-in-pieces", "chunked", "after-100"],
+)
+async def test_answer_cut_short_of_its_framing_is_lost(
+    raw: Callable[..., Awaitable[RawServer]], pieces: list[bytes]
 ) -> None:
-    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{"messages'
-    server = await raw(reply(cut, keep_open=False))
+    server = await raw(in_pieces(*pieces))
     http = client(server.url)
     with pytest.raises(ConnectionLost, match="middle of the answer"):
         await http.request("POST", "/m", b"{}")
