@@ -12,8 +12,8 @@ message may have reached the user (bridge/outbox.py):
   Nothing was sent.
 - `ConnectionLost`: the request was written, then the connection broke, or the answer was
   malformed or larger than `max_response`. The server may have acted on it.
-- `TimeoutError`: no complete answer within `timeout` (connecting included) after the
-  request went out. The server may have acted on it.
+- `TimeoutError`: the request went out and no complete answer came within `timeout`
+  (counted from the call, connecting included). The server may have acted on it.
 This client never sends a request twice. A pooled connection is reused only while it is open
 and quiet: one the server has closed (its EOF read while idle) is dropped, so a server
 closing idle connections never turns a request into a lost one. Left is the race where the
@@ -204,7 +204,8 @@ class KeepAliveClient:
         return conn
 
     async def close(self) -> None:
-        """Close every connection (idle ones gracefully); later requests fail as Unreachable."""
+        """Close every connection (a request still waiting fails as ConnectionLost); later
+        requests fail as Unreachable."""
         self._closed = True
         self._idle.clear()
         conns = list(self._open)
