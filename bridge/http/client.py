@@ -97,8 +97,11 @@ class KeepAliveClient:
         self._max_response = max_response
         self._max_idle = max_idle
         self._idle_seconds = idle_seconds
-        # Every request's fixed header lines, encoded once.
-        self._fixed = _header_lines({"Host": authority, **(headers or {})})
+        # Every request's fixed header lines, encoded once. `Connection: keep-alive` is
+        # HTTP/1.1's default, said anyway for proxies that still read it the HTTP/1.0 way.
+        self._fixed = _header_lines(
+            {"Host": authority, **(headers or {}), "Connection": "keep-alive"}
+        )
         self._idle: deque[_Connection] = deque()  # newest last: reused first (LIFO)
         self._open: set[_Connection] = set()
         self._closed = False

@@ -101,7 +101,7 @@ class GraphClient(Sender):
         self._http = KeepAliveClient(
             self._url,
             timeout=timeout,
-            headers={"Authorization": f"Bearer {access_token}"},
+            headers={"Authorization": f"Bearer {access_token}", "User-Agent": "whatsapp-bridge"},
             ssl_context=ssl_context,
         )
         self._ssl_context = ssl_context

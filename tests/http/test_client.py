@@ -700,7 +700,16 @@ async def test_graph_hang_up_after_the_request_is_uncertain(
     assert "connection lost" in str(caught.value) and TOKEN not in str(caught.value)
     (request,) = server.requests
     assert request.startswith(b"POST /v21.0/1234/messages HTTP/1.1\r\n")
-    assert b"Authorization: Bearer " + TOKEN.encode() + b"\r\n" in request
+    head, body = request.split(b"\r\n\r\n")
+    assert head.split(b"\r\n")[1:] == [
+        b"Host: 127.0.0.1:%d" % int(server.url.rsplit(":", 1)[1]),
+        b"Authorization: Bearer " + TOKEN.encode(),
+        b"User-Agent: whatsapp-bridge",
+        b"Connection: keep-alive",
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+    ]  # no Accept-Encoding: answers come as they are
+    assert orjson.loads(body)["text"] == {"body": "x", "preview_url": False}
 
 
 async def test_graph_lost_answer_from_the_fake_is_uncertain(
