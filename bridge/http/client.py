@@ -32,7 +32,7 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -48,6 +48,9 @@ MAX_RESPONSE = 1 << 20
 # certainty. aiohttp's connector keeps them 15 s too.
 IDLE_SECONDS = 15.0
 MAX_IDLE = 16
+# aiohttp's connector limit: a burst (read receipts are not queued) waits for a connection
+# rather than open hundreds of TLS connections to Meta.
+MAX_CONNECTIONS = 100
 # RFC 8305's recommended delay before trying the next address (IPv6 first, then IPv4).
 HAPPY_EYEBALLS_DELAY = 0.25
 
@@ -68,7 +71,9 @@ class KeepAliveClient:
     """HTTP/1.1 requests to one origin over a few reused connections.
 
     `headers` go with every request (the bearer token); `ssl_context` replaces the default
-    verification (a test's own CA). Not bound to an event loop until the first request.
+    verification (a test's own CA). At most `max_connections` are open (or opening) at once;
+    a request beyond them waits for one, within its timeout. Not bound to an event loop
+    until the first request.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class KeepAliveClient:
         max_response: int = MAX_RESPONSE,
         max_idle: int = MAX_IDLE,
         idle_seconds: float = IDLE_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -97,6 +103,7 @@ class KeepAliveClient:
         self._max_response = max_response
         self._max_idle = max_idle
         self._idle_seconds = idle_seconds
+        self._max_connections = max_connections
         # Every request's fixed header lines, encoded once. `Connection: keep-alive` is
         # HTTP/1.1's default, said anyway for proxies that still read it the HTTP/1.0 way.
         self._fixed = _header_lines(
@@ -104,6 +111,10 @@ class KeepAliveClient:
         )
         self._idle: deque[_Connection] = deque()  # newest last: reused first (LIFO)
         self._open: set[_Connection] = set()
+        self._connecting = 0
+        # Requests waiting for a connection, first come first served; each is woken with a
+        # connection handed over, or None: there is room to open one.
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     async def request(
@@ -123,7 +134,7 @@ class KeepAliveClient:
             raise ValueError(f"bad request target {target!r}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        conn = self._reusable(loop.time()) or await self._connect(deadline)
+        conn = self._reusable(loop.time()) or await self._acquire(deadline)
         parts = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), self._fixed]
         if headers:
             parts.append(_header_lines(headers))
@@ -157,6 +168,14 @@ class KeepAliveClient:
         return None
 
     def _release(self, conn: _Connection, now: float) -> None:
+        if self._closed:
+            conn.close()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)  # straight to the longest waiting request
+                return
         idle = self._idle
         # The oldest are at the left: close those a quiet spell has left too old to trust.
         while idle and now - idle[0].idle_since >= self._idle_seconds:
@@ -166,6 +185,60 @@ class KeepAliveClient:
             return
         conn.idle_since = now
         idle.append(conn)
+
+    async def _acquire(self, deadline: float) -> _Connection:
+        """A connection when none is idle: a new one, or, at `max_connections`, the first
+        one handed back or room for a new one, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        while len(self._open) + self._connecting >= self._max_connections:
+            waiter: asyncio.Future[_Connection | None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    handed = await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    # Woken, then cancelled or timed out before running: pass it on.
+                    handed = waiter.result()
+                    if handed is not None:
+                        self._release(handed, loop.time())
+                    else:
+                        self._wake()
+                if isinstance(exc, TimeoutError):
+                    raise Unreachable(
+                        f"no connection to {self.origin} free in time "
+                        f"({self._max_connections} busy)"
+                    ) from None
+                raise
+            if handed is not None and handed.usable:
+                return handed
+            if handed is not None:
+                handed.close()  # closed by the server meanwhile; its close makes room
+            reused = self._reusable(loop.time())
+            if reused is not None:
+                return reused
+        self._connecting += 1
+        try:
+            conn = await self._connect(deadline)
+        except BaseException:
+            self._wake()  # the room this attempt held
+            raise
+        finally:
+            self._connecting -= 1
+        return conn
+
+    def _wake(self) -> None:
+        """Tell the first waiting request there is room for a connection."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        if self._waiters:
+            self._wake()
 
     async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -187,7 +260,7 @@ class KeepAliveClient:
                 )
                 try:
                     _, conn = await loop.create_connection(
-                        lambda: _Connection(self._max_response, self._open),
+                        lambda: _Connection(self._max_response, self._open.add, self._lost),
                         sock=sock,
                         ssl=context,
                         server_hostname=self._host if context is not None else None,
@@ -211,6 +284,10 @@ class KeepAliveClient:
         requests fail as Unreachable."""
         self._closed = True
         self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Unreachable("the HTTP client is closed"))
         conns = list(self._open)
         for conn in conns:
             conn.close()
@@ -257,14 +334,20 @@ class _Connection(asyncio.Protocol):
     `on_message_complete` resolves, and a failure or the deadline rejects.
     """
 
-    def __init__(self, max_response: int, registry: set[_Connection]) -> None:
+    def __init__(
+        self,
+        max_response: int,
+        made: Callable[[_Connection], None],
+        lost: Callable[[_Connection], None],
+    ) -> None:
         # No `on_header`: with it httptools makes two bytes objects and a call per header
         # (a Graph answer has ~17), 1.4 of the ~14 µs a request costs. The bytes up to the
         # end of the head are kept instead, for the one question headers answer here (`_framed`).
         self._parser = httptools.HttpResponseParser(self)
         self._head: list[bytes] = []
         self._max_response = max_response
-        self._registry = registry
+        self._made = made
+        self._lost = lost
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._status = 0
@@ -328,7 +411,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio.Transport, but are one.
         self._transport = cast(asyncio.Transport, transport)
-        self._registry.add(self)
+        self._made(self)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
@@ -352,7 +435,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._broken = True
-        self._registry.discard(self)
+        self._lost(self)
         self._ended(f"connection lost: {exc}" if exc else "the connection closed")
         if not self.lost.done():
             self.lost.set_result(None)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
@@ -27,6 +29,7 @@ from tests.fakes.graph import TOKEN, FakeGraph
 from tests.test_cli import free_port
 
 OK = b'{"ok":true}'
+ROUNDS = 5
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -209,6 +212,167 @@ async def test_concurrent_requests_use_separate_connections_then_reuse_them(
     await asyncio.gather(*(http.request("POST", "/m", b"again") for _ in range(10)))
     await http.close()
     assert len(app.peers) == 10  # the second round found them idle
+
+
+def slow(seconds: float, extra: bytes = b"") -> Callable[..., Awaitable[bool]]:
+    """An answer after `seconds`; with `extra` (a `Connection: close`), the server closes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(seconds)
+        writer.write(json_response(extra=extra))
+        return not extra
+
+    return answer
+
+
+async def test_requests_beyond_max_connections_wait_for_one(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    server = await raw(slow(0.03))
+    http = client(server.url, max_connections=2)
+    answers = await asyncio.gather(*(http.request("GET", "/") for _ in range(8)))
+    await http.close()
+    assert answers == [(200, OK)] * 8
+    assert server.connections == 2  # the two were handed from request to request
+
+
+async def test_a_closed_connection_makes_room_for_a_waiting_request(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    server = await raw(slow(0.03, extra=b"Connection: close\r\n"))
+    http = client(server.url, max_connections=1)
+    answers = await asyncio.gather(*(http.request("GET", "/") for _ in range(3)))
+    await http.close()
+    assert answers == [(200, OK)] * 3 and server.connections == 3
+
+
+async def test_no_free_connection_in_time_is_unreachable_and_nothing_is_sent(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    server = await raw(slow(0.5))
+    http = client(server.url, max_connections=1)
+    first = asyncio.ensure_future(http.request("POST", "/m", b"1"))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    http.timeout = 0.1
+    with pytest.raises(Unreachable, match="no connection .* free in time"):
+        await http.request("POST", "/m", b"2")
+    http.timeout = 2
+    assert await first == (200, OK)
+    assert await http.request("POST", "/m", b"3") == (200, OK)  # no room was lost
+    await http.close()
+    assert [r[-1:] for r in server.requests] == [b"1", b"3"] and server.connections == 1
+
+
+async def test_a_cancelled_waiting_request_takes_no_room_with_it(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    server = await raw(slow(0.1))
+    http = client(server.url, max_connections=1)
+    first = asyncio.ensure_future(http.request("GET", "/"))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(http.request("GET", "/"))
+    await asyncio.sleep(0.02)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await first == (200, OK)
+    assert await http.request("GET", "/") == (200, OK)
+    await http.close()
+    assert server.connections == 1
+
+
+async def test_cancellations_at_random_moments_lose_no_room(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    # Requests cancelled while connecting, waiting, handed a connection or on the wire: none
+    # may take a connection's room with it, or the client would starve.
+    server = await raw(slow(0.002))
+    http = client(server.url, max_connections=2)
+    rng = random.Random(7)
+    loop = asyncio.get_running_loop()
+    for _ in range(ROUNDS):
+        calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(60)]
+        for call in calls:
+            if rng.random() < 0.5:
+                loop.call_later(rng.random() * 0.05, call.cancel)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(r == (200, OK) or isinstance(r, asyncio.CancelledError) for r in results)
+    http.timeout = 1.0
+    answers = await asyncio.gather(*(http.request("GET", "/") for _ in range(20)))
+    assert answers == [(200, OK)] * 20
+    await http.close()
+
+
+class CancelOnWake(KeepAliveClient):
+    """Cancels `victim` right after the client woke the first waiting request, before that
+    request runs: the moment a cancellation would strand what it was handed."""
+
+    victim: asyncio.Task[tuple[int, bytes]] | None = None
+
+    def _release(self, conn: Any, now: float) -> None:
+        super()._release(conn, now)
+        self._strike()
+
+    def _wake(self) -> None:
+        super()._wake()
+        self._strike()
+
+    def _strike(self) -> None:
+        if self.victim is not None:
+            self.victim.cancel()
+            self.victim = None
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["handed-a-connection", "handed-room"])
+async def test_a_request_cancelled_as_it_is_woken_passes_its_turn_on(
+    raw: Callable[..., Awaitable[RawServer]], closing: bool
+) -> None:
+    server = await raw(slow(0.05, extra=b"Connection: close\r\n" if closing else b""))
+    http = CancelOnWake(server.url, timeout=1.0, max_connections=1)
+    first = asyncio.ensure_future(http.request("GET", "/"))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(http.request("GET", "/"))
+    await asyncio.sleep(0.01)
+    third = asyncio.ensure_future(http.request("GET", "/"))
+    await asyncio.sleep(0.01)
+    http.victim = second
+    assert await first == (200, OK)
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert await third == (200, OK)  # not left waiting for its timeout
+    await http.close()
+    assert server.connections == (2 if closing else 1)
+
+
+async def test_a_failed_connect_makes_room_for_a_waiting_request() -> None:
+    http = client(f"http://127.0.0.1:{free_port()}", timeout=1.0, max_connections=1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    failures = await asyncio.gather(
+        http.request("GET", "/"), http.request("GET", "/"), return_exceptions=True
+    )
+    assert loop.time() - started < 0.5  # the second did not wait out its timeout
+    for failure in failures:
+        assert isinstance(failure, Unreachable) and "cannot connect" in str(failure)
+    await http.close()
+
+
+async def test_close_fails_waiting_requests(raw: Callable[..., Awaitable[RawServer]]) -> None:
+    server = await raw(slow(0.3))
+    http = client(server.url, max_connections=1)
+    first = asyncio.ensure_future(http.request("GET", "/"))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(http.request("GET", "/"))
+    await asyncio.sleep(0.02)
+    await http.close()
+    with pytest.raises(Unreachable, match="closed"):
+        await waiting
+    with pytest.raises(ConnectionLost):
+        await first
 
 
 # -- framing ---------------------------------------------------------------------------------
