@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
 	$(BIN)/python -m tests.bench.bursts --out var/bench/bursts.md
+	$(BIN)/python -m tests.bench.graph_client --out var/bench/graph-client.md
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq postgresql; }
 	$(BIN)/python -m tests.bench.replicas --out var/bench/replicas.md

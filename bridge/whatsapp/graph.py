@@ -24,12 +24,15 @@ retries with `skip_parts=len(sent_ids)`: the client is stateless about progress,
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from bridge.config import ProfileConfig
+from bridge.http.client import ConnectionLost, KeepAliveClient, Unreachable
 from bridge.templates import Template
 from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import (
@@ -69,7 +72,12 @@ _JSON = {"Content-Type": "application/json"}
 
 
 class GraphClient(Sender):
-    """Sends through one phone number of the Cloud API; one HTTP session, made on first use."""
+    """Sends through one phone number of the Cloud API.
+
+    Messages, read receipts and checks (small JSON requests, one per reply part) go through
+    our own keep-alive client (bridge/http/client.py), a fraction of aiohttp's CPU per request;
+    media uploads (multipart, rare) through an aiohttp session made on first use.
+    """
 
     confirms_by_status = True  # Meta echoes biz_opaque_callback_data in status webhooks
 
@@ -83,12 +91,21 @@ class GraphClient(Sender):
         pacer: PairPacer | None = None,
         *,
         upload_media: MediaFetcher | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = f"{base_url.rstrip('/')}/{version}/{phone_number_id}"
+        self._path = urlsplit(self._url).path
         self._token = access_token
         self.timeout = timeout
         self._pacer = pacer or PairPacer()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = KeepAliveClient(
+            self._url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {access_token}", "User-Agent": "whatsapp-bridge"},
+            ssl_context=ssl_context,
+        )
+        self._ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         # `upload_media`: files are fetched by the bridge and uploaded, then sent by id
@@ -116,7 +133,9 @@ class GraphClient(Sender):
             raise SendError("Graph client is closed", retryable=True)
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"Authorization": f"Bearer {self._token}"}
+                timeout=self._timeout,
+                headers={"Authorization": f"Bearer {self._token}"},
+                connector=aiohttp.TCPConnector(ssl=self._ssl_context or True),
             )
         return self._session
 
@@ -213,7 +232,7 @@ class GraphClient(Sender):
         # A large file needs longer than a message; at least 1 s per 256 KiB.
         timeout = aiohttp.ClientTimeout(total=max(self.timeout, len(fetched.data) / 262_144))
         try:
-            data = await self._request("POST", f"{self._url}/media", None, form, timeout)
+            data = await self._upload_form(form, timeout)
         except SendError as exc:
             raise SendError(
                 f"media upload: {exc}", exc.code, exc.retryable, exc.auth, uncertain=False
@@ -228,7 +247,7 @@ class GraphClient(Sender):
         user sees blue ticks and "typing..." until the reply arrives (or 25 s pass)."""
         await self._request(
             "POST",
-            f"{self._url}/messages",
+            f"{self._path}/messages",
             {
                 "messaging_product": "whatsapp",
                 "status": "read",
@@ -238,7 +257,7 @@ class GraphClient(Sender):
         )
 
     async def _post_message(self, body: dict[str, Any]) -> str:
-        data = await self._request("POST", f"{self._url}/messages", body)
+        data = await self._request("POST", f"{self._path}/messages", body)
         try:
             return str(data["messages"][0]["id"])
         except (KeyError, IndexError, TypeError):
@@ -248,46 +267,60 @@ class GraphClient(Sender):
     async def check(self) -> None:
         """A cheap authenticated read of the phone number (no message sent): the token is valid
         and the number reachable. Raises SendError like a send would."""
-        await self._request("GET", f"{self._url}?fields=id", None)
+        await self._request("GET", f"{self._path}?fields=id", None)
 
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        body: dict[str, Any] | None,
-        form: aiohttp.FormData | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
-    ) -> Any:
+    async def _request(self, method: str, target: str, body: dict[str, Any] | None) -> Any:
+        """A JSON request (`target`: path and query) through the keep-alive client; Meta's
+        answer as a dict, or the SendError it maps to. orjson both ways."""
+        if self._closed:
+            # A send racing shutdown: keep the reply queued.
+            raise SendError("Graph client is closed", retryable=True)
         try:
-            # orjson both ways for JSON bodies: aiohttp's `json=` and `resp.json()` use the
-            # stdlib's json. A form (a media upload) is encoded by aiohttp.
-            payload: bytes | aiohttp.FormData | None = form
-            headers = None
-            if form is None and body is not None:
-                payload, headers = orjson.dumps(body), _JSON
-            async with self._client().request(
-                method, url, data=payload, headers=headers, timeout=timeout or self._timeout
-            ) as resp:
-                try:
-                    data = orjson.loads(await resp.read())
-                except ValueError:
-                    data = None  # an HTML error page from a proxy: judged by status alone
-                if resp.status < 300 and isinstance(data, dict):
-                    return data
-                raise _error(resp.status, data)
-        except SendError as exc:
-            raise self._scrubbed(exc) from None
+            if body is None:
+                status, raw = await self._http.request(method, target)
+            else:
+                status, raw = await self._http.request(method, target, orjson.dumps(body), _JSON)
         except TimeoutError:
             # The request may have reached Meta: the outbox waits for a status webhook about
             # it before it sends again (at-least-once out, with that window made small).
             raise SendError("Graph API timed out", retryable=True, uncertain=True) from None
-        except aiohttp.ClientConnectorError as exc:
+        except Unreachable as exc:
             # No connection was made, so nothing was sent.
             raise self._scrubbed(
                 SendError(f"Graph API unreachable: {exc}", retryable=True)
             ) from None
+        except ConnectionLost as exc:
+            # Connected and written, then lost: the request may have been taken.
+            raise self._scrubbed(
+                SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
+            ) from None
+        return self._answer(status, raw)
+
+    def _answer(self, status: int, raw: bytes) -> Any:
+        try:
+            data = orjson.loads(raw)
+        except ValueError:
+            data = None  # an HTML error page from a proxy: judged by status alone
+        if status < 300 and isinstance(data, dict):
+            return data
+        raise self._scrubbed(_error(status, data))
+
+    async def _upload_form(self, form: aiohttp.FormData, timeout: aiohttp.ClientTimeout) -> Any:
+        """A multipart POST to `/media` through aiohttp, which encodes the form."""
+        try:
+            async with self._client().post(
+                f"{self._url}/media", data=form, timeout=timeout
+            ) as resp:
+                return self._answer(resp.status, await resp.read())
+        except SendError as exc:
+            raise self._scrubbed(exc) from None
+        except TimeoutError:
+            raise SendError("Graph API timed out", retryable=True, uncertain=True) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise self._scrubbed(
+                SendError(f"Graph API unreachable: {exc}", retryable=True)
+            ) from None
         except aiohttp.ClientError as exc:
-            # Connected, then lost: the request may have been taken.
             raise self._scrubbed(
                 SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
             ) from None
@@ -306,6 +339,7 @@ class GraphClient(Sender):
 
     async def close(self) -> None:
         self._closed = True
+        await self._http.close()
         if self._fetcher is not None:
             await self._fetcher.close()
         if self._session is not None:
