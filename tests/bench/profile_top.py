@@ -46,14 +46,26 @@ def summarize(text: str, thread: str | None) -> tuple[int, Counter[str], Counter
     return total, own, inclusive
 
 
-# Where a sample's time goes, by the first of these frames found from the stack's root.
+# Where a sample's time goes: the first part with one of its frames in the stack. A
+# coroutine resumed by the loop's C code shows only its own frames, so each part lists the
+# frames its coroutines start from as well as its entry point.
 PARTS = (
-    ("journal thread", "_worker (concurrent/futures/thread.py"),
-    ("webhook handler", "receive_delivery (bridge/webhook.py"),
-    ("replier", "Replier._work"),
-    ("outbox (send)", "Outbox._work"),
-    ("journal writer (loop side)", "Journal._run"),
-    ("metrics scrape", "Metrics.render"),
+    ("journal thread", ("_worker (concurrent/futures/thread.py",)),
+    ("log writer thread", ("LineSink._drain",)),
+    (
+        "webhook (HTTP in, verify, parse, commit, 200)",
+        (
+            "bridge/http/webhook_protocol.py",
+            "receive_delivery (bridge/webhook.py",
+            "answer_delivery (bridge/webhook.py",
+            "Ingestor.",
+            "GuardedConnection.",
+        ),
+    ),
+    ("replier", ("Replier.",)),
+    ("outbox (send, HTTP out)", ("Outbox.", "GraphClient.", "bridge/http/client.py")),
+    ("journal writer (loop side)", ("Journal._run", "Journal._commit")),
+    ("metrics scrape", ("Metrics.render",)),
 )
 
 
@@ -64,7 +76,10 @@ def parts(text: str) -> Counter[str]:
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
-        part = next((name for name, frame in PARTS if frame in stack), "loop, HTTP protocol, other")
+        part = next(
+            (name for name, frames in PARTS if any(f in stack for f in frames)),
+            "loop, HTTP protocol, other",
+        )
         out[part] += int(count_text)
     return out
 
