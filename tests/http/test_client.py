@@ -620,17 +620,23 @@ async def test_cancelled_request_closes_its_connection(
     await http.close()
 
 
-async def test_idle_connections_left_unused_are_closed_while_another_is_busy(
-    raw: Callable[..., Awaitable[RawServer]],
-) -> None:
-    gate = asyncio.Event()
+def answering_after(gate: asyncio.Event) -> Callable[..., Awaitable[bool]]:
+    """A raw server's handler: each connection's answer waits for `gate`, so that requests
+    made meanwhile each open a connection of their own."""
 
     async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         await gate.wait()
         writer.write(json_response())
         return True
 
-    server = await raw(together)
+    return together
+
+
+async def test_idle_connections_left_unused_are_closed_while_another_is_busy(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    gate = asyncio.Event()
+    server = await raw(answering_after(gate))
     http = client(server.url, idle_seconds=0.15)
     calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(3)]
     while server.connections < 3:
@@ -649,13 +655,7 @@ async def test_idle_connections_beyond_max_idle_are_closed(
     raw: Callable[..., Awaitable[RawServer]],
 ) -> None:
     gate = asyncio.Event()
-
-    async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
-        await gate.wait()
-        writer.write(json_response())
-        return True
-
-    server = await raw(together)
+    server = await raw(answering_after(gate))
     http = client(server.url, max_idle=2)
     calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(5)]
     while server.connections < 5:
