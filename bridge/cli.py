@@ -197,10 +197,10 @@ def _check_known_profiles(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from bridge.http.server import serve
     from bridge.listen import bind, inherited
     from bridge.metrics import Metrics
     from bridge.runtime import ProfileRuntime, StoreFactory, durable_store, postgres_store
-    from bridge.server import serve
 
     # Everything is checked before anything is written: the configuration, the profiles,
     # the secrets, the port (bound now, served later). Only then are development secrets

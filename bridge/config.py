@@ -199,7 +199,7 @@ class Settings:
     port: int = 8080
     # Meta's deliveries are a few KiB; a megabyte leaves room for large batches.
     max_body_bytes: int = 1024 * 1024
-    # Slow or idle clients (bridge.httpguard): a connection must complete a request head this
+    # Slow or idle clients (bridge.http.guard): a connection must complete a request head this
     # many seconds after it opens or its previous response (so it is the keep-alive idle time
     # too), and a body this many seconds after its head; beyond max_connections open at once
     # (lowered to fit the open-files limit) the longest idle connection makes room, or a new

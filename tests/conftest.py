@@ -13,9 +13,9 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from bridge import gcpolicy, logs, simulate
-from bridge.app import create_app
 from bridge.assistants.base import Assistant
 from bridge.config import AssistantConfig, ProfileConfig, Settings
+from bridge.http.app import create_app
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bridge import simulate
-from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import PayloadError
 from bridge.http import webhook_protocol
+from bridge.http.app import create_app
 from bridge.ingest import _message_record
 from bridge.records import decode, encode
 from bridge.runtime import ProfileRuntime

@@ -8,7 +8,7 @@ from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
 from bridge.config import AssistantConfig
-from bridge.health import MONITOR
+from bridge.http.health import MONITOR
 from tests.conftest import StartBridge, eventually, make_profile
 from tests.fakes.graph import TOKEN, FakeGraph
 from tests.fakes.llm import FakeLLM

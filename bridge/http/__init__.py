@@ -1,1 +1,3 @@
-"""HTTP for people: the operators' API (`/api/v1`) and console (`/console`)."""
+"""HTTP: the server (app, routes, the connection guard, the deliveries' short path), the
+webhook, health and metrics, the operators' API and console, and the keep-alive client the
+Graph API is called with."""

@@ -26,7 +26,8 @@ from aiohttp import hdrs, web
 
 from bridge.conversations import MODES, Conversation
 from bridge.errors import BridgeError, StorageError
-from bridge.httpguard import GUARD, UnreadableBody, expect_continue
+from bridge.http.guard import GUARD, UnreadableBody, expect_continue
+from bridge.http.webhook import RUNTIMES
 from bridge.identities import is_phone
 from bridge.logs import get_logger, mask
 from bridge.modes import OPERATOR, current_mode
@@ -40,7 +41,6 @@ from bridge.operators import (
     window_closes_at,
 )
 from bridge.runtime import ProfileRuntime
-from bridge.webhook import RUNTIMES
 from bridge.whatsapp.template import TemplateError, template_from_json
 
 PREFIX = "/api/v1"

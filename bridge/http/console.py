@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bridge.httpguard import expect_continue
+from bridge.http.guard import expect_continue
 
 STATIC = Path(__file__).parent / "static"
 FILES = {

@@ -8,7 +8,7 @@ protocol, the request and response objects, the router and the middleware chain)
 
 `WebhookProtocol` reads that one shape itself: it finds the head's end, checks the request
 line and the headers it needs, waits for the body, and answers through the same
-`bridge.webhook.answer_delivery` the aiohttp route uses. Anything else (another path or
+`bridge.http.webhook.answer_delivery` the aiohttp route uses. Anything else (another path or
 method, HTTP/1.0, `Expect`, `Transfer-Encoding`, `Content-Encoding`, `Upgrade`, a body over
 the limit, a header it cannot read plainly) is handed over, at that request's first byte,
 to aiohttp's own protocol for the rest of the connection: aiohttp then answers it exactly
@@ -36,11 +36,8 @@ from email.utils import formatdate
 from aiohttp import web
 from aiohttp.http_parser import SINGLETON_HEADERS
 
-from bridge.httpguard import GUARD, GuardedConnection
-from bridge.logs import get_logger
-from bridge.metrics import Metrics
-from bridge.runtime import ProfileRuntime
-from bridge.webhook import (
+from bridge.http.guard import GUARD, GuardedConnection
+from bridge.http.webhook import (
     Answer,
     acknowledge,
     answer_delivery,
@@ -49,6 +46,9 @@ from bridge.webhook import (
     finish,
     refusal,
 )
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+from bridge.runtime import ProfileRuntime
 
 log = get_logger()
 

@@ -56,8 +56,8 @@ PARTS = (
         "webhook (HTTP in, verify, parse, commit, 200)",
         (
             "bridge/http/webhook_protocol.py",
-            "receive_delivery (bridge/webhook.py",
-            "answer_delivery (bridge/webhook.py",
+            "receive_delivery (bridge/http/webhook.py",
+            "answer_delivery (bridge/http/webhook.py",
             "Ingestor.",
             "GuardedConnection.",
         ),

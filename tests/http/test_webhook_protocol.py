@@ -18,10 +18,10 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from bridge import simulate
-from bridge.app import create_app
 from bridge.config import Settings
 from bridge.http import webhook_protocol
-from bridge.httpguard import GUARD
+from bridge.http.app import create_app
+from bridge.http.guard import GUARD
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, eventually, make_profile

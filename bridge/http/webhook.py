@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import PayloadError, StorageError
-from bridge.httpguard import GUARD, UnreadableBody, expect_continue
+from bridge.http.guard import GUARD, UnreadableBody, expect_continue
 from bridge.ingest import IngestResult
 from bridge.logs import REQUEST_ID, get_logger
 from bridge.metrics import Metrics

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from bridge.httpguard import expect_continue
+from bridge.http.guard import expect_continue
+from bridge.http.webhook import METRICS, RUNTIMES
 from bridge.monitor import HealthMonitor, disk_check
-from bridge.webhook import METRICS, RUNTIMES
 
 READY = web.AppKey("ready", dict[str, bool])
 METRICS_TOKEN: web.AppKey[str | None] = web.AppKey("metrics_token")

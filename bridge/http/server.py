@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from bridge import eventloop, gcpolicy, logs
-from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.health import MONITOR
 from bridge.http import webhook_protocol
-from bridge.httpguard import GUARD
+from bridge.http.app import create_app
+from bridge.http.guard import GUARD
+from bridge.http.health import MONITOR
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.runtime import ProfileRuntime

@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from bridge import health, webhook
 from bridge.config import Settings
-from bridge.http import api, console, webhook_protocol
+from bridge.http import api, console, health, webhook, webhook_protocol
+from bridge.http.guard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.http.webhook_protocol import WebhookConnections
-from bridge.httpguard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.metrics import Metrics
 from bridge.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
@@ -22,7 +21,7 @@ def create_app(
     """Routes and lifecycle: profiles start before the first request and stop after the last.
 
     `app[GUARD]` holds the connection guard and `app[webhook_protocol.CONNECTIONS]` the
-    deliveries' fast path: `bridge.server` makes its listening socket's connections through
+    deliveries' fast path: `bridge.http.server` makes its listening socket's connections through
     both (`webhook_protocol.protocol_factory`).
 
     Starting a profile loads its state; stopping it lets replies finish, stops the outbox and
