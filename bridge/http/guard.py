@@ -7,11 +7,13 @@ encodes such a value again, or echoes it into a response, fails with a 500.
 aiohttp has no deadline for reading a request head or body, and no limit on connections:
 clients that send half a head, or trickle a body, were held for minutes, and a few hundred of
 them used up the process's file descriptors (deliveries refused, /healthz down, snapshots
-failing). `ConnectionGuard` sits between the listening socket and aiohttp's protocol:
+failing). `ConnectionGuard` sits between the listening socket and each connection's
+protocol (the deliveries' short path, bridge/http/webhook_protocol.py, or aiohttp's):
 
 - a connection has `header_timeout` seconds, from when it opens or its last response was
   handed over, to complete its next request head (so it is the keep-alive idle time too);
-- a body must arrive within `body_timeout` of its head (`read_body`; 408 otherwise);
+- a body must arrive within `body_timeout` of its head (`read_body`, or the short path's
+  own timer; 408 otherwise);
 - at most `limit` connections are open. One more evicts the connection idle longest (waiting
   for a head, or for its body): those are what a flood of slow clients looks like, and a
   real request (Meta, a health check) sends its head at once. Only when every connection is
