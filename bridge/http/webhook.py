@@ -131,9 +131,11 @@ def _route(
     return routed
 
 
-def begin() -> tuple[float, contextvars.Token[str | None]]:
-    """A delivery's start time, and its request id for every line logged while it runs."""
-    return time.monotonic(), REQUEST_ID.set(f"{_REQUEST_PREFIX}{next(_request_numbers):06x}")
+def begin(since: float | None = None) -> tuple[float, contextvars.Token[str | None]]:
+    """A delivery's start time (`since`, when its head came before its body), and its
+    request id for every line logged while it runs."""
+    started = time.monotonic() if since is None else since
+    return started, REQUEST_ID.set(f"{_REQUEST_PREFIX}{next(_request_numbers):06x}")
 
 
 def finish(

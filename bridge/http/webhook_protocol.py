@@ -90,6 +90,9 @@ class _Head:
     length: int
     start: int  # where the body starts in the buffer
     keep_alive: bool
+    # When the head came, if its body did not come with it: `webhook_seconds` counts the wait
+    # for the body too, as on the aiohttp route (whose handler starts before the body is read).
+    since: float | None = None
 
 
 def _parse_head(head: bytes, max_body: int) -> _Head | None:
@@ -317,6 +320,7 @@ class WebhookProtocol(asyncio.Protocol):
                 return
             if self._head is None:
                 self._head = head
+                head.since = time.monotonic()
                 self.guarded.reading_body()
                 self._body_timer = self._loop.call_later(
                     self._connections.body_timeout, self._body_late
@@ -336,7 +340,7 @@ class WebhookProtocol(asyncio.Protocol):
     async def _answer(self, head: _Head, body: bytes) -> None:
         connections = self._connections
         runtimes, metrics = connections.runtimes, connections.metrics
-        started, token = begin()
+        started, token = begin(head.since)
         status = 500
         try:
             try:
@@ -394,7 +398,7 @@ class WebhookProtocol(asyncio.Protocol):
         """The body did not follow its head in time: a 408, and the connection closed."""
         self._body_timer = None
         head, self._head = self._head, None
-        started, token = begin()
+        started, token = begin(head.since if head is not None else None)
         length = head.length if head is not None else None
         log.warning(
             "delivery_unreadable", reason="request body not received in time", length=length

@@ -628,3 +628,18 @@ async def test_a_stop_past_its_deadline_cancels_the_answer_still_being_made(
     assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer
     assert served.metrics.deliveries.labels("error")._value.get() == 1
     writer.close()
+
+
+async def test_the_handling_time_counts_the_wait_for_a_body_that_came_after_its_head(
+    served: Served,
+) -> None:
+    """As on the aiohttp route, whose handler starts before it reads the body."""
+    reader, writer = await connect(served)
+    raw = post(delivery("34600001100", "late body"))
+    writer.write(raw[:-20])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(raw[-20:])
+    assert (await read_response(reader)).status == 200
+    assert served.metrics.webhook_seconds._sum.get() >= 0.3
+    writer.close()
