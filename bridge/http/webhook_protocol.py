@@ -159,17 +159,13 @@ def _date() -> bytes:
 
 
 def _response(answer: Answer, close: bool) -> bytes:
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
-        % (  # noqa: E501
-            answer.status,
-            _REASONS.get(answer.status, b"Error"),
-            len(answer.body),
-            _date(),
-            b"Connection: close\r\n" if close else b"",
-            answer.body,
-        )
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+        answer.status,
+        _REASONS.get(answer.status, b"Error"),
+        len(answer.body),
     )
+    tail = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return b"%sDate: %s\r\n%s%s" % (head, _date(), tail, answer.body)
 
 
 class WebhookConnections:
