@@ -620,29 +620,32 @@ async def test_cancelled_request_closes_its_connection(
     await http.close()
 
 
-def answering_after(gate: asyncio.Event) -> Callable[..., Awaitable[bool]]:
-    """A raw server's handler: each connection's answer waits for `gate`, so that requests
-    made meanwhile each open a connection of their own."""
+async def opened_at_once(
+    raw: Callable[..., Awaitable[RawServer]], n: int, **options: float
+) -> tuple[RawServer, KeepAliveClient]:
+    """`n` requests made together, each on a connection of its own (the server answers
+    none until all are open), all answered: the client then holds `n` idle connections."""
+    gate = asyncio.Event()
 
-    async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+    async def together(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
         await gate.wait()
         writer.write(json_response())
         return True
 
-    return together
+    server = await raw(together)
+    http = client(server.url, **options)
+    calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(n)]
+    while server.connections < n:
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*calls)
+    return server, http
 
 
 async def test_idle_connections_left_unused_are_closed_while_another_is_busy(
     raw: Callable[..., Awaitable[RawServer]],
 ) -> None:
-    gate = asyncio.Event()
-    server = await raw(answering_after(gate))
-    http = client(server.url, idle_seconds=0.15)
-    calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(3)]
-    while server.connections < 3:
-        await asyncio.sleep(0.01)
-    gate.set()
-    await asyncio.gather(*calls)
+    server, http = await opened_at_once(raw, 3, idle_seconds=0.15)
     for _ in range(8):  # the newest keeps working; the two below it age out
         await http.request("GET", "/")
         await asyncio.sleep(0.05)
@@ -654,14 +657,7 @@ async def test_idle_connections_left_unused_are_closed_while_another_is_busy(
 async def test_idle_connections_beyond_max_idle_are_closed(
     raw: Callable[..., Awaitable[RawServer]],
 ) -> None:
-    gate = asyncio.Event()
-    server = await raw(answering_after(gate))
-    http = client(server.url, max_idle=2)
-    calls = [asyncio.ensure_future(http.request("GET", "/")) for _ in range(5)]
-    while server.connections < 5:
-        await asyncio.sleep(0.01)
-    gate.set()
-    await asyncio.gather(*calls)
+    server, http = await opened_at_once(raw, 5, max_idle=2)
     for _ in range(50):
         if server.closed == 3:
             break
