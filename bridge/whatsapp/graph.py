@@ -281,19 +281,11 @@ class GraphClient(Sender):
             else:
                 status, raw = await self._http.request(method, target, orjson.dumps(body), _JSON)
         except TimeoutError:
-            # The request may have reached Meta: the outbox waits for a status webhook about
-            # it before it sends again (at-least-once out, with that window made small).
-            raise SendError("Graph API timed out", retryable=True, uncertain=True) from None
+            raise _timed_out() from None
         except Unreachable as exc:
-            # No connection was made, so nothing was sent.
-            raise self._scrubbed(
-                SendError(f"Graph API unreachable: {exc}", retryable=True)
-            ) from None
+            raise self._unreachable(exc) from None
         except ConnectionLost as exc:
-            # Connected and written, then lost: the request may have been taken.
-            raise self._scrubbed(
-                SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
-            ) from None
+            raise self._lost(exc) from None
         return self._answer(status, raw)
 
     def _answer(self, status: int, raw: bytes) -> Any:
@@ -311,19 +303,23 @@ class GraphClient(Sender):
             async with self._client().post(
                 f"{self._url}/media", data=form, timeout=timeout
             ) as resp:
-                return self._answer(resp.status, await resp.read())
-        except SendError as exc:
-            raise self._scrubbed(exc) from None
+                return self._answer(resp.status, await resp.read())  # scrubbed there
         except TimeoutError:
-            raise SendError("Graph API timed out", retryable=True, uncertain=True) from None
+            raise _timed_out() from None
         except aiohttp.ClientConnectorError as exc:
-            raise self._scrubbed(
-                SendError(f"Graph API unreachable: {exc}", retryable=True)
-            ) from None
+            raise self._unreachable(exc) from None
         except aiohttp.ClientError as exc:
-            raise self._scrubbed(
-                SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
-            ) from None
+            raise self._lost(exc) from None
+
+    def _unreachable(self, exc: Exception) -> SendError:
+        """No connection was made, so nothing was sent."""
+        return self._scrubbed(SendError(f"Graph API unreachable: {exc}", retryable=True))
+
+    def _lost(self, exc: Exception) -> SendError:
+        """Connected and written, then lost: the request may have been taken."""
+        return self._scrubbed(
+            SendError(f"Graph API connection lost: {exc}", retryable=True, uncertain=True)
+        )
 
     def _scrubbed(self, exc: SendError) -> SendError:
         """Error text ends up in logs and in the stored message: never let the token in."""
@@ -347,6 +343,12 @@ class GraphClient(Sender):
             self._session = None
             # Let the connector's transports close before the loop goes (aiohttp's advice).
             await asyncio.sleep(0)
+
+
+def _timed_out() -> SendError:
+    """The request may have reached Meta: the outbox waits for a status webhook about it
+    before it sends again (at-least-once out, with that window made small)."""
+    return SendError("Graph API timed out", retryable=True, uncertain=True)
 
 
 def _error(status: int, data: Any) -> SendError:
