@@ -171,11 +171,8 @@ class KeepAliveClient:
         if self._closed:
             conn.close()
             return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)  # straight to the longest waiting request
-                return
+        if self._hand_to_waiter(conn):  # straight to the longest waiting request
+            return
         idle = self._idle
         # The oldest are at the left: close those a quiet spell has left too old to trust.
         while idle and now - idle[0].idle_since >= self._idle_seconds:
@@ -229,11 +226,17 @@ class KeepAliveClient:
 
     def _wake(self) -> None:
         """Tell the first waiting request there is room for a connection."""
+        self._hand_to_waiter(None)
+
+    def _hand_to_waiter(self, conn: _Connection | None) -> bool:
+        """Wake the longest waiting request (one not cancelled meanwhile) with `conn`, or
+        with None: room to open one. False if nobody waits."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                waiter.set_result(conn)
+                return True
+        return False
 
     def _lost(self, conn: _Connection) -> None:
         self._open.discard(conn)
