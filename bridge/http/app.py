@@ -44,7 +44,7 @@ def create_app(
     metrics.watch(lambda: by_slug, lambda: monitor.store_bytes)
     app[webhook.METRICS] = metrics
     app[webhook_protocol.CONNECTIONS] = WebhookConnections(
-        by_slug, metrics, settings.max_body_bytes, settings.body_timeout
+        by_slug, metrics, settings.max_body_bytes
     )
     app[health.METRICS_TOKEN] = settings.metrics_token
     app[health.MONITOR] = monitor

@@ -81,6 +81,15 @@ def connection_limit(configured: int) -> int:
     return min(configured, max(MIN_CONNECTIONS, soft - FD_RESERVE))
 
 
+def close_or_abort(transport: asyncio.Transport) -> None:
+    """Close `transport`, or abort it when answers are still unsent: a client that does not
+    read them would hold a close until it does."""
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
+
+
 class _State(Enum):
     IDLE = "idle"  # waiting for a request head (new, or kept alive after a response)
     BODY = "body"  # a handler waits for the request body
@@ -180,10 +189,7 @@ class GuardedConnection(asyncio.Protocol):
         self.guard.dropped(reason)
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if transport.get_write_buffer_size():
-                transport.abort()  # a client that does not read would hold close() forever
-            else:
-                transport.close()
+            close_or_abort(transport)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -223,7 +229,7 @@ class ConnectionGuard:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self._on_drop = on_drop
-        self._connections: dict[object, GuardedConnection] = {}  # by aiohttp's protocol object
+        self._connections: dict[object, GuardedConnection] = {}  # by the inner protocol
         self._log = get_logger()
         self._warned_at = -float("inf")
         self._unreported: dict[str, int] = {}

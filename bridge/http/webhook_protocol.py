@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http_parser import SINGLETON_HEADERS
 
-from bridge.http.guard import GUARD, GuardedConnection
+from bridge.http.guard import GUARD, GuardedConnection, close_or_abort
 from bridge.http.webhook import (
     Answer,
     acknowledge,
@@ -71,16 +72,7 @@ MAX_HEADERS = 128
 _NOT_OURS = frozenset(
     {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
 )
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    408: b"Request Timeout",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 @dataclass(slots=True)
@@ -176,12 +168,10 @@ class WebhookConnections:
         runtimes: Mapping[str, ProfileRuntime],
         metrics: Metrics,
         max_body: int,
-        body_timeout: float,
     ) -> None:
         self.runtimes = runtimes
         self.metrics = metrics
         self.max_body = max_body
-        self.body_timeout = body_timeout
         # What a connection holds unanswered: one whole request. Reading pauses beyond it.
         self.max_buffer = max_body + MAX_HEAD + 4
         self.live: set[WebhookProtocol] = set()
@@ -273,12 +263,8 @@ class WebhookProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close now: abort if answers are still unsent, as the connection guard does (a
         client that does not read them would hold a close until the stop's deadline)."""
-        transport = self._transport
-        if transport is not None:
-            if transport.get_write_buffer_size():
-                transport.abort()
-            else:
-                transport.close()
+        if self._transport is not None:
+            close_or_abort(self._transport)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -319,7 +305,7 @@ class WebhookProtocol(asyncio.Protocol):
                 head.since = time.monotonic()
                 self.guarded.reading_body()
                 self._body_timer = self._loop.call_later(
-                    self._connections.body_timeout, self._body_late
+                    self.guarded.guard.body_timeout, self._body_late
                 )
             return
         self._head = None
