@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,11 @@ from tests.admin.support import admin
 from tests.conftest import APP_SECRET, make_profile
 from tests.fakes.graph import FakeGraph
 from tests.fakes.threaded import serve_in_thread
+from tests.store.conftest import OpenStore
 from tests.test_cli import clean_env, graph_env, start_serve
 
 OLD, NEW = new_key(), new_key()
 PHONE = "34600000009"
-OpenStore = Callable[..., Awaitable[PostgresStore]]
 
 
 def keys(*ring: bytes) -> str:
@@ -45,20 +44,14 @@ def keys(*ring: bytes) -> str:
 
 
 @pytest.fixture
-async def open_store(tmp_path: Path, database_url: str) -> AsyncIterator[OpenStore]:
-    """Opens replicas of one profile, each with the key list given; closes them after."""
-    stores: list[PostgresStore] = []
+def open_replica(tmp_path: Path, open_store: OpenStore) -> OpenStore:
+    """Opens replicas of one profile (tests/store/conftest.py), each with the key list
+    given."""
 
     async def open_one(*ring: bytes, **options: Any) -> PostgresStore:
-        options.setdefault("poll_seconds", 0.05)
-        store = PostgresStore(make_profile(tmp_path, key=keys(*ring)), database_url, **options)
-        await store.open()
-        stores.append(store)
-        return store
+        return await open_store(make_profile(tmp_path, key=keys(*ring)), **options)
 
-    yield open_one
-    for store in stores:
-        await store.close()
+    return open_one
 
 
 def user(n: int, key: str = "34600000001") -> MessageAdded:
@@ -97,9 +90,9 @@ def lock_id(store: PostgresStore, key: str) -> int:
 
 
 async def test_rotate_reseals_every_row_under_the_new_key(
-    open_store: OpenStore, database_url: str, tmp_path: Path
+    open_replica: OpenStore, database_url: str, tmp_path: Path
 ) -> None:
-    old = await open_store(OLD)
+    old = await open_replica(OLD)
     await old.commit([user(n) for n in range(20)])
     await old.snapshot()
     await old.commit([user(n) for n in range(20, 30)])
@@ -118,25 +111,25 @@ async def test_rotate_reseals_every_row_under_the_new_key(
     again = await rotate(database_url, NEW, OLD)
     assert (again.records, again.snapshot, again.profile_row) == (0, False, False)
 
-    fresh = await open_store(NEW)
+    fresh = await open_replica(NEW)
     assert _fingerprint(fresh.state) == before
     assert fresh.state.has_seen("wamid.0") and fresh.state.has_seen("wamid.29")
     assert await fresh.commit_new([user(3)]) == {"wamid.3"}  # the seen hashes still hold
     with pytest.raises(ConfigError, match="does not match the database"):
-        await open_store(OLD)
+        await open_replica(OLD)
 
 
 async def test_a_replica_keeps_committing_while_rotate_key_runs(
-    open_store: OpenStore, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    open_replica: OpenStore, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(rotation, "CHUNK", 7)  # many chunks, commits between them
-    writer = await open_store(OLD)
+    writer = await open_replica(OLD)
     spread = [user(n, key=f"3461{n % 20:07d}") for n in range(1000)]  # under the cap each
     await writer.commit(spread[:200])
     await writer.snapshot()
     await writer.commit(spread[200:])
     await writer.close()
-    replica = await open_store(NEW, OLD)  # step 2 done: seals with NEW
+    replica = await open_replica(NEW, OLD)  # step 2 done: seals with NEW
     stop = asyncio.Event()
     committed: list[int] = []
 
@@ -172,7 +165,7 @@ async def test_a_replica_keeps_committing_while_rotate_key_runs(
         await task
     assert len(committed) > 10
     assert await key_ids_in(database_url) == {key_id(NEW)}
-    reader = await open_store(NEW)
+    reader = await open_replica(NEW)
     for n in [*range(1000), *committed]:
         assert reader.state.has_seen(f"wamid.{n}"), n
     stored = sum(len(v.messages) for v in reader.state.views())
@@ -180,10 +173,10 @@ async def test_a_replica_keeps_committing_while_rotate_key_runs(
 
 
 async def test_rotate_key_reports_rows_a_replica_sealed_meanwhile_with_the_old_key(
-    open_store: OpenStore, database_url: str, monkeypatch: pytest.MonkeyPatch
+    open_replica: OpenStore, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await (await open_store(OLD)).commit([user(1)])
-    laggard = await open_store(OLD, NEW)  # step 2 not done here: still seals with OLD
+    await (await open_replica(OLD)).commit([user(1)])
+    laggard = await open_replica(OLD, NEW)  # step 2 not done here: still seals with OLD
     real = rotation.sealed_with
     calls = 0
 
@@ -198,15 +191,15 @@ async def test_rotate_key_reports_rows_a_replica_sealed_meanwhile_with_the_old_k
     done = await rotate(database_url, NEW, OLD)
     assert done.left == {key_id(OLD).decode(): 1}
     monkeypatch.setattr(rotation, "sealed_with", real)
-    reader = await open_store(NEW, OLD)
+    reader = await open_replica(NEW, OLD)
     assert reader.state.has_seen("wamid.1") and reader.state.has_seen("wamid.2")
 
 
 async def test_hashes_and_lock_ids_are_the_same_whatever_the_key_order(
-    open_store: OpenStore, database_url: str
+    open_replica: OpenStore, database_url: str
 ) -> None:
-    first = await open_store(OLD)
-    both = [await open_store(OLD, NEW), await open_store(NEW, OLD)]
+    first = await open_replica(OLD)
+    both = [await open_replica(OLD, NEW), await open_replica(NEW, OLD)]
     replicas = [first, *both]
     assert len({s.sealer.seen_hash("wamid.x") for s in replicas}) == 1
     assert len({lock_id(s, "34600000001") for s in replicas}) == 1
@@ -215,7 +208,7 @@ async def test_hashes_and_lock_ids_are_the_same_whatever_the_key_order(
         results = await asyncio.gather(*(s.commit_new([user(n)]) for s in both))
         assert sorted(len(r) for r in results) == [0, 1], results
     await rotate(database_url, NEW, OLD)
-    last = await open_store(NEW)
+    last = await open_replica(NEW)
     assert last.sealer.seen_hash("wamid.x") == first.sealer.seen_hash("wamid.x")
     assert lock_id(last, "34600000001") == lock_id(first, "34600000001")
     assert await last.commit_new([user(5)]) == {"wamid.5"}
@@ -230,7 +223,7 @@ def legacy_seen_hash(oldest: bytes, message_id: str) -> bytes:
 
 
 async def test_a_schema_1_database_keeps_its_seen_hashes_and_lock_ids_after_the_upgrade(
-    open_store: OpenStore, database_url: str
+    open_replica: OpenStore, database_url: str
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
@@ -255,9 +248,9 @@ async def test_a_schema_1_database_keeps_its_seen_hashes_and_lock_ids_after_the_
         await conn.close()
     # The first replica of this version opens it during a rolling change ("NEW" second):
     # still the values the replicas of schema 1 (holding "OLD" alone) hashed with.
-    upgraded = await open_store(OLD)
+    upgraded = await open_replica(OLD)
     assert await upgraded.commit_new([user(7)]) == {"wamid.7"}
-    other = await open_store(NEW, OLD)
+    other = await open_replica(NEW, OLD)
     assert await other.commit_new([user(7)]) == {"wamid.7"}
     legacy_lock = hmac.new(
         hmac.new(OLD, b"whatsapp-bridge conversation lock v1default", hashlib.sha256).digest(),
@@ -274,10 +267,10 @@ async def test_a_schema_1_database_keeps_its_seen_hashes_and_lock_ids_after_the_
 
 
 async def test_a_replica_lacking_the_new_key_answers_503_and_says_so_once(
-    open_store: OpenStore, tmp_path: Path
+    open_replica: OpenStore, tmp_path: Path
 ) -> None:
-    behind = await open_store(OLD)  # never given NEW (step 1 missed)
-    ahead = await open_store(NEW, OLD)
+    behind = await open_replica(OLD)  # never given NEW (step 1 missed)
+    ahead = await open_replica(NEW, OLD)
     await ahead.commit([user(1)])
     with capture_logs() as logs:
         for n in range(3):
@@ -294,13 +287,13 @@ async def test_a_replica_lacking_the_new_key_answers_503_and_says_so_once(
     assert not ahead.state.has_seen("wamid.10")  # refused: Meta retries it (503)
     # Restarted without the key, it refuses to start, one line, exit 2.
     with pytest.raises(ConfigError, match=r"sealed with key \w+.*refusing to start"):
-        await open_store(OLD)
+        await open_replica(OLD)
 
 
 async def test_a_serving_replica_lacking_the_key_answers_503_with_one_log_line(
-    tmp_path: Path, database_url: str, open_store: OpenStore
+    tmp_path: Path, database_url: str, open_replica: OpenStore
 ) -> None:
-    await (await open_store(OLD)).commit([user(1)])
+    await (await open_replica(OLD)).commit([user(1)])
     graph = FakeGraph()
     with serve_in_thread(graph.app()) as graph_url:
         var = tmp_path / "replica"
@@ -314,7 +307,7 @@ async def test_a_serving_replica_lacking_the_key_answers_503_with_one_log_line(
         )
         served = start_serve(var, env=env)
         try:
-            ahead = await open_store(NEW, OLD)
+            ahead = await open_replica(NEW, OLD)
             await ahead.commit([user(2)])
             raw = simulate.encode(
                 simulate.delivery(simulate.change_value([simulate.text_message("hola", PHONE)]))

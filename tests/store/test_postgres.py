@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from bridge.config import ProfileConfig
 from bridge.conversations import OPTED_OUT, ConversationMode, Message
 from bridge.errors import ConfigError, StorageError
 from bridge.operators import ModeConflict, Operators, WindowClosed
@@ -30,26 +27,7 @@ from bridge.store.pg.schema import latest_version
 from bridge.store.postgres import PostgresStore
 from tests.conftest import make_profile
 from tests.pg import PostgresServer
-
-KEY = encode_key(new_key())
-OpenStore = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture
-async def open_store(tmp_path: Path, database_url: str) -> AsyncIterator[OpenStore]:
-    """Opens stores (replicas) of one profile on the test's database; closes them after."""
-    stores: list[PostgresStore] = []
-
-    async def open_one(profile: ProfileConfig | None = None, **options: Any) -> PostgresStore:
-        options.setdefault("poll_seconds", 0.05)
-        store = PostgresStore(profile or make_profile(tmp_path, key=KEY), database_url, **options)
-        await store.open()
-        stores.append(store)
-        return store
-
-    yield open_one
-    for store in stores:
-        await store.close()
+from tests.store.conftest import OpenStore
 
 
 def user(n: int, key: str = "34600000001", text: str = "hola") -> MessageAdded:
