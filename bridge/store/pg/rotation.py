@@ -102,6 +102,7 @@ async def rotate(conn: Any, slug: str, keyring: Keyring, source: str) -> Rotatio
     sealer = Sealer(keyring, slug, secrets.seen)
 
     # The profile row first: the key check and the secrets (a short row lock, no more).
+    # Read again: load_secrets stores a schema-1 profile's secrets on first use.
     profile_row = False
     row = await conn.fetchrow(
         "SELECT key_check, secrets FROM bridge_profiles WHERE slug = $1", slug
@@ -117,6 +118,22 @@ async def rotate(conn: Any, slug: str, keyring: Keyring, source: str) -> Rotatio
 
     snapshot = await _reseal_snapshot(conn, sealer)
 
+    records = await _reseal_records(conn, sealer)
+    frames = await _reseal_media(conn, sealer)
+
+    left = {
+        kid.decode(errors="replace"): n
+        for kid, n in (await sealed_with(conn, slug)).items()
+        if kid != target
+    }
+    return Rotation(records, snapshot, profile_row, frames, left)
+
+
+async def _reseal_records(conn: Any, sealer: Sealer) -> int:
+    """Every record not under the first key, re-sealed in chunks; a record changed or
+    deleted meanwhile (compacted into a snapshot) is skipped: each row is replaced only if it
+    still holds the bytes that were read."""
+    slug, target = sealer.profile, sealer.keyring.active_id
     records = 0
     after = 0
     while True:
@@ -129,7 +146,7 @@ async def rotate(conn: Any, slug: str, keyring: Keyring, source: str) -> Rotatio
             CHUNK,
         )
         if not rows:
-            break
+            return records
         seqs, old, new = [], [], []
         for r in rows:
             seq, sealed = int(r["seq"]), bytes(r["sealed"])
@@ -153,15 +170,6 @@ async def rotate(conn: Any, slug: str, keyring: Keyring, source: str) -> Rotatio
         )
         records += int(status.rsplit(" ", 1)[1])
         after = seqs[-1]
-
-    frames = await _reseal_media(conn, sealer)
-
-    left = {
-        kid.decode(errors="replace"): n
-        for kid, n in (await sealed_with(conn, slug)).items()
-        if kid != target
-    }
-    return Rotation(records, snapshot, profile_row, frames, left)
 
 
 async def _reseal_snapshot(conn: Any, sealer: Sealer) -> bool:
