@@ -37,6 +37,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m tests.bench.webhook_load --out var/bench/webhook.md
+	$(BIN)/python -m tests.bench.core_cost --out var/bench/core-cost.md
 	$(BIN)/python -m tests.bench.snapshot_stall --out var/bench/snapshot.md
 	$(BIN)/python -m tests.bench.load_during_snapshot --out var/bench/load-during-snapshot.md
 	$(BIN)/python -m tests.bench.crash_loop --out var/bench/crash.md
