@@ -15,7 +15,7 @@ from admin.arguments import UsageError
 from admin.store import read_state, resolve_profile
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError
-from bridge.eventlog import EventLog
+from bridge.ops.eventlog import EventLog
 from bridge.persistence import layout
 from bridge.persistence.files import secure_dir
 from bridge.persistence.keys import load_keyring

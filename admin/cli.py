@@ -30,8 +30,8 @@ from admin import (
     writer,
 )
 from admin import media as admin_media
-from bridge import logs
 from bridge.errors import BridgeError, ConfigError
+from bridge.ops import logs
 
 EPILOG = """\
 examples:

@@ -27,9 +27,9 @@ from admin.arguments import UsageError
 from admin.backups import write_checked_archive
 from admin.store import resolve_profile
 from bridge.config import ProfileConfig, Settings, load_settings, validate_slug
-from bridge.diskspace import dir_size
 from bridge.errors import BridgeError, ConfigError, ProfileLockedError
-from bridge.eventlog import EventLog
+from bridge.ops.diskspace import dir_size
+from bridge.ops.eventlog import EventLog
 from bridge.persistence import layout
 from bridge.persistence.files import fsync_dir, pid_alive, secure_dir
 from bridge.persistence.keys import load_keyring

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge import __version__, eventloop, logs
+from bridge import __version__
 from bridge.config import Settings, load_settings
 from bridge.devsecrets import load_dev_secrets, with_dev_secrets
 from bridge.errors import BridgeError, ConfigError
 from bridge.identities import is_phone, normalize_key
+from bridge.ops import eventloop, logs
 
 EPILOG_SERVE = """\
 examples:
@@ -198,8 +199,8 @@ def _check_known_profiles(args: argparse.Namespace, settings: Settings) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from bridge.http.server import serve
-    from bridge.listen import bind, inherited
-    from bridge.metrics import Metrics
+    from bridge.ops.listen import bind, inherited
+    from bridge.ops.metrics import Metrics
     from bridge.runtime import ProfileRuntime, StoreFactory, durable_store, postgres_store
 
     # Everything is checked before anything is written: the configuration, the profiles,
@@ -312,7 +313,7 @@ def run_log_id(args: argparse.Namespace) -> int:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from bridge import doctor
+    from bridge.ops import doctor
 
     logs.configure("console", "error")  # its own lines only
     try:

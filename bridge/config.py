@@ -212,10 +212,10 @@ class Settings:
     shutdown_timeout: float = 10.0
     log_format: str = "auto"
     log_level: str = "info"
-    # `auto` (uvloop when installed), `uvloop` or `asyncio` (bridge/eventloop.py).
+    # `auto` (uvloop when installed), `uvloop` or `asyncio` (bridge/ops/eventloop.py).
     event_loop: str = "auto"
     # Log each event-loop stall longer than this many ms with where it was spent
-    # (bridge/stalltrace.py); 0 switches the watchdog off.
+    # (bridge/ops/stalltrace.py); 0 switches the watchdog off.
     stall_log_ms: float = 100.0
     # Bearer token required by /metrics; None leaves it open (bind to localhost then).
     metrics_token: str | None = field(default=None, repr=False)

@@ -16,7 +16,7 @@ import orjson
 
 from bridge.config import ProfileConfig
 from bridge.errors import ConfigError
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence.files import secure_dir
 
 FILENAME = "dev-secrets.json"

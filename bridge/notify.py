@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bridge.logs import get_logger, mask
+from bridge.ops.logs import get_logger, mask
 
 SIGNATURE_HEADER = "X-Bridge-Signature-256"
 ATTEMPTS = 3

@@ -33,8 +33,8 @@ from bridge.conversations import (
 )
 from bridge.errors import BridgeError
 from bridge.identities import normalize_key
-from bridge.logs import get_logger, mask
 from bridge.modes import OPERATOR, current_mode
+from bridge.ops.logs import get_logger, mask
 from bridge.records import MessageAdded, ModeChanged, OutboxItem, OutboxQueued, Record
 from bridge.state import State
 from bridge.store.base import Store

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Sequence
 
 from bridge.conversations import Conversation, window_until
 from bridge.errors import BridgeError
-from bridge.logs import get_logger, mask
 from bridge.modes import outbox_hold
+from bridge.ops.logs import get_logger, mask
 from bridge.records import (
     OutboxConfirmed,
     OutboxDone,

@@ -28,8 +28,8 @@ from bridge.config import AssistantConfig
 from bridge.conversations import Message
 from bridge.errors import AssistantError, BridgeError
 from bridge.hours import OpeningHours
-from bridge.logs import get_logger, mask
 from bridge.modes import assistant_may_answer
+from bridge.ops.logs import get_logger, mask
 from bridge.records import MessageAdded, OutboxItem, OutboxQueued
 from bridge.store.base import Store
 from bridge.whatsapp.sender import OutboundMedia

@@ -14,19 +14,19 @@ from bridge.assistants import create_assistant
 from bridge.assistants.base import Assistant
 from bridge.config import ProfileConfig
 from bridge.conversations import WINDOW_MS, Conversation, Message
-from bridge.eventlog import EventLog
 from bridge.events import expects_reply, says_something
 from bridge.identities import is_phone
 from bridge.ingest import Ingestor, IngestResult
 from bridge.keywords import KeywordRules
-from bridge.logs import get_logger, mask, set_log_id_key
 from bridge.media.store import MediaStore, SharedMedia
 from bridge.media.transcribe import Transcriber
 from bridge.media.worker import MediaWorker
-from bridge.metrics import MeteredSender, Metrics
 from bridge.modes import owed_answer
 from bridge.notify import Notifier
 from bridge.operators import Operators
+from bridge.ops.eventlog import EventLog
+from bridge.ops.logs import get_logger, mask, set_log_id_key
+from bridge.ops.metrics import MeteredSender, Metrics
 from bridge.outbox import Outbox
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring

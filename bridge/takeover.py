@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from bridge.conversations import Conversation, Message
 from bridge.errors import BridgeError
-from bridge.logs import get_logger, mask
+from bridge.ops.logs import get_logger, mask
 from bridge.outbox import Outbox
 from bridge.records import MessageAdded, Record
 from bridge.replies import Replier

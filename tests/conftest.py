@@ -12,11 +12,12 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from bridge import gcpolicy, logs, simulate
+from bridge import simulate
 from bridge.assistants.base import Assistant
 from bridge.config import AssistantConfig, ProfileConfig, Settings
 from bridge.http.app import create_app
-from bridge.metrics import Metrics
+from bridge.ops import gcpolicy, logs
+from bridge.ops.metrics import Metrics
 from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
 from bridge.whatsapp.sender import Sender
@@ -25,7 +26,7 @@ from tests.pg import PostgresServer, fresh_database, start_server
 
 @pytest.fixture(autouse=True)
 def _no_gc_policy_left_behind() -> Iterator[None]:
-    """The bridge's GC policy is process-wide (bridge/gcpolicy.py): a test that ran a bridge
+    """The bridge's GC policy is process-wide (bridge/ops/gcpolicy.py): a test that ran a bridge
     in this process must not leave it installed for the next one."""
     yield
     gcpolicy.uninstall()

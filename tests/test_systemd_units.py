@@ -18,7 +18,7 @@ import pytest
 from bridge.cli import build_parser
 from bridge.config import Settings, load_settings
 from bridge.http.guard import FD_RESERVE
-from bridge.sdnotify import watchdog_interval
+from bridge.ops.sdnotify import watchdog_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

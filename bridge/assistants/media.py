@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from bridge.assistants.base import TurnLike
 from bridge.conversations import Message
 from bridge.errors import BridgeError
-from bridge.logs import get_logger
 from bridge.media.entry import media_of, stored_file
 from bridge.media.store import MediaStore
+from bridge.ops.logs import get_logger
 
 # Image types every vision model takes (OpenAI: png, jpeg, webp, non-animated gif).
 VISION_MIME_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")

@@ -33,7 +33,7 @@ from bridge.control.protocol import (
 )
 from bridge.control.registry import OPERATIONS, ControlContext, Registry
 from bridge.errors import BridgeError, ConfigError, StorageUnavailableError
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.files import temp_path
 

@@ -29,7 +29,6 @@ from bridge.errors import BridgeError, StorageError
 from bridge.http.guard import GUARD, UnreadableBody, expect_continue
 from bridge.http.webhook import RUNTIMES
 from bridge.identities import is_phone
-from bridge.logs import get_logger, mask
 from bridge.modes import OPERATOR, current_mode
 from bridge.operators import (
     ModeConflict,
@@ -40,6 +39,7 @@ from bridge.operators import (
     now_ms,
     window_closes_at,
 )
+from bridge.ops.logs import get_logger, mask
 from bridge.runtime import ProfileRuntime
 from bridge.whatsapp.template import TemplateError, template_from_json
 

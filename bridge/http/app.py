@@ -10,8 +10,8 @@ from bridge.config import Settings
 from bridge.http import api, console, health, webhook, webhook_protocol
 from bridge.http.guard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.http.webhook_protocol import WebhookConnections
-from bridge.metrics import Metrics
-from bridge.monitor import HealthMonitor
+from bridge.ops.metrics import Metrics
+from bridge.ops.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
 
 

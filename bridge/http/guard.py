@@ -33,7 +33,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 
 # File descriptors left for everything but client connections: journal, snapshot, lock and
 # key files, the Graph API and assistant connections, logs.

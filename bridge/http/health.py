@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bridge.http.guard import expect_continue
 from bridge.http.webhook import METRICS, RUNTIMES
-from bridge.monitor import HealthMonitor, disk_check
+from bridge.ops.monitor import HealthMonitor, disk_check
 
 READY = web.AppKey("ready", dict[str, bool])
 METRICS_TOKEN: web.AppKey[str | None] = web.AppKey("metrics_token")

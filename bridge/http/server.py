@@ -16,18 +16,18 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from bridge import eventloop, gcpolicy, logs
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.http import webhook_protocol
 from bridge.http.app import create_app
 from bridge.http.guard import GUARD
 from bridge.http.health import MONITOR
-from bridge.logs import get_logger
-from bridge.metrics import Metrics
+from bridge.ops import eventloop, gcpolicy, logs
+from bridge.ops.logs import get_logger
+from bridge.ops.metrics import Metrics
+from bridge.ops.schedule import start_scheduler
+from bridge.ops.sdnotify import Notifier, watchdog_interval
 from bridge.runtime import ProfileRuntime
-from bridge.schedule import start_scheduler
-from bridge.sdnotify import Notifier, watchdog_interval
 
 
 async def serve(
@@ -36,7 +36,7 @@ async def serve(
     metrics: Metrics | None = None,
     sockets: Sequence[socket.socket] = (),
 ) -> None:
-    """Serve until stopped; on `sockets` already bound (bridge/listen.py), else binding
+    """Serve until stopped; on `sockets` already bound (bridge/ops/listen.py), else binding
     `settings.host:port` once the profiles are loaded."""
     log = get_logger()
     notifier = Notifier(settings.notify_socket)
@@ -69,7 +69,7 @@ async def _serve_until_stopped(
     factory = webhook_protocol.protocol_factory(runner.app, runner.server)
     # Not aiohttp's sites: every connection goes through the guard (deadlines, the cap) and
     # the deliveries' fast path (bridge/http/webhook_protocol.py). The
-    # sockets were bound before anything was written (bridge/listen.py); without them (tests
+    # sockets were bound before anything was written (bridge/ops/listen.py); without them (tests
     # that call serve() directly) bind here.
     try:
         if sockets:

@@ -22,8 +22,8 @@ from aiohttp import web
 from bridge.errors import PayloadError, StorageError
 from bridge.http.guard import GUARD, UnreadableBody, expect_continue
 from bridge.ingest import IngestResult
-from bridge.logs import REQUEST_ID, get_logger
-from bridge.metrics import Metrics
+from bridge.ops.logs import REQUEST_ID, get_logger
+from bridge.ops.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from bridge.whatsapp import signature
 from bridge.whatsapp.models import Change, Delivery, InboundMessage, StatusUpdate
@@ -294,7 +294,7 @@ def acknowledge(
             "delivery_recorded",
             profile=slug,
             recorded=len(result.recorded),
-            message_ids=[m.id for m in result.recorded],  # logged as hashes (bridge.logs)
+            message_ids=[m.id for m in result.recorded],  # logged as hashes (bridge.ops.logs)
             duplicates=result.duplicates,
             statuses=result.statuses,
             ms=round((time.monotonic() - started) * 1000, 2),

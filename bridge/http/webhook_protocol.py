@@ -47,8 +47,8 @@ from bridge.http.webhook import (
     finish,
     refusal,
 )
-from bridge.logs import get_logger
-from bridge.metrics import Metrics
+from bridge.ops.logs import get_logger
+from bridge.ops.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 
 log = get_logger()

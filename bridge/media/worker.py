@@ -32,7 +32,6 @@ from typing import Any
 from bridge.config import MediaConfig
 from bridge.conversations import Message
 from bridge.errors import BridgeError, StorageError
-from bridge.logs import get_logger, mask
 from bridge.media.audio import Probe
 from bridge.media.entry import (
     AUDIO_TYPES,
@@ -46,7 +45,8 @@ from bridge.media.entry import (
 )
 from bridge.media.store import MediaFileError, MediaStore, StoredMedia
 from bridge.media.transcribe import Transcriber, TranscriptionError
-from bridge.metrics import Metrics
+from bridge.ops.logs import get_logger, mask
+from bridge.ops.metrics import Metrics
 from bridge.records import ConversationDeleted, MediaUpdated, Record
 from bridge.store.base import Store
 from bridge.whatsapp.media import MediaClient, MediaError, MediaInfo, parse_digest

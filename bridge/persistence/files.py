@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 
 
 def make_dirs(path: Path, mode: int = 0o700) -> list[Path]:

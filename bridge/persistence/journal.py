@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.errors import StorageError
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence import frames
 from bridge.persistence.crypto import OVERHEAD, Keyring
 from bridge.persistence.files import atomic_write, fsync_dir, write_all

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bridge.config import ProfileConfig
 from bridge.errors import ConfigError
-from bridge.logs import get_logger, log_id_key
+from bridge.ops.logs import get_logger, log_id_key
 from bridge.persistence.crypto import KEY_BYTES, Keyring
 from bridge.persistence.files import atomic_write, secure_dir
 from bridge.persistence.journal import list_segments, segment_path
@@ -99,7 +99,7 @@ def load_keyring(profile: ProfileConfig, create: bool) -> Keyring:
 
 
 def log_id_key_for(profile: ProfileConfig) -> bytes | None:
-    """The key that hashes this profile's wamids in logs (see `bridge.logs.log_id`), derived
+    """The key that hashes this profile's wamids in logs (see `bridge.ops.logs.log_id`), derived
     from its encryption keys; None while it has none (nothing stored yet)."""
     try:
         keyring = load_keyring(profile, create=False)

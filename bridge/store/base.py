@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.ownership import SOLE, Ownership
 from bridge.records import Record
 from bridge.state import State

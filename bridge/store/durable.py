@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bridge import gcpolicy
 from bridge.config import ProfileConfig
 from bridge.errors import BridgeError, CorruptStateError, StorageError, StorageUnavailableError
-from bridge.eventlog import EventLog
-from bridge.logs import get_logger
+from bridge.ops import gcpolicy
+from bridge.ops.eventlog import EventLog
+from bridge.ops.logs import get_logger
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.files import remove_stale_temps

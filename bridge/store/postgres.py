@@ -42,7 +42,7 @@ from bridge.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.persistence.keys import parse_keys
 from bridge.persistence.snapshot import ID_LEN, LENGTH, MAGIC, read_snapshot, write_snapshot

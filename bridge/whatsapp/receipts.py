@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.whatsapp.sender import Sender, SendError
 
 # A receipt later than this is worthless (the reply is on its way); give up.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import BridgeError
-from bridge.logs import get_logger, mask
+from bridge.ops.logs import get_logger, mask
 from bridge.templates import Template
 
 # WhatsApp's limit for a text message body.

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import uvloop
 
-from bridge import logs, simulate
+from bridge import simulate
+from bridge.ops import logs
 from bridge.runtime import ProfileRuntime, durable_store
 from bridge.whatsapp.parse import parse_body
 from bridge.whatsapp.sender import Sender

@@ -36,9 +36,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bridge.config import ProfileConfig
-from bridge.logs import configure
-from bridge.persistence.stallbench import build_state
+from bridge.ops.logs import configure
 from bridge.store.durable import DurableStore
+from tests.bench.stallbench import build_state
 from tests.bench.webhook_load import LUA, SECRET, free_port, run_wrk, write_deliveries
 from tests.load import publish
 
@@ -105,7 +105,7 @@ def run(
         "BRIDGE_LOG_FORMAT": "json",
         "BRIDGE_SNAPSHOT_INTERVAL": str(interval),
         "BRIDGE_REPLY_DEBOUNCE_SECONDS": "0",
-        # Every stall over 15 ms logged with where it was spent (bridge/stalltrace.py).
+        # Every stall over 15 ms logged with where it was spent (bridge/ops/stalltrace.py).
         "BRIDGE_STALL_LOG_MS": str(STALL_LOG_MS),
     }
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "bridge", "serve"]

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bridge.config import ProfileConfig
 from bridge.conversations import Conversation, Message
-from bridge.logs import configure
+from bridge.ops.logs import configure
 from bridge.records import MessageAdded
 from bridge.store.durable import DurableStore
 from tests import chattext
@@ -138,7 +138,7 @@ import asyncio, gc, sys
 from dataclasses import dataclass
 from pathlib import Path
 from bridge.config import ProfileConfig
-from bridge.logs import configure
+from bridge.ops.logs import configure
 from bridge.records import MessageAdded
 from bridge.store.durable import DurableStore
 def rss_kb():

@@ -22,7 +22,7 @@ from bridge.config import Settings
 from bridge.http import webhook_protocol
 from bridge.http.app import create_app
 from bridge.http.guard import GUARD
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 from bridge.runtime import ProfileRuntime
 from tests.conftest import APP_SECRET, VERIFY_TOKEN, eventually, make_profile
 

@@ -30,7 +30,7 @@ from bridge.conversations import Message
 from bridge.media.entry import media_of
 from bridge.media.store import MediaFileError
 from bridge.media.worker import MediaWorker
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 from bridge.persistence import layout
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.keys import encode_key, new_key
@@ -276,7 +276,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
 
     from bridge.conversations import Message
-    from bridge.metrics import Metrics
+    from bridge.ops.metrics import Metrics
     from bridge.records import MessageAdded
     from bridge.runtime import media_worker
     from bridge.store.pg.media import DatabaseMedia

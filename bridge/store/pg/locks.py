@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from bridge.logs import get_logger, mask
+from bridge.ops.logs import get_logger, mask
 from bridge.ownership import Ownership
 
 _INFO = b"whatsapp-bridge conversation lock v1"

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import StorageError
-from bridge.logs import get_logger
 from bridge.media.store import MediaFileError, MediaStore
+from bridge.ops.logs import get_logger
 from bridge.state import State
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from bridge.errors import CorruptStateError
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence.crypto import DecryptError, Keyring
 from bridge.store.pg.locks import legacy_lock_key
 from bridge.store.pg.sealing import Sealer, legacy_seen_key

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.sdnotify import Notifier, watchdog_interval
+from bridge.ops.sdnotify import Notifier, watchdog_interval
 
 
 class Receiver:

@@ -15,8 +15,8 @@ from typing import Any, cast
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from bridge import doctor as doctor_module
 from bridge.config import ProfileConfig
+from bridge.ops import doctor as doctor_module
 from tests.admin.support import admin
 from tests.conftest import APP_SECRET, VERIFY_TOKEN
 from tests.fakes.graph import APP_ID, TOKEN, FakeGraph

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.config import load_settings
-from bridge.loopwatch import LoopWatch
+from bridge.ops.loopwatch import LoopWatch
 
 
 def _spin_in_python(seconds: float) -> int:
@@ -37,7 +37,7 @@ async def test_a_stall_is_logged_with_the_code_that_held_the_loop() -> None:
     assert 150 <= stall["ms"] <= 400
     assert stall["loop_cpu_ms"] >= 50  # the loop's own thread ran it (the host may take some)
     assert any("_spin_in_python" in frame for frame in stall["loop"]), stall["loop"]
-    assert any("tests/test_stalltrace.py" in frame for frame in stall["loop"])
+    assert any("tests/ops/test_stalltrace.py" in frame for frame in stall["loop"])
 
 
 async def test_no_watchdog_without_a_threshold() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from bridge.eventlog import EventLog
+from bridge.ops.eventlog import EventLog
 
 WRITER = r"""
 import sys
 from pathlib import Path
 from structlog.testing import capture_logs
 
-from bridge.eventlog import EventLog
+from bridge.ops.eventlog import EventLog
 
 log = EventLog(Path(sys.argv[1]), max_bytes=int(sys.argv[2]))
 for n in range(int(sys.argv[3])):

@@ -63,7 +63,7 @@ async def test_unreachable_assistant_is_degraded(start_bridge: StartBridge, tmp_
 
 
 async def test_embedded_profile_without_token_is_up() -> None:
-    from bridge.monitor import HealthMonitor
+    from bridge.ops.monitor import HealthMonitor
     from bridge.runtime import ProfileRuntime
 
     runtime = ProfileRuntime.build(make_profile(Path("/nonexistent")))

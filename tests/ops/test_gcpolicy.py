@@ -1,11 +1,11 @@
 """The collector policy: what survives a full collection is frozen, so the next full
-collection walks only what survived since (bridge/gcpolicy.py)."""
+collection walks only what survived since (bridge/ops/gcpolicy.py)."""
 
 from __future__ import annotations
 
 import gc
 
-from bridge import gcpolicy
+from bridge.ops import gcpolicy
 
 
 class Node:

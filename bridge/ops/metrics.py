@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bridge import logs
 from bridge.conversations import ASSISTANT, MODES
-from bridge.diskspace import disk_space
-from bridge.loopwatch import LoopWatch
+from bridge.ops import logs
+from bridge.ops.diskspace import disk_space
+from bridge.ops.loopwatch import LoopWatch
 from bridge.templates import Template
 from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.diskspace import LOW_BYTES, DiskSpace, dir_size, disk_space
 from bridge.http.health import MONITOR
+from bridge.ops.diskspace import LOW_BYTES, DiskSpace, dir_size, disk_space
 from bridge.runtime import durable_store
 from tests.conftest import StartBridge, make_profile
 from tests.tmpfs import mounted_tmpfs

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import logs, simulate
+from bridge import simulate
+from bridge.ops import logs
 from tests.conftest import Bridge, StartBridge
 
 

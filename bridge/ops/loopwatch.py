@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from bridge import gcpolicy
-from bridge.stalltrace import StallTrace
+from bridge.ops import gcpolicy
+from bridge.ops.stalltrace import StallTrace
 
 TICK = 0.01  # seconds; 100 wake-ups a second cost a few microseconds each
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -87,7 +87,7 @@ class LoopWatch:
     @contextlib.asynccontextmanager
     async def running(self, stall_log: float = 0.0) -> AsyncIterator[LoopWatch]:
         """Watch the loop meanwhile; with `stall_log` (seconds), log each stall longer than
-        that with where it was spent (bridge/stalltrace.py)."""
+        that with where it was spent (bridge/ops/stalltrace.py)."""
         self.trace = StallTrace(TICK, stall_log).start() if stall_log > 0 else None
         task = asyncio.create_task(self.run(), name="loopwatch")
         try:

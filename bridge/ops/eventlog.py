@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 from bridge.persistence.layout import events_path
 
 MAX_BYTES = 256 * 1024

@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 
-from bridge.logs import get_logger
+from bridge.ops.logs import get_logger
 
 
 def watchdog_interval(watchdog_usec: str | None, watchdog_pid: str | None = None) -> float | None:

@@ -1,6 +1,6 @@
 """Who stalled the event loop: a watchdog thread that names where a long stall was spent.
 
-The loop watch (bridge/loopwatch.py) measures how late the loop runs, not why, and on uvloop
+The loop watch (bridge/ops/loopwatch.py) measures how late the loop runs, not why, and on uvloop
 nothing names the callback that ran long. This thread wakes every few milliseconds; when the
 loop's heartbeat is older than the threshold it takes the stacks of the process's threads
 (`sys._current_frames`) while the stall is still going on, and once the loop beats again it
@@ -23,14 +23,15 @@ import time
 import traceback
 from types import FrameType
 
-from bridge import gcpolicy
-from bridge.logs import get_logger
+from bridge.ops import gcpolicy
+from bridge.ops.logs import get_logger
 
 POLL = 0.005  # seconds between looks
 FRAMES = 4  # innermost frames named per thread
 # Frames of threads that are waiting, not working: left out of the report.
 _IDLE = frozenset({"wait", "_wait_for_tstate_lock", "select", "poll", "get", "sleep", "_worker"})
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds the `bridge` package (bridge/ops/stalltrace.py is 3 levels down).
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _where(frame: FrameType | None) -> list[str]:

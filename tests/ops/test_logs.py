@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge import logs, simulate
+from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.errors import StorageError
+from bridge.ops import logs
 from bridge.persistence import layout
 from bridge.store.durable import DurableStore, load_state
 from tests.conftest import APP_SECRET, make_profile

@@ -4,7 +4,7 @@ Builds N conversations x M messages (and a seen-set of S ids) in a `DurableStore
 `snapshot()` while a 1 ms ticker records how late it wakes (the stall) and a writer commits a
 message every 5 ms (commit latency under a snapshot). Then closes and times a restart.
 
-    python -m bridge.persistence.stallbench [--conversations 10000] [--messages 250] [--seen 0]
+    python -m tests.bench.stallbench [--conversations 10000] [--messages 250] [--seen 0]
 
 Or call `measure(...)` from a benchmark. Not a unit test: timings depend on the machine.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bridge.config import ProfileConfig
 from bridge.conversations import Conversation, Message
-from bridge.logs import configure
+from bridge.ops.logs import configure
 from bridge.persistence import layout
 from bridge.persistence.keys import encode_key, new_key
 from bridge.records import MessageAdded

@@ -32,7 +32,7 @@ import time
 # watch shows stalls, this says which of them were the collector's).
 longest = [0.0, 0.0, 0.0]
 # The recent collections over LONG seconds, as (monotonic end, seconds, generation): the
-# stall log (bridge/stalltrace.py) names those that fell within a stall.
+# stall log (bridge/ops/stalltrace.py) names those that fell within a stall.
 LONG = 0.005
 recent: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=32)
 _started = 0.0

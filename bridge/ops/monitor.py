@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bridge.diskspace import dir_size, disk_space, low_disk_advice
-from bridge.logs import get_logger
-from bridge.metrics import MeteredSender
+from bridge.ops.diskspace import dir_size, disk_space, low_disk_advice
+from bridge.ops.logs import get_logger
+from bridge.ops.metrics import MeteredSender
 from bridge.runtime import ProfileRuntime
 from bridge.whatsapp.graph import GraphClient
 from bridge.whatsapp.sender import Sender, SendError

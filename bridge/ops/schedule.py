@@ -15,8 +15,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bridge.errors import BridgeError
-from bridge.logs import get_logger
-from bridge.monitor import HealthMonitor
+from bridge.ops.logs import get_logger
+from bridge.ops.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
 
 

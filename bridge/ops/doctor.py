@@ -31,8 +31,8 @@ import orjson
 from bridge.assistants import Turn, create_assistant
 from bridge.assistants.base import reply_parts
 from bridge.config import ProfileConfig, Settings
-from bridge.diskspace import disk_space, low_disk_advice
 from bridge.errors import BridgeError
+from bridge.ops.diskspace import disk_space, low_disk_advice
 from bridge.persistence import layout
 from bridge.persistence.snapshot import SnapshotInfo
 
