@@ -20,7 +20,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from types import FrameType
 
 from bridge.ops import gcpolicy
@@ -35,18 +34,23 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def _where(frame: FrameType | None) -> list[str]:
-    """The innermost frames as `file:line function`, paths relative to the package root."""
-    if frame is None:
-        return []
-    summary = traceback.extract_stack(frame)[-FRAMES:]
-    out = []
-    for entry in reversed(summary):
-        path = entry.filename
+    """The innermost frames as `file:line function`, paths relative to the package root.
+
+    Read from the frames themselves, not with `traceback.extract_stack`: that walks the whole
+    stack and reads source lines through linecache, file I/O that lets go of the interpreter
+    lock, and each time the stalling thread takes it back for a switch interval (5 ms). On a
+    deep stack the look then outlasted the stall it was meant to show, and named nothing or
+    the code that ran after it."""
+    out: list[str] = []
+    while frame is not None and len(out) < FRAMES:
+        code = frame.f_code
+        path = code.co_filename
         if path.startswith(_ROOT):
             path = os.path.relpath(path, _ROOT)
         elif "site-packages" in path:
             path = path.split("site-packages" + os.sep, 1)[1]
-        out.append(f"{path}:{entry.lineno} {entry.name}")
+        out.append(f"{path}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
     return out
 
 
