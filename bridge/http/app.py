@@ -10,7 +10,7 @@ from bridge.config import Settings
 from bridge.http import api, console, health, webhook, webhook_protocol
 from bridge.http.guard import GUARD, ConnectionGuard, add_fallback_route, connection_limit
 from bridge.http.webhook_protocol import WebhookConnections
-from bridge.ops.metrics import Metrics
+from bridge.ops.metrics import Metrics, Watched
 from bridge.ops.monitor import HealthMonitor
 from bridge.runtime import ProfileRuntime
 
@@ -41,7 +41,10 @@ def create_app(
     app[webhook.RUNTIMES] = by_slug
     app[health.READY] = {}
     monitor = HealthMonitor(list(runtimes))
-    metrics.watch(lambda: by_slug, lambda: monitor.store_bytes)
+    metrics.watch(
+        lambda: {r.slug: Watched(r.store.state, r.config.state_dir) for r in runtimes},
+        lambda: monitor.store_bytes,
+    )
     app[webhook.METRICS] = metrics
     app[webhook_protocol.CONNECTIONS] = WebhookConnections(
         by_slug, metrics, settings.max_body_bytes

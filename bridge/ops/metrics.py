@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,11 +20,9 @@ from bridge.conversations import ASSISTANT, MODES
 from bridge.ops import logs
 from bridge.ops.diskspace import disk_space
 from bridge.ops.loopwatch import LoopWatch
+from bridge.state import State
 from bridge.templates import Template
 from bridge.whatsapp.sender import OutboundMedia, Sender, SendError
-
-if TYPE_CHECKING:
-    from bridge.runtime import ProfileRuntime
 
 PREFIX = "whatsapp_bridge"
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -164,24 +163,32 @@ class Metrics:
 
     def watch(
         self,
-        runtimes: Callable[[], Mapping[str, ProfileRuntime]],
+        profiles: Callable[[], Mapping[str, Watched]],
         store_bytes: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         """Expose in-memory sizes (conversations, messages, outbox) and each profile's free
         disk, computed at scrape time, and its bytes on disk as last measured."""
-        self.registry.register(StateCollector(runtimes, store_bytes))
+        self.registry.register(StateCollector(profiles, store_bytes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+class Watched(NamedTuple):
+    """What the state gauges read of a profile: its state in memory and its directory. (Not
+    the runtime itself: the runtime imports this module for its metrics.)"""
+
+    state: State
+    state_dir: Path
+
+
 class StateCollector(Collector):
     def __init__(
         self,
-        runtimes: Callable[[], Mapping[str, ProfileRuntime]],
+        profiles: Callable[[], Mapping[str, Watched]],
         store_bytes: Callable[[], Mapping[str, int]],
     ) -> None:
-        self._runtimes = runtimes
+        self._profiles = profiles
         self._store_bytes = store_bytes
 
     def collect(self) -> Iterable[Metric]:
@@ -221,13 +228,12 @@ class StateCollector(Collector):
             labels=["profile"],
         )
         sizes = self._store_bytes()
-        for slug, runtime in self._runtimes().items():
-            state = runtime.store.state
+        for slug, (state, state_dir) in self._profiles().items():
             convs.add_metric([slug], len(state.conversations))
             msgs.add_metric([slug], state.message_count())
             outbox.add_metric([slug], len(state.outbox))
             try:
-                space = disk_space(runtime.config.state_dir)
+                space = disk_space(state_dir)
             except OSError:
                 pass  # no number rather than a wrong one
             else:
