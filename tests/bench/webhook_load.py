@@ -4,6 +4,8 @@ peer, side by side in one run.
 Columns (each its own server process, pinned to core 0; wrk on core 1, taskset):
 - a bare aiohttp handler that reads the body and answers 200, on asyncio and on uvloop;
 - pywa on FastAPI + uvicorn[standard] (tests/bench/peers.py: signature, dedupe, history);
+- the durable floor (peers.DURABLE): the message column's durable work written as plainly
+  as it can be, with none of the bridge's other work: what the target is measured against;
 - `bridge serve` (durable, encrypted) taking text messages: each is verified, parsed,
   deduplicated and journaled (fsync) before the 200, then answered by the echo assistant, the
   reply journaled and sent to a Graph API on 127.0.0.1 (peers.GRAPH), and its outcome
@@ -24,7 +26,7 @@ for the message path the time until every reply to the measured messages has bee
 journaled and sent: the acknowledgement rate alone would hide reply work left queued.
 
 Usage: python -m tests.bench.webhook_load [--seconds 10] [--connections 32] [--rounds 3]
-           [--columns bare-asyncio,bare-uvloop,pywa,message,status] [--out FILE]
+           [--columns bare-asyncio,bare-uvloop,pywa,durable-floor,message,status] [--out FILE]
 """
 
 from __future__ import annotations
@@ -282,11 +284,20 @@ def measure(
         proc.wait(timeout=120)
 
 
-COLUMNS = ("bare-asyncio", "bare-uvloop", "pywa", "message", "status", "status-journaled")
+COLUMNS = (
+    "bare-asyncio",
+    "bare-uvloop",
+    "pywa",
+    "durable-floor",
+    "message",
+    "status",
+    "status-journaled",
+)
 NAMES = {
     "bare-asyncio": "bare aiohttp handler (read body, 200), asyncio",
     "bare-uvloop": "bare aiohttp handler (read body, 200), uvloop: the floor",
     "pywa": f"pywa {peers.PYWA_VERSION}, FastAPI + uvicorn[standard] (signature, dedupe, history)",
+    "durable-floor": "durable floor: the message path's work alone (journal + fsync, 200; reply journaled, sent, outcome journaled)",
     "message": "bridge, messages (verify, dedupe, journal fsync, 200; echo reply journaled, sent)",
     "status": "bridge, status webhooks only (verify, parse, 200; none changes a reply: no record)",
     "status-journaled": "bridge, statuses of its own replies (delivered, read: each journal + fsync, 200)",
@@ -335,6 +346,8 @@ class Bench:
                 replies=False,
                 check=pywa_kept,
             )
+        if column == "durable-floor":
+            return self._durable_floor(port, common)
         var = self.tmp / f"var-{self.runs}"
         env = {
             **self.env,
@@ -365,12 +378,7 @@ class Bench:
                 )
             finally:
                 shutil.rmtree(var, ignore_errors=True)
-        graph_port = free_port()
-        graph = subprocess.Popen(
-            ["taskset", "-c", "1", sys.executable, "-c", peers.GRAPH, str(graph_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        graph_port, graph = start_graph()
         env |= {
             "BRIDGE_ACCESS_TOKEN": "bench-token",
             "BRIDGE_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
@@ -384,6 +392,21 @@ class Bench:
             graph.terminate()
             graph.wait(timeout=30)
             shutil.rmtree(var, ignore_errors=True)
+
+    def _durable_floor(self, port: int, common: tuple[int, int, Path]) -> dict[str, float]:
+        """peers.DURABLE: the message path's work with nothing else (see there), sending its
+        replies to a Graph API of its own as the bridge's message column does."""
+        graph_port, graph = start_graph()
+        directory = self.tmp / f"floor-{self.runs}"
+        directory.mkdir()
+        cmd = [sys.executable, "-c", peers.DURABLE, str(port), SECRET]
+        cmd += [f"http://127.0.0.1:{graph_port}", str(directory)]
+        try:
+            return measure(cmd, self.env, port, self.scripts["message"], *common, replies=True)
+        finally:
+            graph.terminate()
+            graph.wait(timeout=30)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _statuses_of_replies(
         self, cmd: list[str], env: dict[str, str], port: int, log: Path, cwd: Path | None
@@ -422,6 +445,17 @@ class Bench:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
+
+
+def start_graph() -> tuple[int, subprocess.Popen[bytes]]:
+    """peers.GRAPH on core 1 (beside wrk): its port and process."""
+    port = free_port()
+    graph = subprocess.Popen(
+        ["taskset", "-c", "1", sys.executable, "-c", peers.GRAPH, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return port, graph
 
 
 # Seconds of message load that make the replies whose statuses the journaled column sends.
@@ -525,6 +559,8 @@ def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     ]
     pairs = [
         ("bridge messages / pywa", "message", "pywa", "≥ 1.5"),
+        ("durable floor / pywa", "durable-floor", "pywa", ""),
+        ("bridge messages / durable floor", "message", "durable-floor", ""),
         ("bridge status / bare on uvloop", "status", "bare-uvloop", "≥ 0.4"),
         ("bridge journaled status / bare on uvloop", "status-journaled", "bare-uvloop", ""),
         ("bridge messages / bare on uvloop", "message", "bare-uvloop", ""),
@@ -547,11 +583,13 @@ def render(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             f"{_median(runs, 'statuses'):,.0f} statuses, each sent once (`delivered`, then "
             "`read`, of replies the bridge sent just before).",
         ]
-    if "message" in results:
-        runs = results["message"]
+    for column, who in (("message", "Bridge"), ("durable-floor", "Durable floor")):
+        if column not in results:
+            continue
+        runs = results[column]
         lines += [
             "",
-            f"Bridge, whole message path (200, echo reply journaled, sent to the Graph API, its "
+            f"{who}, whole message path (200, echo reply journaled, sent to the Graph API, its "
             f"outcome journaled), median run: {_median(runs, 'recorded'):,.0f} new messages, "
             f"{_median(runs, 'duplicates'):.0f} redelivered; every reply done at "
             f"{_median(runs, 'replied_per_s'):,.0f} messages/s "
