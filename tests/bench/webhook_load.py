@@ -402,7 +402,9 @@ class Bench:
         cmd = [sys.executable, "-c", peers.DURABLE, str(port), SECRET]
         cmd += [f"http://127.0.0.1:{graph_port}", str(directory)]
         try:
-            return measure(cmd, self.env, port, self.scripts["message"], *common, replies=True)
+            return measure(
+                cmd, self.env, port, self.scripts["message"], *common, replies=True, check=sent_all
+            )
         finally:
             graph.terminate()
             graph.wait(timeout=30)
@@ -447,6 +449,16 @@ class Bench:
             proc.wait(timeout=120)
 
 
+def sent_all(port: int) -> None:
+    """The durable floor sent every reply (a failed send would make it look cheaper)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        found = re.search(
+            r"^whatsapp_bridge_sends_failed_total\S* (\d+)$", resp.read().decode(), re.M
+        )
+    if found is None or found.group(1) != "0":
+        raise SystemExit("the durable floor failed to send some replies (see its log)")
+
+
 def start_graph() -> tuple[int, subprocess.Popen[bytes]]:
     """peers.GRAPH on core 1 (beside wrk): its port and process."""
     port = free_port()
@@ -455,7 +467,16 @@ def start_graph() -> tuple[int, subprocess.Popen[bytes]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return port, graph
+    deadline = time.monotonic() + 30
+    while True:  # listening before the server starts: no send of the warm-up is refused
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return port, graph
+        except OSError:
+            if time.monotonic() > deadline:
+                graph.kill()
+                raise SystemExit("the fake Graph API did not start") from None
+            time.sleep(0.05)
 
 
 # Seconds of message load that make the replies whose statuses the journaled column sends.
