@@ -500,7 +500,7 @@ def main() -> None:
     parser.add_argument(
         "--deliveries",
         type=int,
-        default=100_000,
+        default=160_000,
         help="unique deliveries for the measured run (wrk repeats them past the end)",
     )
     parser.add_argument(
