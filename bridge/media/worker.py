@@ -68,6 +68,13 @@ TRANSCRIPTIONS = 2
 MAINTAIN_SECONDS = 3600.0
 
 
+def _not_written(exc: OSError) -> MediaError:
+    """The local disk refused the file (full, a directory it cannot use): a failed try like
+    a network one, retried and then recorded, never a crash that leaves the job undone until
+    the next start."""
+    return MediaError(f"media file not written: {exc.strerror or exc}", "storage", retryable=True)
+
+
 class MediaWorker:
     """Runs the media jobs of one profile's store; see the module docstring."""
 
@@ -287,7 +294,10 @@ class MediaWorker:
             )
         mime = media.get("mime_type") or info.mime_type
         mime = mime if isinstance(mime, str) else None
-        writer = self.files.writer(message.id, mime)
+        try:
+            writer = self.files.writer(message.id, mime)
+        except OSError as exc:
+            raise _not_written(exc) from None
         self._busy.add(writer.name)
         probe = Probe() if message.type in AUDIO_TYPES else None
 
@@ -299,9 +309,11 @@ class MediaWorker:
         try:
             await self._client.download(info.url, sink, limit)
             stored = await writer.finish()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
             self._busy.discard(writer.name)
+            if isinstance(exc, OSError):
+                raise _not_written(exc) from None
             raise
         problem = self._mismatch(stored, media, info)
         if problem is not None:

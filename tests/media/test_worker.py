@@ -324,3 +324,27 @@ async def test_media_left_in_a_long_idle_conversation_are_not_asked_for(
     assert rig.media("wamid.idle", "34600000009")["error"] == "too old to fetch"
     assert rig.media("wamid.active")["state"] == "stored"
     assert rig.graph.lookups == ["media-active"]
+
+
+async def test_a_media_file_that_cannot_be_written_is_retried_not_crashed(
+    rig: MediaRig,
+) -> None:
+    """The disk refuses the file (full, or its directory unusable) in the middle of a
+    download: an OSError, not a MediaError. The job must not die with it (a traceback, and
+    the media left undone until a restart): it is retried and stored once the disk is back."""
+    rig.graph.add_media("media-1", JPEG)
+    media_dir = rig.profile.state_dir / "media"
+    assert not media_dir.exists()  # made by the first file
+    media_dir.write_bytes(b"")  # a file where the directory should be: every write fails
+    message = image("media-1")
+    assert await rig.post(message) == 200
+    # A second lookup: the first try failed on the disk, and the job goes on.
+    await eventually(lambda: len(rig.graph.lookups) >= 2, timeout=10, what="a retry")
+    media_dir.unlink()
+    media_dir.mkdir(mode=0o700)
+    await eventually(
+        lambda: rig.media(str(message["id"])).get("state") == "stored",
+        timeout=20,
+        what="the media stored once the disk is back",
+    )
+    assert len(rig.files()) == 1
