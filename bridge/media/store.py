@@ -317,6 +317,10 @@ class MediaStore:
             raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
         return head[len(MAGIC) + LENGTH.size :]
 
+    def stale(self, name: str) -> bool:
+        """Whether the file is sealed with another key than the keyring's active one."""
+        return self.sealed_with(name) != self._keyring().active_id
+
     def reseal(self, name: str) -> None:
         """Rewrite a file under the keyring's active key (`rotate-key`), atomically: the
         old file is read (with whichever key of the ring sealed it) into a temp file that

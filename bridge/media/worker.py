@@ -319,7 +319,22 @@ class MediaWorker:
         if problem is not None:
             self._discard(stored.name)
             raise problem
+        await self._seal_with_active_key(stored.name)
         return stored, (probe.duration_ms() if probe is not None else None), mime
+
+    async def _seal_with_active_key(self, name: str) -> None:
+        """A `rotate-key` that ran during the download re-encrypted only the files recorded
+        then; this one, sealed with the key of its start and not recorded yet, is moved to
+        the active key before a record names it (else it would need a key the operator is
+        told the store no longer uses)."""
+        try:
+            if self.files.stale(name):
+                await asyncio.get_running_loop().run_in_executor(None, self.files.reseal, name)
+        except (OSError, MediaFileError) as exc:
+            self._discard(name)
+            raise MediaError(
+                f"media file not re-encrypted: {exc}", "storage", retryable=True
+            ) from None
 
     @staticmethod
     def _mismatch(

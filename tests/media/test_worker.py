@@ -14,7 +14,11 @@ from pytest_aiohttp import AiohttpServer
 from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
+from bridge.media import upkeep as media_upkeep
+from bridge.media.store import MediaStore
 from bridge.media.worker import DAY_MS
+from bridge.persistence.crypto import Keyring
+from bridge.persistence.keys import new_key
 from bridge.records import ConversationDeleted, MessageAdded
 from bridge.store.durable import DurableStore
 from tests.conftest import StartBridge, eventually
@@ -348,3 +352,29 @@ async def test_a_media_file_that_cannot_be_written_is_retried_not_crashed(
         what="the media stored once the disk is back",
     )
     assert len(rig.files()) == 1
+
+
+async def test_a_download_that_spans_a_key_rotation_is_stored_under_the_new_key(
+    rig: MediaRig,
+) -> None:
+    """`rotate-key` while a file is being downloaded: its re-encryption pass only sees the
+    files recorded so far, so the file being written (sealed with the key of its start)
+    must not be recorded under the old key: the new key alone must read it afterwards."""
+    rig.graph.add_media("media-1", JPEG)
+    rig.graph.hold_downloads.set()
+    message = image("media-1")
+    assert await rig.post(message) == 200
+    await eventually(rig.graph.held.is_set, what="the download to be held")
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    fresh = new_key()
+    await store.rekey(Keyring([fresh, *store.keyring.keys]))
+    assert await media_upkeep.reseal(store) == 0  # nothing recorded yet
+    rig.graph.hold_downloads.clear()
+    await rig.settle()
+    media = rig.media(str(message["id"]))
+    assert media["state"] == "stored"
+    files = rig.runtime.media.files
+    assert files.sealed_with(media["file"]) == Keyring([fresh]).active_id
+    new_only = MediaStore(files.directory, lambda: Keyring([fresh]), files.slug)
+    assert new_only.read(media["file"], str(message["id"])) == JPEG
