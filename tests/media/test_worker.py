@@ -3,7 +3,9 @@ stored encrypted, transcribed; failures recorded and answered; erasure and reten
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
 from bridge.media import upkeep as media_upkeep
-from bridge.media.store import MediaStore
+from bridge.media.store import MediaStore, MediaWriter
 from bridge.media.worker import DAY_MS
 from bridge.persistence.crypto import Keyring
 from bridge.persistence.keys import new_key
@@ -378,3 +380,37 @@ async def test_a_download_that_spans_a_key_rotation_is_stored_under_the_new_key(
     assert files.sealed_with(media["file"]) == Keyring([fresh]).active_id
     new_only = MediaStore(files.directory, lambda: Keyring([fresh]), files.slug)
     assert new_only.read(media["file"], str(message["id"])) == JPEG
+
+
+async def test_an_erasure_during_rotate_key_does_not_bring_the_file_back(
+    rig: MediaRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rotate-key` re-encrypts a file into a temp file renamed over it; the user is erased
+    meanwhile and the erasure's sweep deletes the file. The rename must not bring the
+    erased user's file back (until some later sweep): it goes once the rotation sees that
+    no message names it any longer."""
+    rig.graph.add_media("media-1", JPEG)
+    await rig.post(image("media-1"))
+    await rig.settle()
+    assert len(rig.files()) == 1
+    writing, release = threading.Event(), threading.Event()
+    finish = MediaWriter.finish_sync
+
+    def held_finish(writer: MediaWriter, rest: bytes) -> str:
+        writing.set()
+        release.wait(10)
+        return finish(writer, rest)
+
+    monkeypatch.setattr(MediaWriter, "finish_sync", held_finish)
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
+    rotation = asyncio.create_task(media_upkeep.reseal(store))
+    await eventually(writing.is_set, what="the re-encryption to be under way")
+    deletion = rig.state.deletion(PHONE)
+    assert deletion is not None
+    await store.commit([deletion])
+    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
+    release.set()
+    await rotation
+    assert rig.files() == []
