@@ -194,12 +194,21 @@ class MediaStore:
         await self.ensure_local(name)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
+            return await loop.run_in_executor(None, self._read_or_fail, name, message_id, max_bytes)
         except MediaFileError:
             if self.shared is None:
                 raise
         await self.shared.fetch(self, name)
-        return await loop.run_in_executor(None, self.read, name, message_id, max_bytes)
+        return await loop.run_in_executor(None, self._read_or_fail, name, message_id, max_bytes)
+
+    def _read_or_fail(self, name: str, message_id: str | None, max_bytes: int | None) -> bytes:
+        """`read`, with what the disk refuses (permissions, an I/O error) as a MediaFileError:
+        the callers leave out or give up on a file they cannot read, as on a damaged one,
+        instead of crashing a reply, and every later one of its conversation, on it."""
+        try:
+            return self.read(name, message_id, max_bytes)
+        except OSError as exc:
+            raise MediaFileError(f"{self.path(name)}: {exc.strerror or exc}") from None
 
     def frames(self, name: str) -> Generator[bytes]:
         """The file's frames as sealed on disk, in order (not decrypted: `chunks` checks
@@ -316,6 +325,10 @@ class MediaStore:
         if not head.startswith(MAGIC) or len(head) < len(MAGIC) + LENGTH.size + KEY_ID_BYTES:
             raise MediaFileError(f"{path}: not a whatsapp-bridge media file")
         return head[len(MAGIC) + LENGTH.size :]
+
+    def stale(self, name: str) -> bool:
+        """Whether the file is sealed with another key than the keyring's active one."""
+        return self.sealed_with(name) != self._keyring().active_id
 
     def reseal(self, name: str) -> None:
         """Rewrite a file under the keyring's active key (`rotate-key`), atomically: the

@@ -41,4 +41,8 @@ async def reseal(store: DurableStore) -> int:
             continue  # gone (or damaged: `verify` says so); nothing to re-encrypt
         await loop.run_in_executor(None, files.reseal, name)
         count += 1
+        if name not in store.state.media_files:
+            # Erased (or dropped by retention) while it was re-encrypted: its deletion may
+            # have come before the rename that just put the file back.
+            files.delete(name)
     return count

@@ -68,6 +68,13 @@ TRANSCRIPTIONS = 2
 MAINTAIN_SECONDS = 3600.0
 
 
+def _not_written(exc: OSError) -> MediaError:
+    """The local disk refused the file (full, a directory it cannot use): a failed try like
+    a network one, retried and then recorded, never a crash that leaves the job undone until
+    the next start."""
+    return MediaError(f"media file not written: {exc.strerror or exc}", "storage", retryable=True)
+
+
 class MediaWorker:
     """Runs the media jobs of one profile's store; see the module docstring."""
 
@@ -287,7 +294,10 @@ class MediaWorker:
             )
         mime = media.get("mime_type") or info.mime_type
         mime = mime if isinstance(mime, str) else None
-        writer = self.files.writer(message.id, mime)
+        try:
+            writer = self.files.writer(message.id, mime)
+        except OSError as exc:
+            raise _not_written(exc) from None
         self._busy.add(writer.name)
         probe = Probe() if message.type in AUDIO_TYPES else None
 
@@ -299,15 +309,32 @@ class MediaWorker:
         try:
             await self._client.download(info.url, sink, limit)
             stored = await writer.finish()
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
             self._busy.discard(writer.name)
+            if isinstance(exc, OSError):
+                raise _not_written(exc) from None
             raise
         problem = self._mismatch(stored, media, info)
         if problem is not None:
             self._discard(stored.name)
             raise problem
+        await self._seal_with_active_key(stored.name)
         return stored, (probe.duration_ms() if probe is not None else None), mime
+
+    async def _seal_with_active_key(self, name: str) -> None:
+        """A `rotate-key` that ran during the download re-encrypted only the files recorded
+        then; this one, sealed with the key of its start and not recorded yet, is moved to
+        the active key before a record names it (else it would need a key the operator is
+        told the store no longer uses)."""
+        try:
+            if self.files.stale(name):
+                await asyncio.get_running_loop().run_in_executor(None, self.files.reseal, name)
+        except (OSError, MediaFileError) as exc:
+            self._discard(name)
+            raise MediaError(
+                f"media file not re-encrypted: {exc}", "storage", retryable=True
+            ) from None
 
     @staticmethod
     def _mismatch(

@@ -32,6 +32,11 @@ META_HOSTS = ("fbsbx.com", "facebook.com", "whatsapp.net", "fbcdn.net")
 READ_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 STREAM_CHUNK = 256 * 1024
+# A body that keeps dripping (a byte now and then, never READ_TIMEOUT apart) would hold one
+# of the profile's few download slots for ever: a download gets this long plus the time its
+# type's limit takes at MIN_RATE, then fails as a timeout (retried, then recorded).
+DOWNLOAD_GRACE = 60.0
+MIN_RATE = 64 * 1024  # bytes per second
 
 
 class MediaError(BridgeError):
@@ -169,8 +174,12 @@ class MediaClient:
         if not self.trusted(url):
             raise MediaError("media URL is not on a Meta host; not sending the token", "bad_url")
         size = 0
+        deadline = DOWNLOAD_GRACE + limit / MIN_RATE
         try:
-            async with self._client().get(url, headers=self._auth) as resp:
+            async with (
+                asyncio.timeout(deadline),
+                self._client().get(url, headers=self._auth) as resp,
+            ):
                 if resp.status in (401, 403, 404, 410):
                     raise MediaError(
                         f"media URL refused (HTTP {resp.status}): expired?",
@@ -194,7 +203,9 @@ class MediaClient:
                         raise MediaError(f"media is over the limit of {limit} bytes", "too_large")
                     await sink(data)
         except TimeoutError:
-            raise MediaError("media download stalled", "timeout", retryable=True) from None
+            raise MediaError(
+                "media download stalled or too slow", "timeout", retryable=True
+            ) from None
         except aiohttp.ClientError as exc:
             raise MediaError(
                 self._scrub(f"media download failed: {exc}"), "unreachable", retryable=True

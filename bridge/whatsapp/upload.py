@@ -146,9 +146,11 @@ def _filename(url: str, mime: str) -> str:
 
 
 def _shown(url: str) -> str:
-    """A URL as errors and logs show it: without its query (signed URLs carry secrets)."""
+    """A URL as errors and logs show it: without its query (signed URLs carry secrets) and
+    without the credentials it may carry before its host (`user:password@`)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:200]
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"[:200]
 
 
 def _too_large(shown: str, kind: str, limit: int) -> str:

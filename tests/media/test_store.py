@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.assistants.media import attachments
+from bridge.conversations import Message
 from bridge.media.store import CHUNK, MAGIC, MediaFileError, MediaStore
 from bridge.persistence.crypto import Keyring
 from tests.conftest import eventually
@@ -144,3 +146,30 @@ async def test_sweep_deletes_what_is_not_kept_and_the_temps_of_dead_writers(
 def test_names_from_outside_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MediaFileError, match="not a media file name"):
         store(tmp_path).path("../../key")
+
+
+async def test_a_file_the_disk_cannot_read_is_left_out_not_a_crash(tmp_path: Path) -> None:
+    """A stored file the disk will not give back (permissions after a restore by another
+    user, an I/O error; here a directory in its place) is a MediaFileError like a damaged
+    one: the backend's attachments leave it out. An OSError instead crashed the reply, and
+    every later reply of that conversation with it."""
+    files = store(tmp_path)
+    readable = await write(files, b"%PDF readable")
+    unreadable = await write(files, b"%PDF unreadable", "wamid.B")
+    files.path(unreadable).unlink()
+    files.path(unreadable).mkdir()
+    with pytest.raises(MediaFileError):
+        await files.load(unreadable, "wamid.B")
+    history = [
+        Message(
+            "user",
+            "[document]",
+            1,
+            id=wamid,
+            type="document",
+            extra={"media": {"id": "m", "state": "stored", "file": name, "size": 20}},
+        )
+        for wamid, name in (("wamid.A", readable), ("wamid.B", unreadable))
+    ]
+    found = await attachments(history, files, types=("document",), max_items=3, max_bytes=1000)
+    assert [(index, a.data) for index, a in found.items()] == [(0, b"%PDF readable")]

@@ -3,7 +3,9 @@ stored encrypted, transcribed; failures recorded and answered; erasure and reten
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,11 @@ from pytest_aiohttp import AiohttpServer
 from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.conversations import Message
+from bridge.media import upkeep as media_upkeep
+from bridge.media.store import MediaStore, MediaWriter
 from bridge.media.worker import DAY_MS
+from bridge.persistence.crypto import Keyring
+from bridge.persistence.keys import new_key
 from bridge.records import ConversationDeleted, MessageAdded
 from bridge.store.durable import DurableStore
 from tests.conftest import StartBridge, eventually
@@ -324,3 +330,87 @@ async def test_media_left_in_a_long_idle_conversation_are_not_asked_for(
     assert rig.media("wamid.idle", "34600000009")["error"] == "too old to fetch"
     assert rig.media("wamid.active")["state"] == "stored"
     assert rig.graph.lookups == ["media-active"]
+
+
+async def test_a_media_file_that_cannot_be_written_is_retried_not_crashed(
+    rig: MediaRig,
+) -> None:
+    """The disk refuses the file (full, or its directory unusable) in the middle of a
+    download: an OSError, not a MediaError. The job must not die with it (a traceback, and
+    the media left undone until a restart): it is retried and stored once the disk is back."""
+    rig.graph.add_media("media-1", JPEG)
+    media_dir = rig.profile.state_dir / "media"
+    assert not media_dir.exists()  # made by the first file
+    media_dir.write_bytes(b"")  # a file where the directory should be: every write fails
+    message = image("media-1")
+    assert await rig.post(message) == 200
+    # A second lookup: the first try failed on the disk, and the job goes on.
+    await eventually(lambda: len(rig.graph.lookups) >= 2, timeout=10, what="a retry")
+    media_dir.unlink()
+    media_dir.mkdir(mode=0o700)
+    await eventually(
+        lambda: rig.media(str(message["id"])).get("state") == "stored",
+        timeout=20,
+        what="the media stored once the disk is back",
+    )
+    assert len(rig.files()) == 1
+
+
+async def test_a_download_that_spans_a_key_rotation_is_stored_under_the_new_key(
+    rig: MediaRig,
+) -> None:
+    """`rotate-key` while a file is being downloaded: its re-encryption pass only sees the
+    files recorded so far, so the file being written (sealed with the key of its start)
+    must not be recorded under the old key: the new key alone must read it afterwards."""
+    rig.graph.add_media("media-1", JPEG)
+    rig.graph.hold_downloads.set()
+    message = image("media-1")
+    assert await rig.post(message) == 200
+    await eventually(rig.graph.held.is_set, what="the download to be held")
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    fresh = new_key()
+    await store.rekey(Keyring([fresh, *store.keyring.keys]))
+    assert await media_upkeep.reseal(store) == 0  # nothing recorded yet
+    rig.graph.hold_downloads.clear()
+    await rig.settle()
+    media = rig.media(str(message["id"]))
+    assert media["state"] == "stored"
+    files = rig.runtime.media.files
+    assert files.sealed_with(media["file"]) == Keyring([fresh]).active_id
+    new_only = MediaStore(files.directory, lambda: Keyring([fresh]), files.slug)
+    assert new_only.read(media["file"], str(message["id"])) == JPEG
+
+
+async def test_an_erasure_during_rotate_key_does_not_bring_the_file_back(
+    rig: MediaRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rotate-key` re-encrypts a file into a temp file renamed over it; the user is erased
+    meanwhile and the erasure's sweep deletes the file. The rename must not bring the
+    erased user's file back (until some later sweep): it goes once the rotation sees that
+    no message names it any longer."""
+    rig.graph.add_media("media-1", JPEG)
+    await rig.post(image("media-1"))
+    await rig.settle()
+    assert len(rig.files()) == 1
+    writing, release = threading.Event(), threading.Event()
+    finish = MediaWriter.finish_sync
+
+    def held_finish(writer: MediaWriter, rest: bytes) -> str:
+        writing.set()
+        release.wait(10)
+        return finish(writer, rest)
+
+    monkeypatch.setattr(MediaWriter, "finish_sync", held_finish)
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
+    rotation = asyncio.create_task(media_upkeep.reseal(store))
+    await eventually(writing.is_set, what="the re-encryption to be under way")
+    deletion = rig.state.deletion(PHONE)
+    assert deletion is not None
+    await store.commit([deletion])
+    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
+    release.set()
+    await rotation
+    assert rig.files() == []

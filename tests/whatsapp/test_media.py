@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import time
 
 import pytest
+from pytest_aiohttp import AiohttpServer
 
-from bridge.whatsapp.media import MediaClient, parse_digest
+from bridge.whatsapp import media
+from bridge.whatsapp.media import MediaClient, MediaError, parse_digest
+from tests.fakes.graph import TOKEN, FakeGraph
 
 DIGEST = hashlib.sha256(b"photo").digest()
 
@@ -46,3 +51,33 @@ def test_what_is_no_digest_is_none(given: object) -> None:
 )
 def test_the_token_goes_only_to_meta_or_the_graph_url(url: str, trusted: bool) -> None:
     assert MediaClient("http://127.0.0.1:9999", "v21.0", "t").trusted(url) is trusted
+
+
+async def test_a_download_that_keeps_dripping_is_cut_off(
+    aiohttp_server: AiohttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that never pauses as long as the read timeout but never ends either (a byte
+    now and then) must not hold a download slot for ever: past the grace plus the limit's
+    time at the minimum rate it fails as a retryable timeout."""
+    monkeypatch.setattr(media, "DOWNLOAD_GRACE", 0.5, raising=False)
+    monkeypatch.setattr(media, "MIN_RATE", 1024 * 1024, raising=False)
+    graph = FakeGraph()
+    graph.add_media("media-drip", os.urandom(1024 * 1024))
+    graph.trickle = 0.25  # 64 KiB every 0.25 s: 16 pieces, 4 s, never a 2 s pause
+    base = str((await aiohttp_server(graph.app())).make_url("")).rstrip("/")
+    client = MediaClient(base, "v21.0", TOKEN, read_timeout=2.0)
+    received = bytearray()
+
+    async def sink(data: bytes) -> None:
+        received.extend(data)
+
+    try:
+        info = await client.lookup("media-drip")
+        started = time.monotonic()
+        with pytest.raises(MediaError) as caught:
+            await client.download(info.url, sink, 1024 * 1024)  # 0.5 + 1 s allowed
+        assert time.monotonic() - started < 3.0
+        assert caught.value.reason == "timeout" and caught.value.retryable
+        assert len(received) < 1024 * 1024
+    finally:
+        await client.close()

@@ -240,3 +240,16 @@ async def test_the_fake_checks_uploads_and_ids_like_meta(fake: FakeGraph, graph_
         assert status == 400 and answer["error"]["code"] == 100, part
     status, _ = await post(messages, json={**base, "type": "document", "document": {"id": pdf_id}})
     assert status == 200
+
+
+async def test_a_password_in_the_file_url_is_never_in_the_error(
+    fake: FakeGraph, files: FileServer, client: GraphClient
+) -> None:
+    """An internal catalogue's URL may carry its credentials (`https://user:pass@host/...`):
+    the error a failed fetch makes is logged and recorded in the history, so it shows the
+    URL without them, as it already shows it without its query."""
+    with_password = files.url("missing.jpg").replace("http://", "http://shop:s3cret@", 1)
+    with pytest.raises(SendError, match="HTTP 404") as failed:
+        await client.send_media(ANA, OutboundMedia("image", with_password), 0)
+    assert "s3cret" not in str(failed.value)
+    assert files.headers[-1].get("Authorization", "").startswith("Basic ")
