@@ -39,7 +39,12 @@ async def reseal(store: DurableStore) -> int:
                 continue
         except MediaFileError:
             continue  # gone (or damaged: `verify` says so); nothing to re-encrypt
-        await loop.run_in_executor(None, files.reseal, name)
+        try:
+            await loop.run_in_executor(None, files.reseal, name)
+        except MediaFileError:
+            if name in store.state.media_files:
+                raise
+            continue  # its user was erased since the list was taken: nothing to re-encrypt
         count += 1
         if name not in store.state.media_files:
             # Erased (or dropped by retention) while it was re-encrypted: its deletion may

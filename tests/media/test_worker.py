@@ -382,6 +382,39 @@ async def test_a_download_that_spans_a_key_rotation_is_stored_under_the_new_key(
     assert new_only.read(media["file"], str(message["id"])) == JPEG
 
 
+async def test_a_file_erased_before_rotate_key_reaches_it_is_skipped(
+    rig: MediaRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rotate-key` lists the files to re-encrypt, then takes them one by one; a user erased
+    in between takes their file with them. The rotation skips it instead of failing halfway
+    (the operator would have had to run it again)."""
+    rig.graph.add_media("media-1", JPEG)
+    await rig.post(image("media-1"))
+    await rig.settle()
+    assert len(rig.files()) == 1
+    reached, release = threading.Event(), threading.Event()
+    reseal = MediaStore.reseal
+
+    def held_reseal(files: MediaStore, name: str) -> None:
+        reached.set()
+        release.wait(10)
+        reseal(files, name)
+
+    monkeypatch.setattr(MediaStore, "reseal", held_reseal)
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
+    rotation = asyncio.create_task(media_upkeep.reseal(store))
+    await eventually(reached.is_set, what="the rotation to reach the file")
+    deletion = rig.state.deletion(PHONE)
+    assert deletion is not None
+    await store.commit([deletion])
+    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
+    release.set()
+    assert await rotation == 0
+    assert rig.files() == []
+
+
 async def test_an_erasure_during_rotate_key_does_not_bring_the_file_back(
     rig: MediaRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
