@@ -228,7 +228,11 @@ def _write_plain(files: MediaStore, name: str, message: Message, out: str) -> in
         return size
     target = Path(out)
     tmp = temp_path(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new file, never one a killed run left under this name (a pid used again): reopening
+    # it would keep its mode, and the decrypted file is personal data (0600). O_EXCL also
+    # refuses a symlink put in its place.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             for chunk in files.chunks(name, message.id):

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from admin.cli import main as admin_main
 from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.media.store import MAGIC
+from bridge.persistence.files import temp_path
 from bridge.persistence.keys import load_keyring
 from bridge.store.durable import load_state
 from tests.admin.support import admin, admin_json
@@ -98,6 +100,23 @@ def test_media_writes_the_decrypted_file(with_media: WithMedia, tmp_path: Path) 
     assert missing.stderr.strip() == (
         f"sessions-admin: error: no message 'wamid.NOPE' in conversation '{PHONE}'"
     )
+
+
+def test_media_output_takes_no_mode_from_a_temp_file_left_behind(
+    with_media: WithMedia, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decrypted file is written to a temp file named after the process, then renamed.
+    One a killed run left with a looser mode (a pid used again) must not pass that mode on
+    to the next user's file: it is replaced, not reopened. In-process, so the pid is known."""
+    for name, value in with_media.env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "photo.jpg"
+    left = temp_path(out)
+    left.write_bytes(b"an earlier run's half")
+    left.chmod(0o644)
+    assert admin_main(["media", PHONE, with_media.photo_id, "-o", str(out)]) == 0
+    assert out.read_bytes() == PHOTO and out.stat().st_mode & 0o777 == 0o600
+    assert not left.exists()
 
 
 def test_verify_checks_every_media_file(with_media: WithMedia) -> None:
