@@ -382,36 +382,45 @@ async def test_a_download_that_spans_a_key_rotation_is_stored_under_the_new_key(
     assert new_only.read(media["file"], str(message["id"])) == JPEG
 
 
+async def erase_during_rotation(
+    rig: MediaRig, monkeypatch: pytest.MonkeyPatch, owner: type[Any], step: str
+) -> int:
+    """One stored image; `rotate-key`'s re-encryption runs and is held at `owner.step`
+    (a method run in a thread) while the image's user is erased and the erasure's sweep
+    deletes the file; then it goes on. Returns what the rotation returned."""
+    rig.graph.add_media("media-1", JPEG)
+    await rig.post(image("media-1"))
+    await rig.settle()
+    assert len(rig.files()) == 1
+    reached, release = threading.Event(), threading.Event()
+    original = getattr(owner, step)
+
+    def held(*args: Any) -> Any:
+        reached.set()
+        release.wait(10)
+        return original(*args)
+
+    monkeypatch.setattr(owner, step, held)
+    store = rig.runtime.store
+    assert isinstance(store, DurableStore)
+    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
+    rotation = asyncio.create_task(media_upkeep.reseal(store))
+    await eventually(reached.is_set, what=f"the rotation to reach {step}")
+    deletion = rig.state.deletion(PHONE)
+    assert deletion is not None
+    await store.commit([deletion])
+    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
+    release.set()
+    return await rotation
+
+
 async def test_a_file_erased_before_rotate_key_reaches_it_is_skipped(
     rig: MediaRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`rotate-key` lists the files to re-encrypt, then takes them one by one; a user erased
     in between takes their file with them. The rotation skips it instead of failing halfway
     (the operator would have had to run it again)."""
-    rig.graph.add_media("media-1", JPEG)
-    await rig.post(image("media-1"))
-    await rig.settle()
-    assert len(rig.files()) == 1
-    reached, release = threading.Event(), threading.Event()
-    reseal = MediaStore.reseal
-
-    def held_reseal(files: MediaStore, name: str) -> None:
-        reached.set()
-        release.wait(10)
-        reseal(files, name)
-
-    monkeypatch.setattr(MediaStore, "reseal", held_reseal)
-    store = rig.runtime.store
-    assert isinstance(store, DurableStore)
-    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
-    rotation = asyncio.create_task(media_upkeep.reseal(store))
-    await eventually(reached.is_set, what="the rotation to reach the file")
-    deletion = rig.state.deletion(PHONE)
-    assert deletion is not None
-    await store.commit([deletion])
-    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
-    release.set()
-    assert await rotation == 0
+    assert await erase_during_rotation(rig, monkeypatch, MediaStore, "reseal") == 0
     assert rig.files() == []
 
 
@@ -422,28 +431,5 @@ async def test_an_erasure_during_rotate_key_does_not_bring_the_file_back(
     meanwhile and the erasure's sweep deletes the file. The rename must not bring the
     erased user's file back (until some later sweep): it goes once the rotation sees that
     no message names it any longer."""
-    rig.graph.add_media("media-1", JPEG)
-    await rig.post(image("media-1"))
-    await rig.settle()
-    assert len(rig.files()) == 1
-    writing, release = threading.Event(), threading.Event()
-    finish = MediaWriter.finish_sync
-
-    def held_finish(writer: MediaWriter, rest: bytes) -> str:
-        writing.set()
-        release.wait(10)
-        return finish(writer, rest)
-
-    monkeypatch.setattr(MediaWriter, "finish_sync", held_finish)
-    store = rig.runtime.store
-    assert isinstance(store, DurableStore)
-    await store.rekey(Keyring([new_key(), *store.keyring.keys]))
-    rotation = asyncio.create_task(media_upkeep.reseal(store))
-    await eventually(writing.is_set, what="the re-encryption to be under way")
-    deletion = rig.state.deletion(PHONE)
-    assert deletion is not None
-    await store.commit([deletion])
-    await eventually(lambda: rig.files() == [], what="the erasure's sweep")
-    release.set()
-    await rotation
+    await erase_during_rotation(rig, monkeypatch, MediaWriter, "finish_sync")
     assert rig.files() == []
