@@ -132,9 +132,8 @@ class KeepAliveClient:
             raise Unreachable("the HTTP client is closed")
         if not target.startswith("/") or not target.isprintable() or " " in target:
             raise ValueError(f"bad request target {target!r}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        conn = self._reusable(loop.time()) or await self._acquire(deadline)
+        # Made before a connection is taken: a request refused here (a header with a line
+        # break) must not strand the connection it would have gone out on, still counted.
         parts = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), self._fixed]
         if headers:
             parts.append(_header_lines(headers))
@@ -143,6 +142,9 @@ class KeepAliveClient:
             parts.append(body)
         else:
             parts.append(b"\r\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        conn = self._reusable(loop.time()) or await self._acquire(deadline)
         waiter = conn.send(b"".join(parts))
         timer = loop.call_at(deadline, conn.time_out)
         try:

@@ -684,6 +684,21 @@ async def test_close_closes_idle_connections_and_refuses_new_requests(
         await http.request("GET", "/")
 
 
+async def test_a_refused_request_header_takes_no_connection_with_it(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    # The request is refused before anything is written: the connection it would have gone
+    # out on must not stay counted, or with `max_connections` reached the client starves.
+    server = await raw(reply(json_response()))
+    http = client(server.url, timeout=0.5, max_connections=1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="line break"):
+            await http.request("POST", "/m", b"{}", {"X-Y": "a\r\nX-Z: b"})
+    assert await http.request("POST", "/m", b"{}") == (200, OK)
+    await http.close()
+    assert len(server.requests) == 1
+
+
 def test_a_header_value_with_a_line_break_is_refused() -> None:
     with pytest.raises(ValueError, match="line break"):
         KeepAliveClient("http://x", timeout=1, headers={"Authorization": "Bearer a\r\nX: y"})
