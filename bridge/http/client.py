@@ -224,6 +224,13 @@ class KeepAliveClient:
             raise
         finally:
             self._connecting -= 1
+        if not conn.usable:
+            # The server closed it (or wrote) before this request resumed to write on it: the
+            # loop ran the connection's callbacks first. Nothing went out, and a write now
+            # would be dropped (asyncio: the request would wait out its timeout, uncertain)
+            # or raise RuntimeError (uvloop). Its connection_lost makes the room.
+            conn.abort()
+            raise Unreachable(f"{self.origin} closed the connection before the request")
         return conn
 
     def _wake(self) -> None:

@@ -574,6 +574,40 @@ async def test_reused_connection_reset_before_the_answer_is_lost_not_resent(
     assert len(server.requests) == 2 and server.connections == 1
 
 
+class LateToResume(KeepAliveClient):
+    """Hands a new connection to its request only once the server's close of it has been
+    read: the loop ran the connection's callbacks before the request that opened it resumed,
+    as it may when the server closes at once."""
+
+    async def _connect(self, deadline: float) -> Any:
+        conn = await super()._connect(deadline)
+        await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
+        return conn
+
+
+async def test_a_new_connection_closed_before_the_request_went_out_is_unreachable() -> None:
+    accepted = 0
+
+    def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    http = LateToResume(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout=2.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        # Nothing was written: the outbox may send it again, and need not wait for it.
+        with pytest.raises(Unreachable, match="closed the connection"):
+            await http.request("POST", "/m", b"{}")
+        assert loop.time() - started < 1.0 and accepted == 1
+    finally:
+        await http.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_server_that_never_answers_times_out_and_the_connection_is_dropped(
     raw: Callable[..., Awaitable[RawServer]],
 ) -> None:
