@@ -324,8 +324,14 @@ class _FramingProbe:
         self.framed = False  # a 1xx answer came first: the final one counts
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name == b"content-length":
             self.framed = True
+        elif name == b"transfer-encoding":
+            # Only chunked as the last coding frames a body; any other (gzip, identity) runs
+            # to the close (RFC 9112 section 6.3), as llhttp reads it: that close ends a
+            # complete answer, not a lost one. The last line's last coding is the last one.
+            self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
 
 def _header_lines(headers: Mapping[str, str]) -> bytes:
@@ -403,7 +409,7 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
     def _framed(self) -> bool:
-        """Whether the answer's end is known from its headers (Content-Length or
+        """Whether the answer's end is known from its headers (Content-Length or chunked
         Transfer-Encoding), so an EOF before it is a truncated answer; without either the
         body runs to the connection's close (RFC 9112 section 6.3). Asked only at an EOF in
         the middle of an answer: the head is parsed again, with headers this time."""

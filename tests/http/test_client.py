@@ -420,8 +420,11 @@ def in_pieces(*pieces: bytes, keep_open: bool = False) -> Callable[..., Awaitabl
             b"HTTP/1.0 200 OK\r\n\r\n",
             b"until eof",
         ],
+        # RFC 9112 section 6.3: a transfer coding other than chunked last runs to the close.
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", b"until eof"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\nuntil eof"],
     ],
-    ids=["one-read", "several-reads", "after-100"],
+    ids=["one-read", "several-reads", "after-100", "not-chunked", "chunked-not-last"],
 )
 async def test_answer_delimited_by_close(
     raw: Callable[..., Awaitable[RawServer]], pieces: list[bytes]
