@@ -132,9 +132,8 @@ class KeepAliveClient:
             raise Unreachable("the HTTP client is closed")
         if not target.startswith("/") or not target.isprintable() or " " in target:
             raise ValueError(f"bad request target {target!r}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        conn = self._reusable(loop.time()) or await self._acquire(deadline)
+        # Made before a connection is taken: a request refused here (a header with a line
+        # break) must not strand the connection it would have gone out on, still counted.
         parts = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), self._fixed]
         if headers:
             parts.append(_header_lines(headers))
@@ -143,6 +142,9 @@ class KeepAliveClient:
             parts.append(body)
         else:
             parts.append(b"\r\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        conn = self._reusable(loop.time()) or await self._acquire(deadline)
         waiter = conn.send(b"".join(parts))
         timer = loop.call_at(deadline, conn.time_out)
         try:
@@ -222,6 +224,13 @@ class KeepAliveClient:
             raise
         finally:
             self._connecting -= 1
+        if not conn.usable:
+            # The server closed it (or wrote) before this request resumed to write on it: the
+            # loop ran the connection's callbacks first. Nothing went out, and a write now
+            # would be dropped (asyncio: the request would wait out its timeout, uncertain)
+            # or raise RuntimeError (uvloop). Its connection_lost makes the room.
+            conn.abort()
+            raise Unreachable(f"{self.origin} closed the connection before the request")
         return conn
 
     def _wake(self) -> None:
@@ -315,8 +324,14 @@ class _FramingProbe:
         self.framed = False  # a 1xx answer came first: the final one counts
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name == b"content-length":
             self.framed = True
+        elif name == b"transfer-encoding":
+            # Only chunked as the last coding frames a body; any other (gzip, identity) runs
+            # to the close (RFC 9112 section 6.3), as llhttp reads it: that close ends a
+            # complete answer, not a lost one. The last line's last coding is the last one.
+            self.framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
 
 def _header_lines(headers: Mapping[str, str]) -> bytes:
@@ -394,7 +409,7 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
     def _framed(self) -> bool:
-        """Whether the answer's end is known from its headers (Content-Length or
+        """Whether the answer's end is known from its headers (Content-Length or chunked
         Transfer-Encoding), so an EOF before it is a truncated answer; without either the
         body runs to the connection's close (RFC 9112 section 6.3). Asked only at an EOF in
         the middle of an answer: the head is parsed again, with headers this time."""

@@ -420,8 +420,11 @@ def in_pieces(*pieces: bytes, keep_open: bool = False) -> Callable[..., Awaitabl
             b"HTTP/1.0 200 OK\r\n\r\n",
             b"until eof",
         ],
+        # RFC 9112 section 6.3: a transfer coding other than chunked last runs to the close.
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", b"until eof"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\nuntil eof"],
     ],
-    ids=["one-read", "several-reads", "after-100"],
+    ids=["one-read", "several-reads", "after-100", "not-chunked", "chunked-not-last"],
 )
 async def test_answer_delimited_by_close(
     raw: Callable[..., Awaitable[RawServer]], pieces: list[bytes]
@@ -574,6 +577,40 @@ async def test_reused_connection_reset_before_the_answer_is_lost_not_resent(
     assert len(server.requests) == 2 and server.connections == 1
 
 
+class LateToResume(KeepAliveClient):
+    """Hands a new connection to its request only once the server's close of it has been
+    read: the loop ran the connection's callbacks before the request that opened it resumed,
+    as it may when the server closes at once."""
+
+    async def _connect(self, deadline: float) -> Any:
+        conn = await super()._connect(deadline)
+        await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
+        return conn
+
+
+async def test_a_new_connection_closed_before_the_request_went_out_is_unreachable() -> None:
+    accepted = 0
+
+    def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    http = LateToResume(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout=2.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        # Nothing was written: the outbox may send it again, and need not wait for it.
+        with pytest.raises(Unreachable, match="closed the connection"):
+            await http.request("POST", "/m", b"{}")
+        assert loop.time() - started < 1.0 and accepted == 1
+    finally:
+        await http.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_server_that_never_answers_times_out_and_the_connection_is_dropped(
     raw: Callable[..., Awaitable[RawServer]],
 ) -> None:
@@ -682,6 +719,21 @@ async def test_close_closes_idle_connections_and_refuses_new_requests(
     assert server.closed == 3
     with pytest.raises(Unreachable, match="closed"):
         await http.request("GET", "/")
+
+
+async def test_a_refused_request_header_takes_no_connection_with_it(
+    raw: Callable[..., Awaitable[RawServer]],
+) -> None:
+    # The request is refused before anything is written: the connection it would have gone
+    # out on must not stay counted, or with `max_connections` reached the client starves.
+    server = await raw(reply(json_response()))
+    http = client(server.url, timeout=0.5, max_connections=1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="line break"):
+            await http.request("POST", "/m", b"{}", {"X-Y": "a\r\nX-Z: b"})
+    assert await http.request("POST", "/m", b"{}") == (200, OK)
+    await http.close()
+    assert len(server.requests) == 1
 
 
 def test_a_header_value_with_a_line_break_is_refused() -> None:
