@@ -132,6 +132,10 @@ class KeepAliveClient:
             raise Unreachable("the HTTP client is closed")
         if not target.startswith("/") or not target.isprintable() or " " in target:
             raise ValueError(f"bad request target {target!r}")
+        # A method is a token; HEAD's answer has no body however its headers read, which the
+        # response parser is not told: it would wait for one until the timeout.
+        if not (method.isascii() and method.isalpha() and method.isupper()) or method == "HEAD":
+            raise ValueError(f"bad or unsupported method {method!r}")
         # Made before a connection is taken: a request refused here (a header with a line
         # break) must not strand the connection it would have gone out on, still counted.
         parts = [f"{method} {target} HTTP/1.1\r\n".encode("ascii"), self._fixed]

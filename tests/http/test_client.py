@@ -746,6 +746,12 @@ async def test_a_target_with_a_space_is_refused() -> None:
         await client("http://127.0.0.1:9").request("GET", "/a b")
 
 
+@pytest.mark.parametrize("method", ["POST\r\nX-Injected: 1", "GÉT", "post", "", "HEAD"])
+async def test_a_bad_or_unsupported_method_is_refused(method: str) -> None:
+    with pytest.raises(ValueError, match="bad or unsupported method"):
+        await client("http://127.0.0.1:9").request(method, "/a")
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 
