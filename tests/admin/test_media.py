@@ -16,6 +16,7 @@ from admin.cli import main as admin_main
 from bridge import simulate
 from bridge.config import ProfileConfig
 from bridge.media.store import MAGIC
+from bridge.ops import logs
 from bridge.persistence.files import temp_path
 from bridge.persistence.keys import load_keyring
 from bridge.store.durable import load_state
@@ -114,7 +115,10 @@ def test_media_output_takes_no_mode_from_a_temp_file_left_behind(
     left = temp_path(out)
     left.write_bytes(b"an earlier run's half")
     left.chmod(0o644)
-    assert admin_main(["media", PHONE, with_media.photo_id, "-o", str(out)]) == 0
+    try:
+        assert admin_main(["media", PHONE, with_media.photo_id, "-o", str(out)]) == 0
+    finally:
+        logs.configure("console", "info")  # the CLI set warning; as tests/conftest.py sets it up
     assert out.read_bytes() == PHOTO and out.stat().st_mode & 0o777 == 0o600
     assert not left.exists()
 
