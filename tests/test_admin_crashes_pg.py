@@ -153,8 +153,11 @@ def test_restore_on_the_database_killed_at_random_moments_leaves_old_or_new(
     outcomes = set()
     for run in range(RUNS):
         url, current = fresh_copy(pg_server, profile)
+        # From 0.1 s: a restore of this archive is done about 0.25 s in, most of it the
+        # start-up, and a window of only its last 50 ms put every kill after the commit when
+        # the runs came out quicker than the timed one.
         code = killed_at(
-            ["restore", str(archive)], env_for(tmp_path, url, key), rng.uniform(0.2, full)
+            ["restore", str(archive)], env_for(tmp_path, url, key), rng.uniform(0.1, full)
         )
         state = view(asyncio.run(opened(profile, url)))
         assert state in (current, archived), f"run {run}: killed with {code}: a mix"
@@ -219,7 +222,11 @@ def test_rotate_key_on_the_database_killed_at_random_moments_loses_nothing(
     both = make_profile(tmp_path / "both", key=f"{new},{old}")
     to_new = env_for(tmp_path, database_url, f"{new},{old}")
     to_old = env_for(tmp_path, database_url, f"{old},{new}")
-    full = timed(["rotate-key"], to_new)  # how long a whole rotation takes here
+    # How long a whole rotation takes here: the quicker of two after a first one that warms
+    # up (each re-seals everything), so one slow run does not put every kill after the end.
+    # They end under the new key: run 0 re-seals it all again.
+    timed(["rotate-key"], to_new)
+    full = min(timed(["rotate-key"], to_old), timed(["rotate-key"], to_new))
     rng = random.Random(23)
     kills = 0
     for run in range(RUNS):
