@@ -8,7 +8,7 @@ are computed at scrape time from the live state instead of being kept in sync by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -267,7 +267,6 @@ class MeteredSender(Sender):
 
     def __init__(self, inner: Sender, metrics: Metrics, profile: str) -> None:
         self._inner = inner
-        self._sends = metrics.sends  # for any kind of send without a child looked up here
         self._failed = metrics.sends_by  # children by (profile, "error", code), looked up once
         self._profile = profile
         self._ok = metrics.sends_by(profile, "ok", "")
@@ -283,34 +282,26 @@ class MeteredSender(Sender):
     async def send_text(
         self, to: str, text: str, skip_parts: int = 0, tag: str | None = None
     ) -> list[str]:
-        try:
-            ids = await self._inner.send_text(to, text, skip_parts, tag)
-        except SendError as exc:
-            self._failed(self._profile, "error", str(exc.code or "none")).inc()
-            raise
-        self._ok.inc()
-        return ids
+        return await self._counted(self._inner.send_text(to, text, skip_parts, tag))
 
     async def send_media(
         self, to: str, media: OutboundMedia, index: int, tag: str | None = None
     ) -> list[str]:
-        try:
-            ids = await self._inner.send_media(to, media, index, tag)
-        except SendError as exc:
-            self._failed(self._profile, "error", str(exc.code or "none")).inc()
-            raise
-        self._ok.inc()
-        return ids
+        return await self._counted(self._inner.send_media(to, media, index, tag))
 
     async def send_template(
         self, to: str, template: Template, index: int = 0, tag: str | None = None
     ) -> list[str]:
+        return await self._counted(self._inner.send_template(to, template, index, tag))
+
+    async def _counted(self, send: Awaitable[list[str]]) -> list[str]:
+        """One send, counted as ok or as an error with Graph's code."""
         try:
-            ids = await self._inner.send_template(to, template, index, tag)
+            ids = await send
         except SendError as exc:
-            self._sends.labels(self._profile, "error", str(exc.code or "none")).inc()
+            self._failed(self._profile, "error", str(exc.code or "none")).inc()
             raise
-        self._sends.labels(self._profile, "ok", "").inc()
+        self._ok.inc()
         return ids
 
     async def mark_read(self, message_id: str) -> None:
