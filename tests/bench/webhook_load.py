@@ -180,20 +180,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def scrape(port: int) -> str:
+    """The server's /metrics (the bridge's, or the durable floor's few lines of the same)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of `whatsapp_bridge_<name>{...}` in a scrape, None when it has none."""
+    found = re.search(rf"^whatsapp_bridge_{name}{{[^}}]*}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
 def bridge_counts(port: int) -> dict[str, float]:
     """Messages recorded and held, replies queued, redeliveries: from the bridge's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for key, name in (
-        ("recorded", "messages_recorded_total"),
-        ("held", "messages"),
-        ("outbox", "outbox"),
-        ("duplicates", "duplicates_total"),
-    ):
-        found = re.search(rf"^whatsapp_bridge_{name}{{[^}}]*}} (\S+)$", text, re.M)
-        out[key] = float(found.group(1)) if found else 0.0
-    return out
+    text = scrape(port)
+    return {
+        key: metric(text, name) or 0.0
+        for key, name in (
+            ("recorded", "messages_recorded_total"),
+            ("held", "messages"),
+            ("outbox", "outbox"),
+            ("duplicates", "duplicates_total"),
+        )
+    }
 
 
 def wait_replied(port: int, timeout: float = 300) -> dict[str, float]:
@@ -451,11 +461,7 @@ class Bench:
 
 def sent_all(port: int) -> None:
     """The durable floor sent every reply (a failed send would make it look cheaper)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        found = re.search(
-            r"^whatsapp_bridge_sends_failed_total\S* (\d+)$", resp.read().decode(), re.M
-        )
-    if found is None or found.group(1) != "0":
+    if metric(scrape(port), "sends_failed_total") != 0:
         raise SystemExit("the durable floor failed to send some replies (see its log)")
 
 
