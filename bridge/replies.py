@@ -30,7 +30,8 @@ from bridge.errors import AssistantError, BridgeError
 from bridge.hours import OpeningHours
 from bridge.modes import assistant_may_answer
 from bridge.ops.logs import get_logger, mask
-from bridge.records import MessageAdded, OutboxItem, OutboxQueued
+from bridge.records import MessageAdded, OutboxItem, OutboxQueued, Record
+from bridge.state import State
 from bridge.store.base import Store
 from bridge.whatsapp.sender import OutboundMedia
 
@@ -39,6 +40,22 @@ RECORD_RETRY_BASE = 0.5
 RECORD_RETRY_MAX = 30.0
 # How often a replier waiting for a conversation another replica owns tries again (seconds).
 OWNER_RETRY = 0.2
+
+
+class Superseded(Exception):
+    """Another replica recorded a reply in the conversation since this one read the history
+    it answers: recording ours too could answer a message twice."""
+
+
+def _last_reply(state: State, key: str) -> str | None:
+    """The id of the conversation's newest reply: another replica's commit changes it."""
+    conv = state.conversations.get(state.resolve(key))
+    if conv is None:
+        return None
+    for message in reversed(conv.messages):
+        if message.role == "assistant" and message.reply_to:
+            return message.id
+    return None
 
 
 def _in_place(window: Sequence[Message]) -> bool:
@@ -166,11 +183,19 @@ class Replier:
         while not await owner.acquire(key):
             await asyncio.sleep(OWNER_RETRY)  # another replica answers or sends to this user
         try:
-            await self._store.refresh()
-            if self._answered(key, message_id):
-                self._log.info("reply_skipped_answered", key=mask(key), message_id=message_id)
-                return
-            await self._reply(key, message_id, recipient, burst)
+            while True:
+                await self._store.refresh()
+                if self._answered(key, message_id):
+                    self._log.info("reply_skipped_answered", key=mask(key), message_id=message_id)
+                    return
+                try:
+                    await self._reply(key, message_id, recipient, burst)
+                    return
+                except Superseded:
+                    # The lock went with its connection (a database restart) and another
+                    # replica answered meanwhile, or our own commit went in though its
+                    # acknowledgement was lost: look again at what is answered now.
+                    self._log.info("reply_superseded", key=mask(key), message_id=message_id)
         finally:
             await owner.release(key)
             # Replies queued by another replica whose outbox found us owning the
@@ -195,6 +220,15 @@ class Replier:
             elif after and message.role == "user" and message.id in answered:
                 return True
         return False
+
+    def _fence(self, key: str) -> Callable[[State], bool] | None:
+        """With replicas, what must still hold when a reply decided now is committed: no
+        reply recorded in the conversation since (None with one process: its replies to a
+        conversation are made one at a time, here)."""
+        if not self._store.ownership.shared:
+            return None
+        last = _last_reply(self._store.state, key)
+        return lambda state: _last_reply(state, key) == last
 
     async def _quiet(self, key: str) -> None:
         """Wait until `key`'s user has been quiet for the debounce time, or the burst is as
@@ -274,6 +308,7 @@ class Replier:
             history = self._history(key, message_id)  # with the transcripts now in it
             if not history:
                 return
+        fence = self._fence(key)
         started = time.monotonic()
         ok = True
         try:
@@ -301,7 +336,9 @@ class Replier:
             self._log.info("no_reply", key=mask(key), message_id=message_id)
             return
         reply_id = new_reply_id()
-        if not await self._record(key, message_id, recipient, reply_id, text, media=media):
+        if not await self._record(
+            key, message_id, recipient, reply_id, text, media=media, fence=fence
+        ):
             return
         # debug: `reply_sent` (or a retry or failure) follows for every queued reply.
         self._log.debug(
@@ -324,6 +361,7 @@ class Replier:
             self._log.info("outside_hours_recorded", key=mask(key), message_id=message_id)
             return
         assert self._hours is not None
+        fence = self._fence(key)
         since = self._hours.closed_since(now)
         since_ms = int(since.timestamp() * 1000) if since is not None else 0
         view = self._store.state.get(self._store.state.resolve(key))
@@ -338,7 +376,8 @@ class Replier:
             return
         reply_id = new_reply_id()
         text = self._outside_hours_reply
-        if await self._record(key, message_id, recipient, reply_id, text, {"outside_hours": True}):
+        extra: dict[str, object] = {"outside_hours": True}
+        if await self._record(key, message_id, recipient, reply_id, text, extra, fence=fence):
             self._log.info("outside_hours_reply_queued", key=mask(key), reply_id=reply_id)
             self._on_queued(key)
 
@@ -351,12 +390,16 @@ class Replier:
         text: str,
         extra: dict[str, object] | None = None,
         media: tuple[OutboundMedia, ...] = (),
+        fence: Callable[[State], bool] | None = None,
     ) -> bool:
         """Commit the reply and its outbox item; while the store fails (a full disk), keep
         the text and try again with backoff rather than drop an acknowledged user's answer.
 
         Gives up only when the conversation was erased meanwhile (False). A stop cancels the
-        wait; the restart then asks the assistant again (`ProfileRuntime.start`)."""
+        wait; the restart then asks the assistant again (`ProfileRuntime.start`). With a
+        `fence` (replicas), commits only while it holds, else raises Superseded: also when a
+        commit reported failed had in fact gone in (its acknowledgement lost with the
+        connection), so the retry never records the reply twice."""
         attempt = 0
         while True:
             # A user id's conversation may have been merged into its phone's while the
@@ -384,8 +427,12 @@ class Replier:
                 if media
                 else extra,
             )
+            records: list[Record] = [MessageAdded(key, message), OutboxQueued(item)]
             try:
-                await self._store.commit([MessageAdded(key, message), OutboxQueued(item)])
+                if fence is None:
+                    await self._store.commit(records)
+                elif not await self._store.commit_if(records, fence):
+                    raise Superseded
             except BridgeError as exc:
                 delay = min(RECORD_RETRY_MAX, RECORD_RETRY_BASE * 2.0**attempt)
                 attempt += 1

@@ -87,6 +87,18 @@ class Store(ABC):
         await self.commit(records)
         return records
 
+    async def commit_if(
+        self, records: Sequence[Record], unchanged: Callable[[State], bool]
+    ) -> bool:
+        """Commit `records` only if `unchanged(state)` holds on the state with every earlier
+        commit applied, by any process; returns whether they were committed. For a write
+        decided on what was read a while ago (a reply, decided while the assistant thought):
+        with replicas, another may have committed what makes it wrong meanwhile, even one
+        that held the conversation's lock (a lock goes with its connection, and the owner
+        learns so only later)."""
+        records = tuple(records)
+        return bool(await self.commit_decided(lambda state: records if unchanged(state) else ()))
+
     async def snapshot(self) -> None:
         """Write a full snapshot now (a no-op where nothing is on disk)."""
 

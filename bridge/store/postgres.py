@@ -124,6 +124,9 @@ class _Pending:
     kept: list[tuple[int, Record]] = field(default_factory=list)
     # Run in the transaction, on the settled state (`run_locked`).
     inside: Callable[[Any, State], Awaitable[None]] | None = None
+    # The records go in only if this holds on the settled state (`commit_if`).
+    unchanged: Callable[[State], bool] | None = None
+    refused: bool = False
 
     @property
     def alone(self) -> bool:
@@ -321,6 +324,18 @@ class PostgresStore(Store):
         await self._submit(pending)
         return tuple(r for _, r in pending.kept)
 
+    async def commit_if(
+        self, records: Sequence[Record], unchanged: Callable[[State], bool]
+    ) -> bool:
+        """`unchanged` is checked in the writer, inside the transaction, on the state with
+        every record committed before it (by any replica) applied; unlike a decision, the
+        plain commits queued after it share its transaction."""
+        if not records:
+            return False
+        pending = _Pending(tuple(records), self._future(), unchanged=unchanged)
+        await self._submit(pending)
+        return not pending.refused
+
     async def run_locked(self, inside: Callable[[Any, State], Awaitable[None]]) -> None:
         """`inside(conn, state)` runs in the writer, in a transaction holding the profile's
         head lock, on the state with every committed record applied: nothing can commit
@@ -423,6 +438,10 @@ class PostgresStore(Store):
                 self._applied = max(self._applied, head)
                 if decide is not None:
                     batch[0].records = tuple(decide(self.state))
+                # A condition leads its group (`_groups`): every commit before it is applied.
+                first = batch[0]
+                if first.unchanged is not None and not first.unchanged(self.state):
+                    first.records, first.refused = (), True
                 if inside is not None:
                     await inside(conn, self.state)
                     return [frozenset()]
@@ -788,10 +807,12 @@ async def _put_snapshot(conn: Any, slug: str, upto: int, data: bytes) -> None:
 
 
 def _groups(batch: list[_Pending]) -> list[list[_Pending]]:
-    """Consecutive plain commits share a transaction; each decision gets its own."""
+    """Consecutive plain commits share a transaction; each decision gets its own, and a
+    conditional commit leads one (the plain ones after it may join)."""
     groups: list[list[_Pending]] = []
     for pending in batch:
-        if pending.alone or not groups or groups[-1][0].alone:
+        leads = pending.alone or pending.unchanged is not None
+        if leads or not groups or groups[-1][0].alone:
             groups.append([pending])
         else:
             groups[-1].append(pending)

@@ -111,6 +111,22 @@ async def test_a_decided_commit_sees_every_earlier_commit_and_is_applied(store: 
     assert view is not None and [m.content for m in view.messages] == ["m1", "m2"]
 
 
+async def test_a_conditional_commit_is_checked_after_every_earlier_commit(store: Store) -> None:
+    def one_message(state: State) -> bool:
+        conv = state.conversations.get("k")
+        return conv is not None and len(conv.messages) == 1
+
+    earlier = asyncio.ensure_future(store.commit([MessageAdded("k", msg(1))]))
+    await asyncio.sleep(0)  # queued; with a journal, not yet written
+    assert await store.commit_if([MessageAdded("k", msg(2))], one_message)
+    await earlier
+    # Now two: refused, and nothing of it committed.
+    assert not await store.commit_if([MessageAdded("k", msg(3))], one_message)
+    view = store.state.get("k")
+    assert view is not None and [m.content for m in view.messages] == ["m1", "m2"]
+    assert not store.state.has_seen("w3")
+
+
 async def test_a_decision_that_raises_commits_nothing(store: Store) -> None:
     def decide(state: State) -> list[Record]:
         raise ValueError("no")

@@ -12,7 +12,9 @@ profile's stored secret (secrets.py), the same on every replica whatever order t
 profile keys in: two replicas must never hold one conversation under two lock ids.
 
 Losing the connection loses every lock: they are forgotten here too, and the replies under
-way may overlap with another replica's for a moment (README "Running several replicas").
+way may overlap with another replica's for a moment. So a lock orders the work but does not
+fence it: a reply is recorded only if no other went into its conversation meanwhile
+(`Store.commit_if`, bridge/replies.py), and a send checks `still_holds` first.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ConversationLocks(Ownership):
                 # The session ended: the database released every lock it held.
                 self._held.clear()
                 self._log.warning("conversation_locks_lost")
+                self._conn.terminate()  # its socket is dead; the object must still let go
             self._conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
         return self._conn
 
