@@ -47,6 +47,7 @@ bench: $(STAMP)
 		|| { apt-get update -qq && apt-get install -y -qq postgresql; }
 	$(BIN)/python -m tests.bench.replicas --out var/bench/replicas.md
 	$(BIN)/python -m tests.bench.replica_crashes --out var/bench/replica-crashes.md
+	$(BIN)/python -m tests.bench.replica_crashes --database --out var/bench/replica-db-crashes.md
 
 ## ruff (lint + format check) and mypy --strict over code and tests.
 lint: $(STAMP)

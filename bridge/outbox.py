@@ -24,7 +24,11 @@ answering Meta, so it survives a crash, and with replicas the status may land on
 them while another one waits for it. With replicas, a reply that one replica comes to send
 while another may have had it on the wire when it died is uncertain too: one taken over
 (`take_over`), another replica's reply first in a user's queue (`_work`), and each user's
-first reply when a replica starts (`start`).
+first reply when a replica starts (`start`). A replica that sends a reply it did not queue
+claims it first (`_claim`), so the one that did queue it, should it come to own the
+conversation again, waits for that confirmation too. A conversation's lock can go with its
+connection at any time (a database restart): it is checked again right before each send,
+and a lost one is never taken back here (`Ownership.still_holds`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,9 @@ class Outbox:
         self._reconciled: set[str] = set()  # waited for since they last became uncertain
         self._in_flight: set[str] = set()  # items whose send is awaiting the sender
         self._foreign: set[str] = set()  # queued items another replica queued (replicas)
+        # Items this process did not queue (another replica's, or left by a previous run):
+        # with replicas, claimed durably before this one first sends them (`_claim`).
+        self._unclaimed: set[str] = set()
         # Confirmations any replica committed (OutboxConfirmed) wake the reply waiting for them.
         store.add_listener(self._committed)
         store.add_follower(self._followed)
@@ -130,6 +137,7 @@ class Outbox:
         wire; marking the rest would make each wait the window in turn.)"""
         if self._store.ownership.shared:
             state = self._store.state
+            self._unclaimed.update(state.outbox)
             for key in state.outbox_keys():
                 head = state.next_reply(key)
                 if head is not None:
@@ -153,7 +161,11 @@ class Outbox:
                 if wake is not None:
                     wake.set()
             elif isinstance(record, OutboxDone):
-                # Sent by another replica (or by us: `_finish` forgets it too).
+                # Sent by another replica (or by us: `_finish` forgets it too). A wait for
+                # its confirmation ends: there is nothing left to confirm.
+                wake = self._confirm_wake.get(record.item_id)
+                if wake is not None:
+                    wake.set()
                 self._unsure.discard(record.item_id)
                 self._reconciled.discard(record.item_id)
                 self._foreign.discard(record.item_id)
@@ -163,6 +175,11 @@ class Outbox:
         for record in records:
             if isinstance(record, OutboxQueued) and record.item.id in self._store.state.outbox:
                 self._foreign.add(record.item.id)  # (not if already sent: the batch says so)
+                self._unclaimed.add(record.item.id)
+            elif isinstance(record, OutboxUncertain):
+                # Another replica claimed it (or found its send uncertain): it may be on
+                # the wire from there, so a send from here waits for its confirmation first.
+                self._reconciled.discard(record.item_id)
 
     def take_over(self, key: str) -> None:
         """Send `key`'s queued replies, which a replica that went away owned: the first of
@@ -281,8 +298,9 @@ class Outbox:
                 if item is None:
                     break
                 if owner.shared and not await owner.still_holds(key):
-                    break  # lost with the database connection, and taken by another replica
-                await self._deliver(item)
+                    break  # lost with the database connection: the takeover sweep resumes
+                if not await self._deliver(item, key):
+                    break
             # Checked and removed in one step (no await since the check): a notify for this
             # key after this point finds no worker and starts a new one.
             if self._workers.get(key) is asyncio.current_task():
@@ -377,37 +395,73 @@ class Outbox:
             and item_id not in self._reconciled
         )
 
-    async def _deliver(self, item: OutboxItem) -> None:
-        """Send one item until it is sent, has failed for good, or the outbox stops."""
+    async def _may_send(self, item: OutboxItem, key: str) -> bool:
+        """Right before a send: the item still queued and, with replicas, the conversation
+        still ours. A lock lost with its connection (a database restart) while this waited
+        for a confirmation or backed off may have let another replica send the item and
+        record it: the sweep resumes the conversation under a new lock, after a refresh."""
+        if item.id not in self._store.state.outbox:
+            return False
+        owner = self._store.ownership
+        return not owner.shared or await owner.still_holds(key)
+
+    async def _claim(self, item: OutboxItem) -> None:
+        """With replicas, before the first send of an item another replica queued (or a
+        previous run left): commit that it may be on the wire from here. The replica that
+        queued it treats its own items as never sent by anyone else; it could come to own
+        the conversation again while this one's send is still unrecorded (a lost lock), and
+        this record makes it wait for Meta's confirmation instead of sending it again. A
+        claim that cannot be committed stops the send (a retryable error: backoff)."""
+        if item.id not in self._unclaimed:
+            return
+        try:
+            await self._store.commit([OutboxUncertain(item.id)])
+        except BridgeError as exc:
+            raise SendError(f"the send could not be claimed: {exc}", retryable=True) from None
+        self._unclaimed.discard(item.id)
+        self._reconciled.add(item.id)  # our own claim: nothing to wait for here
+
+    async def _deliver(self, item: OutboxItem, key: str) -> bool:
+        """Send one item until it is sent, has failed for good, or the outbox stops; False
+        if the conversation stopped being this replica's meanwhile (`_may_send`)."""
         attempt = 0
         while not self._stopping and item.id in self._store.state.outbox:
             held = self._held_back(item)
             if held is not None:
                 await self._finish(item, "cancelled", held)
                 self._log.info("reply_cancelled", item=item.id, to=mask(item.to), reason=held)
-                return
+                return True
             sent = self._already_sent(item)
             if self._needs_reconcile(item.id):
                 await self._reconcile(item, sent)
                 if self._stopping:
-                    return
+                    return True
+                if item.id not in self._store.state.outbox:
+                    break
                 if len(sent) >= self._part_count(item):
                     # Every part reached Meta before: record that, send nothing again.
                     await self._finish(item, "sent", None)
                     self._log.info("reply_sent", item=item.id, to=mask(item.to), reconciled=True)
-                    return
+                    return True
             if item.template is None and self._window_closed(item):  # templates may go
                 # Meta would refuse it (131047): say so now, without a call that cannot work.
                 await self._finish(item, "failed", WINDOW_CLOSED_TEXT)
                 self._log.warning(
                     "reply_failed", item=item.id, to=mask(item.to), reason="window_closed_locally"
                 )
-                return
+                return True
             started = asyncio.get_running_loop().time()
             try:
                 async with self._slots:
                     if self._stopping:
-                        return
+                        return True
+                    # Checked with the slot held: the wait for one can be long, and the
+                    # conversation may stop being ours meanwhile.
+                    if not await self._may_send(item, key):
+                        if item.id in self._store.state.outbox:
+                            return False
+                        break  # sent (or dropped) by another replica meanwhile
+                    await self._claim(item)
                     self._in_flight.add(item.id)
                     try:
                         await self._send(item, sent)
@@ -431,7 +485,7 @@ class Outbox:
                     parts=len(sent),
                     attempt=attempt + 1,
                 )
-                return
+                return True
             if isinstance(error, PartialSendError):
                 sent.extend(error.sent_ids)
                 if error.retryable:
@@ -462,7 +516,7 @@ class Outbox:
                     attempt=attempt + 1,
                     error=str(error),
                 )
-                return
+                return True
             attempt += 1
             if error.auth:
                 # Every send fails the same way until the operator replaces the token: alert
@@ -489,6 +543,7 @@ class Outbox:
             await self._backoff(delay)
         if item.id not in self._store.state.outbox:
             self._forget(item.id)  # dropped from the queue by someone else
+        return True
 
     def _held_back(self, item: OutboxItem) -> str | None:
         """The mode gate (bridge/modes.py): an assistant reply to a conversation a person
@@ -513,6 +568,8 @@ class Outbox:
                 remaining = deadline - loop.time()
                 if len(sent) >= total or self._stopping or remaining <= 0:
                     break
+                if item.id not in self._store.state.outbox:
+                    return  # another replica sent it and recorded that: nothing to wait for
                 wake.clear()
                 await _first_of((wake, self._kicked), remaining)
         finally:
@@ -547,6 +604,7 @@ class Outbox:
         self._sent_parts.pop(item_id, None)
         self._unsure.discard(item_id)
         self._foreign.discard(item_id)
+        self._unclaimed.discard(item_id)
         self._reconciled.discard(item_id)
 
     async def _record_progress(self, item: OutboxItem, sent: list[str]) -> None:

@@ -22,7 +22,9 @@ class Ownership:
 
     async def still_holds(self, key: str) -> bool:
         """Whether this process still holds `key` (taken before): before each irreversible
-        step, since a lock can be lost with its connection. Re-takes it if it can."""
+        step, since a lock can be lost with its connection. A lost lock is not taken again
+        here, even if it is free: another process may have owned the conversation meanwhile,
+        and what it did is known only after a new `acquire` and a refresh of the store."""
         return True
 
     async def release(self, key: str) -> None:

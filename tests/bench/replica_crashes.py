@@ -1,4 +1,5 @@
-"""Crash loop against two replicas on PostgreSQL: kill -9 of a random replica, N times.
+"""Crash loop against two replicas on PostgreSQL: kill -9 of a random replica, N times (or,
+with `--database`, a crash and restart of PostgreSQL itself: `pg_ctl restart -m immediate`).
 
 Two `bridge serve` replicas share one profile; signed deliveries go round-robin, each also
 redelivered to the other replica at the same moment, and a refused one is posted again
@@ -12,8 +13,12 @@ Like Meta, the fake Graph API reports each message it accepts with a `sent` stat
 spread round-robin over the replicas (`--no-reports`: none, as with an app not subscribed
 to statuses).
 
+A database crash ends every session at once: the replicas' commits fail (503s, which the
+load posts again), and so do their conversation locks, while their holders are still at
+work on replies (the replies' commits are fenced: bridge/replies.py).
+
 Usage: python -m tests.bench.replica_crashes [--cycles 20] [--rate 50] [--no-reports]
-       [--out FILE]
+       [--database] [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,10 +43,17 @@ from tests.pg import PostgresServer, find_bin_dir
 from tests.test_replicas import Cluster
 
 
-async def loop(cluster: Cluster, cycles: int, rate: float) -> dict[str, int]:
+async def loop(
+    cluster: Cluster, cycles: int, rate: float, database: PostgresServer | None = None
+) -> dict[str, int]:
+    """Each cycle crashes a random replica, or with `database` the database."""
     for _ in range(cycles):
         loading = asyncio.create_task(cluster.load(int(rate * 2.5), rate))
         await asyncio.sleep(random.uniform(0.3, 2.0))
+        if database is not None:
+            await asyncio.get_running_loop().run_in_executor(None, database.restart_immediate)
+            await loading
+            continue
         index = random.randrange(len(cluster.replicas))
         victim = cluster.replicas[index]
         victim.proc.send_signal(signal.SIGKILL)
@@ -89,6 +101,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--no-reports", action="store_true", help="no status webhooks")
+    parser.add_argument(
+        "--database", action="store_true", help="crash and restart PostgreSQL, not a replica"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     bin_dir = find_bin_dir()
@@ -118,7 +133,8 @@ def main() -> None:
             cluster.start(0)
             cluster.start(1)
             try:
-                result = asyncio.run(loop(cluster, args.cycles, args.rate))
+                database = server if args.database else None
+                result = asyncio.run(loop(cluster, args.cycles, args.rate, database))
             finally:
                 cluster.stop()
     finally:
@@ -128,8 +144,9 @@ def main() -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    victim = "PostgreSQL (restart -m immediate)" if args.database else "a random replica"
     lines = [
-        f"{args.cycles} x kill -9 of a random replica of two, deliveries at {args.rate:g}/s "
+        f"two replicas, {args.cycles} x a crash of {victim}, deliveries at {args.rate:g}/s "
         "round-robin with every one redelivered to the other replica at once, "
         + ("no status webhooks" if args.no_reports else "status webhooks round-robin"),
         "",

@@ -54,6 +54,9 @@ class ConversationLocks(Ownership):
         self._io = asyncio.Lock()
         self._held: dict[str, int] = {}
         self._log = get_logger(profile=profile)
+        # Whether the last attempt to reach the database failed: an outage is said once,
+        # not once per conversation the sweeps try meanwhile.
+        self._failing = False
 
     def _lock_id(self, key: str) -> int:
         digest = hmac.new(self._key, key.encode(), hashlib.sha256).digest()
@@ -63,9 +66,10 @@ class ConversationLocks(Ownership):
         if self._conn is None or self._conn.is_closed():
             if self._conn is not None:
                 # The session ended: the database released every lock it held.
+                self._log.warning("conversation_locks_lost", held=len(self._held))
                 self._held.clear()
-                self._log.warning("conversation_locks_lost")
                 self._conn.terminate()  # its socket is dead; the object must still let go
+                self._conn = None
             self._conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
         return self._conn
 
@@ -84,8 +88,13 @@ class ConversationLocks(Ownership):
                     await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id(key))
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                self._log.warning("conversation_lock_failed", key=mask(key), error=str(exc))
+                if not self._failing:
+                    self._failing = True
+                    self._log.warning("conversation_lock_failed", key=mask(key), error=str(exc))
                 return False
+            if self._failing:
+                self._failing = False
+                self._log.info("conversation_locks_available_again")
             if taken:
                 self._held[key] = 1
             return taken
@@ -93,8 +102,8 @@ class ConversationLocks(Ownership):
     async def still_holds(self, key: str) -> bool:
         if key in self._held and self._conn is not None and not self._conn.is_closed():
             return True
-        self._log.warning("conversation_lock_retaken", key=mask(key))
-        return await self.acquire(key)
+        self._log.warning("conversation_lock_lost", key=mask(key))
+        return False
 
     async def release(self, key: str) -> None:
         async with self._io:
