@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
 from bridge.assistants.base import Assistant
@@ -20,7 +21,10 @@ from bridge.ops import gcpolicy, logs
 from bridge.ops.metrics import Metrics
 from bridge.runtime import ProfileRuntime, StoreFactory, memory_store
 from bridge.state import State
+from bridge.whatsapp.graph import GraphClient
+from bridge.whatsapp.pacing import PairPacer
 from bridge.whatsapp.sender import Sender
+from tests.fakes.graph import TOKEN, FakeGraph
 from tests.pg import PostgresServer, fresh_database, start_server
 
 
@@ -145,6 +149,19 @@ def start_bridge(aiohttp_client: AiohttpClient, tmp_path: Path) -> StartBridge:
 @pytest.fixture
 async def bridge(start_bridge: StartBridge) -> Bridge:
     return await start_bridge()
+
+
+@pytest.fixture
+async def graph(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[FakeGraph, GraphClient]]:
+    """A fake Graph API (tests/fakes/graph.py) and a client of it, without the per-user
+    pacing (tests/whatsapp/test_pacing.py is about that)."""
+    fake = FakeGraph()
+    server = await aiohttp_server(fake.app())
+    client = GraphClient(
+        str(server.make_url("")), "v21.0", "1", TOKEN, timeout=5, pacer=PairPacer(0.001)
+    )
+    yield fake, client
+    await client.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_aiohttp import AiohttpServer
 
 from bridge.conversations import Message
 from bridge.ingest import Ingestor
@@ -37,9 +36,8 @@ from bridge.store.memory import MemoryStore
 from bridge.store.postgres import PostgresStore
 from bridge.whatsapp.graph import GraphClient
 from bridge.whatsapp.models import StatusUpdate
-from bridge.whatsapp.pacing import PairPacer
 from tests.conftest import eventually, make_profile
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.graph import FakeGraph
 
 ANA = "34600000001"
 BEN = "34600000002"
@@ -131,17 +129,6 @@ async def replicas(tmp_path: Path, database_url: str) -> AsyncIterator[list[Post
     for store in stores:
         await store.ownership.close()  # the conversation locks' own connection
         await store.close()
-
-
-@pytest.fixture
-async def graph(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[FakeGraph, GraphClient]]:
-    fake = FakeGraph()
-    server = await aiohttp_server(fake.app())
-    client = GraphClient(
-        str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2, pacer=PairPacer(0.001)
-    )
-    yield fake, client
-    await client.close()
 
 
 async def drained(store: Store, timeout: float) -> float:

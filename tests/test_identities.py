@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_aiohttp import AiohttpServer
 
 from bridge import simulate
 from bridge.config import StoreSettings
@@ -35,7 +34,7 @@ from bridge.state import State
 from bridge.store.memory import MemoryStore
 from bridge.whatsapp.graph import GraphClient
 from tests.conftest import Bridge, StartBridge, eventually
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.graph import FakeGraph
 from tests.fakes.threaded import serve_in_thread
 from tests.test_admin import admin, admin_json
 from tests.test_cli import graph_env, run, start_serve
@@ -53,13 +52,6 @@ def user_texts(bridge: Bridge, key: str) -> list[str]:
     conv = bridge.state().get(key)
     assert conv is not None, f"no conversation {key}"
     return [m.content for m in conv.messages if m.role == "user"]
-
-
-@pytest.fixture
-async def graph(aiohttp_server: AiohttpServer) -> tuple[FakeGraph, GraphClient]:
-    fake = FakeGraph()
-    server = await aiohttp_server(fake.app())
-    return fake, GraphClient(str(server.make_url("")), "v21.0", "1", TOKEN, timeout=2)
 
 
 # -- over HTTP, in process -----------------------------------------------------------------

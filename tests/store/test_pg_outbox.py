@@ -4,34 +4,18 @@ ends the lock's session; its holder learns so only later): the reply goes out on
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-
-import pytest
-from pytest_aiohttp import AiohttpServer
 
 from bridge.conversations import Message
 from bridge.outbox import Outbox
 from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, StatusChanged
 from bridge.store.postgres import PostgresStore
 from bridge.whatsapp.graph import GraphClient
-from bridge.whatsapp.pacing import PairPacer
 from tests.conftest import eventually
-from tests.fakes.graph import TOKEN, FakeGraph
+from tests.fakes.graph import FakeGraph
 from tests.store.conftest import OpenStore
 from tests.store.test_pg_replies import lose_locks
 
 KEY = "34600000001"
-
-
-@pytest.fixture
-async def graph(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[FakeGraph, GraphClient]]:
-    fake = FakeGraph()
-    server = await aiohttp_server(fake.app())
-    client = GraphClient(
-        str(server.make_url("")), "v21.0", "1", TOKEN, timeout=5, pacer=PairPacer(0.001)
-    )
-    yield fake, client
-    await client.close()
 
 
 async def queue_reply(store: PostgresStore) -> str:
