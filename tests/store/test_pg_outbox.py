@@ -8,6 +8,7 @@ import time
 from bridge.conversations import Message
 from bridge.outbox import Outbox
 from bridge.records import MessageAdded, OutboxDone, OutboxItem, OutboxQueued, StatusChanged
+from bridge.store.pg.locks import ConversationLocks
 from bridge.store.postgres import PostgresStore
 from bridge.whatsapp.graph import GraphClient
 from tests.conftest import eventually
@@ -55,6 +56,9 @@ async def test_a_reply_another_replica_is_sending_is_not_sent_again_by_its_own(
         await lose_locks(b, database_url)
         # a owns the conversation now: its own reply is queued and unrecorded.
         mine.notify(KEY)
+        locks = a.ownership
+        assert isinstance(locks, ConversationLocks)
+        await eventually(lambda: KEY in locks.held, what="a to own the conversation")
         await eventually(lambda: not a.state.outbox, timeout=10, what="the reply recorded")
         await eventually(lambda: not mine.busy_with(KEY), what="a's worker done")
         assert len(fake.sent) == 1, fake.sent

@@ -72,6 +72,12 @@ async def lose_locks(store: PostgresStore, database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        # The signal is sent; the locks go when the backend has exited.
+        for _ in range(250):
+            if not await conn.fetchval("SELECT count(*) FROM pg_locks WHERE pid = $1", pid):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the locks' backend did not exit")
     finally:
         await conn.close()
 
