@@ -213,12 +213,13 @@ def wait_replied(port: int, timeout: float = 300) -> dict[str, float]:
     deliveries (a few per phone) never do. Asked every 0.2 s: each scrape costs the bridge's
     core a walk over its conversations."""
     deadline = time.monotonic() + timeout
+    counts: dict[str, float] = {}
     while time.monotonic() < deadline:
         counts = bridge_counts(port)
         if counts["outbox"] == 0 and counts["held"] >= 2 * counts["recorded"]:
             return counts
         time.sleep(0.2)
-    raise SystemExit("the bridge did not finish its replies in time")
+    raise SystemExit(f"the bridge did not finish its replies in {timeout:g} s: {counts}")
 
 
 def profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
