@@ -15,6 +15,7 @@ for the profile's `handoff_minutes`, so the assistant does not talk over a perso
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -233,9 +234,12 @@ class Operators:
         self._done("resume", found[0].key, by=mode.by)
         return ModeOutcome(found[0].key, mode, True)
 
-    async def send(self, key: str, text: str, *, operator: str) -> SendOutcome:
+    async def send(
+        self, key: str, text: str, *, operator: str, request_key: str | None = None
+    ) -> SendOutcome:
         """Queue a message written by `operator` into the conversation; it goes out through
-        the outbox. WindowClosed (nothing written) when WhatsApp would refuse it."""
+        the outbox. WindowClosed (nothing written) when WhatsApp would refuse it. With a
+        `request_key` (the API's Idempotency-Key) a repeat of the request queues nothing."""
         await self._found(key)
         name = _name(operator)
         if not _encodable(text, "the message").strip():
@@ -259,15 +263,17 @@ class Operators:
                     '"template"); nothing was sent'
                 )
 
-        return await self._queue(key, name, now, text, None, window_open)
+        return await self._queue(key, name, now, text, None, window_open, request_key)
 
-    async def send_template(self, key: str, template: Template, *, operator: str) -> SendOutcome:
+    async def send_template(
+        self, key: str, template: Template, *, operator: str, request_key: str | None = None
+    ) -> SendOutcome:
         """Queue an approved template message (bridge/whatsapp/template.py), inside or
         outside the 24-hour window: templates are what WhatsApp delivers after it closes.
         Recorded in the history as `[template NAME] param | param`."""
         await self._found(key)
         name = _name(operator)
-        return await self._queue(key, name, self._clock(), "", template)
+        return await self._queue(key, name, self._clock(), "", template, None, request_key)
 
     async def _queue(
         self,
@@ -277,11 +283,20 @@ class Operators:
         text: str,
         template: Template | None,
         check: Callable[[Conversation], None] | None = None,
+        request_key: str | None = None,
     ) -> SendOutcome:
         """One commit: the message, its outbox item and the handoff pause it starts,
         decided on the settled state (`Store.commit_decided`): with replicas, this one's
-        memory may not have the user's latest message (the window) or mode yet."""
-        message_id = "op." + secrets.token_hex(12)
+        memory may not have the user's latest message (the window) or mode yet.
+
+        A `request_key` names the message (its id is derived from it): a request repeated
+        because its answer was lost, even when its commit went in and the answer was a 503
+        (a database crash at that moment), finds the message and queues nothing again."""
+        message_id = "op." + (
+            hashlib.sha256(request_key.encode()).hexdigest()[:24]
+            if request_key is not None
+            else secrets.token_hex(12)
+        )
         extra: dict[str, Any] = {OPERATOR: name}
         if template is not None:
             extra[TEMPLATE] = template.to_dict()
@@ -294,9 +309,18 @@ class Operators:
             extra=extra,
         )
         found: list[tuple[Conversation, ConversationMode | None]] = []
+        repeated: list[bool] = []
 
         def decide(state: State) -> list[Record]:
             conv = self.conversation(key, state)
+            if request_key is not None and (done := state.reply_ref(message_id)) is not None:
+                if done[0] != conv.key:
+                    raise OperatorError(
+                        "this Idempotency-Key was used for a message to another conversation"
+                    )
+                found.append((conv, None))
+                repeated.append(True)
+                return []
             if check is not None:
                 check(conv)
             records: list[Record] = [
@@ -311,6 +335,9 @@ class Operators:
 
         await self._store.commit_decided(decide)
         conv, mode = found[0]
+        if repeated:
+            self._log.info("operator_send_repeated", key=mask(conv.key), item=message_id)
+            return SendOutcome(conv.key, message_id, conv.mode)
         fields: dict[str, Any] = (
             {"chars": len(text)} if template is None else {"template": template.name}
         )

@@ -51,6 +51,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 PREVIEW_CHARS = 140
 SEND_FIELDS = frozenset({"text", "template", "operator"})
+MAX_REQUEST_KEY = 255  # an Idempotency-Key (clients send UUIDs)
 
 log = get_logger()
 
@@ -373,6 +374,11 @@ async def send(request: web.Request) -> web.StreamResponse:
         )
     text = text_field(data, "text")
     key, who = request.match_info["key"], operator_of(data)
+    # A client that repeats a request whose answer it lost (a timeout, a 503 from a database
+    # crash after the commit) sends the same key: the message is queued once.
+    request_key = request.headers.get("Idempotency-Key")
+    if request_key is not None and not 1 <= len(request_key) <= MAX_REQUEST_KEY:
+        raise ApiError(400, f"an Idempotency-Key is 1 to {MAX_REQUEST_KEY} characters")
     if data.get("template") is not None:
         if text is not None:
             raise ApiError(400, 'send either "text" or "template", not both')
@@ -380,11 +386,13 @@ async def send(request: web.Request) -> web.StreamResponse:
             template = template_from_json(data["template"])
         except TemplateError as exc:
             raise ApiError(400, str(exc)) from None
-        outcome = await runtime.operators.send_template(key, template, operator=who)
+        outcome = await runtime.operators.send_template(
+            key, template, operator=who, request_key=request_key
+        )
     elif text is None:
         raise ApiError(400, 'missing "text" (or "template": {"name", "language", "params"})')
     else:
-        outcome = await runtime.operators.send(key, text, operator=who)
+        outcome = await runtime.operators.send(key, text, operator=who, request_key=request_key)
     return json(outcome.to_json(now_ms()), status=202)
 
 

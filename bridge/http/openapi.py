@@ -263,6 +263,15 @@ def document() -> dict[str, Any]:
                     "summary": "Send a message as a person, or an approved template (allowed "
                     "after the 24-hour window); pauses the conversation for the profile's "
                     "handoff_minutes",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "The same key again queues nothing and answers "
+                            "as the first request did: retries are safe",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -183,6 +183,27 @@ def test_errors_are_json_with_the_right_status(tmp_path: Path) -> None:
         assert live.request("GET", f"{CONV}/%2B34%20600-000-001")[1]["key"] == ANA
 
 
+def test_a_send_repeated_with_its_idempotency_key_is_queued_once(tmp_path: Path) -> None:
+    with live_bridge(tmp_path) as live:
+        live.say("hola", name="Ana")
+        assert live.wait_sent(1) == ["Echo: hola"]
+        path, body = f"{CONV}/{ANA}/messages", {"text": "Soy Ana.", "operator": "ana"}
+        key = {"Idempotency-Key": "3f0c2a4e-send-1"}
+        first = live.request("POST", path, body, headers=key)
+        again = live.request("POST", path, body, headers=key)  # the answer was lost, say
+        assert first[0] == again[0] == 202 and first[1]["id"] == again[1]["id"]
+        other = live.request("POST", path, body, headers={"Idempotency-Key": "3f0c2a4e-send-2"})
+        assert other[0] == 202 and other[1]["id"] != first[1]["id"]
+        assert live.wait_sent(3)[1:] == ["Soy Ana.", "Soy Ana."]
+        contents = [m["content"] for m in live.conversation()["messages"]]
+        assert contents == ["hola", "Echo: hola", "Soy Ana.", "Soy Ana."]
+        status, refused = live.request("POST", path, body, headers={"Idempotency-Key": "x" * 256})
+        assert status == 400 and "Idempotency-Key" in refused["error"]
+        live.say("hola", sender=BEN)
+        status, refused = live.request("POST", f"{CONV}/{BEN}/messages", body, headers=key)
+        assert status == 400 and "another conversation" in refused["error"]
+
+
 def test_a_closed_window_refuses_an_operator_message_with_409(tmp_path: Path) -> None:
     with live_bridge(tmp_path, start=False) as live:
         old = int(time.time() * 1000) - 30 * 3600 * 1000
